@@ -1,0 +1,129 @@
+"""The wire contract between gateways and the platform. No I/O, no server dependencies.
+
+- :class:`Reading`, :class:`Batch`: what gateways send (``docs/wire-protocol.md``);
+- :func:`encode_batch`, :func:`decode_batch`, :func:`decode_batch_partial`: the JSON codec;
+- :class:`Topics`: the versioned MQTT topic namespace;
+- :class:`Birth`, :class:`Death`, :class:`Health`, config and command messages;
+- :class:`LineProtocolEncoder`: readings to InfluxDB line protocol;
+- :data:`MEASUREMENTS`: the Smart Data Models vocabulary the platform knows.
+"""
+
+from telemetry._codec import (
+    DecodedBatch,
+    RejectedReading,
+    decode_batch,
+    decode_batch_partial,
+    encode_batch,
+)
+from telemetry._errors import (
+    InvalidPayload,
+    MalformedPayload,
+    PayloadError,
+    PayloadTooLarge,
+    TelemetryError,
+    TopicError,
+    UnsupportedVersion,
+)
+from telemetry._lineprotocol import (
+    LineProtocolEncoder,
+    escape_measurement,
+    escape_string_field,
+    escape_tag,
+)
+from telemetry._messages import (
+    Birth,
+    CommandRequest,
+    CommandResponse,
+    ConfigDesired,
+    ConfigReported,
+    Death,
+    DeviceInfo,
+    Health,
+    Location,
+    SpoolHealth,
+    decode_message,
+    decode_status,
+    encode_message,
+)
+from telemetry._model import (
+    ID_RE,
+    MAX_FIELDS,
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    MAX_STRING_LEN,
+    MAX_TAG_VALUE_LEN,
+    MAX_TAGS,
+    NAME_RE,
+    RESERVED_FIELD_NAMES,
+    RESERVED_TAG_KEYS,
+    SUPPORTED_VERSIONS,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    WIRE_VERSION,
+    Batch,
+    Clock,
+    FieldValue,
+    Quality,
+    Reading,
+)
+from telemetry._topics import DEFAULT_ROOT, TOPIC_VERSION, TopicKind, Topics
+from telemetry._vocabulary import MEASUREMENTS, FieldSpec, MeasurementSpec, float_fields
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "ID_RE",
+    "MAX_FIELDS",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_READINGS",
+    "MAX_STRING_LEN",
+    "MAX_TAGS",
+    "MAX_TAG_VALUE_LEN",
+    "MEASUREMENTS",
+    "NAME_RE",
+    "RESERVED_FIELD_NAMES",
+    "RESERVED_TAG_KEYS",
+    "SUPPORTED_VERSIONS",
+    "TOPIC_VERSION",
+    "TS_MAX_NS",
+    "TS_MIN_NS",
+    "WIRE_VERSION",
+    "Batch",
+    "Birth",
+    "Clock",
+    "CommandRequest",
+    "CommandResponse",
+    "ConfigDesired",
+    "ConfigReported",
+    "Death",
+    "DecodedBatch",
+    "DeviceInfo",
+    "FieldSpec",
+    "FieldValue",
+    "Health",
+    "InvalidPayload",
+    "LineProtocolEncoder",
+    "Location",
+    "MalformedPayload",
+    "MeasurementSpec",
+    "PayloadError",
+    "PayloadTooLarge",
+    "Quality",
+    "Reading",
+    "RejectedReading",
+    "SpoolHealth",
+    "TelemetryError",
+    "TopicError",
+    "TopicKind",
+    "Topics",
+    "UnsupportedVersion",
+    "decode_batch",
+    "decode_batch_partial",
+    "decode_message",
+    "decode_status",
+    "encode_batch",
+    "encode_message",
+    "escape_measurement",
+    "escape_string_field",
+    "escape_tag",
+    "float_fields",
+]

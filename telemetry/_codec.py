@@ -1,0 +1,263 @@
+"""JSON codec for telemetry batches: fast, strict, and precise about what is wrong.
+
+Decoding runs in two layers:
+
+1. msgspec decodes and type-checks the whole payload in C (types, ranges, lengths);
+2. names (ids, measurement, field and tag names, tag values) are checked against their
+   patterns once and then remembered, so a steady stream of known names costs a set lookup.
+
+:func:`decode_batch` is all-or-nothing: a payload is accepted whole or refused with one
+typed error. :func:`decode_batch_partial` is for the platform's intake: a valid envelope
+with some bad readings yields the good readings plus a list of rejects with reasons, so that
+one bad reading never takes the good ones with it and nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from telemetry._errors import (
+    InvalidPayload,
+    MalformedPayload,
+    PayloadError,
+    PayloadTooLarge,
+    UnsupportedVersion,
+)
+from telemetry._model import (
+    ID_RE,
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    NAME_RE,
+    RESERVED_FIELD_NAMES,
+    RESERVED_TAG_KEYS,
+    SUPPORTED_VERSIONS,
+    TAG_VALUE_RE,
+    Batch,
+    Reading,
+)
+
+__all__ = [
+    "DecodedBatch",
+    "RejectedReading",
+    "decode_batch",
+    "decode_batch_partial",
+    "encode_batch",
+]
+
+_encoder: Final = msgspec.json.Encoder()
+_batch_decoder: Final = msgspec.json.Decoder(Batch)
+_reading_decoder: Final = msgspec.json.Decoder(Reading)
+
+
+class _Probe(msgspec.Struct):
+    """Just enough of a batch to tell a wrong version from a wrong shape."""
+
+    v: object = None
+
+
+class _Envelope(msgspec.Struct, rename={"version": "v", "gateway": "gw"}):
+    """A batch whose readings are left undecoded, for per-reading triage."""
+
+    gateway: str
+    seq: int
+    r: list[msgspec.Raw]
+    version: int = 1
+
+
+class RejectedReading(msgspec.Struct, frozen=True):
+    """A reading refused by :func:`decode_batch_partial`, with why and where."""
+
+    index: int
+    reason: str
+    path: str
+    raw: bytes
+
+
+class DecodedBatch(msgspec.Struct, frozen=True):
+    """The accepted part of a batch and the readings that were refused."""
+
+    batch: Batch
+    rejected: list[RejectedReading]
+
+
+# Name caches: names that already passed their pattern. Bounded so that a stream of random
+# ids cannot grow them without limit; clearing only costs re-checking.
+_CACHE_LIMIT: Final = 200_000
+_ok_ids: set[str] = set()
+_ok_names: set[str] = set()
+_ok_field_names: set[str] = set()
+_ok_tags: set[tuple[str, str]] = set()
+
+_MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Encode a batch to its wire form; refuse it if it would exceed the size limit."""
+    payload = _encoder.encode(batch)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+    return payload
+
+
+def decode_batch(payload: bytes | bytearray | memoryview) -> Batch:
+    """Decode and validate a whole batch; any defect raises one :class:`PayloadError`."""
+    _check_size(payload)
+    try:
+        batch = _batch_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _diagnose(payload, exc) from exc
+    if batch.version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(batch.version, SUPPORTED_VERSIONS)
+    _check_batch_names(batch)
+    return batch
+
+
+def decode_batch_partial(payload: bytes | bytearray | memoryview) -> DecodedBatch:
+    """Decode a batch keeping every valid reading and listing the refused ones.
+
+    The envelope (version, gateway, seq, readings list) must be valid, otherwise the whole
+    payload is refused with a :class:`PayloadError`. The returned batch may hold no
+    readings when all of them were refused.
+    """
+    try:
+        return DecodedBatch(batch=decode_batch(payload), rejected=[])
+    except (InvalidPayload, MalformedPayload) as exc:
+        first_error = exc
+    try:
+        envelope = msgspec.json.decode(payload, type=_Envelope)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise first_error from None
+    if not 1 <= len(envelope.r) <= MAX_READINGS:
+        raise first_error
+    if not ID_RE.fullmatch(envelope.gateway) or not 0 <= envelope.seq <= 2**63 - 1:
+        raise first_error
+    good: list[Reading] = []
+    rejected: list[RejectedReading] = []
+    for index, raw in enumerate(envelope.r):
+        try:
+            reading = _reading_decoder.decode(raw)
+            _check_reading_names(reading, index)
+        except msgspec.ValidationError as exc:
+            reason, path = _split_msgspec_message(str(exc))
+            rejected.append(
+                RejectedReading(
+                    index=index,
+                    reason=reason,
+                    path=path.replace("$", f"$.r[{index}]", 1),
+                    raw=bytes(raw),
+                )
+            )
+        except InvalidPayload as exc:
+            rejected.append(
+                RejectedReading(
+                    index=index, reason=exc.reason, path=exc.path or "", raw=bytes(raw)
+                )
+            )
+        else:
+            good.append(reading)
+    batch = Batch(
+        version=envelope.version, gateway=envelope.gateway, seq=envelope.seq, readings=good
+    )
+    return DecodedBatch(batch=batch, rejected=rejected)
+
+
+def _check_size(payload: bytes | bytearray | memoryview) -> None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+
+
+def _split_msgspec_message(message: str) -> tuple[str, str]:
+    match = _MSGSPEC_PATH.search(message)
+    if match is None:
+        return message, "$"
+    return message[: match.start()], match.group(1)
+
+
+def _diagnose(
+    payload: bytes | bytearray | memoryview, exc: msgspec.ValidationError | msgspec.DecodeError
+) -> PayloadError:
+    """Turn a msgspec failure into the most precise contract error."""
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return MalformedPayload(f"not valid JSON: {exc}")
+    try:
+        probe = msgspec.json.decode(payload, type=_Probe)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        probe = _Probe()
+    if probe.v is not None and probe.v not in SUPPORTED_VERSIONS:
+        return UnsupportedVersion(probe.v, SUPPORTED_VERSIONS)
+    reason, path = _split_msgspec_message(str(exc))
+    return InvalidPayload(reason, path=path)
+
+
+def _remember(cache: set[str] | set[tuple[str, str]]) -> None:
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+
+
+def _check_batch_names(batch: Batch) -> None:
+    if batch.gateway not in _ok_ids:
+        _check_id(batch.gateway, "$.gw")
+    ok_ids, ok_names, ok_fields, ok_tags = _ok_ids, _ok_names, _ok_field_names, _ok_tags
+    for index, r in enumerate(batch.readings):
+        if (
+            r.device not in ok_ids
+            or r.measurement not in ok_names
+            or not ok_fields.issuperset(r.fields)
+            or (r.tags and not ok_tags.issuperset(r.tags.items()))
+        ):
+            _check_reading_names(r, index)
+
+
+def _check_id(value: str, path: str) -> None:
+    if not ID_RE.fullmatch(value):
+        raise InvalidPayload(
+            f"id {value!r} must match {ID_RE.pattern} (no '/', '+', '#' or spaces)", path=path
+        )
+    _remember(_ok_ids)
+    _ok_ids.add(value)
+
+
+def _check_reading_names(r: Reading, index: int) -> None:
+    at = f"$.r[{index}]"
+    if r.device not in _ok_ids:
+        _check_id(r.device, f"{at}.d")
+    if r.measurement not in _ok_names:
+        if not NAME_RE.fullmatch(r.measurement):
+            raise InvalidPayload(
+                f"measurement {r.measurement!r} must match {NAME_RE.pattern}", path=f"{at}.m"
+            )
+        _remember(_ok_names)
+        _ok_names.add(r.measurement)
+    for key in r.fields:
+        if key in _ok_field_names:
+            continue
+        if key in RESERVED_FIELD_NAMES:
+            raise InvalidPayload(f"field name {key!r} is reserved", path=f"{at}.f.{key}")
+        if not NAME_RE.fullmatch(key):
+            raise InvalidPayload(
+                f"field name {key!r} must match {NAME_RE.pattern}", path=f"{at}.f"
+            )
+        _remember(_ok_field_names)
+        _ok_field_names.add(key)
+    for item in r.tags.items():
+        if item in _ok_tags:
+            continue
+        key, value = item
+        if key in RESERVED_TAG_KEYS:
+            raise InvalidPayload(f"tag key {key!r} is reserved", path=f"{at}.g.{key}")
+        if not NAME_RE.fullmatch(key):
+            raise InvalidPayload(f"tag key {key!r} must match {NAME_RE.pattern}", path=f"{at}.g")
+        if key in r.fields:
+            raise InvalidPayload(
+                f"{key!r} is both a tag key and a field name", path=f"{at}.g.{key}"
+            )
+        if not TAG_VALUE_RE.fullmatch(value):
+            raise InvalidPayload(
+                f"tag value {value!r} holds a backslash or a control character",
+                path=f"{at}.g.{key}",
+            )
+        _remember(_ok_tags)
+        _ok_tags.add(item)

@@ -1,0 +1,177 @@
+"""Control-plane messages: presence, health, remote config and commands.
+
+All are JSON objects with a ``v`` version like batches, decoded strictly with
+:func:`decode_message`. Unknown keys are ignored so that a newer gateway can add
+information without breaking an older platform (see ``docs/wire-protocol.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from telemetry._errors import InvalidPayload, MalformedPayload, PayloadTooLarge
+from telemetry._model import MAX_PAYLOAD_BYTES, WIRE_VERSION
+
+__all__ = [
+    "Birth",
+    "CommandRequest",
+    "CommandResponse",
+    "ConfigDesired",
+    "ConfigReported",
+    "Death",
+    "DeviceInfo",
+    "Health",
+    "Location",
+    "SpoolHealth",
+    "decode_message",
+    "decode_status",
+    "encode_message",
+]
+
+_Lat = Annotated[float, Meta(ge=-90.0, le=90.0)]
+_Lon = Annotated[float, Meta(ge=-180.0, le=180.0)]
+
+
+class Location(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """WGS84 position; ``area`` is the district or zone the API filters by."""
+
+    lat: _Lat
+    lon: _Lon
+    alt: float | None = None
+    area: str | None = None
+
+
+class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One device in a gateway's inventory."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=64)]
+    kind: str
+    #: measurement -> field -> unit (UCUM-style symbols: "km/h", "ug/m3", "m3/h").
+    measurements: dict[str, dict[str, str]] = {}
+    location: Location | None = None
+    #: protocol-specific facts: firmware version, Modbus unit id, serial port ...
+    meta: dict[str, str] = {}
+
+
+class Birth(msgspec.Struct, frozen=True, kw_only=True, tag="online",
+            tag_field="state"):
+    """Retained on the status topic when a gateway connects."""
+
+    v: int = WIRE_VERSION
+    gw: str
+    ts: int
+    agent: str
+    config_version: int = 0
+    location: Location | None = None
+    devices: list[DeviceInfo] = []
+
+
+class Death(msgspec.Struct, frozen=True, kw_only=True, tag="offline",
+            tag_field="state"):
+    """The last will (``reason="lost"``) or a clean shutdown (``reason="shutdown"``)."""
+
+    v: int = WIRE_VERSION
+    gw: str
+    ts: int | None = None
+    reason: Literal["lost", "shutdown"] = "lost"
+
+
+class SpoolHealth(msgspec.Struct, frozen=True, kw_only=True):
+    batches: int
+    readings: int
+    bytes: int
+    budget_bytes: int
+    oldest_age_s: float | None
+    dropped_batches: int
+    dropped_readings: int
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Periodic gateway health."""
+
+    v: int = WIRE_VERSION
+    gw: str
+    ts: int
+    uptime_s: float
+    next_seq: int
+    spool: SpoolHealth
+    #: stage -> channel -> count of readings that stage dropped.
+    dropped: dict[str, dict[str, int]] = {}
+    #: input link name -> state ("up", "down", "retrying").
+    links: dict[str, str] = {}
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+
+
+class ConfigDesired(msgspec.Struct, frozen=True, kw_only=True):
+    """A config the platform wants a gateway to run; ``config`` is the agent's YAML as JSON."""
+
+    v: int = WIRE_VERSION
+    version: Annotated[int, Meta(ge=1)]
+    config: dict[str, Any]
+
+
+class ConfigReported(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the gateway did with a desired config."""
+
+    v: int = WIRE_VERSION
+    gw: str
+    ts: int
+    version: int
+    status: Literal["applied", "rejected"]
+    reason: str | None = None
+    running_version: int
+
+
+class CommandRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Sent with MQTT v5 ``ResponseTopic`` and ``CorrelationData`` properties."""
+
+    v: int = WIRE_VERSION
+    cmd: Annotated[str, Meta(min_length=1, max_length=64)]
+    args: dict[str, Any] = {}
+
+
+class CommandResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    v: int = WIRE_VERSION
+    ok: bool
+    result: dict[str, Any] = {}
+    error: str | None = None
+
+
+_encoder: Final = msgspec.json.Encoder()
+_status_decoder: Final = msgspec.json.Decoder(Birth | Death)
+
+M = TypeVar("M", bound=msgspec.Struct)
+
+
+def encode_message(message: msgspec.Struct) -> bytes:
+    """Encode any control-plane message."""
+    return _encoder.encode(message)
+
+
+def decode_message(payload: bytes | bytearray | memoryview, kind: type[M]) -> M:
+    """Decode a control-plane message strictly into ``kind``."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+    try:
+        return msgspec.json.decode(payload, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidPayload(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedPayload(f"not valid JSON: {exc}") from exc
+
+
+def decode_status(payload: bytes | bytearray | memoryview) -> Birth | Death:
+    """Decode a retained status message (birth or death, told apart by ``state``)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+    try:
+        status: Birth | Death = _status_decoder.decode(payload)
+        return status
+    except msgspec.ValidationError as exc:
+        raise InvalidPayload(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedPayload(f"not valid JSON: {exc}") from exc
