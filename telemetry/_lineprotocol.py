@@ -2,8 +2,8 @@
 
 One line per reading::
 
-    TrafficFlowObserved,device=loop-3,gateway=cabinet-017,lane=1 intensity=540,averageVehicleSpeed=43.5,quality="good" 1732780800000000000
-    └──── measurement ─┘└──────────── tag set (sorted) ─────────┘└──────────────────── field set ─────────────────────┘└──── ns timestamp ─┘
+    TrafficFlowObserved,device=loop-3,gateway=cab-17,lane=1 intensity=540,quality="good" 17327808e11
+    └── measurement ──┘└──── tag set (sorted keys) ──────┘└──────── field set ────────┘└─ ns time ┘
 
 Escaping follows the InfluxDB 1.x/2.x spec: in the measurement, commas and spaces; in tag keys,
 tag values and field keys, commas, equals signs and spaces; in string field values, double
