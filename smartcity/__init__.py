@@ -1,0 +1,22 @@
+"""The ``smartcity`` command line and the local stack that runs real services for tests and the demo."""
+
+from smartcity._localstack import (
+    Influxd,
+    LocalService,
+    Mosquitto,
+    ServiceError,
+    find_binary,
+    free_port,
+)
+from smartcity._logging import LogFormat, configure_logging
+
+__all__ = [
+    "Influxd",
+    "LocalService",
+    "LogFormat",
+    "Mosquitto",
+    "ServiceError",
+    "configure_logging",
+    "find_binary",
+    "free_port",
+]

@@ -1,0 +1,22 @@
+"""`smartcity sim`: Simulated city: devices for edge agents, or whole gateway fleets onto a broker.
+
+Only typer and the stdlib are imported at module level, so `smartcity --help` stays fast
+and a gateway install does not need server packages to show it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="sim",
+    help="Simulated city: devices for edge agents, or whole gateway fleets onto a broker.",
+    no_args_is_help=True,
+)
+
+
+@app.command("status")
+def status() -> None:
+    """Say what this subcommand can do in this build."""
+    typer.echo("sim: not yet available in this build (see the project's issue tracker)")
+    raise typer.Exit(code=2)

@@ -1,0 +1,3 @@
+from smartcity.cli import main
+
+main()

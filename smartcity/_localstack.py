@@ -1,0 +1,322 @@
+"""Run real mosquitto and influxd as child processes: for tests, benchmarks and the demo.
+
+Each service gets a free loopback port (or a given one), its own data directory and a config
+file written next to it. ``start()`` returns when the service answers (MQTT port accepts a
+connection; influxd ``/ping`` answers 204). ``stop()`` terminates gracefully (mosquitto saves
+its persistence file on SIGTERM), ``kill()`` is SIGKILL for fault tests, and both can be
+followed by ``start()`` again on the same port and data: that is how tests cut the broker or the
+database for a while.
+
+The mosquitto config sets a deliberate queue budget: mosquitto's default
+``max_queued_messages 1000`` silently drops QoS 1 messages queued for an offline persistent
+session past 1,000, which would break the platform's no-loss guarantee during an ingest
+outage (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+__all__ = [
+    "Influxd",
+    "LocalService",
+    "Mosquitto",
+    "ServiceError",
+    "find_binary",
+    "free_port",
+]
+
+INSTALL_HINT: Final = {
+    "mosquitto": "sudo apt-get install -y mosquitto   (or: make setup)",
+    "influxd": "sudo apt-get install -y influxdb   (or: make setup)",
+}
+_SBIN_DIRS: Final = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin")
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_binary(name: str) -> str:
+    """Path of a service binary, searching the sbin directories that PATH may lack."""
+    found = shutil.which(name) or next(
+        (str(Path(d) / name) for d in _SBIN_DIRS if (Path(d) / name).is_file()), None
+    )
+    if found is None:
+        raise ServiceError(f"{name} is not installed; install it with: {INSTALL_HINT[name]}")
+    return found
+
+
+class LocalService:
+    """A child process with a data directory, a port and a readiness check."""
+
+    name = "service"
+
+    def __init__(self, *, data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"{self.name}.log"
+
+    # -- to override ---------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        command = self._command()
+        log = self.log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with {self._proc.returncode} at start; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            if self._ready():
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise ServiceError(f"{self.name} did not answer within {timeout}s; log:\n{self._log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Hard stop, as a crash or power cut would."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Mosquitto(LocalService):
+    """A private mosquitto broker (MQTT 3.1.1 and 5) on loopback."""
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        max_queued_messages: int = 1_000_000,
+        max_queued_bytes: int = 1024**3,
+        password_file: Path | None = None,
+        extra_config: str = "",
+    ) -> None:
+        super().__init__(data_dir=data_dir, host=host, port=port)
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.password_file = password_file
+        self.extra_config = extra_config
+        self.config_path = self.data_dir / "mosquitto.conf"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        auth = (
+            f"allow_anonymous false\npassword_file {self.password_file}\n"
+            if self.password_file
+            else "allow_anonymous true\n"
+        )
+        return (
+            "# written by smartcity localstack\n"
+            f"listener {self.port} {self.host}\n"
+            f"{auth}"
+            "persistence true\n"
+            f"persistence_location {self.data_dir}/\n"
+            "autosave_interval 60\n"
+            # The queue budget for offline persistent sessions: deliberately large, see
+            # the module docstring. Bytes cap it so a runaway cannot exhaust memory.
+            f"max_queued_messages {self.max_queued_messages}\n"
+            f"max_queued_bytes {self.max_queued_bytes}\n"
+            # Outgoing QoS 1 window for MQTT 3.1.1 clients (v5 clients set Receive Maximum).
+            "max_inflight_messages 1000\n"
+            f"user {getpass.getuser()}\n"
+            f"log_dest file {self.log_path}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            "connection_messages true\n"
+            f"{self.extra_config}"
+        )
+
+    def _command(self) -> list[str]:
+        self.config_path.write_text(self.config_text())
+        return [find_binary("mosquitto"), "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            return True
+        return False
+
+
+class Influxd(LocalService):
+    """A private InfluxDB 1.x server; talks the v1 HTTP API (``/write``, ``/query``)."""
+
+    name = "influxd"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        rpc_port: int | None = None,
+    ) -> None:
+        super().__init__(data_dir=data_dir, host=host, port=port)
+        self.rpc_port = rpc_port or free_port(host)
+        self.config_path = self.data_dir / "influxdb.conf"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        d = self.data_dir
+        return f"""# written by smartcity localstack
+reporting-disabled = true
+bind-address = "{self.host}:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+  trace-logging-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "{self.host}:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+[logging]
+  level = "warn"
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+"""
+
+    def _command(self) -> list[str]:
+        self.config_path.write_text(self.config_text())
+        return [find_binary("influxd"), "-config", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=0.5) as resp:  # noqa: S310
+                return bool(resp.status == 204)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    # -- small v1 HTTP helpers for tests, benchmarks and the demo ---------------------------
+    def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
+        """Run InfluxQL and return the decoded JSON answer; raise on an error result."""
+        params = {"q": q, "epoch": epoch}
+        if db:
+            params["db"] = db
+        data = urllib.parse.urlencode(params).encode()
+        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            answer: dict[str, Any] = json.loads(resp.read())
+        for result in answer.get("results", []):
+            if "error" in result:
+                raise ServiceError(f"InfluxQL error: {result['error']} in {q!r}")
+        return answer
+
+    def write(self, db: str, body: bytes, *, precision: str = "ns") -> None:
+        """Write line protocol; raise :class:`ServiceError` with InfluxDB's message on failure."""
+        qs = urllib.parse.urlencode({"db": db, "precision": precision})
+        req = urllib.request.Request(f"{self.url}/write?{qs}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                if resp.status != 204:
+                    raise ServiceError(f"write answered {resp.status}")
+        except urllib.error.HTTPError as exc:
+            raise ServiceError(f"write answered {exc.code}: {exc.read().decode()}") from exc
+
+    def create_database(self, db: str) -> None:
+        self.query(f'CREATE DATABASE "{db}"')
+
+    def drop_database(self, db: str) -> None:
+        self.query(f'DROP DATABASE "{db}"')
+
+    def count(self, db: str, measurement: str, field: str) -> int:
+        """Number of points holding ``field`` in ``measurement``."""
+        answer = self.query(f'SELECT count("{field}") FROM "{measurement}"', db=db)
+        series = answer["results"][0].get("series")
+        return int(series[0]["values"][0][1]) if series else 0
+
