@@ -1,0 +1,108 @@
+"""Byte-level links to sensor microcontrollers: transport, framing and protocol kept apart.
+
+- Transport: :class:`SerialTransport` (pyserial URLs, reconnects with backoff);
+- Framing (pure, no I/O): :func:`decode`, :class:`FrameDecoder`, :func:`encode_frame` for the
+  project firmware frame; :func:`decode_nmea`, :class:`NmeaDecoder` for NMEA 0183;
+  :func:`decode_registers` for Modbus register maps;
+- Protocol: :class:`FirmwareLink` (readings + commands), :class:`NmeaLink` (GPS positions),
+  :class:`ModbusPoller` (meters polled per register group). Each yields
+  :class:`telemetry.Reading` from ``readings()``.
+
+``docs/firmware-protocol.md`` is the normative description of the wire formats.
+"""
+
+from firmware_bridge._config import Backoff, FirmwareLinkConfig, NmeaLinkConfig, SerialConfig
+from firmware_bridge._errors import (
+    CommandError,
+    CommandRejected,
+    CommandTimeout,
+    ConfigError,
+    FirmwareBridgeError,
+    LinkClosed,
+    LinkDown,
+    LinkError,
+    ModbusError,
+    PayloadError,
+)
+from firmware_bridge._framing import (
+    DISCARD_REASONS,
+    MAX_ENCODED_SIZE,
+    MAX_FRAME_SIZE,
+    MAX_PAYLOAD_SIZE,
+    PROTOCOL_VERSION,
+    Discarded,
+    Frame,
+    FrameDecoder,
+    decode,
+    encode_frame,
+)
+from firmware_bridge._messages import (
+    Ack,
+    Channel,
+    Command,
+    CommandCode,
+    CommandResult,
+    Hello,
+    Identify,
+    Message,
+    MessageType,
+    Readings,
+    Reboot,
+    ResultStatus,
+    SetSampleInterval,
+    TimeSync,
+    ValueType,
+    decode_message,
+    encode_message,
+)
+from firmware_bridge._protocol import DeviceState, FirmwareLink, FirmwareSession
+from firmware_bridge._transport import LinkState, SerialTransport
+
+__all__ = [
+    "DISCARD_REASONS",
+    "MAX_ENCODED_SIZE",
+    "MAX_FRAME_SIZE",
+    "MAX_PAYLOAD_SIZE",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Backoff",
+    "Channel",
+    "Command",
+    "CommandCode",
+    "CommandError",
+    "CommandRejected",
+    "CommandResult",
+    "CommandTimeout",
+    "ConfigError",
+    "DeviceState",
+    "Discarded",
+    "FirmwareBridgeError",
+    "FirmwareLink",
+    "FirmwareLinkConfig",
+    "FirmwareSession",
+    "Frame",
+    "FrameDecoder",
+    "Hello",
+    "Identify",
+    "LinkClosed",
+    "LinkDown",
+    "LinkError",
+    "LinkState",
+    "Message",
+    "MessageType",
+    "ModbusError",
+    "NmeaLinkConfig",
+    "PayloadError",
+    "Readings",
+    "Reboot",
+    "ResultStatus",
+    "SerialConfig",
+    "SerialTransport",
+    "SetSampleInterval",
+    "TimeSync",
+    "ValueType",
+    "decode",
+    "decode_message",
+    "encode_frame",
+    "encode_message",
+]
