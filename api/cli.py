@@ -1,4 +1,4 @@
-"""`smartcity api`: API: live and historical transport and resource data (REST, WebSocket/SSE, GTFS-RT).
+"""`smartcity api`: live and historical transport and resource data (REST, live push, GTFS-RT).
 
 Only typer and the stdlib are imported at module level, so `smartcity --help` stays fast
 and a gateway install does not need server packages to show it.

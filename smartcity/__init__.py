@@ -1,4 +1,4 @@
-"""The ``smartcity`` command line and the local stack that runs real services for tests and the demo."""
+"""The ``smartcity`` command line, and the local stack of real services for tests and the demo."""
 
 from smartcity._localstack import (
     Influxd,

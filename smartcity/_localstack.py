@@ -119,7 +119,9 @@ class LocalService:
                 return
             time.sleep(0.05)
         self.kill()
-        raise ServiceError(f"{self.name} did not answer within {timeout}s; log:\n{self._log_tail()}")
+        raise ServiceError(
+            f"{self.name} did not answer within {timeout}s; log:\n{self._log_tail()}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -289,7 +291,7 @@ bind-address = "{self.host}:{self.rpc_port}"
         if db:
             params["db"] = db
         data = urllib.parse.urlencode(params).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")
+        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")  # noqa: S310
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
             answer: dict[str, Any] = json.loads(resp.read())
         for result in answer.get("results", []):
@@ -300,7 +302,7 @@ bind-address = "{self.host}:{self.rpc_port}"
     def write(self, db: str, body: bytes, *, precision: str = "ns") -> None:
         """Write line protocol; raise :class:`ServiceError` with InfluxDB's message on failure."""
         qs = urllib.parse.urlencode({"db": db, "precision": precision})
-        req = urllib.request.Request(f"{self.url}/write?{qs}", data=body, method="POST")
+        req = urllib.request.Request(f"{self.url}/write?{qs}", data=body, method="POST")  # noqa: S310
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
                 if resp.status != 204:
@@ -315,8 +317,8 @@ bind-address = "{self.host}:{self.rpc_port}"
         self.query(f'DROP DATABASE "{db}"')
 
     def count(self, db: str, measurement: str, field: str) -> int:
-        """Number of points holding ``field`` in ``measurement``."""
-        answer = self.query(f'SELECT count("{field}") FROM "{measurement}"', db=db)
+        """Number of points holding ``field`` in ``measurement`` (trusted names only)."""
+        answer = self.query(f'SELECT count("{field}") FROM "{measurement}"', db=db)  # noqa: S608
         series = answer["results"][0].get("series")
         return int(series[0]["values"][0][1]) if series else 0
 

@@ -55,7 +55,7 @@ _reading_decoder: Final = msgspec.json.Decoder(Reading)
 class _Probe(msgspec.Struct):
     """Just enough of a batch to tell a wrong version from a wrong shape."""
 
-    v: object = None
+    v: object = msgspec.UNSET
 
 
 class _Envelope(msgspec.Struct, rename={"version": "v", "gateway": "gw"}):
@@ -109,6 +109,8 @@ def decode_batch(payload: bytes | bytearray | memoryview) -> Batch:
         batch = _batch_decoder.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _diagnose(payload, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise MalformedPayload(f"not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     if batch.version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersion(batch.version, SUPPORTED_VERSIONS)
     _check_batch_names(batch)
@@ -128,7 +130,7 @@ def decode_batch_partial(payload: bytes | bytearray | memoryview) -> DecodedBatc
         first_error = exc
     try:
         envelope = msgspec.json.decode(payload, type=_Envelope)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         raise first_error from None
     if not 1 <= len(envelope.r) <= MAX_READINGS:
         raise first_error
@@ -147,6 +149,15 @@ def decode_batch_partial(payload: bytes | bytearray | memoryview) -> DecodedBatc
                     index=index,
                     reason=reason,
                     path=path.replace("$", f"$.r[{index}]", 1),
+                    raw=bytes(raw),
+                )
+            )
+        except UnicodeDecodeError as exc:
+            rejected.append(
+                RejectedReading(
+                    index=index,
+                    reason=f"not valid UTF-8: {exc.reason}",
+                    path=f"$.r[{index}]",
                     raw=bytes(raw),
                 )
             )
@@ -184,9 +195,9 @@ def _diagnose(
         return MalformedPayload(f"not valid JSON: {exc}")
     try:
         probe = msgspec.json.decode(payload, type=_Probe)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         probe = _Probe()
-    if probe.v is not None and probe.v not in SUPPORTED_VERSIONS:
+    if probe.v is not msgspec.UNSET and probe.v not in SUPPORTED_VERSIONS:
         return UnsupportedVersion(probe.v, SUPPORTED_VERSIONS)
     reason, path = _split_msgspec_message(str(exc))
     return InvalidPayload(reason, path=path)
