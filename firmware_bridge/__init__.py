@@ -55,7 +55,32 @@ from firmware_bridge._messages import (
     decode_message,
     encode_message,
 )
+from firmware_bridge._modbus import (
+    ModbusPoller,
+    ModbusPollerConfig,
+    ModbusSerialTarget,
+    ModbusTcpTarget,
+)
+from firmware_bridge._nmea import (
+    NMEA_DISCARD_REASONS,
+    NmeaDecoder,
+    NmeaLink,
+    NmeaSession,
+    Sentence,
+    decode_nmea,
+    nmea_checksum,
+)
 from firmware_bridge._protocol import DeviceState, FirmwareLink, FirmwareSession
+from firmware_bridge._registers import (
+    RegisterGroup,
+    RegisterMap,
+    RegisterSpec,
+    decode_registers,
+    encode_value,
+    load_register_map,
+    parse_register_map,
+    shipped_register_maps,
+)
 from firmware_bridge._transport import LinkState, SerialTransport
 
 __all__ = [
@@ -63,6 +88,7 @@ __all__ = [
     "MAX_ENCODED_SIZE",
     "MAX_FRAME_SIZE",
     "MAX_PAYLOAD_SIZE",
+    "NMEA_DISCARD_REASONS",
     "PROTOCOL_VERSION",
     "Ack",
     "Backoff",
@@ -91,11 +117,22 @@ __all__ = [
     "Message",
     "MessageType",
     "ModbusError",
+    "ModbusPoller",
+    "ModbusPollerConfig",
+    "ModbusSerialTarget",
+    "ModbusTcpTarget",
+    "NmeaDecoder",
+    "NmeaLink",
     "NmeaLinkConfig",
+    "NmeaSession",
     "PayloadError",
     "Readings",
     "Reboot",
+    "RegisterGroup",
+    "RegisterMap",
+    "RegisterSpec",
     "ResultStatus",
+    "Sentence",
     "SerialConfig",
     "SerialTransport",
     "SetSampleInterval",
@@ -103,6 +140,13 @@ __all__ = [
     "ValueType",
     "decode",
     "decode_message",
+    "decode_nmea",
+    "decode_registers",
     "encode_frame",
     "encode_message",
+    "encode_value",
+    "load_register_map",
+    "nmea_checksum",
+    "parse_register_map",
+    "shipped_register_maps",
 ]

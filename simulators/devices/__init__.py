@@ -12,12 +12,20 @@ from simulators.devices._firmware import (
     FirmwareDeviceConfig,
     SentReadings,
 )
+from simulators.devices._modbus import ModbusMeterServer, meter_values
+from simulators.devices._nmea import NmeaDevice, NmeaDeviceConfig, SentFix, format_sentence
 from simulators.devices._pty import PtyPort
 
 __all__ = [
     "DEFAULT_CHANNELS",
     "FirmwareDevice",
     "FirmwareDeviceConfig",
+    "ModbusMeterServer",
+    "NmeaDevice",
+    "NmeaDeviceConfig",
     "PtyPort",
+    "SentFix",
     "SentReadings",
+    "format_sentence",
+    "meter_values",
 ]

@@ -1,0 +1,1 @@
+"""Register maps shipped with the firmware bridge (YAML data files)."""
