@@ -15,15 +15,21 @@ then ``12.5`` never causes a field-type conflict.
 Point identity in InfluxDB is measurement + tag set + timestamp, so the tag set is exactly
 ``gateway``, ``device`` and the reading's own tags: a replayed reading overwrites itself.
 
-Speed comes from caches, not from cleverness per reading: the escaped measurement + tag set
-prefix is cached per (measurement, gateway, device, tags), and the field set is rendered
-with a ``%``-template cached per (measurement, field names, value types).
+Speed comes from caches and from formatting numbers in bulk, not from cleverness per reading:
+
+- the escaped measurement + tag set prefix is cached per (measurement, gateway, device, tags);
+- the field set is a ``%s`` template cached per (measurement, field names, value types);
+- the numbers and booleans of a whole body are rendered by one ``msgspec.json`` call (C float
+  formatting with the shortest round-trip digits, ~7x faster than ``repr``) and split;
+  readings carrying string fields take a per-reading path with line-protocol escaping.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Final
+
+import msgspec
 
 from telemetry._model import Reading
 from telemetry._vocabulary import float_fields
@@ -56,13 +62,14 @@ class LineProtocolEncoder:
     The encoder is not thread-safe (its caches are plain dicts): use one per thread.
     """
 
-    __slots__ = ("_extra_tags", "_prefixes", "_suffixes", "_templates")
+    __slots__ = ("_extra_tags", "_json", "_prefixes", "_suffixes", "_templates")
 
     def __init__(self, *, extra_tags: Mapping[str, str] | None = None) -> None:
         self._extra_tags = dict(extra_tags or {})
         self._prefixes: dict[tuple[str, str, str, tuple[tuple[str, str], ...] | None], str] = {}
-        self._templates: dict[tuple[str, tuple[str, ...], tuple[type, ...]], tuple[str, bool]] = {}
+        self._templates: dict[tuple[str, tuple[str, ...], tuple[type, ...]], _Template] = {}
         self._suffixes: dict[tuple[str, str], str] = {}
+        self._json = msgspec.json.Encoder()
 
     def encode(self, gateway: str, readings: Iterable[Reading]) -> bytes:
         """All readings of one gateway as one line-protocol body."""
@@ -71,8 +78,9 @@ class LineProtocolEncoder:
     def lines(self, gateway: str, readings: Iterable[Reading]) -> list[str]:
         """One newline-terminated line per reading, in order."""
         prefixes, templates, suffixes = self._prefixes, self._templates, self._suffixes
-        out: list[str] = []
-        append = out.append
+        # Pass 1: resolve prefix, template and suffix per reading; queue numeric values.
+        plan: list[str | tuple[str, str, int, str, int]] = []
+        flat: list[object] = []
         for r in readings:
             tags = r.tags
             pkey = (r.measurement, gateway, r.device, tuple(tags.items()) if tags else None)
@@ -87,24 +95,36 @@ class LineProtocolEncoder:
             tkey = (r.measurement, tuple(fields), tuple(map(type, values)))
             template = templates.get(tkey)
             if template is None:
-                template = self._template(*tkey)
+                template = _Template.build(*tkey)
                 if len(templates) >= _CACHE_LIMIT:
                     templates.clear()
                 templates[tkey] = template
-            text, has_strings = template
-            if has_strings:
-                values = tuple(
-                    escape_string_field(v) if type(v) is str else v for v in values
-                )
             skey = (r.quality, r.clock)
             suffix = suffixes.get(skey)
             if suffix is None:
                 suffix = f',quality="{r.quality}"'
                 if r.clock != "device":
                     suffix += f',clock="{r.clock}"'
-                suffixes[skey] = suffix + " "
-                suffix = suffixes[skey]
-            append(f"{prefix}{text % values}{suffix}{r.ts}\n")
+                suffix += " "
+                suffixes[skey] = suffix
+            if template.has_strings:
+                escaped = tuple(escape_string_field(v) if type(v) is str else v for v in values)
+                plan.append(f"{prefix}{template.slow % escaped}{suffix}{r.ts}\n")
+            else:
+                plan.append((prefix, template.fast, len(values), suffix, r.ts))
+                flat.extend(values)
+        # Pass 2: one C call renders every number and boolean; splice them into the lines.
+        parts = self._json.encode(flat)[1:-1].decode().split(",") if flat else []
+        out: list[str] = []
+        append = out.append
+        i = 0
+        for item in plan:
+            if isinstance(item, str):
+                append(item)
+                continue
+            prefix, text, n, suffix, ts = item
+            append(f"{prefix}{text % tuple(parts[i : i + n])}{suffix}{ts}\n")
+            i += n
         return out
 
     def _prefix(
@@ -116,20 +136,42 @@ class LineProtocolEncoder:
         )
         return f"{escape_measurement(measurement)}{rendered} "
 
-    @staticmethod
-    def _template(
-        measurement: str, keys: tuple[str, ...], types: tuple[type, ...]
-    ) -> tuple[str, bool]:
+
+class _Template:
+    """The field set of one (measurement, field names, value types) signature.
+
+    ``fast`` takes every value as already-rendered text (numbers and booleans from msgspec);
+    ``slow`` formats raw values itself and is used when the reading carries strings.
+    """
+
+    __slots__ = ("fast", "has_strings", "slow")
+
+    def __init__(self, fast: str, slow: str, has_strings: bool) -> None:
+        self.fast = fast
+        self.slow = slow
+        self.has_strings = has_strings
+
+    @classmethod
+    def build(
+        cls, measurement: str, keys: tuple[str, ...], types: tuple[type, ...]
+    ) -> _Template:
         declared_float = float_fields(measurement)
-        parts: list[str] = []
+        fast: list[str] = []
+        slow: list[str] = []
         for key, kind in zip(keys, types, strict=True):
             name = escape_tag(key).replace("%", "%%")
             if kind is bool:
-                parts.append(f"{name}=%s")
+                fast.append(f"{name}=%s")
+                slow.append(f"{name}=%s")
             elif kind is int:
-                parts.append(f"{name}=%d" if key in declared_float else f"{name}=%di")
+                # An int in a field the vocabulary declares float is written without "i".
+                marker = "" if key in declared_float else "i"
+                fast.append(f"{name}=%s{marker}")
+                slow.append(f"{name}=%d{marker}")
             elif kind is float:
-                parts.append(f"{name}=%r")
+                fast.append(f"{name}=%s")
+                slow.append(f"{name}=%r")
             else:
-                parts.append(f'{name}="%s"')
-        return ",".join(parts), str in types
+                fast.append(f'{name}="%s"')
+                slow.append(f'{name}="%s"')
+        return cls(",".join(fast), ",".join(slow), str in types)

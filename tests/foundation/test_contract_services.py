@@ -95,7 +95,7 @@ def _points(influxd: Influxd, db: str, measurement: str) -> list[dict[str, objec
 
 def _field_types(influxd: Influxd, db: str, measurement: str) -> dict[str, str]:
     answer = influxd.query(f'SHOW FIELD KEYS FROM "{measurement}"', db=db)
-    return {k: t for k, t in answer["results"][0]["series"][0]["values"]}
+    return dict(answer["results"][0]["series"][0]["values"])
 
 
 def test_encoded_readings_read_back_through_influxql(influxd: Influxd, influx_db: str) -> None:

@@ -96,7 +96,7 @@ def test_declared_float_fields_stay_float_when_sent_as_integers() -> None:
 def test_extreme_floats_use_exponent_notation_that_parses() -> None:
     r = Reading(device="d", measurement="M", ts=TS, fields={"a": 1e300, "b": -3e-308, "c": -0.0})
     line = encode_one("g", r)
-    assert "a=1e+300,b=-3e-308,c=-0.0," in line
+    assert "a=1e300,b=-3e-308,c=-0.0," in line
     parsed = line_protocol_parser.parse_line(line[:-1])
     assert parsed["fields"]["a"] == 1e300
     assert parsed["fields"]["b"] == -3e-308
