@@ -1,4 +1,4 @@
-"""`smartcity ingest`: Ingest: MQTT shared subscription to InfluxDB, lossless, scale-out workers.
+"""`smartcity ingest`: MQTT shared subscription to InfluxDB, lossless, scale-out workers.
 
 Only typer and the stdlib are imported at module level, so `smartcity --help` stays fast
 and a gateway install does not need server packages to show it.
@@ -6,17 +6,111 @@ and a gateway install does not need server packages to show it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
 app = typer.Typer(
     name="ingest",
     help="Ingest: MQTT shared subscription to InfluxDB, lossless, scale-out workers.",
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (see deploy/ingest.yaml). Environment variables "
+        "SMARTCITY_INGEST_<SECTION>__<KEY> override it; flags override both.",
+        exists=False,
+        dir_okay=False,
+    ),
+]
 
-@app.command("status")
-def status() -> None:
-    """Say what this subcommand can do in this build."""
-    typer.echo("ingest: not yet available in this build (see the project's issue tracker)")
-    raise typer.Exit(code=2)
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """Flags named ``section__key`` to a nested mapping, skipping unset ones."""
+    out: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        *sections, key = name.split("__")
+        target = out
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = value
+    return out
+
+
+def _load(config: Path | None, overrides: dict[str, Any]) -> Any:
+    from ingest._config import load_config
+    from ingest._errors import ConfigError
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: invalid configuration: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+@app.command("run")
+def run(
+    config: ConfigOption = None,
+    mqtt_host: Annotated[str | None, typer.Option(help="Broker host.")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="Broker port.")] = None,
+    client_id: Annotated[
+        str | None, typer.Option(help="Stable worker id: ingest-0, ingest-1, ...")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Shared-subscription group.")] = None,
+    topic_root: Annotated[str | None, typer.Option(help="Topic namespace root.")] = None,
+    receive_maximum: Annotated[
+        int | None, typer.Option(help="MQTT v5 Receive Maximum (unacked messages in flight).")
+    ] = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Readings per write.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or console.")] = None,
+) -> None:
+    """Run one ingest worker until SIGTERM/SIGINT (then acks only what was written)."""
+    cfg = _load(
+        config,
+        _overrides(
+            mqtt__host=mqtt_host,
+            mqtt__port=mqtt_port,
+            mqtt__client_id=client_id,
+            mqtt__group=group,
+            mqtt__topic_root=topic_root,
+            mqtt__receive_maximum=receive_maximum,
+            influx__url=influx_url,
+            influx__database=database,
+            batch__max_readings=batch_size,
+            metrics_port=metrics_port,
+            log_level=log_level.upper() if log_level else None,
+            log_format=log_format,
+        ),
+    )
+    from ingest._errors import IngestError
+    from ingest._run import run_worker
+    from smartcity._logging import configure_logging
+
+    configure_logging(cfg.log_level, cfg.log_format)
+    try:
+        run_worker(cfg)
+    except IngestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration and print it (secrets masked)."""
+    cfg = _load(config, {})
+    typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))

@@ -1,0 +1,133 @@
+"""Per-gateway bookkeeping: which batches arrived, stored so completeness can be computed.
+
+Every batch a worker processes adds one point to the ``ingest_batch`` measurement, written in
+the same request as the batch's readings (so it exists exactly when they do)::
+
+    ingest_batch,gateway=cab-17 seq=4711i,readings=100i,rejected=0i,dup=false,\
+        worker="ingest-0",received=1732780801234000000i 1732780800123004711
+                 └─ tag ─────┘ └─ fields (seq, counts, dup, worker, ingest time) ─┘ └ time ┘
+
+(one line on the wire; broken here to fit).
+
+- Only ``gateway`` is a tag: one series per gateway. ``worker`` is a field on purpose: a
+  replay handled by another worker must land on the same point, not in a new series.
+- The timestamp is derived from the batch itself, never from the ingest clock: the newest
+  reading's time truncated to the millisecond plus ``seq mod 10^6`` nanoseconds. A replay
+  (same gateway, same seq, same readings), whichever worker takes it, overwrites the same
+  point; two different batches of one gateway collide only if their newest readings share a
+  millisecond *and* their seqs are congruent modulo a million. Being device time, the point
+  falls in the same shard and retention window as the readings it describes.
+- ``received`` (ingest clock, ns) is informative: last writer wins.
+
+Completeness over a window is ``count(distinct(seq))`` against ``max(seq) - min(seq) + 1``
+per gateway (:func:`completeness_query`); ``distinct`` keeps it right even if a point were
+ever written twice.
+
+The worker also keeps a local view (last seq, gaps, replays, last seen) for Prometheus. With
+several workers in a share group each sees only its share of a gateway's batches, so local
+gaps are exact only for a single worker; the stored points are the global truth.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+from telemetry import ID_RE
+
+__all__ = ["BOOKKEEPING_MEASUREMENT", "GatewayBook", "bookkeeping_line", "completeness_query"]
+
+BOOKKEEPING_MEASUREMENT: Final = "ingest_batch"
+_RECENT: Final = 256
+
+
+def bookkeeping_ts(newest_ts: int, seq: int) -> int:
+    """Deterministic point time for a batch (see the module docstring)."""
+    return newest_ts - newest_ts % 1_000_000 + seq % 1_000_000
+
+
+def bookkeeping_line(
+    *,
+    gateway: str,
+    seq: int,
+    newest_ts: int,
+    readings: int,
+    rejected: int,
+    dup: bool,
+    worker: str,
+    received_ns: int,
+) -> str:
+    """One line-protocol line for a received batch (ids need no escaping: ID_RE)."""
+    return (
+        f"{BOOKKEEPING_MEASUREMENT},gateway={gateway} seq={seq}i,readings={readings}i,"
+        f'rejected={rejected}i,dup={"true" if dup else "false"},worker="{worker}",'
+        f"received={received_ns}i {bookkeeping_ts(newest_ts, seq)}\n"
+    )
+
+
+def completeness_query(*, since: str = "now() - 1h", gateway: str | None = None) -> str:
+    """InfluxQL giving, per gateway: batches received, lowest and highest seq, readings.
+
+    Missing batches in the window = ``max - min + 1 - received``.
+    """
+    where = f"time >= {since}"
+    if gateway is not None:
+        if not ID_RE.fullmatch(gateway):
+            raise ValueError(f"not a gateway id: {gateway!r}")
+        where += f" AND \"gateway\" = '{gateway}'"
+    # Not injectable: ``gateway`` matched ID_RE (no quotes) and ``since`` is the caller's.
+    return (
+        f'SELECT count(distinct("seq")) AS "received", min("seq") AS "min_seq", '  # noqa: S608
+        f'max("seq") AS "max_seq", sum("readings") AS "readings", '
+        f'sum("rejected") AS "rejected" FROM "{BOOKKEEPING_MEASUREMENT}" '
+        f'WHERE {where} GROUP BY "gateway"'
+    )
+
+
+class _Gateway:
+    __slots__ = ("gaps", "last_seen", "last_seq", "recent", "replays")
+
+    def __init__(self) -> None:
+        self.last_seq = -1
+        self.last_seen = 0.0
+        self.gaps = 0
+        self.replays = 0
+        self.recent: deque[int] = deque(maxlen=_RECENT)
+
+
+class GatewayBook:
+    """This worker's view of each gateway's seq stream."""
+
+    def __init__(self) -> None:
+        self._gateways: dict[str, _Gateway] = {}
+
+    def observe(self, gateway: str, seq: int, *, dup: bool, now: float) -> tuple[int, bool]:
+        """Record a batch; return (new gaps it reveals, whether it is a replay)."""
+        state = self._gateways.get(gateway)
+        if state is None:
+            state = self._gateways[gateway] = _Gateway()
+        state.last_seen = now
+        gaps = 0
+        replay = dup
+        if state.last_seq < 0:
+            state.last_seq = seq
+        elif seq > state.last_seq:
+            gaps = seq - state.last_seq - 1
+            state.last_seq = seq
+        elif seq in state.recent:
+            replay = True
+        if replay:
+            state.replays += 1
+        state.gaps += gaps
+        state.recent.append(seq)
+        return gaps, replay
+
+    def last_seq(self, gateway: str) -> int | None:
+        state = self._gateways.get(gateway)
+        return None if state is None else state.last_seq
+
+    def snapshot(self) -> dict[str, tuple[int, int, int, float]]:
+        """gateway -> (last seq, gaps, replays, last seen)."""
+        return {
+            gw: (s.last_seq, s.gaps, s.replays, s.last_seen) for gw, s in self._gateways.items()
+        }

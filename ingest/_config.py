@@ -1,0 +1,258 @@
+"""Typed configuration of an ingest worker, validated once at start-up.
+
+Sources, highest priority first: explicit overrides (command-line flags), environment
+variables (``SMARTCITY_INGEST_``, nested keys joined by ``__``, for example
+``SMARTCITY_INGEST_INFLUX__URL``), the YAML file, the defaults below. Every model forbids
+unknown keys, so a typo fails at start-up with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ingest._errors import ConfigError
+
+__all__ = [
+    "BatchConfig",
+    "InfluxConfig",
+    "IngestConfig",
+    "MqttConfig",
+    "RetentionConfig",
+    "RetryConfig",
+    "TlsConfig",
+    "load_config",
+]
+
+_Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+_Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    """TLS towards the broker: CA bundle, optional client certificate (mutual TLS)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Skip hostname verification. Refused unless ``allow_insecure`` is set on the worker.
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        return self
+
+
+class MqttConfig(_Model):
+    """The broker and the shared subscription."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    #: Stable per worker (``ingest-0``, ``ingest-1``...): the broker keeps the session, and
+    #: its queued share, under this id. A replacement for a dead worker reuses its id.
+    client_id: _Id = "ingest-0"
+    #: Share group: workers in the same group split the messages.
+    group: _Id = "ingest"
+    topic_root: str = "sc"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive: Annotated[int, Field(ge=5, le=65535)] = 30
+    #: How long the broker keeps this worker's session (and queues its share) while it is
+    #: offline. Must cover the longest outage a supervisor may take to restart it.
+    session_expiry: Annotated[int, Field(ge=60, le=0xFFFFFFFE)] = 7 * 24 * 3600
+    #: MQTT v5 Receive Maximum: unacknowledged messages the broker may have in flight to this
+    #: worker. It bounds the worker's memory (receive_maximum x readings per message) and must
+    #: cover the batches being formed and written; see docs/ingest.md.
+    receive_maximum: Annotated[int, Field(ge=2, le=65535)] = 1000
+    #: Service name of the dead-letter topic ``{root}/v1/_sys/deadletter/{service}``.
+    deadletter_service: _Id = "ingest"
+    reconnect_min_delay: Annotated[int, Field(ge=1)] = 1
+    reconnect_max_delay: Annotated[int, Field(ge=1)] = 30
+
+
+class RetentionConfig(_Model):
+    """The retention policy written to (created when missing if ``create`` is set)."""
+
+    name: _Id = "autogen"
+    duration: str = Field(default="0s", pattern=r"^(INF|0s|\d+[mhdw])$")
+    shard_duration: str | None = Field(default=None, pattern=r"^\d+[mhdw]$")
+    create: bool = True
+    default: bool = True
+
+
+class InfluxConfig(_Model):
+    """Where readings go. ``api: v1`` is the InfluxQL/line-protocol API every version speaks."""
+
+    api: Literal["v1", "v2"] = "v1"
+    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
+    database: _Id = "smartcity"
+    retention: RetentionConfig = RetentionConfig()
+    create_database: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    #: v2 API (or a v1-compatibility endpoint that wants a token).
+    token: SecretStr | None = None
+    org: str | None = None
+    bucket: str | None = None
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    gzip: bool = False
+    timeout: _Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _v2(self) -> InfluxConfig:
+        if self.api == "v2" and (self.token is None or not self.org or not self.bucket):
+            raise ValueError("api v2 needs token, org and bucket")
+        if self.username is not None and self.password is None:
+            raise ValueError("username needs a password")
+        return self
+
+
+class RetryConfig(_Model):
+    """Capped, jittered exponential backoff for retryable write failures."""
+
+    initial_delay: _Seconds = 0.2
+    max_delay: _Seconds = 15.0
+    multiplier: Annotated[float, Field(ge=1.0)] = 2.0
+
+
+class BatchConfig(_Model):
+    """How readings are grouped into writes."""
+
+    #: Flush when a batch holds this many readings...
+    max_readings: Annotated[int, Field(ge=1, le=500_000)] = 5000
+    #: ...or when its oldest message has waited this long.
+    max_age: _Seconds = 0.2
+    #: Writes in flight at once (each up to ``max_readings``).
+    max_concurrent_writes: Annotated[int, Field(ge=1, le=64)] = 3
+    retry: RetryConfig = RetryConfig()
+    #: On shutdown, how long to keep writing what was received before giving up; anything
+    #: not written by then is left unacknowledged for the broker to redeliver.
+    drain_timeout: _Seconds = 10.0
+
+
+class IngestConfig(BaseSettings):
+    """Everything a worker needs. Build it with :func:`load_config` or directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SMARTCITY_INGEST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mqtt: MqttConfig = MqttConfig()
+    influx: InfluxConfig = InfluxConfig()
+    batch: BatchConfig = BatchConfig()
+    #: Serve Prometheus metrics on this port (``None``: do not serve; 0: any free port).
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+    #: Allow TLS without verification and plain-text credentials to non-loopback hosts.
+    allow_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _coherent(self) -> IngestConfig:
+        if self.mqtt.receive_maximum < self.batch.max_concurrent_writes + 1:
+            raise ValueError(
+                "mqtt.receive_maximum must exceed batch.max_concurrent_writes, or writes "
+                "starve waiting for messages the broker may not send"
+            )
+        if not self.allow_insecure:
+            if self.mqtt.tls is not None and self.mqtt.tls.insecure:
+                raise ValueError("mqtt.tls.insecure needs allow_insecure: true")
+            if not self.influx.verify_tls:
+                raise ValueError("influx.verify_tls false needs allow_insecure: true")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+
+_file_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "ingest_config_file_data", default=None
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed YAML file, lowest priority above the defaults."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}", source=str(path)) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping", source=str(path))
+    section = data.get("ingest", data) if set(data) == {"ingest"} else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'ingest' must be a mapping", source=str(path))
+    return section
+
+
+def load_config(
+    path: Path | str | None = None, overrides: Mapping[str, Any] | None = None
+) -> IngestConfig:
+    """Validate the YAML file (optional), the environment and ``overrides`` into a config.
+
+    ``overrides`` is nested like the file (``{"mqtt": {"port": 1884}}``). Raises
+    :class:`ConfigError` naming the file, the key and the reason.
+    """
+    source = str(path) if path is not None else "configuration"
+    file_data = _read_yaml(Path(path)) if path is not None else {}
+    token = _file_data.set(file_data)
+    try:
+        return IngestConfig(**_deep_merge({}, overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}", source=source) from exc
+    finally:
+        _file_data.reset(token)
