@@ -1,0 +1,436 @@
+"""The agent's config: YAML validated once, at start-up, into frozen typed models.
+
+::
+
+    gateway:   id, location, state_dir            who this gateway is, where it keeps state
+    broker:    host, port, tls, credentials ...   the central broker (uplink)
+    spool:     path, budget_bytes, synchronous    on-disk store-and-forward
+    batch:     max_readings, max_bytes, max_age_s when a batch is sealed
+    health:    interval_s                         periodic health message
+    metrics:   port, host                         optional Prometheus endpoint
+    devices:   [...]                              inventory announced in the birth message
+    inputs:    [{type: mqtt, ...}, ...]           input plugins (by ``type``)
+    processors: [{match: {...}, stages: [...]}]   per-channel processor chains
+
+Every model forbids unknown keys, so a typo fails at start-up. :func:`load_config` reports
+every problem with the file, the dotted key path and the reason (:class:`ConfigError`).
+``docs/gateway-install.md`` is the reference.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edge_agent._errors import ConfigError, ConfigIssue
+from edge_agent._processors import STAGES, AggregateConfig, StageSpec
+from telemetry import (
+    ID_RE,
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    NAME_RE,
+    DeviceInfo,
+    Location,
+    TopicError,
+    Topics,
+)
+
+__all__ = [
+    "AgentConfig",
+    "BatchConfig",
+    "BrokerConfig",
+    "DeviceConfig",
+    "GatewayConfig",
+    "HealthConfig",
+    "InputSpec",
+    "LocationConfig",
+    "MatchConfig",
+    "MetricsConfig",
+    "MqttInputConfig",
+    "MqttSubscription",
+    "ProcessorRule",
+    "SpoolConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "remote_change_issues",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_Id = Annotated[str, Field(pattern=ID_RE.pattern, max_length=64)]
+_Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
+
+
+class LocationConfig(_Model):
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    alt: float | None = None
+    area: str | None = None
+
+    def to_wire(self) -> Location:
+        return Location(lat=self.lat, lon=self.lon, alt=self.alt, area=self.area)
+
+
+class GatewayConfig(_Model):
+    id: _Id
+    location: LocationConfig | None = None
+    #: Spool, persisted remote config. Relative paths are relative to the config file.
+    state_dir: Path = Path("/var/lib/smartcity-edge")
+
+    @field_validator("id")
+    @classmethod
+    def _no_underscore(cls, v: str) -> str:
+        if v.startswith("_"):
+            raise ValueError("gateway ids cannot start with '_'")
+        return v
+
+
+class TlsConfig(_Model):
+    """TLS to the broker; ``cert_file``/``key_file`` for client-certificate authentication."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Skip hostname verification. Only for test benches; refused unless ``allow_insecure``.
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerConfig(_Model):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    topic_root: str = "sc"
+    client_id: _Id | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    #: Development only: permits ``tls.insecure`` and passwords over plain TCP to non-local hosts.
+    allow_insecure: bool = False
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    #: Batches published and not yet acknowledged (PUBACK) at any time.
+    inflight_window: Annotated[int, Field(ge=1, le=1000)] = 32
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        try:
+            Topics(v)
+        except TopicError as exc:
+            raise ValueError(exc.reason) from exc
+        return v
+
+    @model_validator(mode="after")
+    def _secure(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.allow_insecure:
+            return self
+        if self.tls is not None and self.tls.insecure:
+            raise ValueError("tls.insecure needs allow_insecure: true (development only)")
+        local = self.host in {"localhost", "127.0.0.1", "::1"}
+        has_secret = self.password is not None or self.password_file is not None
+        if has_secret and self.tls is None and not local:
+            raise ValueError(
+                "a password over plain TCP to a remote broker is refused: configure tls "
+                "(or allow_insecure: true for development)"
+            )
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s is greater than backoff_max_s")
+        return self
+
+
+class SpoolConfig(_Model):
+    #: Default: ``<state_dir>/spool.sqlite3``.
+    path: Path | None = None
+    #: Payload bytes kept at most; past it the oldest batches are dropped (counted).
+    budget_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
+    #: ``full`` survives power cuts (fsync per sealed batch), ``normal`` only process crashes.
+    synchronous: Literal["full", "normal"] = "full"
+
+
+class BatchConfig(_Model):
+    max_readings: Annotated[int, Field(ge=1, le=MAX_READINGS)] = 500
+    max_bytes: Annotated[int, Field(ge=1024, le=MAX_PAYLOAD_BYTES - 1024)] = 64 * 1024
+    max_age_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+
+
+class HealthConfig(_Model):
+    interval_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class MetricsConfig(_Model):
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    host: str = "127.0.0.1"
+
+
+class DeviceConfig(_Model):
+    id: _Id
+    kind: Annotated[str, Field(min_length=1)]
+    #: measurement -> field -> unit
+    measurements: dict[_Name, dict[_Name, str]] = {}
+    location: LocationConfig | None = None
+    meta: dict[str, str] = {}
+
+    def to_wire(self) -> DeviceInfo:
+        return DeviceInfo(
+            id=self.id,
+            kind=self.kind,
+            measurements={m: dict(f) for m, f in self.measurements.items()},
+            location=None if self.location is None else self.location.to_wire(),
+            meta=dict(self.meta),
+        )
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+_TEMPLATE_RE: Final = re.compile(r"\{(\d+)\}")
+
+
+class MqttSubscription(_Model):
+    """One topic filter on the local broker and how its messages become readings.
+
+    ``device`` and tag values may hold ``{N}``: the N-th level (0-based) of the topic.
+    ``format: json`` takes each field from a JSON path (``$.a.b[0]``); ``format: number``
+    reads the whole payload as one number into ``field``.
+    """
+
+    topic: Annotated[str, Field(min_length=1)]
+    device: Annotated[str, Field(min_length=1)]
+    measurement: _Name
+    format: Literal["json", "number"] = "json"
+    fields: dict[_Name, str] = {}
+    field: _Name | None = None
+    timestamp: str | None = None
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ns"
+    tags: dict[_Name, str] = {}
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        if self.format == "json" and not self.fields:
+            raise ValueError("format json needs fields (name: JSON path)")
+        if self.format == "number" and self.field is None:
+            raise ValueError("format number needs field")
+        if self.format == "number" and self.timestamp is not None:
+            raise ValueError("format number has no timestamp path")
+        if "#" in self.topic[:-1] or any(
+            ("+" in lvl or "#" in lvl) and len(lvl) > 1 for lvl in self.topic.split("/")
+        ):
+            raise ValueError(f"topic filter {self.topic!r} is not valid")
+        return self
+
+
+class MqttInputConfig(_Model):
+    """Subscriptions on the gateway's local broker (QoS 1, persistent session, acked only
+    once the readings are in the spool)."""
+
+    type: Literal["mqtt"]
+    name: _Id
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: _Id | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    subscriptions: Annotated[list[MqttSubscription], Field(min_length=1)]
+
+
+class SimulatedInputConfig(_Model):
+    """Synthetic readings (sine + noise) for bench tests and demos without hardware."""
+
+    type: Literal["simulated"]
+    name: _Id
+    devices: Annotated[int, Field(ge=1)] = 1
+    device_prefix: str = "sim"
+    measurement: _Name = "Simulated"
+    fields: Annotated[list[_Name], Field(min_length=1)] = ["value"]
+    rate_hz: Annotated[float, Field(gt=0)] = 1.0
+
+
+InputSpec = Annotated[MqttInputConfig | SimulatedInputConfig, Field(discriminator="type")]
+INPUT_TYPES: Final = frozenset({"mqtt", "simulated"})
+
+
+# -- processors ------------------------------------------------------------------------------
+
+
+class MatchConfig(_Model):
+    """Which channels a rule takes (shell-style globs)."""
+
+    device: str = "*"
+    measurement: str = "*"
+    field: str = "*"
+
+    def matches(self, device: str, measurement: str, field: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(device, self.device)
+            and fnmatch.fnmatchcase(measurement, self.measurement)
+            and fnmatch.fnmatchcase(field, self.field)
+        )
+
+
+class ProcessorRule(_Model):
+    match: MatchConfig = MatchConfig()
+    stages: Annotated[list[StageSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _aggregate_last(self) -> Self:
+        for i, st in enumerate(self.stages[:-1]):
+            if isinstance(st, AggregateConfig):
+                raise ValueError(f"aggregate (stage {i}) must be the last stage")
+        return self
+
+
+class AgentConfig(_Model):
+    gateway: GatewayConfig
+    broker: BrokerConfig
+    spool: SpoolConfig = SpoolConfig()
+    batch: BatchConfig = BatchConfig()
+    health: HealthConfig = HealthConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    devices: list[DeviceConfig] = []
+    inputs: list[InputSpec] = []
+    #: First matching rule wins; channels no rule matches pass through unchanged.
+    processors: list[ProcessorRule] = []
+    #: How often staged samples run through the processors.
+    tick_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [i.name for i in self.inputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"input names must be unique: {', '.join(dupes)}")
+        ids = [d.id for d in self.devices]
+        dupes = sorted({n for n in ids if ids.count(n) > 1})
+        if dupes:
+            raise ValueError(f"device ids must be unique: {', '.join(dupes)}")
+        return self
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool.path or self.gateway.state_dir / "spool.sqlite3"
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"edge-{self.gateway.id}"
+
+
+_TAGS: Final = frozenset(STAGES) | INPUT_TYPES
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    prev: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(prev, int) and part in _TAGS:
+            pass  # discriminator tag pydantic inserts after a list index
+        else:
+            out += f".{part}" if out else str(part)
+        prev = part
+    return out
+
+
+def _issues(exc: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the config schema)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        issues.append(ConfigIssue(_loc_to_path(tuple(err["loc"])), msg))
+    return issues
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make relative file paths in the raw config relative to ``base`` (the file's dir)."""
+
+    def fix(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            p = Path(section[key]).expanduser()
+            section[key] = str(p if p.is_absolute() else base / p)
+
+    fix(data.get("gateway"), "state_dir")
+    fix(data.get("spool"), "path")
+    broker = data.get("broker")
+    fix(broker, "password_file")
+    if isinstance(broker, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            fix(broker.get("tls"), key)
+
+
+def parse_config(data: object, *, source: str, base_dir: Path | None = None) -> AgentConfig:
+    """Validate an already-parsed config (a dict from YAML or a remote JSON config)."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigIssue("", "the config must be a mapping")])
+    if base_dir is not None:
+        data = dict(data)
+        _resolve_paths(data, base_dir)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _issues(exc)) from exc
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate a YAML config file; raise :class:`ConfigError` naming every problem."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [ConfigIssue("", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigIssue(where, f"not valid YAML: {problem}")]) from exc
+    return parse_config(data, source=source, base_dir=p.resolve().parent)
+
+
+#: Sections a remote config cannot change: they would cut the uplink or move the spool.
+_FIXED_SECTIONS: Final = ("broker", "spool", "metrics")
+
+
+def remote_change_issues(running: AgentConfig, desired: AgentConfig) -> list[ConfigIssue]:
+    """Why ``desired`` cannot replace ``running`` remotely (empty when it can)."""
+    issues = [
+        ConfigIssue(section, "cannot be changed remotely; edit the file on the gateway")
+        for section in _FIXED_SECTIONS
+        if getattr(running, section) != getattr(desired, section)
+    ]
+    if running.gateway.id != desired.gateway.id:
+        issues.append(ConfigIssue("gateway.id", "cannot be changed remotely"))
+    if running.gateway.state_dir != desired.gateway.state_dir:
+        issues.append(ConfigIssue("gateway.state_dir", "cannot be changed remotely"))
+    return issues

@@ -1,0 +1,98 @@
+"""Prometheus endpoint: values are read from the agent at scrape time (no hot-path cost)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge_agent._config import MetricsConfig
+
+if TYPE_CHECKING:
+    from edge_agent._agent import EdgeAgent
+
+__all__ = ["MetricsServer"]
+
+
+class _AgentCollector(Collector):
+    def __init__(self, agent: EdgeAgent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.agent
+        st = a.spool.stats()
+        gw = a.gateway
+        g = GaugeMetricFamily("edge_spool_batches", "Batches in the spool", labels=["gateway"])
+        g.add_metric([gw], st.batches)
+        yield g
+        g = GaugeMetricFamily("edge_spool_readings", "Readings in the spool", labels=["gateway"])
+        g.add_metric([gw], st.readings)
+        yield g
+        g = GaugeMetricFamily("edge_spool_bytes", "Payload bytes in the spool", labels=["gateway"])
+        g.add_metric([gw], st.bytes)
+        yield g
+        g = GaugeMetricFamily(
+            "edge_spool_oldest_age_seconds", "Age of the oldest spooled batch", labels=["gateway"]
+        )
+        g.add_metric([gw], st.oldest_age_s or 0.0)
+        yield g
+        c = CounterMetricFamily(
+            "edge_spool_dropped_readings", "Readings dropped by the spool budget",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], st.dropped_readings)
+        yield c
+        c = CounterMetricFamily(
+            "edge_readings_submitted", "Readings from inputs", labels=["gateway"]
+        )
+        c.add_metric([gw], a.submitted)
+        yield c
+        c = CounterMetricFamily("edge_batches_acked", "Batches acknowledged", labels=["gateway"])
+        c.add_metric([gw], a.uplink.stats.acked_batches)
+        yield c
+        c = CounterMetricFamily(
+            "edge_stage_dropped", "Samples dropped per processor stage", labels=["gateway", "stage"]
+        )
+        for stage, per in a.pipeline.dropped().items():
+            c.add_metric([gw, stage], sum(per.values()))
+        yield c
+        g = GaugeMetricFamily(
+            "edge_uplink_up", "1 when connected to the broker", labels=["gateway"]
+        )
+        g.add_metric([gw], 1.0 if a.uplink.connected else 0.0)
+        yield g
+
+
+class MetricsServer:
+    """``/metrics`` on ``host:port`` in a daemon thread, with its own registry."""
+
+    def __init__(self, agent: EdgeAgent, cfg: MetricsConfig) -> None:
+        self.cfg = cfg
+        self.registry = CollectorRegistry()
+        self.registry.register(_AgentCollector(agent))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return 0
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._server, self._thread = start_http_server(
+            self.cfg.port or 0, addr=self.cfg.host, registry=self.registry
+        )
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
