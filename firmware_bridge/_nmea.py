@@ -31,7 +31,7 @@ from firmware_bridge._config import NmeaLinkConfig
 from firmware_bridge._errors import LinkClosed
 from firmware_bridge._framing import Discarded
 from firmware_bridge._transport import LinkState, SerialTransport
-from telemetry import TS_MAX_NS, TS_MIN_NS, FieldValue, Reading
+from telemetry import TS_MAX_NS, TS_MIN_NS, Clock, FieldValue, Reading
 
 __all__ = [
     "NMEA_DISCARD_REASONS",
@@ -188,18 +188,14 @@ class _Gga:
     fields: dict[str, FieldValue]
 
 
-@dataclass(frozen=True, slots=True)
-class _Vtg:
-    speed_kmh: float | None
-    course: float | None
-
-
 class NmeaSession:
-    """Sans-I/O: sentences in, ``Vehicle`` readings out (one per valid RMC).
+    """Sans-I/O: sentences in, ``Vehicle`` readings out (one per valid RMC fix).
 
     GGA of the same second adds ``altitude`` (m), ``satellites`` and ``hdop``; VTG fills
-    speed and course when the RMC leaves them empty. Counters: ``fixes``, ``no_fix``,
-    ``bad_field``, ``unsupported``, ``device_clock_invalid``.
+    speed and course when the RMC leaves them empty. Receivers order an epoch differently
+    (u-blox: RMC, VTG, GGA; others GGA first), so a fix is emitted when the GGA of its
+    second arrives, when the next RMC arrives, or at once if the receiver sends no GGA.
+    Counters: ``fixes``, ``no_fix``, ``bad_field``, ``unsupported``, ``device_clock_invalid``.
     """
 
     def __init__(
@@ -213,7 +209,8 @@ class NmeaSession:
         self.measurement = measurement
         self._clock_ns = clock_ns
         self._gga: _Gga | None = None
-        self._vtg: _Vtg | None = None
+        self._seen_gga = False
+        self._pending: tuple[float, int, dict[str, FieldValue]] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("fixes", "no_fix", "bad_field", "unsupported", "device_clock_invalid"), 0
         )
@@ -221,10 +218,10 @@ class NmeaSession:
     def handle(self, sentence: Sentence) -> list[Reading]:
         try:
             if sentence.kind == "RMC":
-                return self._rmc(sentence.fields)
+                return self._on_rmc(sentence.fields)
             if sentence.kind == "GGA":
-                self._on_gga(sentence.fields)
-            elif sentence.kind == "VTG":
+                return self._on_gga(sentence.fields)
+            if sentence.kind == "VTG":
                 self._on_vtg(sentence.fields)
             else:
                 self.counters["unsupported"] += 1
@@ -232,7 +229,24 @@ class NmeaSession:
             self.counters["bad_field"] += 1
         return []
 
-    def _on_gga(self, f: tuple[str, ...]) -> None:
+    def flush(self) -> list[Reading]:
+        """Emit a fix still waiting for its GGA (end of stream, link going down)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return []
+        _, ts, fields = pending
+        self.counters["fixes"] += 1
+        clock: Clock = "device"
+        if not TS_MIN_NS <= ts < TS_MAX_NS:
+            self.counters["device_clock_invalid"] += 1
+            ts, clock = self._clock_ns(), "gateway"
+        return [
+            Reading(
+                device=self.device, measurement=self.measurement, ts=ts, fields=fields, clock=clock
+            )
+        ]
+
+    def _on_gga(self, f: tuple[str, ...]) -> list[Reading]:
         tod = _time_of_day(f[0])
         fields: dict[str, FieldValue] = {}
         if f[5] and int(f[5]) > 0:
@@ -243,20 +257,33 @@ class NmeaSession:
             if f[8]:
                 fields["altitude"] = float(f[8])
         self._gga = _Gga(tod, fields)
+        self._seen_gga = True
+        pending = self._pending
+        if pending is not None and abs(pending[0] - tod) < 0.005:
+            pending[2].update(fields)
+            return self.flush()
+        return []
 
     def _on_vtg(self, f: tuple[str, ...]) -> None:
-        course = float(f[0]) if f[0] else None
-        speed = float(f[6]) if len(f) > 6 and f[6] else None
-        if speed is None and len(f) > 4 and f[4]:
-            speed = float(f[4]) * KNOTS_TO_KMH
-        self._vtg = _Vtg(speed, course)
+        pending = self._pending
+        if pending is None:
+            return
+        fields = pending[2]
+        if "heading" not in fields and f[0]:
+            fields["heading"] = float(f[0])
+        if "speed" not in fields:
+            if len(f) > 6 and f[6]:
+                fields["speed"] = float(f[6])
+            elif len(f) > 4 and f[4]:
+                fields["speed"] = round(float(f[4]) * KNOTS_TO_KMH, 3)
 
-    def _rmc(self, f: tuple[str, ...]) -> list[Reading]:
+    def _on_rmc(self, f: tuple[str, ...]) -> list[Reading]:
+        out = self.flush()
         status = f[1]
         mode = f[11] if len(f) > 11 else ""
         if status != "A" or mode == "N":
             self.counters["no_fix"] += 1
-            return []
+            return out
         tod = _time_of_day(f[0])
         lat = _latlon(f[2], f[3], 2)
         lon = _latlon(f[4], f[5], 3)
@@ -264,36 +291,24 @@ class NmeaSession:
         if len(date) != 6 or not date.isdigit():
             raise ValueError("bad date")
         day, month, yy = int(date[0:2]), int(date[2:4]), int(date[4:6])
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            raise ValueError("bad date")
         year = 1900 + yy if yy >= 80 else 2000 + yy  # GPS dates start in 1980
         midnight = calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0))
         ts = midnight * 1_000_000_000 + round(tod * 1e9)
         fields: dict[str, FieldValue] = {"latitude": lat, "longitude": lon}
-        vtg, self._vtg = self._vtg, None
         if f[6]:
             fields["speed"] = round(float(f[6]) * KNOTS_TO_KMH, 3)
-        elif vtg is not None and vtg.speed_kmh is not None:
-            fields["speed"] = vtg.speed_kmh
         if f[7]:
             fields["heading"] = float(f[7])
-        elif vtg is not None and vtg.course is not None:
-            fields["heading"] = vtg.course
+        self._pending = (tod, ts, fields)
         gga = self._gga
-        if gga is not None and abs(gga.tod - tod) < 0.5:
+        if gga is not None and abs(gga.tod - tod) < 0.005:
             fields.update(gga.fields)
-        clock: str = "device"
-        if not (TS_MIN_NS <= ts < TS_MAX_NS) or not (1 <= month <= 12 and 1 <= day <= 31):
-            self.counters["device_clock_invalid"] += 1
-            ts, clock = self._clock_ns(), "gateway"
-        self.counters["fixes"] += 1
-        return [
-            Reading(
-                device=self.device,
-                measurement=self.measurement,
-                ts=ts,
-                fields=fields,
-                clock="device" if clock == "device" else "gateway",
-            )
-        ]
+            return out + self.flush()
+        if not self._seen_gga:
+            return out + self.flush()
+        return out
 
 
 class NmeaLink:

@@ -72,7 +72,7 @@ class NmeaDevice:
         self.sent: list[SentFix] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0 = time.time()
+        self._t0: float | None = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -100,6 +100,8 @@ class NmeaDevice:
 
     def position(self, unix_s: float) -> tuple[float, float]:
         cfg = self.config
+        if self._t0 is None:
+            self._t0 = unix_s
         dist = cfg.speed_kmh / 3.6 * (unix_s - self._t0)
         h = math.radians(cfg.heading)
         lat = cfg.start_lat + math.degrees(dist * math.cos(h) / _EARTH_M)
