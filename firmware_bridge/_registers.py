@@ -55,7 +55,7 @@ _FORMAT: Final[dict[str, str]] = {
     "uint32": ">I",
     "float32": ">f",
 }
-_Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
+_Name = Annotated[str, Field(pattern=f"^{NAME_RE.pattern}$")]
 
 
 class _Strict(BaseModel):
