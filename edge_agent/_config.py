@@ -326,6 +326,11 @@ class AgentConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"input names must be unique: {', '.join(dupes)}")
+        if int(self.spool.budget_bytes) < 2 * self.batch.max_bytes:
+            raise ValueError(
+                f"spool.budget_bytes ({int(self.spool.budget_bytes)}) must hold at least two "
+                f"batches of batch.max_bytes ({self.batch.max_bytes})"
+            )
         ids = [d.id for d in self.devices]
         dupes = sorted({n for n in ids if ids.count(n) > 1})
         if dupes:

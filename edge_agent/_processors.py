@@ -387,8 +387,9 @@ class ChainOutput:
     columns: dict[str, F64]
 
     @classmethod
-    def empty(cls) -> ChainOutput:
-        return cls(np.zeros(0, np.intp), np.zeros(0, np.int64), {"": np.zeros(0)})
+    def empty(cls, suffixes: list[str] | None = None) -> ChainOutput:
+        cols = {s: np.zeros(0) for s in (suffixes or [""])}
+        return cls(np.zeros(0, np.intp), np.zeros(0, np.int64), cols)
 
     def __len__(self) -> int:
         return int(self.chan.shape[0])
@@ -548,14 +549,17 @@ class Chain:
                 closed = self.aggregate.apply(c, t, v)
                 if closed is not None:
                     outs.append(closed)
-        return _concat(outs)
+        return _concat(outs) if outs else self._empty()
+
+    def _empty(self) -> ChainOutput:
+        return ChainOutput.empty(None if self.aggregate is None else self.aggregate.suffixes)
 
     def flush(self, now_ns: int, *, force: bool = False) -> ChainOutput:
         """Aggregation windows that are due (all open ones if ``force``)."""
         if self.aggregate is None:
             return ChainOutput.empty()
         out = self.aggregate.due(now_ns, self.n, force=force)
-        return out if out is not None else ChainOutput.empty()
+        return out if out is not None else self._empty()
 
     def dropped(self) -> dict[str, I64]:
         """Stage name -> dropped count per channel row (stages of one type summed)."""
