@@ -58,13 +58,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def find_binary(name: str) -> str:
+def find_binary(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> str:
     """Path of a service binary, searching the sbin directories that PATH may lack."""
     found = shutil.which(name) or next(
-        (str(Path(d) / name) for d in _SBIN_DIRS if (Path(d) / name).is_file()), None
+        (str(Path(d) / name) for d in search if (Path(d) / name).is_file()), None
     )
     if found is None:
-        raise ServiceError(f"{name} is not installed; install it with: {INSTALL_HINT[name]}")
+        hint = INSTALL_HINT.get(name, f"sudo apt-get install -y {name}")
+        raise ServiceError(f"{name} is not installed; install it with: {hint}")
     return found
 
 
