@@ -54,14 +54,17 @@ __all__ = [
     "BatchConfig",
     "BrokerConfig",
     "DeviceConfig",
+    "FirmwareInputConfig",
     "GatewayConfig",
     "HealthConfig",
     "InputSpec",
     "LocationConfig",
     "MatchConfig",
     "MetricsConfig",
+    "ModbusInputConfig",
     "MqttInputConfig",
     "MqttSubscription",
+    "NmeaInputConfig",
     "ProcessorRule",
     "SpoolConfig",
     "TlsConfig",
@@ -75,8 +78,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-_Id = Annotated[str, Field(pattern=ID_RE.pattern, max_length=64)]
-_Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
+# pydantic searches a pattern; anchor it so the whole value must match.
+_Id = Annotated[str, Field(pattern=rf"^(?:{ID_RE.pattern})$", max_length=64)]
+_Name = Annotated[str, Field(pattern=rf"^(?:{NAME_RE.pattern})$")]
 
 
 class LocationConfig(_Model):
@@ -272,8 +276,144 @@ class SimulatedInputConfig(_Model):
     rate_hz: Annotated[float, Field(gt=0)] = 1.0
 
 
-InputSpec = Annotated[MqttInputConfig | SimulatedInputConfig, Field(discriminator="type")]
-INPUT_TYPES: Final = frozenset({"mqtt", "simulated"})
+class SerialLine(_Model):
+    """A serial link: a tty, a pty, or any pyserial URL (``socket://``, ``rfc2217://``)."""
+
+    url: Annotated[str, Field(min_length=1)]
+    baudrate: Annotated[int, Field(gt=0)] = 115200
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+class FirmwareInputConfig(_Model):
+    """Devices speaking the project firmware protocol on one serial link (firmware_bridge)."""
+
+    type: Literal["firmware"]
+    name: _Id
+    serial: SerialLine
+    #: firmware device id -> device name (others are ``fw-<id as 8 hex digits>``)
+    device_names: dict[int, _Id] = {}
+    max_pending_readings: Annotated[int, Field(ge=1)] = 10_000
+
+    @model_validator(mode="after")
+    def _bridge(self) -> Self:
+        self.to_bridge()  # firmware_bridge.ConfigError is a ValueError: reported with the path
+        return self
+
+    def to_bridge(self) -> Any:
+        from firmware_bridge import FirmwareLinkConfig
+
+        return FirmwareLinkConfig(
+            serial=_serial(self.serial, self.name),
+            device_names=dict(self.device_names),
+            max_pending_readings=self.max_pending_readings,
+        )
+
+
+class NmeaInputConfig(_Model):
+    """A GPS receiver (NMEA 0183) on a serial link; one ``Vehicle`` reading per fix."""
+
+    type: Literal["nmea"]
+    name: _Id
+    serial: SerialLine
+    device: _Id
+    measurement: _Name = "Vehicle"
+
+    @model_validator(mode="after")
+    def _bridge(self) -> Self:
+        self.to_bridge()
+        return self
+
+    def to_bridge(self) -> Any:
+        from firmware_bridge import NmeaLinkConfig
+
+        return NmeaLinkConfig(
+            serial=_serial(self.serial, self.name),
+            device=self.device,
+            measurement=self.measurement,
+        )
+
+
+class ModbusTcp(_Model):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+class ModbusInputConfig(_Model):
+    """One Modbus meter (TCP or RTU) polled per register group (firmware_bridge maps)."""
+
+    type: Literal["modbus"]
+    name: _Id
+    device: _Id
+    tcp: ModbusTcp | None = None
+    rtu: SerialLine | None = None
+    #: A shipped map name (``eastron-sdm630``) or a path to a map file.
+    register_map: Annotated[str, Field(min_length=1)]
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    timeout_s: Annotated[float, Field(gt=0)] = 1.0
+    #: Poll interval overrides per register group name, in seconds.
+    intervals: dict[str, Annotated[float, Field(gt=0)]] = {}
+    tags: dict[_Name, str] = {}
+
+    @model_validator(mode="after")
+    def _bridge(self) -> Self:
+        if (self.tcp is None) == (self.rtu is None):
+            raise ValueError("set exactly one of tcp and rtu")
+        self.to_bridge()
+        return self
+
+    def to_bridge(self) -> Any:
+        from firmware_bridge import (
+            ModbusPollerConfig,
+            ModbusSerialTarget,
+            ModbusTcpTarget,
+            load_register_map,
+        )
+
+        target: Any
+        if self.tcp is not None:
+            target = ModbusTcpTarget(host=self.tcp.host, port=self.tcp.port)
+        elif self.rtu is not None:
+            target = ModbusSerialTarget(
+                port=self.rtu.url,
+                baudrate=self.rtu.baudrate,
+                parity=self.rtu.parity,
+                stopbits=self.rtu.stopbits,
+            )
+        else:
+            raise ValueError("set exactly one of tcp and rtu")
+        return ModbusPollerConfig(
+            device=self.device,
+            target=target,
+            register_map=load_register_map(self.register_map),
+            unit_id=self.unit_id,
+            timeout=self.timeout_s,
+            intervals=dict(self.intervals),
+            tags=dict(self.tags),
+        )
+
+
+def _serial(line: SerialLine, name: str) -> Any:
+    from firmware_bridge import SerialConfig
+
+    return SerialConfig(
+        url=line.url,
+        baudrate=line.baudrate,
+        parity=line.parity,
+        stopbits=float(line.stopbits),
+        name=name,
+    )
+
+
+InputSpec = Annotated[
+    MqttInputConfig
+    | SimulatedInputConfig
+    | FirmwareInputConfig
+    | NmeaInputConfig
+    | ModbusInputConfig,
+    Field(discriminator="type"),
+]
+INPUT_TYPES: Final = frozenset({"mqtt", "simulated", "firmware", "nmea", "modbus"})
 
 
 # -- processors ------------------------------------------------------------------------------

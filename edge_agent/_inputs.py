@@ -128,8 +128,7 @@ class _Parser:
                 value = float(payload.decode("ascii").strip())
             except (UnicodeDecodeError, ValueError) as exc:
                 raise InputError(f"payload is not a number: {payload[:40]!r}") from exc
-            assert sub.field is not None
-            fields[sub.field] = value
+            fields[sub.field or "value"] = value
         else:
             try:
                 doc = msgspec.json.decode(payload)
@@ -321,14 +320,29 @@ class SimulatedInput(Input):
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
 
 
+def _bridge(kind: str) -> Callable[..., Input]:
+    """Factory that imports the firmware bridge plugins only when a config uses them."""
+
+    def make(cfg: Any, *, gateway: str) -> Input:
+        from edge_agent import _bridge_inputs
+
+        cls: Callable[..., Input] = getattr(_bridge_inputs, kind)
+        return cls(cfg, gateway=gateway)
+
+    return make
+
+
 #: Input registry: config ``type`` -> factory(config, gateway=...).
 INPUTS: Final[dict[str, Callable[..., Input]]] = {
     "mqtt": MqttInput,
     "simulated": SimulatedInput,
+    "firmware": _bridge("FirmwareInput"),
+    "nmea": _bridge("NmeaInput"),
+    "modbus": _bridge("ModbusInput"),
 }
 
 
-def build_input(cfg: MqttInputConfig | SimulatedInputConfig, *, gateway: str) -> Input:
+def build_input(cfg: Any, *, gateway: str) -> Input:
     factory = INPUTS.get(cfg.type)
     if factory is None:
         raise InputError(f"no input plugin of type {cfg.type!r}")

@@ -172,9 +172,7 @@ class Spool:
         self._bytes += size
         self._readings += readings
         self._batches += 1
-        row_id = cur.lastrowid
-        assert row_id is not None
-        return row_id
+        return int(cur.lastrowid or 0)
 
     def _drop_oldest(self, need: int) -> None:
         """Inside a transaction: delete oldest batches until ``need`` bytes are freed."""

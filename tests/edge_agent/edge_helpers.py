@@ -95,13 +95,13 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str = "condition"
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def await_until(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def await_until(cond: Callable[[], bool], within: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if cond():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 def base_config(

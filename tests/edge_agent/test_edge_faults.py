@@ -68,7 +68,7 @@ def test_broker_down_30s_while_readings_flow_loses_nothing(
 
 
 def _agent_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--log-format", "json"]
+    return [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]
 
 
 @pytest.mark.integration
@@ -151,7 +151,8 @@ def test_spool_over_budget_drops_oldest_counts_and_reports(
             health = agent.health()
             await asyncio.to_thread(broker.start)
             await await_until(lambda: agent.spool.stats().batches == 0, 20, "drain")
-            await await_until(lambda: len(central.readings()) == n - health.spool.dropped_readings, 10)
+            kept = n - health.spool.dropped_readings
+            await await_until(lambda: len(central.readings()) == kept, 10)
             return health
 
     health = asyncio.run(main())

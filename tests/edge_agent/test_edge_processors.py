@@ -239,7 +239,8 @@ def test_aggregates_match_numpy_for_any_data(
     for ch in range(channels):
         for w in np.unique(wid[chan == ch]):
             sel = values[(chan == ch) & (wid == w)]
-            expected[(ch, int(w) * int(window_s * NS))] = (sel.mean(), sel.min(), sel.max(), len(sel))
+            key = (ch, int(w) * int(window_s * NS))
+            expected[key] = (sel.mean(), sel.min(), sel.max(), len(sel))
     got = {
         (int(r), int(t)): (cols[""][i], cols["_min"][i], cols["_max"][i], int(cols["_count"][i]))
         for i, (r, t) in enumerate(zip(rows, wts, strict=True))
