@@ -38,17 +38,45 @@ def _say(step: str) -> None:
     print(f"[demo] {step}", flush=True)
 
 
-def _recent_points(influxd: Influxd, seconds: int) -> int:
+def _stored_points(influxd: Influxd, seconds: int | None = None) -> int:
+    """Points stored in the demo database, all of them or those of the last ``seconds``."""
+    where = f" WHERE time > now() - {int(seconds)}s" if seconds else ""
     total = 0
     for m in _MEASUREMENTS:
-        answer = influxd.query(
-            f'SELECT count("quality") FROM "{m}" WHERE time > now() - {seconds}s',  # noqa: S608
-            db=DATABASE,
-        )
+        answer = influxd.query(f'SELECT count("quality") FROM "{m}"{where}', db=DATABASE)  # noqa: S608
         series = answer["results"][0].get("series")
         if series:
             total += int(series[0]["values"][0][1])
     return total
+
+
+def _wait_for_log(
+    log: Path, marker: str, proc: subprocess.Popen[bytes], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{log.stem} exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(OSError):
+            if marker in log.read_text(errors="replace"):
+                return
+        time.sleep(0.1)
+    raise ServiceError(f"{log.stem} did not start within {timeout}s; see {log}")
+
+
+def _drain_and_report(influxd: Influxd, sent: int, timeout: float = 20.0) -> None:
+    """Sources are stopped: wait for ingest to store everything, then say how it went."""
+    deadline = time.monotonic() + timeout
+    stored = -1
+    while time.monotonic() < deadline:
+        try:
+            stored = _stored_points(influxd)
+        except (ServiceError, OSError):
+            break
+        if stored >= sent:
+            break
+        time.sleep(0.5)
+    _say(f"sent {sent} readings, stored {stored} (lost {max(sent - stored, 0)})")
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -83,6 +111,9 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
             stdout=ingest_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         ingest_log.close()
+        # Sinks first, sources last: on a first start the worker has no persistent session
+        # yet, so anything published before it subscribed would go to nobody.
+        _wait_for_log(var / "ingest.log", '"ingest worker started"', ingest, timeout=60)
         fleet = GatewayFleet(
             FleetConfig(
                 gateways=gateways, topic_root=TOPIC_ROOT, host=mosquitto.host, port=mosquitto.port
@@ -109,7 +140,7 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
                 _say(f"ingest exited with {ingest.returncode}; see {var}/ingest.log")
                 return 1
             try:
-                rate = _recent_points(influxd, 10) / 10
+                rate = _stored_points(influxd, 10) / 10
             except (ServiceError, OSError) as exc:
                 rate = float("nan")
                 _say(f"InfluxDB query failed: {exc}")
@@ -134,6 +165,8 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
             fleet.stop()
         if fleet_thread is not None:
             fleet_thread.join(timeout=15)
+        if fleet is not None and ingest is not None and ingest.poll() is None:
+            _drain_and_report(influxd, fleet.ledger.readings)
         if ingest is not None and ingest.poll() is None:
             ingest.send_signal(signal.SIGTERM)
             try:
