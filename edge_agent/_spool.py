@@ -100,6 +100,7 @@ class Spool:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            db.execute("PRAGMA cache_size=-1024")  # KiB: rows are written once, read once
             db.executescript(_SCHEMA)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             b, r, n = db.execute(
