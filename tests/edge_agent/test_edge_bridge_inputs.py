@@ -74,7 +74,10 @@ def test_check_command_reports_file_key_and_reason(tmp_path: Path) -> None:
         load_config(tmp_path / "syntax.yaml")
 
 
-@pytest.mark.parametrize("sample", sorted(Path("deploy/edge").glob("*.yaml")), ids=lambda p: p.stem)
+SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "edge"
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_sample_configs_validate(sample: Path) -> None:
     cfg = load_config(sample)
     assert cfg.inputs
