@@ -11,15 +11,11 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
-
-from api.cli import app as api_app
-from edge_agent.cli import app as edge_app
-from ingest.cli import app as ingest_app
-from simulators.cli import app as sim_app
 
 app = typer.Typer(
     name="smartcity",
@@ -27,10 +23,51 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(edge_app, name="edge")
-app.add_typer(ingest_app, name="ingest")
-app.add_typer(api_app, name="api")
-app.add_typer(sim_app, name="sim")
+
+# Subcommand -> (module with a typer ``app``, the optional extra it needs).
+_SERVICES = {
+    "edge": ("edge_agent.cli", "gateway"),
+    "ingest": ("ingest.cli", "server"),
+    "api": ("api.cli", "server"),
+    "sim": ("simulators.cli", "sim"),
+}
+
+
+def _register_missing(name: str, extra: str, missing: str) -> None:
+    """Stand in for a service whose optional dependencies are not installed."""
+
+    def explain() -> None:
+        typer.echo(
+            f"smartcity {name} needs the '{extra}' extra ({missing} is missing): "
+            f"pip install 'smartcity-telemetry[{extra}]'",
+            err=True,
+        )
+        raise typer.Exit(code=3)
+
+    app.command(
+        name,
+        help=f"(not installed: pip install 'smartcity-telemetry[{extra}]')",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(explain)
+
+
+def _register(name: str, module: str, extra: str) -> None:
+    try:
+        sub: typer.Typer = importlib.import_module(module).app
+    except ModuleNotFoundError as exc:
+        # Only a missing third-party package means "extra not installed"; a missing module
+        # of our own is a bug and must surface.
+        if exc.name is None or exc.name.split(".")[0] in _SERVICE_PACKAGES:
+            raise
+        _register_missing(name, extra, exc.name)
+        return
+    app.add_typer(sub, name=name)
+
+
+_SERVICE_PACKAGES = {"telemetry", "smartcity", "edge_agent", "ingest", "api", "simulators",
+                     "firmware_bridge"}  # fmt: skip
+for _name, (_module, _extra) in _SERVICES.items():
+    _register(_name, _module, _extra)
 
 
 def _version_callback(value: bool) -> None:
