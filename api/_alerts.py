@@ -1,0 +1,253 @@
+"""Alert rules evaluated on the live stream: threshold + duration, staleness, congestion.
+
+::
+
+    reading ─▶ threshold rules of its measurement ─┐  condition true since T (device time)
+          └──▶ congestion rules (TrafficFlow)    ──┤  and now - T >= duration ─▶ raised
+    tick (1 s, our clock) ─▶ staleness rules    ──┘  condition false          ─▶ resolved
+
+- **threshold**: ``field op threshold`` held for ``duration_s`` by the device's own clock
+  (``PM2.5 > 35 for 600 s``). Pending time restarts whenever one reading breaks the run.
+- **congestion**: ``averageVehicleSpeed < ratio x free-flow speed`` for ``duration_s``; the
+  free-flow speed comes from the device's ``meta.freeFlowSpeed`` (km/h) in its birth, or the
+  ``free_flow_speed_kmh`` setting.
+- **staleness**: a gateway offline (death received) or silent for ``duration_s`` by the API's
+  clock.
+
+An alert's id is stable for one episode (rule, subject, start time). Rules are stored in the
+operator database; each API replica evaluates them on its own subscription.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import msgspec
+
+from api._db import AlertRule
+from api._live import GatewayState, Inventory, Latest, iso
+
+__all__ = ["Alert", "AlertEngine", "AlertTransition", "Rule"]
+
+_NS: Final = 1_000_000_000
+_OPS: Final[dict[str, Callable[[float, float], bool]]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+}
+AlertTransition = Literal["raised", "resolved", "acknowledged"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    id: int
+    name: str
+    kind: str
+    measurement: str | None
+    field: str | None
+    op: str | None
+    threshold: float | None
+    ratio: float | None
+    duration_s: float
+    severity: str
+    enabled: bool
+
+    @classmethod
+    def from_row(cls, row: AlertRule) -> Rule:
+        return cls(
+            id=row.id, name=row.name, kind=row.kind, measurement=row.measurement,
+            field=row.field, op=row.op, threshold=row.threshold, ratio=row.ratio,
+            duration_s=row.duration_s, severity=row.severity, enabled=row.enabled,
+        )
+
+
+class Alert(msgspec.Struct, kw_only=True):
+    id: str
+    rule_id: int
+    rule: str
+    kind: str
+    severity: str
+    gateway: str
+    device: str | None = None
+    measurement: str | None = None
+    field: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    started: str
+    started_ns: int
+    message: str
+    area: str | None = None
+    acknowledged: bool = False
+    ack_by: str | None = None
+    ack_at: str | None = None
+    ack_note: str | None = None
+
+
+def _alert_id(rule_id: int, subject: str, started_ns: int) -> str:
+    return hashlib.blake2b(f"{rule_id}|{subject}|{started_ns}".encode(), digest_size=8).hexdigest()
+
+
+class AlertEngine:
+    """Holds rules, pending conditions and active alerts; reports transitions to a callback."""
+
+    def __init__(
+        self,
+        *,
+        inventory: Inventory,
+        free_flow_kmh: float,
+        on_change: Callable[[AlertTransition, Alert], None],
+    ) -> None:
+        self._inventory = inventory
+        self._free_flow = free_flow_kmh
+        self._on_change = on_change
+        self._by_measurement: dict[str, list[Rule]] = {}
+        self._staleness: list[Rule] = []
+        self._pending: dict[tuple[int, str], int] = {}
+        self.active: dict[str, Alert] = {}
+        self._active_by_subject: dict[tuple[int, str], str] = {}
+
+    def set_rules(self, rules: Iterable[Rule]) -> None:
+        """Replace the rules; alerts of removed or disabled rules are resolved."""
+        by_measurement: dict[str, list[Rule]] = {}
+        staleness: list[Rule] = []
+        keep: set[int] = set()
+        for rule in rules:
+            if not rule.enabled:
+                continue
+            keep.add(rule.id)
+            if rule.kind == "staleness":
+                staleness.append(rule)
+            elif rule.kind == "congestion":
+                by_measurement.setdefault(rule.measurement or "TrafficFlowObserved", []).append(
+                    rule
+                )
+            elif rule.measurement is not None:
+                by_measurement.setdefault(rule.measurement, []).append(rule)
+        self._by_measurement, self._staleness = by_measurement, staleness
+        self._pending = {k: v for k, v in self._pending.items() if k[0] in keep}
+        for (rule_id, subject), alert_id in list(self._active_by_subject.items()):
+            if rule_id not in keep:
+                self._resolve(rule_id, subject, alert_id)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def on_reading(self, latest: Latest) -> None:
+        rules = self._by_measurement.get(latest.measurement)
+        if not rules:
+            return
+        for rule in rules:
+            if rule.kind == "congestion":
+                self._congestion(rule, latest)
+            else:
+                self._threshold(rule, latest)
+
+    def _threshold(self, rule: Rule, latest: Latest) -> None:
+        value = latest.fields.get(rule.field or "")
+        if not isinstance(value, int | float) or isinstance(value, bool) or rule.op not in _OPS:
+            return
+        threshold = rule.threshold if rule.threshold is not None else 0.0
+        holds = _OPS[rule.op](float(value), threshold)
+        message = f"{rule.field} {value:g} {rule.op} {threshold:g}"
+        self._evaluate(rule, latest, holds, float(value), threshold, message)
+
+    def _congestion(self, rule: Rule, latest: Latest) -> None:
+        speed = latest.fields.get(rule.field or "averageVehicleSpeed")
+        if not isinstance(speed, int | float) or isinstance(speed, bool):
+            return
+        free = self.free_flow_speed(latest.gateway, latest.device)
+        limit = (rule.ratio if rule.ratio is not None else 0.3) * free
+        holds = float(speed) < limit
+        message = f"speed {speed:g} km/h under {limit:g} km/h ({rule.ratio:g} of free flow)"
+        self._evaluate(rule, latest, holds, float(speed), limit, message)
+
+    def free_flow_speed(self, gateway: str, device: str) -> float:
+        state = self._inventory.gateways.get(gateway)
+        dev = state.devices.get(device) if state is not None else None
+        if dev is not None:
+            raw = dev.meta.get("freeFlowSpeed")
+            if raw is not None:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    return self._free_flow
+                if value > 0:
+                    return value
+        return self._free_flow
+
+    def _evaluate(
+        self, rule: Rule, latest: Latest, holds: bool, value: float, threshold: float,
+        message: str,
+    ) -> None:
+        lane = latest.tags.get("lane")
+        subject = f"{latest.gateway}/{latest.device}" + (f"/lane={lane}" if lane else "")
+        key = (rule.id, subject)
+        if not holds:
+            self._pending.pop(key, None)
+            alert_id = self._active_by_subject.get(key)
+            if alert_id is not None:
+                self._resolve(rule.id, subject, alert_id)
+            return
+        since = self._pending.setdefault(key, latest.ts_ns)
+        if key in self._active_by_subject:
+            alert = self.active[self._active_by_subject[key]]
+            alert.value = value
+            return
+        if latest.ts_ns - since >= rule.duration_s * _NS:
+            self._raise(
+                rule, subject, since,
+                gateway=latest.gateway, device=latest.device, measurement=latest.measurement,
+                field=rule.field, value=value, threshold=threshold, message=message,
+                area=latest.area,
+            )
+
+    def tick(self, now_ns: int) -> None:
+        """Evaluate staleness rules against the gateways' last signs of life."""
+        for rule in self._staleness:
+            for gateway in self._inventory.gateways.values():
+                self._stale(rule, gateway, now_ns)
+
+    def _stale(self, rule: Rule, gateway: GatewayState, now_ns: int) -> None:
+        key = (rule.id, gateway.id)
+        since = gateway.since_ns if gateway.state == "offline" else gateway.last_seen_ns
+        holds = now_ns - since >= rule.duration_s * _NS
+        alert_id = self._active_by_subject.get(key)
+        if holds and alert_id is None:
+            what = "offline" if gateway.state == "offline" else "silent"
+            self._raise(
+                rule, gateway.id, since, gateway=gateway.id,
+                message=f"gateway {gateway.id} {what} since {iso(since)}",
+                area=gateway.location.area if gateway.location else None,
+            )
+        elif not holds and alert_id is not None:
+            self._resolve(rule.id, gateway.id, alert_id)
+
+    # -- transitions ------------------------------------------------------------------------
+    def _raise(
+        self, rule: Rule, subject: str, since: int, *, gateway: str, message: str,
+        device: str | None = None, measurement: str | None = None, field: str | None = None,
+        value: float | None = None, threshold: float | None = None, area: str | None = None,
+    ) -> None:
+        alert = Alert(
+            id=_alert_id(rule.id, subject, since), rule_id=rule.id, rule=rule.name,
+            kind=rule.kind, severity=rule.severity, gateway=gateway, device=device,
+            measurement=measurement, field=field, value=value, threshold=threshold,
+            started=iso(since), started_ns=since, message=message, area=area,
+        )
+        self.active[alert.id] = alert
+        self._active_by_subject[(rule.id, subject)] = alert.id
+        self._on_change("raised", alert)
+
+    def _resolve(self, rule_id: int, subject: str, alert_id: str) -> None:
+        self._active_by_subject.pop((rule_id, subject), None)
+        alert = self.active.pop(alert_id, None)
+        if alert is not None:
+            self._on_change("resolved", alert)
+
+    def acknowledge(self, alert_id: str, *, by: str, at: str, note: str) -> Alert | None:
+        alert = self.active.get(alert_id)
+        if alert is None:
+            return None
+        alert.acknowledged, alert.ack_by, alert.ack_at, alert.ack_note = True, by, at, note
+        self._on_change("acknowledged", alert)
+        return alert

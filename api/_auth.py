@@ -1,0 +1,109 @@
+"""API keys, roles and rate limits.
+
+Roles are ordered; each includes the ones below it::
+
+    viewer  <  operator  <  engineer  <  admin
+    read       + acknowledge   + push gateway   + manage keys
+               alerts, manage  config
+               rules
+
+A key is sent as ``X-API-Key: sck_...`` or ``Authorization: Bearer sck_...``. It is looked
+up by its SHA-256 (keys are 256 random bits: a slow hash would protect nothing and cost every
+request), and a verified key is cached for ``key_cache_s`` so the hot path does not touch the
+database. Requests are limited per key with a token bucket; failed authentications are
+limited per client address so a key cannot be guessed at speed (it could not be anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from api._db import KEY_PREFIX, Database, hash_key
+
+__all__ = ["KeyVerifier", "Principal", "RateLimiter", "Role"]
+
+_KEY_LEN: Final = len(KEY_PREFIX) + 43
+_CACHE_MAX: Final = 50_000
+
+
+class Role(enum.IntEnum):
+    """What a key may do; a higher role can do everything a lower one can."""
+
+    viewer = 1
+    operator = 2
+    engineer = 3
+    admin = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        try:
+            return cls[name]
+        except KeyError:
+            raise ValueError(f"role {name!r} is not one of {[r.name for r in cls]}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: which key, whose name, what role."""
+
+    key_id: str
+    name: str
+    role: Role
+
+
+class KeyVerifier:
+    """Turns a presented key into a :class:`Principal` (or ``None``), with a short cache."""
+
+    def __init__(self, db: Database, *, ttl: float) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    async def verify(self, key: str) -> Principal | None:
+        if len(key) != _KEY_LEN or not key.startswith(KEY_PREFIX):
+            return None
+        digest = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row = await asyncio.to_thread(self._db.find_key, digest)
+        principal = None if row is None else Principal(row.id, row.name, Role.parse(row.role))
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (principal, now + self._ttl)
+        return principal
+
+    def invalidate(self) -> None:
+        """Forget every cached key (after a revocation in this process)."""
+        self._cache.clear()
+
+
+class RateLimiter:
+    """Token buckets by name: ``rate`` tokens per second up to ``burst``."""
+
+    def __init__(self, *, rate: float, burst: int, max_buckets: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._max = max_buckets
+        self._buckets: dict[str, list[float]] = {}
+
+    def take(self, name: str) -> float:
+        """Spend one token; return 0.0 if allowed, else seconds until one is available."""
+        now = time.monotonic()
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            if len(self._buckets) >= self._max:
+                self._buckets.clear()
+            bucket = self._buckets[name] = [self.burst, now]
+        else:
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / self.rate

@@ -1,0 +1,251 @@
+"""The operator database: API keys, alert rules, alert acknowledgements (SQLAlchemy 2).
+
+SQLite by default (a file next to the service), PostgreSQL by URL
+(``postgresql+psycopg://user@host/db``). Tables are created at start when missing; the schema
+is small and additive. Calls are synchronous; the app runs them with ``asyncio.to_thread``.
+
+Keys are never stored: only ``sha256(key)`` (the key is 256 random bits, so a fast hash is
+enough: there is nothing to brute-force) and a short prefix to recognise a key in listings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final, Literal
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from api._errors import ConfigError, NotFound
+
+__all__ = [
+    "KEY_PREFIX",
+    "AlertAck",
+    "AlertRule",
+    "ApiKey",
+    "Database",
+    "RuleKind",
+    "hash_key",
+    "new_key",
+]
+
+KEY_PREFIX: Final = "sck_"
+RuleKind = Literal["threshold", "staleness", "congestion"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_key() -> str:
+    """A fresh API key: ``sck_`` + 43 characters of URL-safe base64 (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(_Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class AlertRule(_Base):
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    measurement: Mapped[str | None] = mapped_column(String(64), default=None)
+    field: Mapped[str | None] = mapped_column(String(64), default=None)
+    op: Mapped[str | None] = mapped_column(String(2), default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    ratio: Mapped[float | None] = mapped_column(Float, default=None)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AlertAck(_Base):
+    __tablename__ = "alert_acks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(String(64), index=True)
+    rule_id: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(160))
+    by_key: Mapped[str] = mapped_column(String(32))
+    by_name: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(String(1024), default="")
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+DEFAULT_RULES: Final = (
+    {"name": "PM2.5 above 35 ug/m3 for 10 minutes", "kind": "threshold",
+     "measurement": "AirQualityObserved", "field": "pm25", "op": ">", "threshold": 35.0,
+     "duration_s": 600.0, "severity": "warning"},
+    {"name": "Gateway offline for 5 minutes", "kind": "staleness", "duration_s": 300.0,
+     "severity": "critical"},
+    {"name": "Link speed under 30% of free flow", "kind": "congestion",
+     "measurement": "TrafficFlowObserved", "field": "averageVehicleSpeed", "ratio": 0.3,
+     "duration_s": 0.0, "severity": "warning"},
+)
+
+
+class Database:
+    """The engine and the few operations the API needs."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                self.engine: Engine = create_engine(
+                    url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+                )
+            elif url.startswith("sqlite"):
+                self.engine = create_engine(url, connect_args={"check_same_thread": False})
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True)
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            raise ConfigError(f"database_url {url!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self, *, seed_rules: bool = True) -> None:
+        """Create missing tables; on an empty rule table, add the default rules."""
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            from pathlib import Path
+
+            Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        _Base.metadata.create_all(self.engine)
+        if seed_rules:
+            with self.session() as s:
+                if s.scalar(select(func.count()).select_from(AlertRule)) == 0:
+                    s.add_all(AlertRule(**rule) for rule in DEFAULT_RULES)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # -- keys -------------------------------------------------------------------------------
+    def create_key(self, *, name: str, role: str) -> tuple[ApiKey, str]:
+        """Store a new key; return the row and the key itself (shown once, never stored)."""
+        key = new_key()
+        row = ApiKey(
+            id=uuid.uuid4().hex,
+            name=name,
+            role=role,
+            prefix=key[: len(KEY_PREFIX) + 6],
+            key_hash=hash_key(key),
+            created_at=_now(),
+        )
+        with self.session() as s:
+            s.add(row)
+        return row, key
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        with self.session() as s:
+            return s.scalar(
+                select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            )
+
+    def list_keys(self) -> Sequence[ApiKey]:
+        with self.session() as s:
+            return s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self.session() as s:
+            row = s.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"no key {key_id!r}", parameter="key_id", location="path")
+            if row.revoked_at is None:
+                row.revoked_at = _now()
+            return row
+
+    # -- rules ------------------------------------------------------------------------------
+    def list_rules(self) -> Sequence[AlertRule]:
+        with self.session() as s:
+            return s.scalars(select(AlertRule).order_by(AlertRule.id)).all()
+
+    def add_rule(self, **values: object) -> AlertRule:
+        row = AlertRule(**values)
+        with self.session() as s:
+            s.add(row)
+            s.flush()
+        return row
+
+    def update_rule(self, rule_id: int, **values: object) -> AlertRule:
+        with self.session() as s:
+            row = s.get(AlertRule, rule_id)
+            if row is None:
+                raise NotFound(f"no rule {rule_id}", parameter="rule_id", location="path")
+            for key, value in values.items():
+                setattr(row, key, value)
+            return row
+
+    def delete_rule(self, rule_id: int) -> None:
+        with self.session() as s:
+            row = s.get(AlertRule, rule_id)
+            if row is None:
+                raise NotFound(f"no rule {rule_id}", parameter="rule_id", location="path")
+            s.delete(row)
+
+    # -- acknowledgements ---------------------------------------------------------------------
+    def add_ack(
+        self, *, alert_id: str, rule_id: int, subject: str, by_key: str, by_name: str, note: str
+    ) -> AlertAck:
+        row = AlertAck(
+            alert_id=alert_id, rule_id=rule_id, subject=subject, by_key=by_key,
+            by_name=by_name, note=note, at=_now(),
+        )
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def acks_for(self, alert_ids: Sequence[str]) -> dict[str, AlertAck]:
+        if not alert_ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(select(AlertAck).where(AlertAck.alert_id.in_(alert_ids))).all()
+        return {row.alert_id: row for row in rows}
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

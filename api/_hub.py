@@ -1,0 +1,137 @@
+"""Live push fan-out: one event in, to every matching subscriber, never waiting for any.
+
+::
+
+    broker thread ─▶ event loop: Processor ─▶ Hub.publish(event)
+                                                  │ for each subscriber whose filter matches:
+                                                  ▼ queue.append (bounded deque, never blocks)
+                               subscriber 1  [e e e e]  ─▶ its WebSocket / SSE sender task
+                               subscriber 2  [e e e e e e e e  (full: oldest dropped)]
+
+Slow-client policy: each subscriber has a queue of ``stream_queue`` events. When it is full
+the **oldest** event is dropped and counted; the next event the client receives is preceded
+by ``{"type": "dropped", "count": n}``, so it knows to resynchronise with a REST call. A
+client whose socket accepts nothing for ``stream_send_timeout_s`` is disconnected (WebSocket
+close code 1013, "try again later"). Publishing is a loop over in-memory deques: one slow or
+stuck client costs the others nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["KINDS", "Event", "Hub", "StreamFilter", "Subscriber"]
+
+#: Stream kinds: reading aliases for the known measurements, plus alerts and gateway status.
+KINDS: Final = {
+    "vehicle": "Vehicle",
+    "traffic": "TrafficFlowObserved",
+    "parking": "OffStreetParking",
+    "air": "AirQualityObserved",
+    "noise": "NoiseLevelObserved",
+    "water": "WaterConsumptionObserved",
+    "energy": "ThreePhaseAcMeasurement",
+}
+MEASUREMENT_KIND: Final = {m: k for k, m in KINDS.items()}
+EXTRA_KINDS: Final = ("alert", "gateway", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One pushed item; ``data`` is its JSON, encoded once for every subscriber."""
+
+    kind: str
+    device: str | None
+    gateway: str | None
+    area: str | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFilter:
+    """Empty sets match everything; otherwise the event's value must be in the set."""
+
+    kinds: frozenset[str] = frozenset()
+    devices: frozenset[str] = frozenset()
+    areas: frozenset[str] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        if self.kinds and event.kind not in self.kinds:
+            return False
+        if self.devices and event.device not in self.devices and event.kind != "alert":
+            return False
+        return not (self.areas and event.area not in self.areas)
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    filter: StreamFilter
+    maxlen: int
+    queue: collections.deque[Event] = field(init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+    total_dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = collections.deque(maxlen=self.maxlen)
+
+    def offer(self, event: Event) -> None:
+        if len(self.queue) == self.maxlen:
+            self.dropped += 1
+            self.total_dropped += 1
+        self.queue.append(event)
+        self.ready.set()
+
+    def take(self) -> tuple[int, list[Event]]:
+        """Everything queued, and how many were dropped before it."""
+        events = list(self.queue)
+        self.queue.clear()
+        dropped, self.dropped = self.dropped, 0
+        self.ready.clear()
+        return dropped, events
+
+
+class Hub:
+    """The set of live subscribers of one API process."""
+
+    def __init__(self, *, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._subscribers: set[Subscriber] = set()
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, stream_filter: StreamFilter) -> Subscriber:
+        sub = Subscriber(stream_filter, self._queue_size)
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    def wants(self, kind: str) -> bool:
+        """Whether any subscriber could take an event of ``kind`` (skip encoding if not)."""
+        return any(not s.filter.kinds or kind in s.filter.kinds for s in self._subscribers)
+
+    def publish(self, event: Event) -> None:
+        for sub in self._subscribers:
+            if sub.filter.matches(event):
+                before = sub.total_dropped
+                sub.offer(event)
+                self.dropped_total += sub.total_dropped - before
+
+
+def parse_filter(
+    kinds: Collection[str], devices: Collection[str], areas: Collection[str]
+) -> StreamFilter:
+    """Filters from repeated or comma-separated values (validated by the caller)."""
+
+    def split(values: Collection[str]) -> frozenset[str]:
+        return frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    return StreamFilter(split(kinds), split(devices), split(areas))

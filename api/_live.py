@@ -1,0 +1,199 @@
+"""In-memory state from the broker: latest reading per series, gateway and device inventory.
+
+Everything here is touched only on the event loop thread (the broker thread hands messages
+over, see ``_broker.py``), so no locks. The state is a cache of what the broker and InfluxDB
+hold: a restarted API rebuilds it from the retained status messages and a warm-up query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from telemetry import Birth, Death, DeviceInfo, Location
+
+__all__ = [
+    "Completeness",
+    "DeviceState",
+    "GatewayState",
+    "Inventory",
+    "Latest",
+    "LiveState",
+    "iso",
+    "series_key",
+]
+
+_NS: Final = 1_000_000_000
+
+
+def iso(ns: int) -> str:
+    """RFC 3339 UTC with milliseconds from integer nanoseconds."""
+    seconds, rest = divmod(ns, _NS)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+
+
+def series_key(measurement: str, tags: Mapping[str, str]) -> str:
+    if not tags:
+        return measurement
+    return measurement + "," + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+class Latest(msgspec.Struct, gc=False, omit_defaults=True):
+    """The latest reading of one series (device, measurement, reading tags)."""
+
+    gateway: str
+    device: str
+    measurement: str
+    time: str
+    ts_ns: int
+    fields: dict[str, Any]
+    quality: str = "good"
+    tags: dict[str, str] = {}
+    area: str | None = None
+
+
+class Completeness(msgspec.Struct, frozen=True):
+    """Batches received against batches expected from the seq range, over a window."""
+
+    window: str
+    received: int
+    expected: int
+    missing: int
+    ratio: float
+    readings: int
+
+
+@dataclass(slots=True)
+class DeviceState:
+    id: str
+    gateway: str
+    kind: str = "unknown"
+    measurements: dict[str, dict[str, str]] = field(default_factory=dict)
+    location: Location | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    announced: bool = False
+    last_reading_ns: int | None = None
+
+    def area(self, gateway: GatewayState | None) -> str | None:
+        if self.location is not None and self.location.area:
+            return self.location.area
+        if gateway is not None and gateway.location is not None:
+            return gateway.location.area
+        return None
+
+
+@dataclass(slots=True)
+class GatewayState:
+    id: str
+    state: str = "unknown"  # online | offline | unknown (seen in telemetry only)
+    status_ts_ns: int | None = None
+    #: Our clock (ns) when the state last changed, and when anything last arrived.
+    since_ns: int = 0
+    last_seen_ns: int = 0
+    agent: str | None = None
+    config_version: int | None = None
+    location: Location | None = None
+    reason: str | None = None
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    health: dict[str, Any] | None = None
+    config_reported: dict[str, Any] | None = None
+    completeness: Completeness | None = None
+
+
+class Inventory:
+    """Gateways and their devices from retained births/deaths and from telemetry."""
+
+    def __init__(self) -> None:
+        self.gateways: dict[str, GatewayState] = {}
+
+    def gateway(self, gw: str) -> GatewayState:
+        state = self.gateways.get(gw)
+        if state is None:
+            state = self.gateways[gw] = GatewayState(gw, since_ns=time.time_ns())
+        return state
+
+    def device(self, gw: str, device: str) -> DeviceState:
+        gateway = self.gateway(gw)
+        state = gateway.devices.get(device)
+        if state is None:
+            state = gateway.devices[device] = DeviceState(device, gw)
+        return state
+
+    def apply_status(self, gw: str, status: Birth | Death, now_ns: int) -> bool:
+        """Record a birth or death; return whether the state changed."""
+        gateway = self.gateway(gw)
+        gateway.last_seen_ns = now_ns
+        new_state = "online" if isinstance(status, Birth) else "offline"
+        changed = gateway.state != new_state
+        if changed:
+            gateway.since_ns = now_ns
+        gateway.state = new_state
+        gateway.status_ts_ns = status.ts
+        if isinstance(status, Birth):
+            gateway.agent = status.agent
+            gateway.config_version = status.config_version
+            gateway.location = status.location
+            gateway.reason = None
+            for info in status.devices:
+                self._announce(gateway, info)
+        else:
+            gateway.reason = status.reason
+        return changed
+
+    def _announce(self, gateway: GatewayState, info: DeviceInfo) -> None:
+        device = gateway.devices.get(info.id)
+        if device is None:
+            device = gateway.devices[info.id] = DeviceState(info.id, gateway.id)
+        device.kind = info.kind
+        device.measurements = {m: dict(f) for m, f in info.measurements.items()}
+        device.location = info.location
+        device.meta = dict(info.meta)
+        device.announced = True
+
+    def iter_devices(self) -> Iterator[tuple[GatewayState, DeviceState]]:
+        for gateway in self.gateways.values():
+            for device in gateway.devices.values():
+                yield gateway, device
+
+    def area_of(self, gw: str, device: str) -> str | None:
+        gateway = self.gateways.get(gw)
+        if gateway is None:
+            return None
+        state = gateway.devices.get(device)
+        return state.area(gateway) if state is not None else None
+
+
+class LiveState:
+    """Latest reading per (gateway, device) and series key (measurement + reading tags)."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[tuple[str, str], dict[str, Latest]] = {}
+        self.by_measurement: dict[str, dict[tuple[str, str, str], Latest]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_device.values())
+
+    def update(self, latest: Latest) -> bool:
+        """Keep ``latest`` if it is not older than what is held; return whether it was kept."""
+        key = series_key(latest.measurement, latest.tags)
+        series = self.by_device.setdefault((latest.gateway, latest.device), {})
+        held = series.get(key)
+        if held is not None and held.ts_ns > latest.ts_ns:
+            return False
+        series[key] = latest
+        self.by_measurement.setdefault(latest.measurement, {})[
+            (latest.gateway, latest.device, key)
+        ] = latest
+        return True
+
+    def device(self, gateway: str, device: str) -> list[Latest]:
+        series = self.by_device.get((gateway, device))
+        return [] if series is None else [series[k] for k in sorted(series)]
+
+    def measurement(self, measurement: str) -> list[Latest]:
+        rows = self.by_measurement.get(measurement, {})
+        return [rows[k] for k in sorted(rows)]

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one API process, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ApiMetrics"]
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "smartcity_api_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "smartcity_api_request_seconds", "HTTP request latency", ["route"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+        self.mqtt_messages = Counter(
+            "smartcity_api_mqtt_messages", "Broker messages received", ["kind"], registry=r
+        )
+        self.mqtt_dropped = Counter(
+            "smartcity_api_mqtt_inbox_dropped",
+            "Broker messages dropped because the event loop fell behind", registry=r,
+        )
+        self.mqtt_invalid = Counter(
+            "smartcity_api_mqtt_invalid", "Broker payloads that failed to decode", ["kind"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "smartcity_api_mqtt_connected", "1 while subscribed to the broker", registry=r
+        )
+        self.readings = Counter(
+            "smartcity_api_readings", "Readings applied to the live state", registry=r
+        )
+        self.stream_clients = Gauge(
+            "smartcity_api_stream_clients", "Live push clients", ["transport"], registry=r
+        )
+        self.stream_dropped = Counter(
+            "smartcity_api_stream_dropped",
+            "Events dropped for slow live clients (oldest first)", registry=r,
+        )
+        self.stream_disconnected = Counter(
+            "smartcity_api_stream_slow_disconnects",
+            "Live clients disconnected for accepting nothing within the send timeout",
+            registry=r,
+        )
+        self.alerts_active = Gauge(
+            "smartcity_api_alerts_active", "Active alerts", ["severity"], registry=r
+        )
+        self.alert_transitions = Counter(
+            "smartcity_api_alert_transitions", "Alert transitions", ["transition"], registry=r
+        )
+        self.auth_failures = Counter(
+            "smartcity_api_auth_failures", "Refused authentications", ["reason"], registry=r
+        )

@@ -1,0 +1,168 @@
+"""Key management (admin), health, readiness, metrics and the vocabulary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Literal
+
+import msgspec
+from fastapi import APIRouter, Body, Path, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from api._aqi import BANDS, BREAKPOINTS
+from api._db import ApiKey
+from api._deps import Admin, ServicesDep, Viewer, authenticate_key
+from api._encoding import doc, json_response
+from telemetry import MEASUREMENTS
+
+__all__ = ["router"]
+
+router = APIRouter()
+audit = logging.getLogger("api.audit")
+
+
+class KeyOut(msgspec.Struct):
+    id: str
+    name: str
+    role: str
+    prefix: str
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyCreated(KeyOut):
+    key: str = ""
+
+
+class KeyList(msgspec.Struct):
+    items: list[KeyOut]
+
+
+def _key_out(row: ApiKey) -> KeyOut:
+    return KeyOut(
+        row.id, row.name, row.role, row.prefix,
+        row.created_at.isoformat(), row.revoked_at.isoformat() if row.revoked_at else None,
+    )
+
+
+class KeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    role: Literal["viewer", "operator", "engineer", "admin"]
+
+
+@router.get("/v1/keys", response_model=None, responses=doc(KeyList), tags=["admin"],
+            summary="API keys (admin; the keys themselves are never shown again)")
+async def list_keys(services: ServicesDep, _caller: Admin) -> Response:
+    rows = await asyncio.to_thread(services.db.list_keys)
+    return json_response(KeyList([_key_out(r) for r in rows]))
+
+
+@router.post("/v1/keys", response_model=None, status_code=201, tags=["admin"],
+             responses=doc(KeyCreated, "Created; `key` is shown this once", status=201),
+             summary="Create an API key (admin)")
+async def create_key(
+    services: ServicesDep, caller: Admin, body: Annotated[KeyBody, Body()]
+) -> Response:
+    row, key = await asyncio.to_thread(services.db.create_key, name=body.name, role=body.role)
+    audit.info("key created", extra={"key": row.id, "role": row.role, "by": caller.key_id})
+    out = _key_out(row)
+    return json_response(
+        KeyCreated(**{f: getattr(out, f) for f in out.__struct_fields__}, key=key), status=201
+    )
+
+
+@router.delete("/v1/keys/{key_id}", response_model=None, responses=doc(KeyOut), tags=["admin"],
+               summary="Revoke an API key (admin)")
+async def revoke_key(
+    services: ServicesDep,
+    caller: Admin,
+    key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
+) -> Response:
+    row = await asyncio.to_thread(services.db.revoke_key, key_id)
+    services.keys.invalidate()
+    audit.info("key revoked", extra={"key": row.id, "by": caller.key_id})
+    return json_response(_key_out(row))
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+    broker: bool
+    influxdb: bool
+    warmed_series: int
+
+
+@router.get("/healthz", response_model=None, responses={200: {"description": "Alive"}},
+            tags=["meta"], summary="Liveness (no key needed)")
+async def healthz() -> Response:
+    return json_response(Health("ok"))
+
+
+@router.get("/readyz", response_model=None, tags=["meta"],
+            responses={200: {"description": "Ready"}, 503: {"description": "Not ready"}},
+            summary="Readiness: broker subscribed and InfluxDB answering (no key needed)")
+async def readyz(services: ServicesDep) -> Response:
+    influx = await services.influx.ping()
+    ok = influx and services.broker.connected
+    return json_response(
+        Ready("ok" if ok else "degraded", services.broker.connected, influx, services.warmed),
+        status=200 if ok else 503,
+    )
+
+
+@router.get("/metrics", response_model=None, tags=["meta"],
+            responses={200: {"description": "Prometheus text format"}},
+            summary="Prometheus metrics (viewer key unless metrics_public)")
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    if not services.settings.metrics_public:
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        await authenticate_key(services, key, request.client.host if request.client else "")
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class FieldOut(msgspec.Struct):
+    type: str
+    unit: str
+    description: str
+
+
+class MeasurementOut(msgspec.Struct):
+    domain: str
+    description: str
+    fields: dict[str, FieldOut]
+    tags: list[str]
+
+
+class Vocabulary(msgspec.Struct):
+    measurements: dict[str, MeasurementOut]
+    aqi_bands: list[str]
+    aqi_breakpoints: dict[str, list[float]]
+
+
+@router.get("/v1/vocabulary", response_model=None, responses=doc(Vocabulary), tags=["meta"],
+            summary="Known measurements, fields and units; EAQI band breakpoints")
+async def vocabulary(_caller: Viewer) -> Response:
+    return json_response(
+        Vocabulary(
+            {
+                name: MeasurementOut(
+                    spec.domain, spec.description,
+                    {f: FieldOut(s.type, s.unit, s.description) for f, s in spec.fields.items()},
+                    list(spec.tags),
+                )
+                for name, spec in MEASUREMENTS.items()
+            },
+            list(BANDS),
+            {k: list(v) for k, v in BREAKPOINTS.items()},
+        )
+    )

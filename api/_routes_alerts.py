@@ -1,0 +1,185 @@
+"""Active alerts (viewer), acknowledgements and rule management (operator)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import msgspec
+from fastapi import APIRouter, Body, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import Response
+
+from api._alerts import Alert
+from api._db import AlertRule
+from api._deps import Operator, ServicesDep, Viewer
+from api._encoding import doc, json_response
+from api._errors import NotFound
+from api._params import NAME_PATTERN, GatewayQuery
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["alerts"])
+
+AlertIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="Alert id")]
+RuleIdPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="Rule id")]
+Severity = Literal["info", "warning", "critical"]
+
+
+class AlertList(msgspec.Struct):
+    items: list[Alert]
+    total: int
+
+
+class RuleOut(msgspec.Struct):
+    id: int
+    name: str
+    kind: str
+    measurement: str | None
+    field: str | None
+    op: str | None
+    threshold: float | None
+    ratio: float | None
+    duration_s: float
+    severity: str
+    enabled: bool
+
+
+class RuleList(msgspec.Struct):
+    items: list[RuleOut]
+
+
+def _rule_out(row: AlertRule) -> RuleOut:
+    return RuleOut(
+        row.id, row.name, row.kind, row.measurement, row.field, row.op, row.threshold,
+        row.ratio, row.duration_s, row.severity, row.enabled,
+    )
+
+
+@router.get("/alerts", response_model=None, responses=doc(AlertList),
+            summary="Active alerts, newest first")
+async def list_alerts(
+    services: ServicesDep,
+    _caller: Viewer,
+    severity: Annotated[Severity | None, Query()] = None,
+    gateway: GatewayQuery = None,
+    acknowledged: bool | None = None,
+) -> Response:
+    active = list(services.alerts.active.values())
+    unacked = [a.id for a in active if not a.acknowledged]
+    if unacked:  # acknowledged through another replica (or before a restart)
+        acks = await asyncio.to_thread(services.db.acks_for, unacked)
+        for alert in active:
+            ack = acks.get(alert.id)
+            if ack is not None and not alert.acknowledged:
+                alert.acknowledged, alert.ack_by = True, ack.by_name
+                alert.ack_at = ack.at.isoformat().replace("+00:00", "Z")
+                alert.ack_note = ack.note
+    rows = sorted(
+        (
+            a for a in active
+            if (severity is None or a.severity == severity)
+            and (gateway is None or a.gateway == gateway)
+            and (acknowledged is None or a.acknowledged == acknowledged)
+        ),
+        key=lambda a: (-a.started_ns, a.id),
+    )
+    return json_response(AlertList(rows, len(rows)))
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: Annotated[str, Field(max_length=1024)] = ""
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=None, responses=doc(Alert),
+             summary="Acknowledge an active alert (operator)")
+async def acknowledge(
+    services: ServicesDep,
+    caller: Operator,
+    alert_id: AlertIdPath,
+    body: Annotated[AckBody | None, Body()] = None,
+) -> Response:
+    alert = services.alerts.active.get(alert_id)
+    if alert is None:
+        raise NotFound(f"no active alert {alert_id!r}", parameter="alert_id", location="path")
+    note = body.note if body is not None else ""
+    subject = alert.gateway + (f"/{alert.device}" if alert.device else "")
+    row = await asyncio.to_thread(
+        services.db.add_ack, alert_id=alert_id, rule_id=alert.rule_id, subject=subject,
+        by_key=caller.key_id, by_name=caller.name, note=note,
+    )
+    acked = services.alerts.acknowledge(
+        alert_id, by=caller.name, at=row.at.isoformat().replace("+00:00", "Z"), note=note
+    )
+    return json_response(acked or alert)
+
+
+class RuleBody(BaseModel):
+    """An alert rule. ``threshold``: measurement, field, op, threshold, duration_s.
+    ``staleness``: duration_s. ``congestion``: ratio (of free-flow speed), duration_s."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    kind: Literal["threshold", "staleness", "congestion"]
+    measurement: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None
+    field: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None
+    op: Literal[">", ">=", "<", "<="] | None = None
+    threshold: Annotated[float | None, Field(allow_inf_nan=False)] = None
+    ratio: Annotated[float | None, Field(gt=0, le=1)] = None
+    duration_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 0.0
+    severity: Severity = "warning"
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> RuleBody:
+        if self.kind == "threshold" and (
+            self.measurement is None or self.field is None or self.op is None
+            or self.threshold is None
+        ):
+            raise ValueError("a threshold rule needs measurement, field, op and threshold")
+        if self.kind == "congestion" and self.ratio is None:
+            raise ValueError("a congestion rule needs ratio")
+        if self.kind == "staleness" and self.duration_s <= 0:
+            raise ValueError("a staleness rule needs duration_s > 0")
+        return self
+
+
+@router.get("/alert-rules", response_model=None, responses=doc(RuleList),
+            summary="Alert rules")
+async def list_rules(services: ServicesDep, _caller: Viewer) -> Response:
+    rows = await asyncio.to_thread(services.db.list_rules)
+    return json_response(RuleList([_rule_out(r) for r in rows]))
+
+
+@router.post("/alert-rules", response_model=None, status_code=201,
+             responses=doc(RuleOut, "Created", status=201), summary="Add a rule (operator)")
+async def add_rule(
+    services: ServicesDep, _caller: Operator, body: Annotated[RuleBody, Body()]
+) -> Response:
+    values = body.model_dump()
+    if body.kind == "congestion":
+        values["measurement"] = values["measurement"] or "TrafficFlowObserved"
+        values["field"] = values["field"] or "averageVehicleSpeed"
+    row = await asyncio.to_thread(services.db.add_rule, **values)
+    await services.reload_rules()
+    return json_response(_rule_out(row), status=201)
+
+
+@router.put("/alert-rules/{rule_id}", response_model=None, responses=doc(RuleOut),
+            summary="Replace a rule (operator)")
+async def replace_rule(
+    services: ServicesDep, _caller: Operator, rule_id: RuleIdPath,
+    body: Annotated[RuleBody, Body()],
+) -> Response:
+    row = await asyncio.to_thread(services.db.update_rule, rule_id, **body.model_dump())
+    await services.reload_rules()
+    return json_response(_rule_out(row))
+
+
+@router.delete("/alert-rules/{rule_id}", status_code=204, response_model=None,
+               summary="Delete a rule (operator)")
+async def delete_rule(services: ServicesDep, _caller: Operator, rule_id: RuleIdPath) -> Response:
+    await asyncio.to_thread(services.db.delete_rule, rule_id)
+    await services.reload_rules()
+    return Response(status_code=204)

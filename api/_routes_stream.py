@@ -1,0 +1,272 @@
+"""Live push over WebSocket and Server-Sent Events, with filters and a slow-client policy.
+
+Both transports carry the same JSON events, one per message::
+
+    {"type": "hello", "filter": {...}, "queue": 1000, "policy": "drop-oldest"}
+    {"type": "reading", "kind": "air", "reading": {"gateway": ..., "device": ..., ...}}
+    {"type": "alert", "state": "raised" | "resolved" | "acknowledged", "alert": {...}}
+    {"type": "gateway", "gateway": "gw-1", "state": "offline", "time": "..."}
+    {"type": "dropped", "count": 17}        the queue overflowed: 17 oldest events skipped
+    {"type": "heartbeat", "time": "..."}
+
+Filters (query parameters, repeated or comma-separated): ``kind`` (vehicle, traffic, parking,
+air, noise, water, energy, other, alert, gateway), ``device``, ``area``. See ``_hub.py`` for
+the slow-client policy (drop oldest, notify, disconnect after ``stream_send_timeout_s``).
+
+Authentication: ``X-API-Key`` / ``Authorization: Bearer`` headers, or, for browsers (which
+cannot set headers on WebSocket or EventSource), the ``key`` query parameter; a WebSocket may
+also send ``{"type": "auth", "key": "..."}`` as its first message instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from api._auth import Principal
+from api._deps import ServicesDep, authenticate_key
+from api._errors import BadParameter, ProblemError
+from api._hub import EXTRA_KINDS, KINDS, StreamFilter, Subscriber, parse_filter
+from api._live import iso
+from api._params import AREA_PATTERN, ID_PATTERN
+from api._services import Services
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/stream", tags=["live"])
+
+_ID_RE: Final = re.compile(ID_PATTERN)
+_AREA_RE: Final = re.compile(AREA_PATTERN)
+_KIND_VALUES: Final = frozenset(KINDS) | frozenset(EXTRA_KINDS)
+_MAX_VALUES: Final = 100
+_AUTH_WAIT_S: Final = 5.0
+
+KindQuery = Annotated[list[str], Query(description="Event kinds (repeat or comma-separate)")]
+DevicesQuery = Annotated[list[str], Query(description="Device ids")]
+AreasQuery = Annotated[list[str], Query(description="Areas")]
+KeyQuery = Annotated[
+    str | None, Query(description="API key, for browsers that cannot send headers")
+]
+
+
+def _filter(kind: list[str], device: list[str], area: list[str]) -> StreamFilter:
+    f = parse_filter(kind, device, area)
+    checks: tuple[tuple[str, frozenset[str], Callable[[str], bool]], ...] = (
+        ("kind", f.kinds, _KIND_VALUES.__contains__),
+        ("device", f.devices, lambda v: bool(_ID_RE.fullmatch(v))),
+        ("area", f.areas, lambda v: bool(_AREA_RE.fullmatch(v))),
+    )
+    for name, values, ok in checks:
+        if len(values) > _MAX_VALUES:
+            raise BadParameter(f"at most {_MAX_VALUES} values", parameter=name)
+        bad = sorted(v for v in values if not ok(v))
+        if bad:
+            allowed = f"; one of {sorted(_KIND_VALUES)}" if name == "kind" else ""
+            raise BadParameter(f"invalid {name} {bad[0]!r}{allowed}", parameter=name)
+    return f
+
+
+def _hello(services: Services, f: StreamFilter) -> str:
+    return json.dumps(
+        {
+            "type": "hello",
+            "filter": {"kind": sorted(f.kinds), "device": sorted(f.devices),
+                       "area": sorted(f.areas)},
+            "queue": services.settings.stream_queue,
+            "policy": "drop-oldest",
+            "send_timeout_s": services.settings.stream_send_timeout_s,
+        }
+    )
+
+
+async def _pump(
+    services: Services, sub: Subscriber, emit: Callable[[str], Awaitable[None]]
+) -> None:
+    """Move events from the subscriber's queue to ``emit`` until it times out or fails."""
+    settings = services.settings
+    while True:
+        try:
+            async with asyncio.timeout(settings.stream_heartbeat_s):
+                await sub.ready.wait()
+        except TimeoutError:
+            await emit(json.dumps({"type": "heartbeat", "time": iso(time.time_ns())}))
+            continue
+        dropped, events = sub.take()
+        if dropped:
+            services.metrics.stream_dropped.inc(dropped)
+            await emit(json.dumps({"type": "dropped", "count": dropped}))
+        for event in events:
+            await emit(event.data.decode())
+
+
+class _SlowClient(Exception):
+    """The client accepted nothing within the send timeout."""
+
+
+@router.websocket("/ws")
+async def websocket_stream(
+    websocket: WebSocket,
+    kind: KindQuery = [],  # noqa: B006 - FastAPI copies defaults per request
+    device: DevicesQuery = [],  # noqa: B006
+    area: AreasQuery = [],  # noqa: B006
+    key: KeyQuery = None,
+) -> None:
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    try:
+        stream_filter = _filter(kind, device, area)
+        principal = await _ws_auth(services, websocket, key)
+    except ProblemError as exc:
+        await websocket.close(code=1008, reason=exc.detail[:120])
+        return
+    except (WebSocketDisconnect, TimeoutError, ValueError):
+        await websocket.close(code=1008, reason="authentication required")
+        return
+    del principal
+    sub = services.hub.subscribe(stream_filter)
+    gauge = services.metrics.stream_clients.labels("websocket")
+    gauge.inc()
+    timeout = services.settings.stream_send_timeout_s
+
+    async def emit(text: str) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await websocket.send_text(text)
+        except TimeoutError:
+            raise _SlowClient from None
+
+    async def sender() -> None:
+        try:
+            await emit(_hello(services, stream_filter))
+            await _pump(services, sub, emit)
+        except _SlowClient:
+            services.metrics.stream_disconnected.inc()
+            await websocket.close(code=1013, reason="slow client")
+        except (WebSocketDisconnect, OSError):
+            return
+
+    async def receiver() -> None:
+        try:
+            while True:
+                await websocket.receive_text()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            send_task = group.create_task(sender(), name="api.ws.sender")
+            recv_task = group.create_task(receiver(), name="api.ws.receiver")
+            send_task.add_done_callback(lambda _t: recv_task.cancel())
+            recv_task.add_done_callback(lambda _t: send_task.cancel())
+    finally:
+        services.hub.unsubscribe(sub)
+        gauge.dec()
+
+
+async def _ws_auth(services: Services, websocket: WebSocket, key: str | None) -> Principal:
+    presented = key or websocket.headers.get("x-api-key")
+    auth = websocket.headers.get("authorization", "")
+    if presented is None and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    if presented is None:
+        async with asyncio.timeout(_AUTH_WAIT_S):
+            message: Any = json.loads(await websocket.receive_text())
+        if isinstance(message, dict) and message.get("type") == "auth":
+            value = message.get("key")
+            presented = value if isinstance(value, str) else None
+    client = websocket.client.host if websocket.client else "unknown"
+    return await authenticate_key(services, presented, client)
+
+
+class _EventStream(Response):
+    """``text/event-stream`` of one subscriber; ends when the client goes away or stalls."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, services: Services, sub: Subscriber, hello: str) -> None:
+        super().__init__(media_type=self.media_type)
+        self._services = services
+        self._sub = sub
+        self._hello = hello
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services, sub = self._services, self._sub
+        gauge = services.metrics.stream_clients.labels("sse")
+        gauge.inc()
+        timeout = services.settings.stream_send_timeout_s
+
+        async def emit(text: str) -> None:
+            chunk = f"data: {text}\n\n".encode()
+            try:
+                async with asyncio.timeout(timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                raise _SlowClient from None
+
+        async def sender() -> None:
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"text/event-stream; charset=utf-8"),
+                            (b"cache-control", b"no-store"),
+                            (b"x-accel-buffering", b"no"),
+                        ],
+                    }
+                )
+                await emit(self._hello)
+                await _pump(services, sub, emit)
+            except _SlowClient:
+                services.metrics.stream_disconnected.inc()
+            except OSError:
+                return
+
+        async def watcher() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                send_task = group.create_task(sender(), name="api.sse.sender")
+                watch_task = group.create_task(watcher(), name="api.sse.watcher")
+                send_task.add_done_callback(lambda _t: watch_task.cancel())
+                watch_task.add_done_callback(lambda _t: send_task.cancel())
+        finally:
+            services.hub.unsubscribe(sub)
+            gauge.dec()
+
+
+@router.get(
+    "/sse",
+    response_model=None,
+    summary="Server-Sent Events stream of readings, alerts and gateway status",
+    responses={200: {"description": "An event stream; each event's data is one JSON object",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def sse_stream(
+    request: Request,
+    services: ServicesDep,
+    kind: KindQuery = [],  # noqa: B006
+    device: DevicesQuery = [],  # noqa: B006
+    area: AreasQuery = [],  # noqa: B006
+    key: KeyQuery = None,
+) -> Response:
+    presented = key or request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if presented is None and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    client = request.client.host if request.client else "unknown"
+    await authenticate_key(services, presented, client)
+    stream_filter = _filter(kind, device, area)
+    sub = services.hub.subscribe(stream_filter)
+    return _EventStream(services, sub, _hello(services, stream_filter))

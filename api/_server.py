@@ -1,0 +1,112 @@
+"""Serving the app with uvicorn: blocking (:func:`serve`) or on a thread (:class:`ApiServer`)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from fastapi import FastAPI
+
+from api._app import create_app
+from api._db import Database
+from api._errors import ApiError
+from api._services import Services
+from api._settings import ApiSettings
+
+__all__ = ["ApiServer", "serve", "uvicorn_config"]
+
+
+def uvicorn_config(settings: ApiSettings, *, db: Database | None = None) -> uvicorn.Config:
+    fast = importlib.util.find_spec("uvloop") is not None
+    return uvicorn.Config(
+        create_app(settings, db=db),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if fast else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        ws="websockets-sansio",
+        # Our own structured logs; access logs would print stream keys given as ?key=.
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def serve(settings: ApiSettings) -> None:
+    """Run the API until SIGINT/SIGTERM (what ``smartcity api run`` does)."""
+    server = uvicorn.Server(uvicorn_config(settings))
+    server.run()
+    if not server.started:
+        raise ApiError("the API did not start (see the log above)")
+
+
+class ApiServer:
+    """The API on a background thread, for tests, benchmarks and the demo::
+
+        with ApiServer(settings) as api:       # returns once serving
+            httpx.get(f"{api.url}/healthz")
+    """
+
+    def __init__(self, settings: ApiSettings, *, db: Database | None = None) -> None:
+        if settings.port == 0:
+            from smartcity._localstack import free_port
+
+            settings = settings.model_copy(update={"port": free_port(settings.host)})
+        self.settings = settings
+        self.config = uvicorn_config(settings, db=db)
+        app = self.config.app
+        assert isinstance(app, FastAPI)
+        self._services: Services = app.state.services
+        self.server = uvicorn.Server(self.config)
+        self._thread = threading.Thread(target=self._main, name="api.server", daemon=True)
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def services(self) -> Services:
+        return self._services
+
+    def _main(self) -> None:
+        try:
+            if self.config.loop == "uvloop":
+                import uvloop
+
+                uvloop.run(self.server.serve())
+            else:
+                asyncio.run(self.server.serve())
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            self._error = exc
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ApiError(f"API did not start: {self._error!r}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,332 @@
+"""What the app's lifespan owns: broker link, InfluxDB client, state, alerts, background tasks.
+
+::
+
+    Services (async context manager, one per app)
+    ├── InfluxClient           history, warm-up, completeness
+    ├── BrokerLink             paho thread ─▶ handle(topic, payload) on the loop
+    │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
+    └── TaskGroup "api[<client id>]"
+          ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
+          └── .alerts          staleness tick every second, rules reload every 30 s
+
+Start order: database, InfluxDB client, warm-up from InfluxDB, then the broker (so a fresh
+reading from the broker always lands after the warm value it supersedes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Final, Self
+
+import msgspec
+from sqlalchemy.exc import SQLAlchemyError
+
+from api._alerts import Alert, AlertEngine, AlertTransition, Rule
+from api._auth import KeyVerifier, RateLimiter
+from api._broker import BrokerLink
+from api._db import Database
+from api._errors import UpstreamUnavailable
+from api._hub import MEASUREMENT_KIND, Event, Hub
+from api._influx import InfluxClient
+from api._influxql import quote_ident
+from api._live import Completeness, Inventory, Latest, LiveState, iso
+from api._metrics import ApiMetrics
+from api._settings import ApiSettings
+from ingest import BOOKKEEPING_MEASUREMENT, completeness_query
+from telemetry import (
+    ID_RE,
+    MEASUREMENTS,
+    NAME_RE,
+    ConfigReported,
+    Health,
+    PayloadError,
+    TopicError,
+    TopicKind,
+    decode_batch_partial,
+    decode_message,
+    decode_status,
+)
+
+__all__ = ["Services"]
+
+log = logging.getLogger("api")
+
+_RULES_RELOAD_S: Final = 30.0
+_encoder: Final = msgspec.json.Encoder()
+
+
+class _ReadingEvent(msgspec.Struct):
+    type: str
+    kind: str
+    reading: Latest
+
+
+class _AlertEvent(msgspec.Struct):
+    type: str
+    state: str
+    alert: Alert
+
+
+class _GatewayEvent(msgspec.Struct):
+    type: str
+    gateway: str
+    state: str
+    time: str
+
+
+class Services:
+    """Everything the routes read from; ``app.state.services``."""
+
+    def __init__(self, settings: ApiSettings, *, db: Database | None = None) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        self.db = db or Database(settings.database_url)
+        self.keys = KeyVerifier(self.db, ttl=settings.key_cache_s)
+        self.limiter = RateLimiter(rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
+        self.auth_failures = RateLimiter(
+            rate=settings.auth_failures_per_s, burst=settings.auth_failures_burst
+        )
+        self.inventory = Inventory()
+        self.live = LiveState()
+        self.hub = Hub(queue_size=settings.stream_queue)
+        self.alerts = AlertEngine(
+            inventory=self.inventory,
+            free_flow_kmh=settings.free_flow_speed_kmh,
+            on_change=self._alert_changed,
+        )
+        self.influx = InfluxClient(
+            url=settings.influx_url,
+            database=settings.influx_database,
+            username=settings.influx_username,
+            password=(
+                settings.influx_password.get_secret_value() if settings.influx_password else None
+            ),
+            timeout=settings.influx_timeout_s,
+        )
+        self.broker = BrokerLink(settings, self.handle, self.metrics)
+        self.name = f"api[{settings.mqtt_client_id}]"
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.warmed = 0
+        #: Demo mode only: role -> key created at start.
+        self.demo_keys: dict[str, str] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            await asyncio.to_thread(self.db.create_schema)
+            stack.callback(self.db.dispose)
+            await stack.enter_async_context(self.influx)
+            await self.reload_rules()
+            self.warmed = await self.warm()
+            await stack.enter_async_context(self.broker)
+            group = await stack.enter_async_context(asyncio.TaskGroup())
+            self._tasks = [
+                group.create_task(self._completeness_loop(), name=f"{self.name}.completeness"),
+                group.create_task(self._alerts_loop(), name=f"{self.name}.alerts"),
+            ]
+            self._stack = stack.pop_all()
+        log.info(
+            "api services started",
+            extra={"warmed_series": self.warmed, "broker": self.broker.connected},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self._stack.aclose()
+
+    # -- broker messages (event loop) -------------------------------------------------------
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            gateway, kind = self.broker.topics.parse(topic)
+        except TopicError:
+            self.metrics.mqtt_invalid.labels("topic").inc()
+            return
+        self.metrics.mqtt_messages.labels(kind.value).inc()
+        try:
+            if kind is TopicKind.TELEMETRY:
+                self._telemetry(gateway, payload)
+            elif kind is TopicKind.STATUS:
+                self._status(gateway, payload)
+            elif kind is TopicKind.HEALTH:
+                health = decode_message(payload, Health)
+                state = self.inventory.gateway(gateway)
+                state.health = msgspec.to_builtins(health)
+                state.last_seen_ns = time.time_ns()
+            elif kind is TopicKind.CONFIG_REPORTED and payload:
+                reported = decode_message(payload, ConfigReported)
+                self.inventory.gateway(gateway).config_reported = msgspec.to_builtins(reported)
+        except PayloadError as exc:
+            self.metrics.mqtt_invalid.labels(kind.value).inc()
+            log.debug("invalid payload", extra={"topic": topic, "reason": str(exc)})
+
+    def _status(self, gateway: str, payload: bytes) -> None:
+        if not payload:  # retained status cleared: the gateway was decommissioned
+            self.inventory.gateways.pop(gateway, None)
+            return
+        status = decode_status(payload)
+        if status.gw != gateway:
+            self.metrics.mqtt_invalid.labels("status").inc()
+            return
+        now = time.time_ns()
+        if self.inventory.apply_status(gateway, status, now):
+            state = self.inventory.gateways[gateway]
+            self._push(
+                "gateway", None, gateway,
+                state.location.area if state.location else None,
+                _GatewayEvent("gateway", gateway, state.state, iso(now)),
+            )
+
+    def _telemetry(self, gateway: str, payload: bytes) -> None:
+        decoded = decode_batch_partial(payload)
+        batch = decoded.batch
+        if batch.gateway != gateway:
+            self.metrics.mqtt_invalid.labels("telemetry").inc()
+            return
+        inventory, live, hub = self.inventory, self.live, self.hub
+        gw_state = inventory.gateway(gateway)
+        gw_state.last_seen_ns = time.time_ns()
+        applied = 0
+        for r in batch.readings:
+            device = gw_state.devices.get(r.device)
+            if device is None:
+                device = inventory.device(gateway, r.device)
+            area = device.area(gw_state)
+            latest = Latest(
+                gateway, r.device, r.measurement, iso(r.ts), r.ts, dict(r.fields),
+                r.quality, dict(r.tags), area,
+            )
+            if not live.update(latest):
+                continue
+            applied += 1
+            if device.last_reading_ns is None or r.ts > device.last_reading_ns:
+                device.last_reading_ns = r.ts
+            self.alerts.on_reading(latest)
+            if hub:
+                kind = MEASUREMENT_KIND.get(r.measurement, "other")
+                if hub.wants(kind):
+                    event = _ReadingEvent("reading", kind, latest)
+                    self._push(kind, r.device, gateway, area, event)
+        self.metrics.readings.inc(applied)
+
+    def _push(
+        self, kind: str, device: str | None, gateway: str | None, area: str | None,
+        body: msgspec.Struct,
+    ) -> None:
+        if self.hub:
+            self.hub.publish(Event(kind, device, gateway, area, _encoder.encode(body)))
+
+    def _alert_changed(self, transition: AlertTransition, alert: Alert) -> None:
+        self.metrics.alert_transitions.labels(transition).inc()
+        counts: dict[str, int] = {"info": 0, "warning": 0, "critical": 0}
+        for active in self.alerts.active.values():
+            counts[active.severity] = counts.get(active.severity, 0) + 1
+        for severity, count in counts.items():
+            self.metrics.alerts_active.labels(severity).set(count)
+        log.info(
+            "alert %s", transition,
+            extra={"alert": alert.id, "rule": alert.rule, "gateway": alert.gateway,
+                   "device": alert.device},
+        )
+        event = _AlertEvent("alert", transition, alert)
+        self._push("alert", alert.device, alert.gateway, alert.area, event)
+
+    # -- InfluxDB ---------------------------------------------------------------------------
+    async def warm(self) -> int:
+        """Load the latest point of every series of the last ``warm_window`` into the state."""
+        names = set(MEASUREMENTS)
+        for series in await self.influx.query("SHOW MEASUREMENTS"):
+            names.update(str(row[0]) for row in series.values)
+        names.discard(BOOKKEEPING_MEASUREMENT)
+        loaded = 0
+        window = self.settings.warm_window
+        for name in sorted(n for n in names if NAME_RE.fullmatch(n)):
+            q = (
+                f"SELECT * FROM {quote_ident(name)} WHERE time > now() - {window} "  # noqa: S608
+                "GROUP BY * ORDER BY time DESC LIMIT 1"
+            )
+            for series in await self.influx.query(q):
+                tags = dict(series.tags)
+                gateway, device = tags.pop("gateway", ""), tags.pop("device", "")
+                if not (ID_RE.fullmatch(gateway) and ID_RE.fullmatch(device)) or not series.values:
+                    continue
+                row = dict(zip(series.columns, series.values[0], strict=False))
+                ts = int(row.pop("time"))
+                quality = str(row.pop("quality", None) or "good")
+                row.pop("clock", None)
+                fields = {k: v for k, v in row.items() if v is not None}
+                if not fields:
+                    continue
+                tags = {k: v for k, v in tags.items() if v}
+                device_state = self.inventory.device(gateway, device)
+                gw_state = self.inventory.gateway(gateway)
+                latest = Latest(
+                    gateway, device, name, iso(ts), ts, fields, quality, tags,
+                    device_state.area(gw_state),
+                )
+                if self.live.update(latest):
+                    loaded += 1
+                    if device_state.last_reading_ns is None or ts > device_state.last_reading_ns:
+                        device_state.last_reading_ns = ts
+        return loaded
+
+    async def refresh_completeness(self) -> None:
+        window = self.settings.completeness_window
+        for series in await self.influx.query(completeness_query(since=f"now() - {window}")):
+            gateway = series.tags.get("gateway", "")
+            if not ID_RE.fullmatch(gateway) or not series.values:
+                continue
+            row = dict(zip(series.columns, series.values[0], strict=False))
+            received = int(row.get("received") or 0)
+            lo, hi = row.get("min_seq"), row.get("max_seq")
+            expected = int(hi) - int(lo) + 1 if lo is not None and hi is not None else received
+            expected = max(expected, received)
+            self.inventory.gateway(gateway).completeness = Completeness(
+                window=window,
+                received=received,
+                expected=expected,
+                missing=expected - received,
+                ratio=received / expected if expected else 1.0,
+                readings=int(row.get("readings") or 0),
+            )
+
+    async def _completeness_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_completeness()
+            except UpstreamUnavailable as exc:
+                # InfluxDB down: keep the last known completeness, say so, retry next round.
+                log.warning("completeness refresh failed", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.completeness_refresh_s)
+
+    # -- alerts -----------------------------------------------------------------------------
+    async def reload_rules(self) -> None:
+        rows = await asyncio.to_thread(self.db.list_rules)
+        self.alerts.set_rules(Rule.from_row(row) for row in rows)
+
+    async def _alerts_loop(self) -> None:
+        last_reload = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.alert_tick_s)
+            self.alerts.tick(time.time_ns())
+            if time.monotonic() - last_reload >= _RULES_RELOAD_S:
+                last_reload = time.monotonic()
+                try:
+                    await self.reload_rules()
+                except SQLAlchemyError as exc:
+                    log.warning("alert rules reload failed", extra={"error": repr(exc)})
+
+    def readiness(self) -> dict[str, Any]:
+        return {"broker": self.broker.connected, "warmed_series": self.warmed}

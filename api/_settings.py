@@ -1,0 +1,158 @@
+"""Typed settings of the API, validated once at start-up.
+
+Sources, highest priority first: keyword arguments (command-line flags), environment variables
+prefixed ``SMARTCITY_API_`` (``SMARTCITY_API_INFLUX_URL``), an optional YAML file given to
+:func:`load_settings`, the defaults below. Unknown keys are refused, so a typo fails at start-up
+with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api._errors import ConfigError
+
+__all__ = ["ApiSettings", "load_settings"]
+
+_Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,5}[smhdw]$")]
+_Positive = Annotated[float, Field(gt=0)]
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class ApiSettings(BaseSettings):
+    """Everything an API process needs; build it with :func:`load_settings` or directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SMARTCITY_API_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # HTTP ----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: Browser origins allowed by CORS (``["*"]`` allows any, refused outside demo mode).
+    cors_origins: list[str] = []
+    #: Serve ``/metrics`` without a key (for a scraper on a private network).
+    metrics_public: bool = False
+    #: Demo mode: creates one key per role at start and prints them. Never in production.
+    demo: bool = False
+
+    # Security ------------------------------------------------------------------------------
+    #: SQLAlchemy URL of the operator database (keys, alert rules, acknowledgements).
+    database_url: str = "sqlite:///var/api.sqlite3"
+    #: Requests per second per API key (token bucket refill) and the bucket size.
+    rate_limit_per_s: _Positive = 50.0
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 100
+    #: Failed authentications per second per client address, and the bucket size.
+    auth_failures_per_s: _Positive = 5.0
+    auth_failures_burst: Annotated[int, Field(ge=1)] = 20
+    #: How long a verified key stays cached in memory (a revoked key works this long at most).
+    key_cache_s: _Positive = 10.0
+
+    # Broker --------------------------------------------------------------------------------
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    #: Client id; every replica needs its own (the default adds a random suffix).
+    mqtt_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")] = (
+        Field(default_factory=lambda: f"api-{secrets.token_hex(4)}")
+    )
+    topic_root: str = "sc"
+    #: How long the lifespan waits for the first broker connection before serving anyway.
+    mqtt_connect_timeout_s: _Positive = 10.0
+    #: Messages handed from the MQTT thread to the event loop and not yet processed.
+    mqtt_inbox: Annotated[int, Field(ge=100)] = 100_000
+
+    # InfluxDB ------------------------------------------------------------------------------
+    influx_url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
+    influx_database: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")] = (
+        "smartcity"
+    )
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_timeout_s: _Positive = 10.0
+    #: Warm the live state from readings newer than this at start.
+    warm_window: _Duration = "1d"
+    #: Completeness (from ingest bookkeeping) over this window, refreshed this often.
+    completeness_window: _Duration = "1h"
+    completeness_refresh_s: _Positive = 30.0
+
+    # Behaviour -----------------------------------------------------------------------------
+    #: Most points one history answer may hold; beyond it the request is refused with 400.
+    max_points: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    #: Longest history range.
+    max_range_days: Annotated[int, Field(ge=1)] = 400
+    #: A device with no reading for this long is shown offline.
+    stale_after_s: _Positive = 300.0
+    #: Free-flow speed of a traffic link when its device does not announce one (km/h).
+    free_flow_speed_kmh: _Positive = 50.0
+    #: Live push: events queued per client before the oldest are dropped.
+    stream_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    #: Live push: a client whose socket accepts nothing for this long is disconnected.
+    stream_send_timeout_s: _Positive = 10.0
+    #: Live push: heartbeat interval (SSE comment / WebSocket ping event).
+    stream_heartbeat_s: _Positive = 15.0
+    #: Alert engine: how often staleness and pending durations are re-evaluated.
+    alert_tick_s: _Positive = 1.0
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        from telemetry import TopicError, Topics
+
+        try:
+            Topics(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _secure(self) -> ApiSettings:
+        if not self.demo and "*" in self.cors_origins:
+            raise ValueError("cors_origins ['*'] is only allowed in demo mode")
+        if self.demo and self.host not in _LOOPBACK:
+            raise ValueError("demo mode listens on loopback only (host 127.0.0.1 or ::1)")
+        return self
+
+
+def load_settings(path: Path | None = None, /, **overrides: Any) -> ApiSettings:
+    """Settings from an optional YAML file, the environment and ``overrides``.
+
+    Raise :class:`ConfigError` naming the file, the key and the reason.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data.update(loaded or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        # Keyword arguments beat the environment; the file is passed as keywords too, so
+        # drop file keys that the environment sets (the environment wins over the file).
+        env_keys = {
+            k[len("SMARTCITY_API_") :].lower() for k in os.environ if k.startswith("SMARTCITY_API_")
+        }
+        for key in env_keys - set(overrides):
+            data.pop(key, None)
+        return ApiSettings(**data)
+    except ValidationError as exc:
+        where = f"{path}: " if path is not None else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{where}{problems}") from exc
