@@ -8,10 +8,12 @@ from smartcity._localstack import (
     find_binary,
     free_port,
 )
-from smartcity._logging import LogFormat, configure_logging
+from smartcity._logging import ConsoleFormatter, JsonFormatter, LogFormat, configure_logging
 
 __all__ = [
+    "ConsoleFormatter",
     "Influxd",
+    "JsonFormatter",
     "LocalService",
     "LogFormat",
     "Mosquitto",
