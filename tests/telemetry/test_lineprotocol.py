@@ -118,3 +118,18 @@ def test_caches_do_not_mix_gateways_or_value_types() -> None:
         f'M,device=d,gateway=g1 x=1.0,quality="good" {TS}',
         f'M,device=d,gateway=g2 x=1i,quality="good" {TS}',
     ]
+
+
+def test_percent_signs_survive_the_body_template() -> None:
+    r1 = Reading(device="d", measurement="M", ts=TS, fields={"x": 1.5}, tags={"zone": "50%"})
+    r2 = Reading(device="d", measurement="M", ts=TS + 1, fields={"s": "100% %s %d"})
+    lines = LineProtocolEncoder().lines("g", [r1, r2])
+    assert lines == [
+        f'M,device=d,gateway=g,zone=50% x=1.5,quality="good" {TS}\n',
+        f'M,device=d,gateway=g s="100% %s %d",quality="good" {TS + 1}\n',
+    ]
+
+
+def test_empty_input_gives_an_empty_body() -> None:
+    assert LineProtocolEncoder().encode("g", []) == b""
+    assert LineProtocolEncoder().lines("g", []) == []
