@@ -16,21 +16,17 @@ with the receiver's UTC time (``clock="device"``).
 
 from __future__ import annotations
 
-import asyncio
 import calendar
-import contextlib
 import logging
 import time
-import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Self
+from typing import Final, NamedTuple
 
-from firmware_bridge._buffer import ReadingBuffer
 from firmware_bridge._config import NmeaLinkConfig
-from firmware_bridge._errors import LinkClosed
 from firmware_bridge._framing import Discarded
-from firmware_bridge._transport import LinkState, SerialTransport
+from firmware_bridge._link import SerialReadingLink
+from firmware_bridge._transport import LinkState
 from telemetry import TS_MAX_NS, TS_MIN_NS, Clock, FieldValue, Reading
 
 __all__ = [
@@ -311,7 +307,7 @@ class NmeaSession:
         return out
 
 
-class NmeaLink:
+class NmeaLink(SerialReadingLink):
     """A GPS receiver on a serial link, yielding one ``Vehicle`` reading per fix.
 
     ::
@@ -323,6 +319,8 @@ class NmeaLink:
                 ...
     """
 
+    rx_task_name = "nmea_rx"
+
     def __init__(
         self,
         config: NmeaLinkConfig,
@@ -330,40 +328,14 @@ class NmeaLink:
         clock_ns: Callable[[], int] = time.time_ns,
         on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
+        super().__init__(
+            config.serial, max_pending_readings=config.max_pending_readings, on_state=on_state
+        )
         self.config = config
-        self.name = config.serial.label
-        self.transport = SerialTransport(config.serial, on_state=on_state)
         self.decoder = NmeaDecoder()
         self.session = NmeaSession(
             device=config.device, measurement=config.measurement, clock_ns=clock_ns
         )
-        self._buffer = ReadingBuffer(self.name, config.max_pending_readings)
-        self._rx_task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.transport.__aenter__()
-        self._rx_task = asyncio.create_task(
-            self._rx_loop(), name=f"firmware_bridge[{self.name}].nmea_rx"
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        task, self._rx_task = self._rx_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.transport.aclose()
-        self._buffer.close()
-
-    @property
-    def state(self) -> LinkState:
-        return self.transport.state
 
     @property
     def counters(self) -> dict[str, int]:
@@ -371,27 +343,11 @@ class NmeaLink:
         merged["readings_dropped"] = self._buffer.dropped
         return merged
 
-    def readings(self) -> AsyncIterator[Reading]:
-        """Vehicle readings as fixes arrive, until the link is closed."""
-        return aiter(self._buffer)
+    def _reset(self) -> None:
+        self.decoder.reset()
 
-    async def _rx_loop(self) -> None:
-        try:
-            was_up = False
-            while True:
-                try:
-                    chunk = await self.transport.read()
-                except LinkClosed:
-                    return
-                up = self.transport.state is LinkState.UP
-                if up and not was_up:
-                    self.decoder.reset()
-                was_up = up
-                for sentence in self.decoder.feed(chunk):
-                    readings = self.session.handle(sentence)
-                    if readings:
-                        self._buffer.push(readings)
-        except Exception as exc:
-            # Not "log and continue": the failure is re-raised to readings() consumers.
-            self._buffer.fail(exc)
-            raise
+    async def _on_chunk(self, chunk: bytes) -> None:
+        for sentence in self.decoder.feed(chunk):
+            readings = self.session.handle(sentence)
+            if readings:
+                self._buffer.push(readings)

@@ -12,24 +12,22 @@ the receive loop and matches ACK / COMMAND_RESULT to commands by sequence number
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import types
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Self
+from typing import Final
 
-from firmware_bridge._buffer import ReadingBuffer
 from firmware_bridge._config import FirmwareLinkConfig
 from firmware_bridge._errors import (
     CommandRejected,
     CommandTimeout,
-    LinkClosed,
     LinkError,
     PayloadError,
 )
 from firmware_bridge._framing import Frame, FrameDecoder, encode_frame
+from firmware_bridge._link import SerialReadingLink
 from firmware_bridge._messages import (
     Ack,
     Channel,
@@ -44,7 +42,7 @@ from firmware_bridge._messages import (
     decode_message,
     encode_message,
 )
-from firmware_bridge._transport import LinkState, SerialTransport
+from firmware_bridge._transport import LinkState
 from telemetry import (
     MAX_TAGS,
     NAME_RE,
@@ -203,7 +201,7 @@ class _Pending:
         self.result: asyncio.Future[CommandResult] = loop.create_future()
 
 
-class FirmwareLink:
+class FirmwareLink(SerialReadingLink):
     """A serial link to devices running the project firmware.
 
     ::
@@ -226,48 +224,24 @@ class FirmwareLink:
         clock_ns: Callable[[], int] = time.time_ns,
         on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
+        super().__init__(
+            config.serial, max_pending_readings=config.max_pending_readings, on_state=on_state
+        )
         self.config = config
-        self.name = config.serial.label
-        self.transport = SerialTransport(config.serial, on_state=on_state)
         self.decoder = FrameDecoder()
         self.session = FirmwareSession(device_names=config.device_names, clock_ns=clock_ns)
-        self._buffer = ReadingBuffer(self.name, config.max_pending_readings)
         self._no_wait: set[int] = set()
         self._pending: dict[int, _Pending] = {}
         self._hello_seen = asyncio.Event()
         self._seq = 0
-        self._rx_task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Self:
-        await self.transport.__aenter__()
-        self._rx_task = asyncio.create_task(
-            self._rx_loop(), name=f"firmware_bridge[{self.name}].rx"
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        task, self._rx_task = self._rx_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.transport.aclose()
+    def _on_close(self) -> None:
         for pending in self._pending.values():
             for fut in (pending.ack, pending.result):
                 if not fut.done():
                     fut.cancel()
-        self._buffer.close()
 
     # -- observation -------------------------------------------------------------------
-
-    @property
-    def state(self) -> LinkState:
-        return self.transport.state
 
     @property
     def counters(self) -> dict[str, int]:
@@ -284,10 +258,6 @@ class FirmwareLink:
         """Wait for the first HELLO; bound it with ``asyncio.timeout``."""
         await self._hello_seen.wait()
         return next(d for d in self.session.devices.values() if d.hello is not None)
-
-    def readings(self) -> AsyncIterator[Reading]:
-        """Readings as they arrive, until the link is closed."""
-        return aiter(self._buffer)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -341,27 +311,15 @@ class FirmwareLink:
 
     # -- receive loop ------------------------------------------------------------------
 
-    async def _rx_loop(self) -> None:
-        try:
-            was_up = False
-            while True:
-                try:
-                    chunk = await self.transport.read()
-                except LinkClosed:
-                    return
-                up = self.transport.state is LinkState.UP
-                if up and not was_up:
-                    # Bytes of a frame cut by an unplug never complete: start clean.
-                    self.decoder.reset()
-                was_up = up
-                frames = self.decoder.feed(chunk)
-                if frames:
-                    for device_id in self._dispatch(frames):
-                        await self._request_hello(device_id)
-        except Exception as exc:
-            # Not "log and continue": the failure is re-raised to readings() consumers.
-            self._buffer.fail(exc)
-            raise
+    def _reset(self) -> None:
+        # Bytes of a frame cut by an unplug never complete: start clean.
+        self.decoder.reset()
+
+    async def _on_chunk(self, chunk: bytes) -> None:
+        frames = self.decoder.feed(chunk)
+        if frames:
+            for device_id in self._dispatch(frames):
+                await self._request_hello(device_id)
 
     def _dispatch(self, frames: list[Frame]) -> set[int]:
         session = self.session
