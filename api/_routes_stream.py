@@ -21,6 +21,7 @@ also send ``{"type": "auth", "key": "..."}`` as its first message instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -149,7 +150,11 @@ async def websocket_stream(
             await _pump(services, sub, emit)
         except _SlowClient:
             services.metrics.stream_disconnected.inc()
-            await websocket.close(code=1013, reason="slow client")
+            # The close frame may not fit either; the handler returns regardless, and the
+            # socket is closed once the client reads or goes away.
+            with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError):
+                async with asyncio.timeout(1.0):
+                    await websocket.close(code=1013, reason="slow client")
         except (WebSocketDisconnect, OSError):
             return
 
