@@ -90,6 +90,8 @@ def settings_for(
         "database_url": db_url,
         "rate_limit_per_s": 10_000.0,
         "rate_limit_burst": 10_000,
+        "auth_failures_per_s": 10_000.0,
+        "auth_failures_burst": 10_000,
         "alert_tick_s": 0.1,
         "stream_heartbeat_s": 1.0,
         "completeness_refresh_s": 0.5,

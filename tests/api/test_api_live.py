@@ -102,9 +102,11 @@ def test_websocket_authenticates_by_first_message_and_refuses_bad_keys(
         ("kind=air&key=sck_wrong", {}),
         ("kind=nonsense", {"X-API-Key": api_stack.keys["viewer"]}),
     ):
-        with connect(_ws_url(api_stack, query), additional_headers=headers) as ws:
-            with pytest.raises(ConnectionClosedError, match="1008"):
-                ws.recv(timeout=5)
+        with (
+            connect(_ws_url(api_stack, query), additional_headers=headers) as ws,
+            pytest.raises(ConnectionClosedError, match="1008"),
+        ):
+            ws.recv(timeout=5)
 
 
 def _next_of_type(read: Any, kind: str) -> dict[str, Any]:
