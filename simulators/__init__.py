@@ -1,10 +1,93 @@
-"""Simulated sensors and gateways, so everything can be tested without hardware.
+"""Simulated city, devices and gateways, so everything can be tested without hardware.
 
-- :class:`GatewayFleet`: whole gateways publishing onto a broker with the wire contract,
-  with a :class:`Ledger` of what was emitted;
-- ``simulators.devices``: reference devices (firmware protocol, NMEA, Modbus TCP).
+- :class:`Scenario` (YAML via :func:`load_scenario`), :class:`FaultSpec`: what to simulate;
+- :class:`City`: the numpy city model (roads, loops, buses, parking, air, noise, water,
+  energy), stepped on a simulated clock; :class:`FaultPlan` makes its sensors misbehave;
+- :class:`GatewayFleet` / :class:`FleetConfig`: whole gateways publishing the wire contract
+  (spool, seq, birth and will) onto a broker, with a :class:`Ledger` of what was emitted and
+  :func:`compare_with_influx` to check it against InfluxDB;
+- :class:`DeviceCity`: the city as devices (ptys with the firmware protocol and NMEA, Modbus
+  TCP meters, local MQTT sensors) for real edge agents;
+- ``simulators.devices``: the reference devices themselves.
+
+Errors: :class:`SimulatorError` and its subclasses (hierarchy in ``simulators._errors``).
+``docs/simulators.md`` is the guide.
 """
 
-from simulators._fleet import FleetConfig, GatewayFleet, Ledger
+from simulators._city import KIND_SPECS, City, Frame, KindFrame, Layout, build_layout
+from simulators._errors import (
+    BrokerError,
+    DeviceModeError,
+    LedgerError,
+    ScenarioError,
+    SimulatorError,
+)
+from simulators._faults import ActiveFault, FaultPlan
+from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet, TlsOptions
+from simulators._ledger import (
+    GatewayCheck,
+    GatewayRecord,
+    InfluxHttp,
+    InfluxQuerier,
+    Ledger,
+    LedgerReport,
+    compare_with_influx,
+)
+from simulators._scenario import (
+    DEVICE_KINDS,
+    FAULT_TYPES,
+    CityGrid,
+    CitySpec,
+    DeviceModeSpec,
+    FaultSpec,
+    GatewayProfile,
+    PublishSpec,
+    Scenario,
+    load_scenario,
+    packaged_scenarios,
+    scenario_from_dict,
+)
+from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 
-__all__ = ["FleetConfig", "GatewayFleet", "Ledger"]
+__all__ = [
+    "DEVICE_KINDS",
+    "FAULT_TYPES",
+    "KIND_SPECS",
+    "ActiveFault",
+    "BrokerError",
+    "BrokerUrl",
+    "City",
+    "CityGrid",
+    "CitySpec",
+    "DeviceModeError",
+    "DeviceModeSpec",
+    "FaultPlan",
+    "FaultSpec",
+    "FleetConfig",
+    "FleetStats",
+    "Frame",
+    "GatewayBatch",
+    "GatewayCheck",
+    "GatewayFleet",
+    "GatewayProfile",
+    "GatewayRecord",
+    "InfluxHttp",
+    "InfluxQuerier",
+    "KindFrame",
+    "Layout",
+    "Ledger",
+    "LedgerError",
+    "LedgerReport",
+    "PublishSpec",
+    "Scenario",
+    "ScenarioError",
+    "SimulatorError",
+    "TlsOptions",
+    "WireEncoder",
+    "batch_payload",
+    "build_layout",
+    "compare_with_influx",
+    "load_scenario",
+    "packaged_scenarios",
+    "scenario_from_dict",
+]

@@ -1,223 +1,735 @@
 """Whole simulated gateways publishing straight onto a broker with the wire contract.
 
-Each gateway owns a few devices of mixed kinds (loop detectors, buses, car parks, air
-quality, energy meters); every tick it produces one reading per device with numpy in one
-vectorised step for the whole fleet, batches them per gateway with a monotonic ``seq``,
-publishes QoS 1 with a retained birth and a last-will death, and records what it emitted in a
-:class:`Ledger` so that loss and duplication can be measured downstream.
+One process, one thread, many gateways. Each gateway has its **own MQTT connection** (so its
+retained birth and its last will are its own, as on a real gateway), and all connections are
+driven by one ``selectors`` loop through paho's external-loop API (``loop_read``,
+``loop_write``, ``loop_misc``): no paho network threads, so nothing to hand off::
+
+     fleet thread (run) ─────────────────────────────────────────────────────────────────
+       every tick:  City.step ─▶ FaultPlan.apply ─▶ WireEncoder.batches
+                      └─▶ per gateway: seq += 1, payload into the spool, Ledger.created
+       always:      selector.select ─▶ loop_read (CONNACK, PUBACK) / loop_write
+                      PUBACK ─▶ spool.pop(seq), Ledger.acked ─▶ fill the in-flight window
+     other threads:  stop(), inject(fault)  ── queue.SimpleQueue / Event ──▶ fleet thread
+
+**Spool semantics** (as ``edge_agent``): a batch is numbered and spooled before it is
+published and leaves the spool only on PUBACK. The spool is the session: each connection is
+a fresh clean-start client, and on every (re)connect the gateway publishes its birth, then
+replays every unacknowledged batch oldest first with its original seq and bytes, then new
+ones. A gateway that loses its uplink (fault ``uplink_loss``) keeps producing into its spool;
+one that reboots (``reboot``) produces nothing while down, and keeps its spool and seq.
+The broker sees the connection drop without DISCONNECT and publishes the will.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import queue
+import random
+import selectors
+import socket
+import ssl
 import threading
 import time
+import urllib.parse
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
+from simulators._city import City, Layout, build_layout
+from simulators._errors import BrokerError, ScenarioError
+from simulators._faults import ActiveFault, FaultPlan
+from simulators._ledger import Ledger
+from simulators._scenario import DEVICE_KINDS, DeviceKind, FaultSpec, Scenario
+from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 from telemetry import (
-    Batch,
     Birth,
     Death,
     DeviceInfo,
+    Health,
     Location,
-    Reading,
+    SpoolHealth,
+    TopicError,
     Topics,
-    encode_batch,
     encode_message,
 )
 
-__all__ = ["FleetConfig", "GatewayFleet", "Ledger"]
+__all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet", "TlsOptions"]
 
-_KINDS: Final = ("loop", "bus", "parking", "air", "energy")
-_MEASUREMENT: Final = {
-    "loop": "TrafficFlowObserved",
-    "bus": "Vehicle",
-    "parking": "OffStreetParking",
-    "air": "AirQualityObserved",
-    "energy": "ThreePhaseAcMeasurement",
-}
+AGENT: Final = "smartcity-sim 0.1.0"
+_MISC_EVERY_S: Final = 1.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TlsOptions:
+    """TLS towards the broker: CA bundle, optional client certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Skip hostname and certificate checks (test brokers only).
+    insecure: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"TLS setup failed: {exc}") from exc
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise BrokerError("broker URL must look like mqtt://host:1883 or mqtts://host:8883")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise BrokerError(f"bad port in {url!r}") from exc
+        return cls(parts.hostname, port, tls)
 
 
 @dataclass(frozen=True, kw_only=True)
 class FleetConfig:
+    """Where and how a fleet runs.
+
+    Without ``scenario`` the fleet is ``gateways`` identical gateways holding
+    ``devices_per_gateway`` devices of mixed kinds reporting every ``interval_s``
+    (:meth:`Scenario.mixed`); with one, the scenario sizes the city and those three are
+    ignored. ``speed`` and ``start_ns`` override the scenario's; ``topic_root`` too when set.
+    """
+
     gateways: int = 200
     devices_per_gateway: int = 5
     interval_s: float = 1.0
     seed: int = 1
-    topic_root: str = "sc"
+    topic_root: str | None = None
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    tls: TlsOptions | None = None
     centre: tuple[float, float] = (59.9139, 10.7522)
+    scenario: Scenario | None = None
+    speed: float | None = None
+    start_ns: int | None = None
+    #: MQTT client ids are ``{client_prefix}-{gateway id}``.
+    client_prefix: str = "sim"
+    #: On stop, how long to keep publishing the spools before giving up (wall seconds).
+    drain_timeout_s: float = 15.0
+    #: Speed 0 (as fast as possible): make the next step only while fewer batches than this
+    #: wait to be acknowledged across connected gateways.
+    max_backlog_batches: int = 4000
+    connect_timeout_s: float = 10.0
+
+    def resolved_scenario(self) -> Scenario:
+        scenario = self.scenario or Scenario.mixed(
+            gateways=self.gateways,
+            devices_per_gateway=self.devices_per_gateway,
+            interval_s=self.interval_s,
+            seed=self.seed,
+            centre=self.centre,
+        )
+        changes: dict[str, Any] = {}
+        if self.speed is not None:
+            changes["speed"] = self.speed
+        if self.topic_root is not None:
+            changes["topic_root"] = self.topic_root
+        return scenario.with_overrides(**changes) if changes else scenario
 
 
-@dataclass
-class Ledger:
-    """What the fleet emitted: readings and batches per gateway."""
+@dataclass(slots=True)
+class FleetStats:
+    """Counters of a run (read from any thread; written by the fleet thread)."""
 
-    readings: int = 0
-    batches: int = 0
-    per_gateway_seq: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    ticks: int = 0
+    sim_ns: int = 0
+    #: How far the wall clock ran ahead of the simulated schedule at the last step (s).
+    lag_s: float = 0.0
+    connects: int = 0
+    connection_losses: int = 0
+    refused: int = 0
+    connect_errors: int = 0
+    last_error: str = ""
+    online: int = 0
+    started_at: float = 0.0
+    generated_readings: int = 0
 
-    def record(self, batch: Batch) -> None:
-        with self.lock:
-            self.readings += len(batch.readings)
-            self.batches += 1
-            self.per_gateway_seq[batch.gateway] = batch.seq
+
+@dataclass(slots=True)
+class _Spooled:
+    seq: int
+    payload: bytes
+    readings: int
+    sent: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Gateway:
+    index: int
+    id: str
+    topic: str
+    status_topic: str
+    health_topic: str
+    client: mqtt.Client | None = None
+    state: Literal["down", "connecting", "up"] = "down"
+    spool: OrderedDict[int, _Spooled] = field(default_factory=OrderedDict)
+    unsent: deque[int] = field(default_factory=deque)
+    inflight: dict[int, int] = field(default_factory=dict)
+    control_mids: set[int] = field(default_factory=set)
+    next_seq: int = 0
+    retry_at: float = 0.0
+    backoff: float = 0.5
+    uplink_lost: bool = False
+    rebooting: bool = False
+    writing: bool = False
+    boot_mono: float = 0.0
 
 
 class GatewayFleet:
-    """Simulate ``config.gateways`` gateways over one MQTT connection each-ish (one client).
+    """Simulated gateways of a scenario on a broker. ``run()`` blocks; ``stop()`` ends it.
 
-    One MQTT client carries the whole fleet (gateway mode for load); presence messages are
-    still per gateway on their own topics.
+    ``fleet.ledger`` says what was emitted; ``fleet.inject(FaultSpec(...))`` adds a fault
+    while running (``at_s`` then counts from the current simulated time).
     """
 
-    def __init__(self, config: FleetConfig) -> None:
-        self.config = config
-        self.topics = Topics(config.topic_root)
-        self.ledger = Ledger()
-        self._rng = np.random.default_rng(config.seed)
-        n = config.gateways * config.devices_per_gateway
-        self._kind_index = np.arange(n) % len(_KINDS)
-        lat0, lon0 = config.centre
-        self._lat = lat0 + self._rng.normal(0, 0.02, n)
-        self._lon = lon0 + self._rng.normal(0, 0.04, n)
-        self._heading = self._rng.uniform(0, 360, n)
-        self._seq = [0] * config.gateways
-        self._stop = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"fleet-{config.seed}", protocol=mqtt.MQTTv5
-        )
-        if config.username:
-            self._client.username_pw_set(config.username, config.password)
-        self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(0)
-
-    def gateway_id(self, g: int) -> str:
-        return f"sim-gw-{g:04d}"
-
-    def device_id(self, g: int, d: int) -> str:
-        kind = _KINDS[(g * self.config.devices_per_gateway + d) % len(_KINDS)]
-        return f"{kind}-{g:04d}-{d}"
-
-    def birth(self, g: int) -> Birth:
-        per = self.config.devices_per_gateway
-        devices = []
-        for d in range(per):
-            i = g * per + d
-            kind = _KINDS[self._kind_index[i]]
-            devices.append(
-                DeviceInfo(
-                    id=self.device_id(g, d),
-                    kind=kind,
-                    measurements={_MEASUREMENT[kind]: {}},
-                    location=Location(lat=float(self._lat[i]), lon=float(self._lon[i])),
-                )
-            )
-        return Birth(
-            gw=self.gateway_id(g), ts=time.time_ns(), agent="smartcity-sim", devices=devices
-        )
-
-    def tick(self, now_ns: int) -> list[Batch]:
-        """One reading per device for the whole fleet, vectorised; one batch per gateway."""
-        cfg = self.config
-        n = cfg.gateways * cfg.devices_per_gateway
-        hour = (now_ns / 3.6e12) % 24
-        rush = 1.0 + 0.8 * np.exp(-((hour - 8) ** 2) / 2) + 0.7 * np.exp(-((hour - 17) ** 2) / 2)
-        noise = self._rng.normal(0, 1, (n, 3))
-        flow = np.clip(600 * rush + 80 * noise[:, 0], 0, None)
-        occupancy = np.clip(flow / 2400 + 0.02 * noise[:, 1], 0, 1)
-        speed = np.clip(60 * (1 - occupancy) + 3 * noise[:, 2], 3, None)
-        self._heading = (self._heading + 5 * noise[:, 0]) % 360
-        self._lat += np.cos(np.radians(self._heading)) * 1e-4
-        self._lon += np.sin(np.radians(self._heading)) * 2e-4
-        batches = []
-        per = cfg.devices_per_gateway
-        for g in range(cfg.gateways):
-            readings = []
-            for d in range(per):
-                i = g * per + d
-                kind = _KINDS[self._kind_index[i]]
-                ts = now_ns + i
-                fields: dict[str, float | int | bool | str]
-                if kind == "loop":
-                    fields = {
-                        "intensity": float(flow[i]),
-                        "averageVehicleSpeed": float(speed[i]),
-                        "occupancy": float(occupancy[i]),
-                    }
-                elif kind == "bus":
-                    fields = {
-                        "latitude": float(self._lat[i]),
-                        "longitude": float(self._lon[i]),
-                        "speed": float(speed[i] / 2),
-                        "heading": float(self._heading[i]),
-                    }
-                elif kind == "parking":
-                    free = int(400 * (1 - occupancy[i]))
-                    fields = {"availableSpotNumber": free, "totalSpotNumber": 400}
-                elif kind == "air":
-                    fields = {"pm25": float(5 + 20 * occupancy[i]), "no2": float(10 + flow[i] / 30)}
-                else:
-                    fields = {"activePower": float(1000 + 50 * noise[i, 1])}
-                readings.append(
-                    Reading(
-                        device=self.device_id(g, d),
-                        measurement=_MEASUREMENT[kind],
-                        ts=ts,
-                        fields=fields,
-                    )
-                )
-            batches.append(Batch(gateway=self.gateway_id(g), seq=self._seq[g], readings=readings))
-            self._seq[g] += 1
-        return batches
-
-    def run(self, duration_s: float | None = None) -> None:
-        """Connect, announce every gateway, publish a tick per interval until stopped."""
-        client = self._client
-        client.connect(self.config.host, self.config.port, keepalive=30)
-        client.loop_start()
+    def __init__(self, config: FleetConfig | None = None) -> None:
+        self.config = config or FleetConfig()
+        self.scenario = self.config.resolved_scenario()
         try:
-            for g in range(self.config.gateways):
-                client.publish(
-                    self.topics.status(self.gateway_id(g)),
-                    encode_message(self.birth(g)),
-                    qos=1,
-                    retain=True,
-                )
-            deadline = None if duration_s is None else time.monotonic() + duration_s
-            next_tick = time.monotonic()
-            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                pending = []
-                for batch in self.tick(time.time_ns()):
-                    info = client.publish(
-                        self.topics.telemetry(batch.gateway), encode_batch(batch), qos=1
-                    )
-                    pending.append((info, batch))
-                for info, batch in pending:
-                    info.wait_for_publish(timeout=30)
-                    self.ledger.record(batch)
-                next_tick += self.config.interval_s
-                self._stop.wait(max(0.0, next_tick - time.monotonic()))
-        finally:
-            for g in range(self.config.gateways):
-                client.publish(
-                    self.topics.status(self.gateway_id(g)),
-                    encode_message(
-                        Death(gw=self.gateway_id(g), ts=time.time_ns(), reason="shutdown")
-                    ),
-                    qos=1,
-                    retain=True,
-                ).wait_for_publish(timeout=5)
-            client.disconnect()
-            client.loop_stop()
+            self.topics = Topics(self.scenario.topic_root)
+        except TopicError as exc:
+            raise ScenarioError(str(exc), key="topic_root") from exc
+        self.layout: Layout = build_layout(self.scenario)
+        self.city = City(self.scenario, self.layout)
+        self.start_ns = (
+            self.config.start_ns if self.config.start_ns is not None else self.scenario.start_ns()
+        )
+        self.plan = FaultPlan(self.layout, start_ns=self.start_ns, seed=self.scenario.seed)
+        for spec in self.scenario.faults:
+            self.plan.add(spec)
+        self.encoder = WireEncoder(
+            self.layout, batch_max_readings=self.scenario.publish.batch_max_readings
+        )
+        self.ledger = Ledger()
+        self.ledger.measurements.update(k.spec.measurement for k in self.layout.kinds.values())
+        self.stats = FleetStats()
+        self._tick_ns = round(self.scenario.tick_s * 1e9)
+        self._every: dict[DeviceKind, int] = {
+            kind: round(self.scenario.interval_s(kind) / self.scenario.tick_s)
+            for kind in DEVICE_KINDS
+        }
+        self._gws = [
+            _Gateway(
+                index=i,
+                id=g,
+                topic=self.topics.telemetry(g),
+                status_topic=self.topics.status(g),
+                health_topic=self.topics.health(g),
+            )
+            for i, g in enumerate(self.layout.gateway_ids)
+        ]
+        self._stop = threading.Event()
+        self._commands: queue.SimpleQueue[FaultSpec] = queue.SimpleQueue()
+        self._selector: selectors.BaseSelector | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        self._jitter = random.Random(self.scenario.seed)
+        self._tick = 0
+        self._dirty: set[_Gateway] = set()
+        self._running = False
+
+    # -- public, any thread -----------------------------------------------------------------
+    @property
+    def gateway_ids(self) -> list[str]:
+        return list(self.layout.gateway_ids)
 
     def stop(self) -> None:
+        """Ask ``run()`` to stop: stop producing, drain the spools, say goodbye."""
         self._stop.set()
+
+    def inject(self, spec: FaultSpec) -> None:
+        """Add a fault; ``at_s`` counts from the simulated time when the fleet picks it up."""
+        self._commands.put(spec)
+
+    @property
+    def sim_time_ns(self) -> int:
+        return self.start_ns + self._tick * self._tick_ns
+
+    def faults(self) -> list[ActiveFault]:
+        return self.plan.faults()
+
+    def spooled_batches(self) -> int:
+        return sum(len(g.spool) for g in self._gws)
+
+    # -- stepping (no I/O; used by run(), tests and benchmarks) ------------------------------
+    def due_kinds(self, tick: int) -> frozenset[DeviceKind]:
+        return frozenset(k for k, every in self._every.items() if tick % every == 0)
+
+    def step(self) -> list[GatewayBatch]:
+        """Advance one tick: compute the city, apply faults, group readings per gateway."""
+        t = self.start_ns + self._tick * self._tick_ns
+        self.city.leak_m3h = self.plan.leak_m3h(t)
+        frame = self.plan.apply(self.city.step(t, self.due_kinds(self._tick)))
+        _lost, rebooting = self.plan.gateways_down(t)
+        batches = self.encoder.batches(frame, silent=rebooting if rebooting.any() else None)
+        self._tick += 1
+        self.stats.ticks = self._tick
+        self.stats.sim_ns = t
+        return batches
+
+    def spool_batches(self, batches: list[GatewayBatch]) -> int:
+        """Number the batches and put them in their gateways' spools; return readings."""
+        total = 0
+        for b in batches:
+            gw = self._gws[b.gateway]
+            seq = gw.next_seq
+            gw.next_seq += 1
+            payload = batch_payload(gw.id, seq, b.readings)
+            n = len(b.readings)
+            gw.spool[seq] = _Spooled(seq, payload, n)
+            self.ledger.created(gw.id, seq, n, b.min_ts, b.max_ts, payload)
+            if gw.state == "up":
+                gw.unsent.append(seq)
+                self._dirty.add(gw)
+            total += n
+        self.stats.generated_readings += total
+        return total
+
+    # -- births -------------------------------------------------------------------------------
+    def birth(self, index: int) -> Birth:
+        devices: list[DeviceInfo] = []
+        for k in self.layout.kinds.values():
+            sensors = np.flatnonzero(k.sensor_gateway == index).tolist()
+            units = {f.name: f.unit for f in k.spec.fields}
+            for s in sensors:
+                c = float(k.attrs["centrality"][s])
+                devices.append(
+                    DeviceInfo(
+                        id=k.device_ids[s],
+                        kind=k.spec.device_kind,
+                        measurements={k.spec.measurement: units},
+                        location=Location(
+                            lat=float(k.sensor_lat[s]),
+                            lon=float(k.sensor_lon[s]),
+                            area="centre" if c >= 0.6 else ("inner" if c >= 0.3 else "outer"),
+                        ),
+                    )
+                )
+        return Birth(
+            gw=self.layout.gateway_ids[index],
+            ts=self.sim_time_ns,
+            agent=AGENT,
+            location=Location(
+                lat=float(self.layout.gateway_lat[index]),
+                lon=float(self.layout.gateway_lon[index]),
+                area=self.layout.gateway_area[index],
+            ),
+            devices=devices,
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, duration_s: float | None = None, *, ticks: int | None = None) -> FleetStats:
+        """Connect every gateway, then step and publish until ``stop()``, ``duration_s`` wall
+        seconds, ``ticks`` steps or the scenario's ``duration_s`` (simulated), whichever first.
+
+        On the way out: stop producing, drain the spools (``drain_timeout_s``), publish each
+        gateway's death (``reason: shutdown``) and disconnect. Not re-entrant.
+        """
+        if self._running:
+            raise RuntimeError("GatewayFleet.run is already running")
+        self._running = True
+        cfg = self.config
+        if cfg.tls is not None:
+            self._tls_context = cfg.tls.context()
+        self._selector = selectors.DefaultSelector()
+        self.stats.started_at = time.monotonic()
+        try:
+            self._connect_first()
+            for gw in self._gws[1:]:
+                self._connect(gw)
+                self._pump(0.0)
+            self._main_loop(duration_s, ticks)
+            self._drain()
+        finally:
+            self._shutdown()
+            self._selector.close()
+            self._selector = None
+            self._running = False
+        return self.stats
+
+    def _main_loop(self, duration_s: float | None, ticks: int | None) -> None:
+        speed = self.scenario.speed
+        t0 = time.monotonic()
+        wall_end = math.inf if duration_s is None else t0 + duration_s
+        sim_limit = (
+            math.inf
+            if self.scenario.duration_s is None
+            else self.start_ns + self.scenario.duration_s * 1e9
+        )
+        tick_wall = self.scenario.tick_s / speed if speed > 0 else 0.0
+        first_tick = self._tick
+        next_misc = t0 + _MISC_EVERY_S
+        health_every = self.scenario.publish.health_interval_s
+        next_health = t0 + health_every if health_every > 0 else math.inf
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= wall_end:
+                break
+            if ticks is not None and self._tick - first_tick >= ticks:
+                break
+            if self.sim_time_ns >= sim_limit:
+                break
+            self._take_commands()
+            due_at = t0 + (self._tick - first_tick) * tick_wall
+            if now >= due_at and (speed > 0 or self._backlog() < self.config.max_backlog_batches):
+                self.stats.lag_s = now - due_at
+                self._apply_gateway_faults(self.sim_time_ns)
+                self.spool_batches(self.step())
+                self._fill_dirty()
+                timeout = 0.0
+            else:
+                timeout = max(0.0, min(due_at - now, 0.05)) if speed > 0 else 0.01
+            self._pump(timeout)
+            if now >= next_misc:
+                next_misc = now + _MISC_EVERY_S
+                self._misc(now)
+            if now >= next_health:
+                next_health = now + health_every
+                self._publish_health(now)
+
+    def _backlog(self) -> int:
+        return sum(len(g.unsent) + len(g.inflight) for g in self._gws if g.state == "up")
+
+    def _take_commands(self) -> None:
+        while True:
+            try:
+                spec = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            self.plan.add(spec, origin_ns=self.sim_time_ns)
+
+    def _apply_gateway_faults(self, t_ns: int) -> None:
+        lost, rebooting = self.plan.gateways_down(t_ns)
+        was = np.array([g.uplink_lost or g.rebooting for g in self._gws], dtype=np.bool_)
+        down = lost | rebooting
+        for i in np.flatnonzero(down ^ was).tolist():
+            gw = self._gws[i]
+            was_rebooting = gw.rebooting
+            gw.uplink_lost, gw.rebooting = bool(lost[i]), bool(rebooting[i])
+            if down[i]:
+                self._cut(gw)
+            else:
+                if was_rebooting:
+                    gw.boot_mono = time.monotonic()
+                gw.retry_at = 0.0
+                gw.backoff = 0.5
+                self._connect(gw)
+
+    # -- network ------------------------------------------------------------------------------
+    def _new_client(self, gw: _Gateway) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{cfg.client_prefix}-{gw.id}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+            userdata=gw,
+        )
+        window = self.scenario.publish.inflight_window
+        client.max_inflight_messages_set(window + 8)
+        client.max_queued_messages_set(0)
+        client.will_set(
+            gw.status_topic, encode_message(Death(gw=gw.id, reason="lost")), qos=1, retain=True
+        )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        return client
+
+    def _connect(self, gw: _Gateway) -> None:
+        if gw.state != "down" or gw.uplink_lost or gw.rebooting or self._selector is None:
+            return
+        client = self._new_client(gw)
+        cfg = self.config
+        try:
+            client.connect(
+                cfg.host, cfg.port, keepalive=self.scenario.publish.keepalive_s, clean_start=True
+            )
+        except (OSError, ValueError) as exc:
+            self.stats.connect_errors += 1
+            self.stats.last_error = f"{gw.id}: {exc}"
+            self._schedule_retry(gw)
+            return
+        sock = client.socket()
+        if sock is None:
+            self._schedule_retry(gw)
+            return
+        gw.client = client
+        gw.state = "connecting"
+        gw.writing = False
+        self._selector.register(sock, selectors.EVENT_READ, gw)
+        self._flush(gw)
+
+    def _connect_first(self) -> None:
+        """Connect one gateway and wait for its CONNACK: fail fast on a wrong broker."""
+        gw = self._gws[0]
+        self._connect(gw)
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while gw.state != "up" and time.monotonic() < deadline:
+            if gw.state == "down" and self.stats.refused:
+                break
+            if gw.state == "down" and time.monotonic() >= gw.retry_at:
+                self._connect(gw)
+            self._pump(0.05)
+        if gw.state != "up":
+            url = f"{self.config.host}:{self.config.port}"
+            raise BrokerError(self.stats.last_error or "no CONNACK in time", url=url)
+
+    def _schedule_retry(self, gw: _Gateway) -> None:
+        gw.state = "down"
+        gw.retry_at = time.monotonic() + self._jitter.uniform(0, gw.backoff)
+        gw.backoff = min(gw.backoff * 2, 30.0)
+
+    def _cut(self, gw: _Gateway) -> None:
+        """Lose the uplink abruptly: no DISCONNECT, so the broker publishes the will."""
+        client = gw.client
+        if client is None:
+            gw.state = "down"
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        client.loop_read()  # sees EOF: paho closes the socket and calls on_disconnect
+        if gw.client is client:  # paho did not report it (already closing): finish here
+            self._lost(gw, "uplink cut")
+
+    def _lost(self, gw: _Gateway, why: str) -> None:
+        if gw.client is not None:
+            sock = gw.client.socket()
+            if sock is not None and self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+        if gw.state == "up":
+            self.stats.online -= 1
+            self.stats.connection_losses += 1
+        gw.client = None
+        gw.inflight.clear()
+        gw.control_mids.clear()
+        gw.unsent.clear()
+        self.stats.last_error = f"{gw.id}: {why}"
+        self._dirty.discard(gw)
+        self._schedule_retry(gw)
+
+    def _on_socket_close(self, _client: mqtt.Client, gw: _Gateway, sock: Any) -> None:
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+
+    def _on_connect(
+        self, client: mqtt.Client, gw: _Gateway, _flags: Any, rc: ReasonCode, _props: Any
+    ) -> None:
+        if rc.is_failure:
+            self.stats.refused += 1
+            self.stats.last_error = f"{gw.id}: broker refused: {rc}"
+            return  # the broker closes the connection; on_disconnect follows
+        gw.state = "up"
+        self.stats.connects += 1
+        self.stats.online += 1
+        info = client.publish(gw.status_topic, encode_message(self.birth(gw.index)), 1, True)
+        gw.control_mids.add(info.mid)
+        # The spool is the session: replay everything unacknowledged, oldest first.
+        gw.unsent = deque(gw.spool.keys())
+        self._dirty.add(gw)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, gw: _Gateway, _flags: Any, rc: ReasonCode, _props: Any
+    ) -> None:
+        if gw.client is client:
+            self._lost(gw, f"connection lost: {rc}")
+
+    def _on_publish(
+        self, _client: mqtt.Client, gw: _Gateway, mid: int, rc: ReasonCode, _props: Any
+    ) -> None:
+        seq = gw.inflight.pop(mid, None)
+        if seq is None:
+            gw.control_mids.discard(mid)
+            return
+        if rc.is_failure:
+            # The broker refused this publish: put it back at the front, it is retried.
+            gw.unsent.appendleft(seq)
+        else:
+            entry = gw.spool.pop(seq, None)
+            if entry is not None:
+                self.ledger.acked(gw.id, entry.readings)
+        self._dirty.add(gw)
+
+    def _fill(self, gw: _Gateway) -> None:
+        client = gw.client
+        if client is None or gw.state != "up":
+            return
+        window = self.scenario.publish.inflight_window
+        while gw.unsent and len(gw.inflight) < window:
+            seq = gw.unsent.popleft()
+            entry = gw.spool.get(seq)
+            if entry is None:
+                continue
+            info = client.publish(gw.topic, entry.payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                gw.unsent.appendleft(seq)
+                break
+            gw.inflight[info.mid] = seq
+            self.ledger.published(gw.id, replay=entry.sent > 0)
+            entry.sent += 1
+        self._flush(gw)
+
+    def _fill_dirty(self) -> None:
+        while self._dirty:
+            self._fill(self._dirty.pop())
+
+    def _flush(self, gw: _Gateway) -> None:
+        """Write what paho queued; watch for writability only while something is left."""
+        client = gw.client
+        if client is None or self._selector is None:
+            return
+        if client.want_write():
+            client.loop_write()
+        client = gw.client  # loop_write may have lost the connection
+        if client is None:
+            return
+        want = client.want_write()
+        if want != gw.writing:
+            sock = client.socket()
+            if sock is None:
+                return
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.modify(sock, events, gw)
+                gw.writing = want
+
+    def _pump(self, timeout: float) -> None:
+        """One round of network I/O for every connection."""
+        selector = self._selector
+        if selector is None:
+            return
+        if not selector.get_map():
+            time.sleep(timeout)
+            return
+        for key, events in selector.select(timeout):
+            gw: _Gateway = key.data
+            client = gw.client
+            if client is None:
+                continue
+            if events & selectors.EVENT_READ:
+                client.loop_read()
+                if self._tls_context is not None:
+                    sock = client.socket()
+                    while (
+                        gw.client is client and isinstance(sock, ssl.SSLSocket) and sock.pending()
+                    ):
+                        client.loop_read()
+            if gw.client is client and events & selectors.EVENT_WRITE:
+                client.loop_write()
+            self._dirty.add(gw)
+        self._fill_dirty()
+
+    def _misc(self, now: float) -> None:
+        for gw in self._gws:
+            if gw.client is not None:
+                gw.client.loop_misc()
+                self._flush(gw)
+            elif gw.state == "down" and now >= gw.retry_at:
+                self._connect(gw)
+
+    def _publish_health(self, now: float) -> None:
+        for gw in self._gws:
+            if gw.client is None or gw.state != "up":
+                continue
+            spool = gw.spool
+            health = Health(
+                gw=gw.id,
+                ts=self.sim_time_ns,
+                uptime_s=now - (gw.boot_mono or self.stats.started_at),
+                next_seq=gw.next_seq,
+                spool=SpoolHealth(
+                    batches=len(spool),
+                    readings=sum(e.readings for e in spool.values()),
+                    bytes=sum(len(e.payload) for e in spool.values()),
+                    budget_bytes=0,
+                    oldest_age_s=None,
+                    dropped_batches=0,
+                    dropped_readings=0,
+                ),
+            )
+            gw.client.publish(gw.health_topic, encode_message(health), qos=0)
+            self._flush(gw)
+
+    # -- the way out --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while time.monotonic() < deadline:
+            pending = [g for g in self._gws if g.spool and not (g.uplink_lost or g.rebooting)]
+            if not pending:
+                return
+            now = time.monotonic()
+            for gw in pending:
+                if gw.state == "down" and now >= gw.retry_at:
+                    self._connect(gw)
+            self._pump(0.05)
+
+    def _shutdown(self) -> None:
+        """Publish each connected gateway's death (shutdown), wait for PUBACKs, disconnect."""
+        deadline = time.monotonic() + 5.0
+        for gw in self._gws:
+            if gw.client is not None and gw.state == "up":
+                death = Death(gw=gw.id, ts=self.sim_time_ns, reason="shutdown")
+                info = gw.client.publish(gw.status_topic, encode_message(death), 1, True)
+                gw.control_mids.add(info.mid)
+                self._flush(gw)
+        while time.monotonic() < deadline and any(
+            g.control_mids for g in self._gws if g.client is not None
+        ):
+            self._pump(0.05)
+        for gw in self._gws:
+            client = gw.client
+            if client is None:
+                continue
+            gw.client = None
+            if gw.state == "up":
+                self.stats.online -= 1
+            gw.state = "down"
+            client.disconnect()
+            with contextlib.suppress(OSError):
+                client.loop_write()
+            sock = client.socket()
+            if sock is not None and self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+            with contextlib.suppress(OSError):
+                if sock is not None:
+                    sock.close()
