@@ -84,7 +84,8 @@ def test_engineer_config_push_reaches_the_config_topic(api_stack: ApiStack) -> N
         client.disconnect()
         client.loop_stop()
     desired = decode_message(received[0], ConfigDesired)
-    assert desired.version == 7 and desired.config == {"inputs": []}
+    assert desired.version == 7
+    assert desired.config == {"inputs": []}
 
 
 def test_unknown_bearer_and_revoked_keys_are_refused(api_stack: ApiStack) -> None:
@@ -115,14 +116,17 @@ def test_rate_limit_and_cors(
                         cors_origins=["https://dashboard.example"])
     try:
         statuses = [stack.get("/v1/gateways").status_code for _ in range(8)]
-        assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+        assert statuses[:5] == [200] * 5
+        assert 429 in statuses[5:]
         limited = stack.get("/v1/gateways")
-        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
         # Another key has its own budget.
         assert stack.get("/v1/gateways", role="operator").status_code == 200
         # Guessing keys is throttled per client address.
         guesses = [stack.get("/v1/gateways", role=None).status_code for _ in range(5)]
-        assert guesses[:3] == [401] * 3 and guesses[3:] == [429, 429]
+        assert guesses[:3] == [401] * 3
+        assert guesses[3:] == [429, 429]
         preflight = httpx.options(
             f"{stack.url}/v1/gateways",
             headers={"Origin": "https://dashboard.example", "Access-Control-Request-Method": "GET",
@@ -160,15 +164,18 @@ def test_cli_bootstraps_an_admin_key_that_works(
         capture_output=True, text=True, check=True, timeout=60,
     )
     key = done.stdout.strip()
-    assert key.startswith("sck_") and "not shown again" in done.stderr
+    assert key.startswith("sck_")
+    assert "not shown again" in done.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "smartcity", "api", "list-keys", "--database-url", url],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout
-    assert "admin" in listed and key not in listed
+    assert "admin" in listed
+    assert key not in listed
     db = Database(url)
-    from api import ApiServer
     from api_helpers import settings_for
+
+    from api import ApiServer
 
     settings = settings_for(mosquitto, influxd, root=f"t{uuid.uuid4().hex[:12]}",
                             database=influx_db, db_url=url)
@@ -196,7 +203,8 @@ def test_demo_mode_prints_a_key_per_role(
         keys = stack.server.services.demo_keys
         assert set(keys) == set(ROLES)
         err = capfd.readouterr().err
-        assert "DEMO MODE" in err and all(k in err for k in keys.values())
+        assert "DEMO MODE" in err
+        assert all(k in err for k in keys.values())
         assert httpx.get(f"{stack.url}/v1/keys",
                          headers={"X-API-Key": keys["admin"]}).status_code == 200
         assert httpx.get(f"{stack.url}/v1/gateways").status_code == 401

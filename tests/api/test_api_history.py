@@ -101,10 +101,12 @@ def test_point_limits_answer_a_clear_400(api_stack: ApiStack, history_data: np.n
     assert response.status_code == 400
     problem = response.json()
     assert response.headers["content-type"] == "application/problem+json"
-    assert problem["parameter"] == "window" and "limit" in problem["detail"]
+    assert problem["parameter"] == "window"
+    assert "limit" in problem["detail"]
     reverse = api_stack.get("/v1/history", params={
         **base, "start": "2024-01-02T00:00:00Z", "end": "2024-01-01T00:00:00Z"})
-    assert reverse.status_code == 400 and reverse.json()["parameter"] == "end"
+    assert reverse.status_code == 400
+    assert reverse.json()["parameter"] == "end"
 
 
 def test_raw_point_limit(api_stack: ApiStack, history_data: np.ndarray) -> None:
@@ -177,4 +179,5 @@ def test_quoted_strings_stay_literals_in_real_influxql(api_stack: ApiStack, valu
         f'SELECT count("v") FROM "QuoteProbe" WHERE "device" = {quote_string(value)}', db=db
     )
     series = answer["results"][0].get("series")
-    assert series is not None and series[0]["values"][0][1] == 1
+    assert series is not None
+    assert series[0]["values"][0][1] == 1

@@ -1,0 +1,146 @@
+"""Pure logic of the API: InfluxQL building, AQI bands, fan-out policy, rate limits, alerts."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api import (
+    AlertEngine,
+    Event,
+    Hub,
+    Rule,
+    SeriesQuery,
+    StreamFilter,
+    aqi_band,
+    quote_ident,
+    quote_string,
+)
+from api._auth import RateLimiter
+from api._live import Inventory, Latest, iso
+from api._routes_transport import congestion_level
+
+_UNQUOTED_QUOTE = re.compile(r"(?<!\\)(?:\\\\)*'")
+
+
+@given(st.text())
+def test_quote_string_leaves_no_unescaped_quote_inside(value: str) -> None:
+    quoted = quote_string(value)
+    assert quoted[0] == quoted[-1] == "'"
+    inner = quoted[1:-1]
+    # Every quote inside is preceded by an odd number of backslashes.
+    for match in re.finditer("'", inner):
+        run = len(inner[: match.start()]) - len(inner[: match.start()].rstrip("\\"))
+        assert run % 2 == 1
+    assert not inner.endswith("\\") or (len(inner) - len(inner.rstrip("\\"))) % 2 == 0
+
+
+@given(st.text())
+def test_quote_ident_escapes_double_quotes(value: str) -> None:
+    inner = quote_ident(value)[1:-1]
+    for match in re.finditer('"', inner):
+        run = len(inner[: match.start()]) - len(inner[: match.start()].rstrip("\\"))
+        assert run % 2 == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"measurement": 'x" ; DROP'}, "measurement"),
+        ({"field": "a b"}, "field"),
+        ({"devices": [(None, "d' OR 1=1")]}, "device"),
+        ({"devices": [("g/x", "d")]}, "gateway"),
+        ({"window": "5 m"}, "window"),
+        ({"aggregate": "median; DROP"}, "aggregate"),
+        ({"lane": "1' OR '1"}, "lane"),
+    ],
+)
+def test_series_query_refuses_what_does_not_match(change: dict[str, object], message: str) -> None:
+    values: dict[str, object] = {
+        "measurement": "AirQualityObserved", "field": "pm25", "devices": [(None, "d1")],
+        "start_ns": 0, "end_ns": 10, "window": "5m", "aggregate": "mean",
+    }
+    values.update(change)
+    with pytest.raises(ValueError, match=message):
+        SeriesQuery(**values).render()  # type: ignore[arg-type]
+
+
+def test_series_query_renders_quoted() -> None:
+    q = SeriesQuery(measurement="AirQualityObserved", field="pm25", devices=[("gw", "d1")],
+                    start_ns=1, end_ns=2, window="5m", aggregate="max", lane="1").render()
+    assert q == (
+        'SELECT max("pm25") AS "value" FROM "AirQualityObserved" WHERE '
+        "((\"gateway\" = 'gw' AND \"device\" = 'd1')) AND time >= 1 AND time < 2 "
+        "AND \"lane\" = '1' GROUP BY time(5m) fill(none)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "band"),
+    [
+        ({"pm25": 5.0}, "good"), ({"pm25": 10.0}, "fair"), ({"pm25": 24.9}, "moderate"),
+        ({"pm25": 49.0, "no2": 10.0}, "poor"), ({"pm10": 120.0}, "very poor"),
+        ({"o3": 400.0, "pm25": 1.0}, "extremely poor"), ({"co": 1.0}, None), ({}, None),
+    ],
+)
+def test_aqi_band_is_the_worst_pollutant(fields: dict[str, float], band: str | None) -> None:
+    assert aqi_band(fields)[0] == band
+
+
+def test_congestion_levels() -> None:
+    assert congestion_level(60.0, 50.0)[0] == "free"
+    assert congestion_level(30.0, 50.0)[0] == "moderate"
+    assert congestion_level(20.0, 50.0)[0] == "heavy"
+    assert congestion_level(14.9, 50.0)[0] == "severe"
+    assert congestion_level(None, 50.0)[0] == "unknown"
+
+
+def test_hub_drops_oldest_for_a_full_queue_only() -> None:
+    hub = Hub(queue_size=3)
+    slow = hub.subscribe(StreamFilter())
+    picky = hub.subscribe(StreamFilter(kinds=frozenset({"air"})))
+    for n in range(5):
+        hub.publish(Event("traffic", "d", "g", None, str(n).encode()))
+    hub.publish(Event("air", "d", "g", None, b"air"))
+    dropped, events = slow.take()
+    assert dropped == 3
+    assert [e.data for e in events] == [b"3", b"4", b"air"]
+    assert picky.take() == (0, [Event("air", "d", "g", None, b"air")])
+    assert hub.dropped_total == 3
+
+
+def test_rate_limiter_refills() -> None:
+    limiter = RateLimiter(rate=1000.0, burst=2)
+    assert limiter.take("k") == 0.0
+    assert limiter.take("k") == 0.0
+    assert limiter.take("k") > 0
+    time.sleep(0.01)
+    assert limiter.take("k") == 0.0
+    assert limiter.take("other") == 0.0
+
+
+def _latest(value: float, ts: int) -> Latest:
+    return Latest("gw", "aq", "AirQualityObserved", iso(ts), ts, {"pm25": value})
+
+
+def test_threshold_needs_the_whole_duration() -> None:
+    changes: list[tuple[str, str]] = []
+    engine = AlertEngine(inventory=Inventory(), free_flow_kmh=50.0,
+                         on_change=lambda t, a: changes.append((t, a.id)))
+    engine.set_rules([Rule(id=1, name="pm", kind="threshold", measurement="AirQualityObserved",
+                           field="pm25", op=">", threshold=35.0, ratio=None, duration_s=600,
+                           severity="warning", enabled=True)])
+    minute = 60 * 10**9
+    for i in range(10):
+        engine.on_reading(_latest(40.0, i * minute))
+    assert changes == []
+    engine.on_reading(_latest(40.0, 10 * minute))
+    assert [t for t, _ in changes] == ["raised"]
+    engine.on_reading(_latest(30.0, 11 * minute))
+    assert [t for t, _ in changes] == ["raised", "resolved"]
+    engine.set_rules([])
+    assert engine.active == {}
