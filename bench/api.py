@@ -1,0 +1,362 @@
+"""API benchmark: latest-reading GETs, history queries and publish-to-WebSocket latency.
+
+Run by hand (not part of the tests)::
+
+    .venv/bin/python bench/api.py [--seconds 10] [--rate 500]
+
+It starts its own mosquitto and influxd (smartcity._localstack) on free loopback ports, loads
+1,000 devices (200 simulated gateways x 5, the ids simulators.GatewayFleet uses) with 24 h of
+1-minute history straight into influxd, starts the API as its own process
+(``python -m smartcity api run``; it warms its live state from that history), then measures:
+
+1. ``latest_p50_ms`` / ``latest_p99_ms``: ``GET /v1/live/{gw}/{device}`` of a random device,
+   open loop at ``--rate`` req/s over keep-alive connections; latency counts from the
+   scheduled send time, so a stalled server cannot hide queueing (no coordinated omission);
+2. ``latest_max_rps``: the same request closed loop over 32 connections for ``--seconds``;
+3. ``history_p50_ms`` / ``history_p99_ms``: one device, 24 h as 5-minute means (288 points),
+   sequentially, 200 times;
+4. ``live_p50_ms`` / ``live_p99_ms``: while a 1,000-gateway fleet process publishes 5,000
+   readings/s, a probe publishes one reading every 20 ms carrying its send time; a WebSocket
+   client filtered to the probe device measures send-to-receive time.
+
+The load generator is a raw HTTP/1.1 client on asyncio (an HTTP library would measure itself).
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = "bench"
+DATABASE = "bench"
+GATEWAYS = 200
+PER = 5
+KINDS = ("loop", "bus", "parking", "air", "energy")
+MIN_NS = 60 * 10**9
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+def load_history(influxd: Any, now_ns: int) -> int:
+    """24 h of 1-minute readings for every device, written as line protocol."""
+    rng = np.random.default_rng(1)
+    start = now_ns - 24 * 60 * MIN_NS
+    times = start + np.arange(24 * 60, dtype=np.int64) * MIN_NS
+    written = 0
+    for g in range(GATEWAYS):
+        lines: list[str] = []
+        gw = f"sim-gw-{g:04d}"
+        for d in range(PER):
+            kind = KINDS[(g * PER + d) % len(KINDS)]
+            dev = f"{kind}-{g:04d}-{d}"
+            a = rng.normal(0, 1, len(times))
+            tags = f"device={dev},gateway={gw}"
+            if kind == "loop":
+                m, fmt = "TrafficFlowObserved", [
+                    f"intensity={600 + 80 * x:.2f},averageVehicleSpeed={50 + 5 * x:.2f},"
+                    f"occupancy={0.2 + 0.02 * x:.3f}" for x in a]
+            elif kind == "bus":
+                m, fmt = "Vehicle", [
+                    f"latitude={59.91 + 0.01 * x:.6f},longitude={10.75 + 0.01 * x:.6f},"
+                    f"speed={30 + 3 * x:.2f},heading={(180 + 90 * x) % 360:.1f}" for x in a]
+            elif kind == "parking":
+                m, fmt = "OffStreetParking", [
+                    f"availableSpotNumber={int(200 + 50 * x)}i,totalSpotNumber=400i" for x in a]
+            elif kind == "air":
+                m, fmt = "AirQualityObserved", [
+                    f"pm25={12 + 3 * x:.2f},no2={30 + 5 * x:.2f}" for x in a]
+            else:
+                m, fmt = "ThreePhaseAcMeasurement", [f"activePower={1000 + 50 * x:.1f}" for x in a]
+            lines.extend(
+                f'{m},{tags} {f},quality="good" {t}' for f, t in zip(fmt, times.tolist(),
+                                                                      strict=True)
+            )
+        influxd.write(DATABASE, "\n".join(lines).encode())
+        written += len(lines)
+    return written
+
+
+class RawHttp:
+    """A keep-alive HTTP/1.1 connection doing one GET at a time."""
+
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port, self.key = host, port, key
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def get(self, path: str) -> int:
+        self.writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nX-API-Key: {self.key}\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _paths() -> list[str]:
+    return [
+        f"/v1/live/sim-gw-{g:04d}/{KINDS[(g * PER + d) % 5]}-{g:04d}-{d}"
+        for g in range(GATEWAYS) for d in range(PER)
+    ]
+
+
+async def open_loop(host: str, port: int, key: str, rate: float, seconds: float,
+                    connections: int = 64) -> tuple[list[float], int]:
+    paths = _paths()
+    conns = [RawHttp(host, port, key) for _ in range(connections)]
+    await asyncio.gather(*(c.open() for c in conns))
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    t0 = time.perf_counter() + 0.1
+
+    async def worker(conn: RawHttp) -> None:
+        nonlocal errors
+        for i in counter:
+            scheduled = t0 + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            status = await conn.get(random.choice(paths))
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+            errors += status != 200
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    for c in conns:
+        c.close()
+    return latencies, errors
+
+
+async def closed_loop(host: str, port: int, key: str, seconds: float,
+                      connections: int = 32) -> tuple[float, int]:
+    paths = _paths()
+    conns = [RawHttp(host, port, key) for _ in range(connections)]
+    await asyncio.gather(*(c.open() for c in conns))
+    done = errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(conn: RawHttp) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop:
+            errors += await conn.get(random.choice(paths)) != 200
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return done / elapsed, errors
+
+
+async def history(host: str, port: int, key: str, now_ns: int, n: int = 200) -> list[float]:
+    conn = RawHttp(host, port, key)
+    await conn.open()
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ns // 10**9 + 60))
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ns // 10**9 - 86400))
+    out = []
+    for i in range(n):
+        g = i % GATEWAYS
+        path = (f"/v1/history?gateway=sim-gw-{g:04d}&device=air-{g:04d}-3"
+                f"&measurement=AirQualityObserved&field=pm25&start={start}&end={end}"
+                "&window=5m&aggregate=mean")
+        t = time.perf_counter()
+        status = await conn.get(path)
+        out.append((time.perf_counter() - t) * 1000)
+        if status != 200:
+            raise SystemExit(f"history answered {status}")
+    conn.close()
+    return out
+
+
+FLEET = """
+import sys
+from simulators import FleetConfig, GatewayFleet
+fleet = GatewayFleet(FleetConfig(gateways=1000, devices_per_gateway=5, interval_s=1.0,
+                                 topic_root=sys.argv[1], port=int(sys.argv[2]), seed=7))
+fleet.run(duration_s=float(sys.argv[3]))
+"""
+
+
+def live(api_url: str, key: str, broker: Any, seconds: float) -> tuple[list[float], int]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from websockets.sync.client import connect
+
+    from telemetry import Batch, Reading, Topics, encode_batch
+
+    fleet = subprocess.Popen(
+        [sys.executable, "-c", FLEET, ROOT, str(broker.port), str(seconds + 10)]
+    )
+    latencies: list[float] = []
+    try:
+        time.sleep(4)  # births, first ticks
+        topics = Topics(ROOT)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        url = api_url.replace("http://", "ws://") + "/v1/stream/ws?device=probe"
+        sent = 0
+        with connect(url, additional_headers={"X-API-Key": key}, max_queue=None) as ws:
+            json.loads(ws.recv(timeout=5))
+            done = threading.Event()
+
+            def receive() -> None:
+                while not done.is_set():
+                    try:
+                        event = json.loads(ws.recv(timeout=1))
+                    except TimeoutError:
+                        continue
+                    if event.get("type") == "reading":
+                        now = time.time_ns()
+                        latencies.append((now - event["reading"]["fields"]["sent"]) / 1e6)
+
+            thread = threading.Thread(target=receive, daemon=True)
+            thread.start()
+            stop = time.monotonic() + seconds
+            seq = 0
+            while time.monotonic() < stop:
+                ts = time.time_ns()
+                batch = Batch(gateway="probe-gw", seq=seq, readings=[Reading(
+                    device="probe", measurement="Probe", ts=ts, fields={"sent": ts})])
+                client.publish(topics.telemetry("probe-gw"), encode_batch(batch), qos=0)
+                seq += 1
+                sent += 1
+                time.sleep(0.02)
+            time.sleep(1)
+            done.set()
+            thread.join(3)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        fleet.terminate()
+        fleet.wait(30)
+    return latencies, sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    args = parser.parse_args()
+    # Run as a script, this file's directory comes first on sys.path and its name ("api")
+    # would shadow the api package.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+
+    from api import Database
+    from smartcity._localstack import Influxd, Mosquitto, free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        var = Path(tmp)
+        with Mosquitto(data_dir=var / "mosquitto") as broker, \
+                Influxd(data_dir=var / "influxd") as influxd:
+            influxd.create_database(DATABASE)
+            now = time.time_ns() // MIN_NS * MIN_NS
+            t = time.perf_counter()
+            points = load_history(influxd, now)
+            print(f"loaded {points} points in {time.perf_counter() - t:.1f}s", flush=True)
+            db_url = f"sqlite:///{var / 'api.sqlite3'}"
+            db = Database(db_url)
+            db.create_schema()
+            _, key = db.create_key(name="bench", role="viewer")
+            port = free_port()
+            env = {
+                **os.environ,
+                "SMARTCITY_API_PORT": str(port),
+                "SMARTCITY_API_MQTT_PORT": str(broker.port),
+                "SMARTCITY_API_TOPIC_ROOT": ROOT,
+                "SMARTCITY_API_INFLUX_URL": influxd.url,
+                "SMARTCITY_API_INFLUX_DATABASE": DATABASE,
+                "SMARTCITY_API_DATABASE_URL": db_url,
+                "SMARTCITY_API_RATE_LIMIT_PER_S": "1000000",
+                "SMARTCITY_API_RATE_LIMIT_BURST": "1000000",
+                "SMARTCITY_API_LOG_LEVEL": "WARNING",
+            }
+            log = (var / "api.log").open("wb")
+            api = subprocess.Popen([sys.executable, "-m", "smartcity", "api", "run"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                t = time.perf_counter()
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:  # noqa: S310
+                            ready = json.loads(r.read())
+                            break
+                    except OSError:
+                        if api.poll() is not None or time.perf_counter() - t > 120:
+                            raise SystemExit((var / "api.log").read_text()) from None
+                        time.sleep(0.2)
+                print(f"api ready in {time.perf_counter() - t:.1f}s: {ready}", flush=True)
+                lat, errors = asyncio.run(
+                    open_loop("127.0.0.1", port, key, args.rate, args.seconds))
+                print(f"latest at {args.rate:g} req/s: p50 {_pct(lat, 50):.2f} ms, "
+                      f"p99 {_pct(lat, 99):.2f} ms, errors {errors}", flush=True)
+                max_rps, max_errors = asyncio.run(
+                    closed_loop("127.0.0.1", port, key, args.seconds))
+                print(f"latest closed loop: {max_rps:.0f} req/s, errors {max_errors}", flush=True)
+                hist = asyncio.run(history("127.0.0.1", port, key, now))
+                print(f"history 24h/5m: p50 {_pct(hist, 50):.2f} ms, "
+                      f"p99 {_pct(hist, 99):.2f} ms", flush=True)
+                live_lat, probes = live(url, key, broker, args.seconds)
+                print(f"live: {len(live_lat)}/{probes} probes, p50 {_pct(live_lat, 50):.2f} ms,"
+                      f" p99 {_pct(live_lat, 99):.2f} ms", flush=True)
+                request = urllib.request.Request(  # noqa: S310
+                    f"{url}/metrics", headers={"X-API-Key": key}
+                )
+                with urllib.request.urlopen(request) as r:  # noqa: S310
+                    metrics = r.read().decode()
+                readings = next((float(line.split()[1]) for line in metrics.splitlines()
+                                 if line.startswith("smartcity_api_readings_total")), 0.0)
+            finally:
+                api.terminate()
+                api.wait(30)
+                log.close()
+    print(json.dumps({
+        "latest_p50_ms": round(_pct(lat, 50), 3),
+        "latest_p99_ms": round(_pct(lat, 99), 3),
+        "latest_rate": args.rate,
+        "latest_errors": errors + max_errors,
+        "latest_max_rps": round(max_rps, 1),
+        "history_p50_ms": round(_pct(hist, 50), 3),
+        "history_p99_ms": round(_pct(hist, 99), 3),
+        "live_p50_ms": round(_pct(live_lat, 50), 3),
+        "live_p99_ms": round(_pct(live_lat, 99), 3),
+        "live_probes_received": len(live_lat),
+        "live_probes_sent": probes,
+        "api_readings_applied": readings,
+        "history_points_loaded": points,
+        "warmed_series": ready.get("warmed_series"),
+        "cpus": os.cpu_count(),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
