@@ -138,6 +138,10 @@ class BatchConfig(_Model):
     max_age: _Seconds = 0.2
     #: Writes in flight at once (each up to ``max_readings``).
     max_concurrent_writes: Annotated[int, Field(ge=1, le=64)] = 3
+    #: Readings decoded but not yet written. Past it the worker stops taking messages from
+    #: its inbox, the inbox fills, and the network thread stops reading the socket (TCP
+    #: backpressure), which holds even against a broker that overshoots Receive Maximum.
+    max_in_flight_readings: Annotated[int, Field(ge=1)] = 100_000
     retry: RetryConfig = RetryConfig()
     #: On shutdown, how long to keep writing what was received before giving up; anything
     #: not written by then is left unacknowledged for the broker to redeliver.
@@ -172,6 +176,8 @@ class IngestConfig(BaseSettings):
                 "mqtt.receive_maximum must exceed batch.max_concurrent_writes, or writes "
                 "starve waiting for messages the broker may not send"
             )
+        if self.batch.max_in_flight_readings < self.batch.max_readings:
+            raise ValueError("batch.max_in_flight_readings must be >= batch.max_readings")
         if not self.allow_insecure:
             if self.mqtt.tls is not None and self.mqtt.tls.insecure:
                 raise ValueError("mqtt.tls.insecure needs allow_insecure: true")

@@ -182,12 +182,16 @@ class IngestWorker:
         self._entered = False
         # Shared with the paho thread (plain attributes and a deque: atomic under the GIL).
         self._inbox: collections.deque[_Inbound] = collections.deque()
-        self._inbox_limit = 2 * config.mqtt.receive_maximum
+        # Flow control of the network thread: past the high-water mark it stops reading the
+        # socket until the batch loop has taken the inbox below the low-water mark.
+        self._high_water = config.mqtt.receive_maximum
+        self._low_water = max(1, config.mqtt.receive_maximum // 2)
+        self._max_pause = config.mqtt.keepalive / 2
+        self._room = threading.Event()
         self._accepting = True
         self._idle = False
         self._epoch = 0
         self._ack_lock = threading.Lock()
-        self._fatal: IngestError | None = None
         # asyncio-thread state
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -201,6 +205,7 @@ class IngestWorker:
         self._write_slots = asyncio.Semaphore(config.batch.max_concurrent_writes)
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._in_flight_readings = 0
+        self._progress = asyncio.Event()
         self._flush_messages = max(
             1, config.mqtt.receive_maximum // (config.batch.max_concurrent_writes + 1)
         )
@@ -218,6 +223,7 @@ class IngestWorker:
         if loop is None or loop.is_closed():
             return
         self._accepting = False
+        self._room.set()
         with contextlib.suppress(RuntimeError):  # loop already closed: nothing to stop
             loop.call_soon_threadsafe(self._request_stop)
 
@@ -311,8 +317,10 @@ class IngestWorker:
 
     def _request_stop(self) -> None:
         self._accepting = False
+        self._room.set()
         self._stop.set()
         self._wake.set()
+        self._progress.set()
 
     # -- MQTT -----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -459,21 +467,19 @@ class IngestWorker:
         if not self._accepting:
             return  # shutting down: leave it unacknowledged, the broker keeps it
         inbox = self._inbox
-        if len(inbox) >= self._inbox_limit:
-            # The broker exceeds the Receive Maximum we announced: a protocol violation.
-            self._fatal = BrokerError(
-                f"broker sent more than receive_maximum={self.config.mqtt.receive_maximum} "
-                "unacknowledged messages"
-            )
-            self._accepting = False
-            self._call(self._wake.set)
-            return
         inbox.append(
             _Inbound(self._epoch, msg.mid, msg.qos, msg.topic, bytes(msg.payload), msg.dup)
         )
         if self._idle:
             self._idle = False
             self._call(self._wake.set)
+        if len(inbox) >= self._high_water:
+            # Receive Maximum alone is not a bound: mosquitto 2.0.11 overshoots it once acks
+            # flow (docs/ingest.md). Stop reading the socket so TCP pushes back on the broker.
+            # Never longer than keepalive/2, so the connection stays alive; our PUBACKs wait.
+            self._room.clear()
+            if len(inbox) >= self._high_water and self._accepting:
+                self._room.wait(self._max_pause)
 
     def _on_publish(
         self,
@@ -504,8 +510,6 @@ class IngestWorker:
                                 "messages": len(self._ledger),
                             },
                         )
-            if self._fatal is not None:
-                raise self._fatal
         finally:
             self._publish_gauges()
             self._stopped.set()
@@ -517,9 +521,19 @@ class IngestWorker:
     async def _batch_loop(self, tg: asyncio.TaskGroup) -> None:
         inbox = self._inbox
         max_age = self.config.batch.max_age
+        room = self._room
+        max_in_flight = self.config.batch.max_in_flight_readings
         while True:
-            if self._fatal is not None:
-                return
+            if not room.is_set() and len(inbox) < self._low_water:
+                room.set()
+            if self._in_flight_readings >= max_in_flight and not self._stop.is_set():
+                if self._pending is not None:
+                    await self._flush(tg)
+                    continue
+                self._progress.clear()
+                self._publish_gauges()
+                await self._progress.wait()
+                continue
             if not inbox:
                 if self._stop.is_set():
                     if self._pending is not None:
@@ -659,10 +673,13 @@ class IngestWorker:
                     self._written(chunk)
             self.metrics.batch_latency.observe(time.monotonic() - batch.started)
             self._advance_acks()
+            self._publish_gauges()
         finally:
             self._write_slots.release()
 
     def _written(self, chunk: _Chunk) -> None:
+        self._in_flight_readings -= chunk.readings
+        self._progress.set()
         self._counts["readings_written"] += chunk.readings
         self.metrics.readings_written.inc(chunk.readings)
         self._complete(chunk.entry)
@@ -727,6 +744,8 @@ class IngestWorker:
         refused: list[tuple[int, str]] = []
         await self._bisect_lines(lines, list(range(len(lines))), exc, refused)
         n_bad_readings = sum(1 for i, _ in refused if i < len(lines) - 1)
+        self._in_flight_readings -= chunk.readings
+        self._progress.set()
         written = chunk.readings - n_bad_readings
         self._counts["readings_written"] += written
         self.metrics.readings_written.inc(written)
@@ -845,15 +864,12 @@ class IngestWorker:
         if not ledger or not ledger[0].done:
             return
         client = self._client
-        released = 0
         with self._ack_lock:
             epoch = self._epoch
             while ledger and ledger[0].done:
                 entry = ledger.popleft()
-                released += entry.readings
                 if entry.qos and entry.epoch == epoch and client is not None:
                     client.ack(entry.mid, entry.qos)
-        self._in_flight_readings -= released
 
     def _publish_gauges(self) -> None:
         self.metrics.messages_in_flight.set(len(self._ledger))

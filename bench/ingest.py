@@ -1,0 +1,352 @@
+"""Ingest benchmark: end-to-end readings/s through mosquitto, an ingest worker and influxd.
+
+Run by hand (not part of the tests)::
+
+    .venv/bin/python bench/ingest.py [--readings 1000000] [--gateways 50] [--repeat 3]
+
+It starts its own mosquitto and influxd (smartcity._localstack) on free loopback ports and,
+in one run, measures:
+
+1. ``influx_direct_points_per_s``: the same readings as pre-encoded line protocol, written
+   straight into influxd (same batch size and concurrency as the worker): the database limit;
+2. ``broker_bare_readings_per_s``: the same messages delivered to a bare paho subscriber
+   process (QoS 1, auto-ack): the broker + client limit;
+3. ``readings_per_s``: the messages published (QoS 1, 100 readings each, as fast as the
+   broker takes them) and ingested by a worker process (``python -m ingest run``), from the
+   first publish to the last point written (a 204 makes a point queryable), then verified by
+   counting the points in InfluxDB: ``lost`` and ``duplicates`` compare that count with what
+   was sent;
+4. ``single_reading_msgs_per_s``: the same with one reading per message.
+
+Publishing runs in this process, consumers in their own processes, as in production. The
+last line of output is one JSON object; with ``--repeat N`` its figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from smartcity._localstack import Influxd, Mosquitto, free_port
+from telemetry import Batch, LineProtocolEncoder, Reading, Topics, encode_batch
+
+ROOT = "bench"
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_payloads(
+    readings: int, gateways: int, per_message: int, base_ts: int
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, list[Reading]]]]:
+    """Distinct readings (unique series+time each) grouped into per-gateway batches."""
+    topics = Topics(ROOT)
+    messages: list[tuple[str, bytes]] = []
+    batches: list[tuple[str, list[Reading]]] = []
+    n_messages = readings // per_message
+    seqs = [0] * gateways
+    for m in range(n_messages):
+        g = m % gateways
+        gw = f"gw-{g:04d}"
+        rs = []
+        for i in range(per_message):
+            k = m * per_message + i
+            rs.append(
+                Reading(
+                    device=f"loop-{k % 20}",
+                    measurement="TrafficFlowObserved",
+                    ts=base_ts + k * 1000,
+                    fields={
+                        "intensity": float(k % 900),
+                        "averageVehicleSpeed": 30.0 + (k % 50) / 2,
+                        "occupancy": (k % 100) / 100,
+                    },
+                    tags={"lane": str(k % 3 + 1)},
+                )
+            )
+        seqs[g] += 1
+        payload = encode_batch(Batch(gateway=gw, seq=seqs[g], readings=rs))
+        messages.append((topics.telemetry(gw), payload))
+        batches.append((gw, rs))
+    return messages, batches
+
+
+class Publisher:
+    """QoS 1 publisher that keeps up to ``window`` messages in flight."""
+
+    def __init__(self, port: int, *, window: int = 2000) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.max_inflight_messages_set(window)
+        self.client.max_queued_messages_set(0)
+        self.acked = 0
+        self.done = threading.Event()
+        self.expected = 0
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_publish(self, *_args: Any) -> None:
+        self.acked += 1
+        if self.acked >= self.expected:
+            self.done.set()
+
+    def publish_all(self, messages: list[tuple[str, bytes]]) -> float:
+        """Publish everything; return the time of the first publish."""
+        self.acked = 0
+        self.expected = len(messages)
+        self.done.clear()
+        start = time.monotonic()
+        publish = self.client.publish
+        for topic, payload in messages:
+            publish(topic, payload, qos=1)
+        return start
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+BARE_SUBSCRIBER = r"""
+import sys, time, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+port, topic, expected = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+n = 0
+first = 0.0
+def on_message(c, u, m):
+    global n, first
+    n += 1
+    if n >= expected:
+        print(time.time(), flush=True)
+        c.disconnect()
+def on_connect(c, u, f, rc, p):
+    c.subscribe(topic, qos=1)
+def on_subscribe(*a):
+    print("ready", flush=True)
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
+c.on_message, c.on_connect, c.on_subscribe = on_message, on_connect, on_subscribe
+props = Properties(PacketTypes.CONNECT); props.ReceiveMaximum = 1000
+c.connect("127.0.0.1", port, clean_start=True, properties=props)
+c.loop_forever()
+"""
+
+
+def bench_broker_bare(mq: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
+    """Seconds from the first publish to the last message at a bare paho subscriber."""
+    sub = subprocess.Popen(
+        [PYTHON, "-c", BARE_SUBSCRIBER, str(mq.port), f"$share/bare/{ROOT}/v1/+/telemetry",
+         str(len(messages))],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert sub.stdout is not None
+    assert sub.stdout.readline().strip() == "ready"
+    pub = Publisher(mq.port)
+    try:
+        start_wall = time.time()
+        start = pub.publish_all(messages)
+        end_wall = float(sub.stdout.readline())
+        sub.wait(60)
+        del start
+        return end_wall - start_wall
+    finally:
+        pub.close()
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+
+
+def bench_influx_direct(
+    ix: Influxd, db: str, batches: list[tuple[str, list[Reading]]], batch_size: int,
+    concurrency: int,
+) -> float:
+    """Seconds to write pre-encoded line protocol for every reading straight into influxd."""
+    ix.create_database(db)
+    enc = LineProtocolEncoder()
+    lines: list[bytes] = [enc.encode(gw, rs) for gw, rs in batches]
+    bodies: list[bytes] = []
+    per = max(1, batch_size // max(1, len(batches[0][1])))
+    for i in range(0, len(lines), per):
+        bodies.append(b"".join(lines[i : i + per]))
+
+    async def run() -> float:
+        async with httpx.AsyncClient(base_url=ix.url, timeout=60) as client:
+            queue = list(reversed(bodies))
+
+            async def writer() -> None:
+                while queue:
+                    body = queue.pop()
+                    while True:
+                        r = await client.post(
+                            "/write", params={"db": db, "precision": "ns"}, content=body
+                        )
+                        if r.status_code == 204:
+                            break
+                        if r.status_code < 500:
+                            raise RuntimeError(r.text)
+
+            start = time.monotonic()
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(concurrency):
+                    tg.create_task(writer())
+            return time.monotonic() - start
+
+    return asyncio.run(run())
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:  # noqa: S310
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def bench_end_to_end(
+    mq: Mosquitto, ix: Influxd, db: str, messages: list[tuple[str, bytes]], expected: int,
+    args: argparse.Namespace, tmp: Path,
+) -> dict[str, float]:
+    """Publish through a worker process; return rate, lost, duplicates."""
+    metrics_port = free_port()
+    config = tmp / f"ingest-{db}.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                # A group per phase: an earlier phase's stopped worker keeps a persistent
+                # session in its group and would still be dealt its share.
+                "mqtt": {"port": mq.port, "topic_root": ROOT, "client_id": f"bench-{db}",
+                         "group": db, "receive_maximum": args.receive_maximum},
+                "influx": {"url": ix.url, "database": db},
+                "batch": {"max_readings": args.batch_size,
+                          "max_concurrent_writes": args.concurrency},
+                "metrics_port": metrics_port,
+                "log_level": "WARNING",
+            }
+        )
+    )
+    worker = subprocess.Popen(
+        [PYTHON, "-m", "ingest", "run", "--config", str(config)], cwd=REPO,
+        stderr=open(tmp / f"worker-{db}.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _metric(metrics_port, "smartcity_ingest_broker_connected") != 1.0:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start; see {tmp}/worker-{db}.log")
+            time.sleep(0.1)
+        time.sleep(0.5)  # the SUBACK follows the CONNACK
+        pub = Publisher(mq.port)
+        try:
+            start = pub.publish_all(messages)
+            deadline = time.monotonic() + 600
+            written = 0.0
+            while written < expected and time.monotonic() < deadline:
+                time.sleep(0.02)
+                written = _metric(metrics_port, "smartcity_ingest_readings_written_total") or 0
+            end = time.monotonic()
+            pub.done.wait(30)
+        finally:
+            pub.close()
+        answer = ix.query(
+            'SELECT count("intensity") FROM "TrafficFlowObserved"', db=db
+        )
+        series = answer["results"][0].get("series")
+        stored = int(series[0]["values"][0][1]) if series else 0
+        return {
+            "seconds": end - start,
+            "rate": expected / (end - start),
+            "lost": max(0, expected - stored),
+            "duplicates": max(0, stored - expected),
+            "rewritten": max(0.0, written - expected),
+        }
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--gateways", type=int, default=50)
+    parser.add_argument("--single-messages", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--receive-maximum", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the services started below are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    base_ts = (time.time_ns() // 10**9 - 3600) * 10**9
+    messages, batches = make_payloads(args.readings, args.gateways, 100, base_ts)
+    singles, _ = make_payloads(args.single_messages, args.gateways, 1, base_ts + 10**15)
+    results: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
+        tmp = Path(tmp_name)
+        with Mosquitto(data_dir=tmp / "mosquitto") as mq, Influxd(data_dir=tmp / "influxd") as ix:
+            for run in range(args.repeat):
+                direct_s = bench_influx_direct(
+                    ix, f"direct{run}", batches, args.batch_size, args.concurrency
+                )
+                bare_s = bench_broker_bare(mq, messages)
+                e2e = bench_end_to_end(
+                    mq, ix, f"e2e{run}", messages, args.readings, args, tmp
+                )
+                single = bench_end_to_end(
+                    mq, ix, f"single{run}", singles, args.single_messages, args, tmp
+                )
+                r = {
+                    "readings_per_s": e2e["rate"],
+                    "lost": e2e["lost"],
+                    "duplicates": e2e["duplicates"],
+                    "rewritten": e2e["rewritten"],
+                    "influx_direct_points_per_s": args.readings / direct_s,
+                    "broker_bare_readings_per_s": args.readings / bare_s,
+                    "single_reading_msgs_per_s": single["rate"],
+                    "single_lost": single["lost"],
+                    "single_duplicates": single["duplicates"],
+                }
+                r["ratio_to_limit"] = r["readings_per_s"] / min(
+                    r["influx_direct_points_per_s"], r["broker_bare_readings_per_s"]
+                )
+                results.append(r)
+                print(f"run {run + 1}/{args.repeat}: " + json.dumps(
+                    {k: round(v, 3) for k, v in r.items()}), flush=True)
+    summary: dict[str, Any] = {
+        key: round(statistics.median(r[key] for r in results), 3) for key in results[0]
+    }
+    summary["lost"] = max(int(r["lost"]) for r in results)
+    summary["duplicates"] = max(int(r["duplicates"]) for r in results)
+    summary.update(
+        runs=len(results), readings=args.readings, gateways=args.gateways,
+        single_messages=args.single_messages, batch_size=args.batch_size,
+        concurrency=args.concurrency, receive_maximum=args.receive_maximum,
+        cpus=os.cpu_count(),
+    )
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
