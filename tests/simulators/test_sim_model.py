@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sim_helpers as h
 
 from simulators import (
     City,
@@ -19,14 +19,6 @@ from simulators import (
     packaged_scenarios,
 )
 from telemetry import MEASUREMENTS, decode_batch
-
-_spec = importlib.util.spec_from_file_location(
-    "sim_helpers", Path(__file__).with_name("sim_helpers.py")
-)
-assert _spec is not None and _spec.loader is not None
-h = importlib.util.module_from_spec(_spec)
-sys.modules["sim_helpers"] = h
-_spec.loader.exec_module(h)
 
 HOUR_NS = 3600 * 10**9
 
@@ -85,8 +77,10 @@ def test_traffic_has_morning_and_evening_peaks() -> None:
     for hour, kinds in day:
         by_hour.setdefault(int(hour), []).append(float(np.mean(kinds["loop"]["intensity"])))
     flow = {hr: float(np.mean(v)) for hr, v in by_hour.items()}
-    assert flow[8] > 1.5 * flow[11] and flow[8] > 4 * flow[3]
-    assert flow[16] > 1.3 * flow[13] and flow[17] > 2 * flow[21]
+    assert flow[8] > 1.5 * flow[11]
+    assert flow[8] > 4 * flow[3]
+    assert flow[16] > 1.3 * flow[13]
+    assert flow[17] > 2 * flow[21]
 
 
 def test_speed_falls_as_occupancy_rises() -> None:
@@ -103,11 +97,8 @@ def test_speed_falls_as_occupancy_rises() -> None:
     rel = (speed / free).ravel()
     o = occ.ravel()
     edges = np.quantile(o, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    means = [
-        float(rel[(o >= lo) & (o <= hi)].mean())
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
-    ]
-    assert all(a > b for a, b in zip(means, means[1:], strict=False)), means
+    means = [float(rel[(o >= lo) & (o <= hi)].mean()) for lo, hi in itertools.pairwise(edges)]
+    assert all(a > b for a, b in itertools.pairwise(means)), means
 
 
 def test_car_parks_in_the_centre_are_full_at_midday() -> None:
@@ -175,7 +166,8 @@ def test_buses_move_along_their_routes_with_plausible_fields() -> None:
     for s in steps:
         r = s[("bus-00001", "Vehicle", "")]
         assert roads.node_lat.min() - 1e-4 <= r.fields["latitude"] <= roads.node_lat.max() + 1e-4
-        assert 0 <= r.fields["heading"] < 360 and r.fields["speed"] >= 0
+        assert 0 <= r.fields["heading"] < 360
+        assert r.fields["speed"] >= 0
         assert str(r.fields["routeId"]).startswith("R")
 
 
@@ -190,7 +182,8 @@ def test_packaged_scenarios_load_and_size_as_documented() -> None:
     assert set(packaged_scenarios()) >= {"small", "city", "load-1000"}
     assert load_scenario("city").gateway_count >= 200
     load = load_scenario("load-1000")
-    assert load.gateway_count >= 1000 and load.device_count() >= 10_000
+    assert load.gateway_count >= 1000
+    assert load.device_count() >= 10_000
 
 
 def test_bad_scenarios_name_the_file_and_the_key(tmp_path: Path) -> None:
@@ -198,9 +191,11 @@ def test_bad_scenarios_name_the_file_and_the_key(tmp_path: Path) -> None:
     bad.write_text("name: x\ngateways:\n  - {prefix: cab, count: 0, devices: {loop: 1}}\n")
     with pytest.raises(ScenarioError) as info:
         load_scenario(bad)
-    assert info.value.source == str(bad) and info.value.key == "gateways[0].count"
+    assert info.value.source == str(bad)
+    assert info.value.key == "gateways[0].count"
     bad.write_text(
-        "name: x\ntick_s: 7\nintervals: {loop: 10}\ngateways: [{prefix: a, count: 1, devices: {loop: 1}}]\n"
+        "name: x\ntick_s: 7\nintervals: {loop: 10}\n"
+        "gateways: [{prefix: a, count: 1, devices: {loop: 1}}]\n"
     )
     with pytest.raises(ScenarioError, match="multiple of tick_s"):
         load_scenario(bad)
