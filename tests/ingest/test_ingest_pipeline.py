@@ -103,7 +103,7 @@ def test_two_workers_share_the_load_and_a_replacement_drains_a_dead_ones_share(
         assert count_points(influxd, influx_db) < 3200
     # A replacement started with the dead worker's id drains what the broker kept for it.
     with WorkerThread(config(1)):
-        wait_for(lambda: count_points(influxd, influx_db) >= 3200, 15, f"the queued share {count_points(influxd, influx_db)}")
+        wait_for(lambda: count_points(influxd, influx_db) >= 3200, 20, "the queued share")
     assert count_points(influxd, influx_db) == 3200
 
 
