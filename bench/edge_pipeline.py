@@ -5,8 +5,10 @@ Measures, each as the median of ``--repeat`` runs:
 - ``samples_per_s``: the vectorised chain validity + deadband + Hampel + 10 s window aggregate
   over 1,000 channels (``edge_agent.Chain``), fed 10 one-second steps per call;
 - ``naive_samples_per_s``: a per-sample Python loop doing the same work, same data, same run;
-- ``rss_mb``: peak RSS of a real agent process (``python -m edge_agent run``) with 1,000
-  channels receiving 1,000 readings/s over local MQTT (peak over ``--rss-seconds``);
+- ``rss_mb``: peak RSS of a real agent process started as deployed (``smartcity edge run``,
+  the systemd unit's command) with 1,000 channels receiving 1,000 readings/s over local MQTT
+  (peak over ``--rss-seconds``, median of ``--repeat`` runs); ``rss_mb_python_m``: the same
+  started as ``python -m edge_agent run``;
 - ``replay_readings_per_s``: an agent replaying a 100,000-reading spool backlog to a private
   mosquitto, from start until every batch is acknowledged (PUBACK) and deleted.
 
@@ -123,7 +125,16 @@ def naive(data: np.ndarray) -> float:
     return data.size / (time.perf_counter() - t)
 
 
-def measure_rss(seconds: float, workdir: Path) -> float:
+def agent_command(how: str) -> list[str]:
+    """``smartcity``: the console script next to this interpreter (as the systemd unit runs
+    it); ``module``: ``python -m edge_agent``."""
+    script = Path(sys.executable).with_name("smartcity")
+    if how == "smartcity" and script.exists():
+        return [str(script), "edge"]
+    return [sys.executable, "-m", "edge_agent"]
+
+
+def measure_rss(seconds: float, workdir: Path, how: str = "smartcity") -> float:
     with Mosquitto(data_dir=workdir / "mq-rss") as broker:
         root = "benchrss"
         cfg = {
@@ -149,7 +160,7 @@ def measure_rss(seconds: float, workdir: Path) -> float:
         path = workdir / "rss.yaml"
         path.write_text(yaml.safe_dump(cfg))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
+            [*agent_command(how), "run", "--config", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -232,7 +243,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--steps", type=int, default=600, help="seconds of 1 Hz data per channel")
     ap.add_argument("--naive-steps", type=int, default=100)
-    ap.add_argument("--rss-seconds", type=float, default=20.0)
+    ap.add_argument("--rss-seconds", type=float, default=15.0)
     args = ap.parse_args()
     data = make_data(args.steps)
     vec = [vectorised(data) for _ in range(args.repeat)]
@@ -245,13 +256,17 @@ def main() -> None:
         for i in range(args.repeat):
             replay.append(measure_replay(work / f"r{i}"))
             print(f"replay readings/s:    {round(replay[-1])}", flush=True)
-        rss = measure_rss(args.rss_seconds, work)
-        print(f"agent peak RSS MB:    {rss:.1f}", flush=True)
+        rss, rss_m = [], []
+        for i in range(args.repeat):
+            rss.append(measure_rss(args.rss_seconds, work / f"s{i}", "smartcity"))
+            rss_m.append(measure_rss(args.rss_seconds, work / f"m{i}", "module"))
+            print(f"agent peak RSS MB:    {rss[-1]:.1f} (python -m: {rss_m[-1]:.1f})", flush=True)
     result = {
         "samples_per_s": round(statistics.median(vec)),
         "naive_samples_per_s": round(statistics.median(nv)),
         "speedup": round(statistics.median(vec) / statistics.median(nv), 1),
-        "rss_mb": round(rss, 1),
+        "rss_mb": round(statistics.median(rss), 1),
+        "rss_mb_python_m": round(statistics.median(rss_m), 1),
         "replay_readings_per_s": round(statistics.median(replay)),
         "channels": CHANNELS,
         "repeat": args.repeat,
