@@ -15,6 +15,7 @@ Errors: :class:`SimulatorError` and its subclasses (hierarchy in ``simulators._e
 """
 
 from simulators._city import KIND_SPECS, City, Frame, KindFrame, Layout, build_layout
+from simulators._devicemode import DeviceCity, DeviceEndpoints
 from simulators._errors import (
     BrokerError,
     DeviceModeError,
@@ -59,6 +60,8 @@ __all__ = [
     "City",
     "CityGrid",
     "CitySpec",
+    "DeviceCity",
+    "DeviceEndpoints",
     "DeviceModeError",
     "DeviceModeSpec",
     "FaultPlan",

@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -349,12 +350,20 @@ class GatewayFleet:
         )
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, duration_s: float | None = None, *, ticks: int | None = None) -> FleetStats:
+    def run(
+        self,
+        duration_s: float | None = None,
+        *,
+        ticks: int | None = None,
+        progress: Callable[[FleetStats], None] | None = None,
+        progress_every_s: float = 5.0,
+    ) -> FleetStats:
         """Connect every gateway, then step and publish until ``stop()``, ``duration_s`` wall
         seconds, ``ticks`` steps or the scenario's ``duration_s`` (simulated), whichever first.
 
         On the way out: stop producing, drain the spools (``drain_timeout_s``), publish each
-        gateway's death (``reason: shutdown``) and disconnect. Not re-entrant.
+        gateway's death (``reason: shutdown``) and disconnect. Not re-entrant. ``progress`` is
+        called from this thread every ``progress_every_s`` wall seconds.
         """
         if self._running:
             raise RuntimeError("GatewayFleet.run is already running")
@@ -369,7 +378,7 @@ class GatewayFleet:
             for gw in self._gws[1:]:
                 self._connect(gw)
                 self._pump(0.0)
-            self._main_loop(duration_s, ticks)
+            self._main_loop(duration_s, ticks, progress, progress_every_s)
             self._drain()
         finally:
             self._shutdown()
@@ -378,7 +387,13 @@ class GatewayFleet:
             self._running = False
         return self.stats
 
-    def _main_loop(self, duration_s: float | None, ticks: int | None) -> None:
+    def _main_loop(
+        self,
+        duration_s: float | None,
+        ticks: int | None,
+        progress: Callable[[FleetStats], None] | None,
+        progress_every_s: float,
+    ) -> None:
         speed = self.scenario.speed
         t0 = time.monotonic()
         wall_end = math.inf if duration_s is None else t0 + duration_s
@@ -392,6 +407,7 @@ class GatewayFleet:
         next_misc = t0 + _MISC_EVERY_S
         health_every = self.scenario.publish.health_interval_s
         next_health = t0 + health_every if health_every > 0 else math.inf
+        next_progress = t0 + progress_every_s if progress is not None else math.inf
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= wall_end:
@@ -417,6 +433,9 @@ class GatewayFleet:
             if now >= next_health:
                 next_health = now + health_every
                 self._publish_health(now)
+            if progress is not None and now >= next_progress:
+                next_progress = now + progress_every_s
+                progress(self.stats)
 
     def _backlog(self) -> int:
         return sum(len(g.unsent) + len(g.inflight) for g in self._gws if g.state == "up")

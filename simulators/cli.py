@@ -2,9 +2,24 @@
 
 Only typer and the stdlib are imported at module level, so `smartcity --help` stays fast
 and a gateway install does not need server packages to show it.
+
+::
+
+    smartcity sim scenarios                              packaged scenarios
+    smartcity sim check --scenario city                  validate and summarise a scenario
+    smartcity sim run --scenario city --broker mqtts://broker:8883 --ca-file ca.pem
+    smartcity sim devices --scenario small --dir /tmp/sim   ptys, Modbus TCP, local MQTT
 """
 
 from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -12,11 +27,198 @@ app = typer.Typer(
     name="sim",
     help="Simulated city: devices for edge agents, or whole gateway fleets onto a broker.",
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 
+ScenarioOption = Annotated[
+    str,
+    typer.Option(
+        "--scenario",
+        "-s",
+        help="Scenario YAML file, or the name of a packaged one (see `smartcity sim scenarios`).",
+    ),
+]
 
-@app.command("status")
-def status() -> None:
-    """Say what this subcommand can do in this build."""
-    typer.echo("sim: not yet available in this build (see the project's issue tracker)")
-    raise typer.Exit(code=2)
+
+def _load(scenario: str, **overrides: Any) -> Any:
+    from simulators._errors import ScenarioError
+    from simulators._scenario import load_scenario
+
+    try:
+        return load_scenario(scenario, **{k: v for k, v in overrides.items() if v is not None})
+    except ScenarioError as exc:
+        typer.echo(f"error: invalid scenario: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _on_signals(stop: Any) -> None:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command("scenarios")
+def scenarios() -> None:
+    """List the packaged scenarios with their size."""
+    from simulators._scenario import load_scenario, packaged_scenarios
+
+    for name in packaged_scenarios():
+        s = load_scenario(name)
+        typer.echo(
+            f"{name:12s} {s.gateway_count:6d} gateways {s.device_count():7d} devices  "
+            f"tick {s.tick_s:g}s speed {s.speed:g}  {s.description.strip()[:60]}"
+        )
+
+
+@app.command("check")
+def check(scenario: ScenarioOption) -> None:
+    """Validate a scenario and print what it builds (exit 2 if invalid)."""
+    sc = _load(scenario)
+    from simulators._scenario import DEVICE_KINDS
+
+    summary = {
+        "name": sc.name,
+        "seed": sc.seed,
+        "gateways": sc.gateway_count,
+        "devices": {k: sc.device_count(k) for k in DEVICE_KINDS if sc.device_count(k)},
+        "tick_s": sc.tick_s,
+        "speed": sc.speed,
+        "faults": [f.type for f in sc.faults],
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("run")
+def run(
+    scenario: ScenarioOption,
+    broker: Annotated[
+        str, typer.Option(help="mqtt://host:port, or mqtts://host:port for TLS.")
+    ] = "mqtt://127.0.0.1:1883",
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[
+        str | None, typer.Option(help="Broker password.", envvar="SMARTCITY_SIM_PASSWORD")
+    ] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="CA bundle (PEM) for TLS.")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for TLS.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Client key (PEM) for TLS.")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Do not verify the broker's certificate (test brokers only).")
+    ] = False,
+    speed: Annotated[
+        float | None,
+        typer.Option(help="Simulated seconds per wall second (0: as fast as the broker takes)."),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many wall seconds.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    topic_root: Annotated[str | None, typer.Option(help="Override the topic root.")] = None,
+    client_prefix: Annotated[str, typer.Option(help="MQTT client id prefix.")] = "sim",
+    ledger: Annotated[
+        Path | None, typer.Option(help="Write the ledger (JSON) here at the end.")
+    ] = None,
+) -> None:
+    """Run a scenario's gateways against a broker until Ctrl-C or --duration."""
+    sc = _load(scenario, seed=seed)
+    from simulators._errors import BrokerError, ScenarioError
+    from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet, TlsOptions
+
+    try:
+        url = BrokerUrl.parse(broker)
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    tls = None
+    if url.tls or ca_file or cert:
+        tls = TlsOptions(
+            ca_file=str(ca_file) if ca_file else None,
+            cert_file=str(cert) if cert else None,
+            key_file=str(key) if key else None,
+            insecure=insecure,
+        )
+    try:
+        fleet = GatewayFleet(
+            FleetConfig(
+                scenario=sc,
+                host=url.host,
+                port=url.port,
+                username=username,
+                password=password,
+                tls=tls,
+                speed=speed,
+                topic_root=topic_root,
+                client_prefix=client_prefix,
+            )
+        )
+    except ScenarioError as exc:
+        typer.echo(f"error: invalid scenario: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    _on_signals(fleet.stop)
+    typer.echo(
+        f"sim: {sc.name}: {fleet.layout.gateways} gateways, "
+        f"{sum(k.sensors for k in fleet.layout.kinds.values())} devices -> {broker} "
+        f"(root {fleet.scenario.topic_root}, speed {fleet.scenario.speed:g})"
+    )
+    started = time.monotonic()
+
+    def show(stats: FleetStats) -> None:
+        up = time.monotonic() - started
+        led = fleet.ledger
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stats.sim_ns / 1e9))
+        typer.echo(
+            f"sim: up {up:6.0f}s  sim {when}Z"
+            f"  online {stats.online}/{fleet.layout.gateways}  acked {led.readings} readings"
+            f"  ({led.readings / max(up, 1e-9):.0f}/s)  spooled {fleet.spooled_batches()} batches"
+            f"  lag {stats.lag_s:.1f}s"
+        )
+
+    try:
+        stats = fleet.run(duration, progress=show)
+    except BrokerError as exc:
+        typer.echo(f"error: broker: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    show(stats)
+    typer.echo(json.dumps({"totals": fleet.ledger.totals(), "ticks": stats.ticks}))
+    if ledger is not None:
+        ledger.write_text(fleet.ledger.to_json())
+
+
+@app.command("devices")
+def devices(
+    scenario: ScenarioOption,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the pty links are created.")
+    ] = Path("sim-devices"),
+    mqtt_broker: Annotated[
+        str | None,
+        typer.Option(help="Local broker for the MQTT sensors (mqtt://host:port); none: skip."),
+    ] = None,
+    speed: Annotated[float | None, typer.Option(help="Simulated seconds per wall second.")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many wall seconds.")
+    ] = None,
+) -> None:
+    """Serve the city as devices for real edge agents; print where they are."""
+    sc = _load(scenario, speed=speed)
+    from simulators._devicemode import DeviceCity
+    from simulators._errors import SimulatorError
+
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+
+    _on_signals(stop)
+    try:
+        with DeviceCity(sc, directory=directory, mqtt_url=mqtt_broker) as city:
+            typer.echo(json.dumps(city.endpoints.as_dict(), indent=2))
+            sys.stdout.flush()
+            deadline = None if duration is None else time.monotonic() + duration
+            while not stopping and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.2)
+    except SimulatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
