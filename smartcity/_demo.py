@@ -10,16 +10,19 @@ services; no process is left behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 
+from api import ApiServer, ApiSettings
 from simulators import FleetConfig, GatewayFleet
-from smartcity._localstack import Influxd, Mosquitto, ServiceError
+from smartcity._localstack import Influxd, Mosquitto, ServiceError, free_port
 
 __all__ = ["run_demo"]
 
@@ -48,6 +51,17 @@ def _stored_points(influxd: Influxd, seconds: int | None = None) -> int:
         if series:
             total += int(series[0]["values"][0][1])
     return total
+
+
+def _api_total(url: str, key: str) -> int | None:
+    """``total`` of a paged API list, or None when the API does not answer."""
+    request = urllib.request.Request(url, headers={"X-API-Key": key})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310
+            total = json.loads(resp.read()).get("total")
+    except (OSError, ValueError):
+        return None
+    return int(total) if isinstance(total, int) else None
 
 
 def _wait_for_log(
@@ -83,13 +97,16 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200) -> int:
+def run_demo(
+    *, var_dir: str = "var", duration: float = 0.0, gateways: int = 200, api_port: int = 0
+) -> int:
     """Run the demo until Ctrl-C or ``duration`` seconds; return the exit code."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     var = Path(var_dir).resolve()
     mosquitto = Mosquitto(data_dir=var / "mosquitto")
     influxd = Influxd(data_dir=var / "influxd")
     ingest: subprocess.Popen[bytes] | None = None
+    api: ApiServer | None = None
     fleet: GatewayFleet | None = None
     fleet_thread: threading.Thread | None = None
     try:
@@ -114,6 +131,21 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
         # Sinks first, sources last: on a first start the worker has no persistent session
         # yet, so anything published before it subscribed would go to nobody.
         _wait_for_log(var / "ingest.log", '"ingest worker started"', ingest, timeout=60)
+        _say("starting the API (demo mode: loopback only, one key per role)")
+        api = ApiServer(
+            ApiSettings(
+                demo=True,
+                port=api_port or free_port(),
+                mqtt_host=mosquitto.host,
+                mqtt_port=mosquitto.port,
+                mqtt_client_id="api-demo",
+                topic_root=TOPIC_ROOT,
+                influx_url=influxd.url,
+                influx_database=DATABASE,
+                database_url=f"sqlite:///{var / 'api.sqlite3'}",
+            )
+        )
+        api.start()
         fleet = GatewayFleet(
             FleetConfig(
                 gateways=gateways, topic_root=TOPIC_ROOT, host=mosquitto.host, port=mosquitto.port
@@ -123,11 +155,18 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
         fleet_thread = threading.Thread(target=fleet.run, name="demo.fleet", daemon=True)
         fleet_thread.start()
         example = 'SELECT last(*) FROM "TrafficFlowObserved" GROUP BY device LIMIT 3'
+        keys = api.services.demo_keys
+        viewer = keys.get("viewer", "?")
         print(
             "\n"
+            f"  API        {api.url}/docs   (OpenAPI)\n"
+            f"  demo keys  "
+            + "  ".join(f"{role}={key}" for role, key in sorted(keys.items()))
+            + "\n"
+            f"  try        curl -H 'X-API-Key: {viewer}' {api.url}/v1/transport/vehicles\n"
             f"  broker     {mosquitto.url}   (topics {TOPIC_ROOT}/v1/<gateway>/...)\n"
             f"  InfluxDB   {influxd.url}   database '{DATABASE}'\n"
-            f"  try        curl -G {influxd.url}/query --data-urlencode db={DATABASE} "
+            f"  InfluxQL   curl -G {influxd.url}/query --data-urlencode db={DATABASE} "
             f"--data-urlencode 'q={example}'\n"
             f"  logs       {var}/*.log\n"
             "  stop       Ctrl-C\n",
@@ -145,9 +184,13 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
                 rate = float("nan")
                 _say(f"InfluxDB query failed: {exc}")
             sent = fleet.ledger.readings
+            online = _api_total(f"{api.url}/v1/gateways?state=online&limit=1", viewer)
+            alerts = _api_total(f"{api.url}/v1/alerts?limit=1", viewer)
             print(
                 f"\r[demo] {rate:8.0f} readings/s stored | {sent:9d} sent | "
-                f"{gateways} gateways online | up {time.monotonic() - started:5.0f}s",
+                f"{'?' if online is None else online} gateways online | "
+                f"{'?' if alerts is None else alerts} alerts | "
+                f"up {time.monotonic() - started:5.0f}s",
                 end="",
                 flush=True,
             )
@@ -167,6 +210,8 @@ def run_demo(*, var_dir: str = "var", duration: float = 0.0, gateways: int = 200
             fleet_thread.join(timeout=15)
         if fleet is not None and ingest is not None and ingest.poll() is None:
             _drain_and_report(influxd, fleet.ledger.readings)
+        if api is not None:
+            api.stop()
         if ingest is not None and ingest.poll() is None:
             ingest.send_signal(signal.SIGTERM)
             try:
