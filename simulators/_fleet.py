@@ -259,6 +259,7 @@ class GatewayFleet:
         self._tick = 0
         self._dirty: set[_Gateway] = set()
         self._running = False
+        self._refused_tcp = False
 
     # -- public, any thread -----------------------------------------------------------------
     @property
@@ -503,6 +504,8 @@ class GatewayFleet:
             self.stats.connect_errors += 1
             self.stats.last_error = f"{gw.id}: {exc}"
             self._schedule_retry(gw)
+            if isinstance(exc, ConnectionRefusedError) and self.stats.connects == 0:
+                self._refused_tcp = True
             return
         sock = client.socket()
         if sock is None:
@@ -520,8 +523,8 @@ class GatewayFleet:
         self._connect(gw)
         deadline = time.monotonic() + self.config.connect_timeout_s
         while gw.state != "up" and time.monotonic() < deadline:
-            if gw.state == "down" and self.stats.refused:
-                break
+            if gw.state == "down" and (self.stats.refused or self._refused_tcp):
+                break  # nothing listens there, or the broker said no: fail fast
             if gw.state == "down" and time.monotonic() >= gw.retry_at:
                 self._connect(gw)
             self._pump(0.05)
