@@ -62,6 +62,7 @@ __all__ = ["AGENT_NAME", "EdgeAgent", "run_agent"]
 log: Final = logging.getLogger("edge_agent")
 AGENT_NAME: Final = "smartcity-edge/0.1"
 _REMOTE_FILE: Final = "remote-config.json"
+_ANSWERED_KEPT: Final = 256
 
 
 class _ProcessProbe:
@@ -141,6 +142,8 @@ class EdgeAgent:
         self._acks_waiting: list[Callable[[], None]] = []
         self._acks_sealed: list[Callable[[], None]] = []
         self._extra_drops: dict[str, dict[str, int]] = {}
+        #: (response topic, correlation) of recently answered commands, oldest first.
+        self._answered: dict[tuple[str, bytes], None] = {}
         self._proc = _ProcessProbe()
         self.submitted = 0
         self.ready = asyncio.Event()
@@ -416,6 +419,16 @@ class EdgeAgent:
         if msg.response_topic is None:
             log.warning("command without a response topic ignored")
             return
+        # The persistent session may redeliver a command whose PUBACK was lost with the
+        # connection (DUP set): answer each request once.
+        if msg.correlation is not None:
+            key = (msg.response_topic, msg.correlation)
+            if msg.redelivered and key in self._answered:
+                log.info("redelivered command already answered", extra={"topic": msg.topic})
+                return
+            self._answered[key] = None
+            if len(self._answered) > _ANSWERED_KEPT:
+                del self._answered[next(iter(self._answered))]
         try:
             req = decode_message(msg.payload, CommandRequest)
             result = self._command(req)

@@ -129,6 +129,11 @@ class BrokerConfig(_Model):
     topic_root: str = "sc"
     client_id: _Id | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: MQTT v5 Session Expiry Interval. The uplink connects with clean start off, so config
+    #: and commands published while the gateway is offline for less than this are queued by
+    #: the broker (within its ``max_queued_messages``) and delivered on reconnect. 0: the
+    #: session ends with the connection.
+    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFE)] = 24 * 3600
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None

@@ -11,9 +11,22 @@
     └──────────────────────────┘
 
 Hand-off: paho callbacks never touch agent state; they post to the loop with
-``call_soon_threadsafe``. Each connection gets a fresh paho client (clean start: the spool is
-the session), so paho never re-sends on its own and a reconnect replays from the spool only.
-Reconnects back off exponentially with full jitter, capped at ``backoff_max_s``.
+``call_soon_threadsafe``. Reconnects back off exponentially with full jitter, capped at
+``backoff_max_s``.
+
+**Session.** The broker keeps a persistent MQTT v5 session for the gateway (clean start off,
+Session Expiry Interval ``broker.session_expiry_s``): config and commands published while the
+gateway is offline are queued by the broker and delivered on reconnect. Clean start is off
+from the very first connection: mosquitto 2.0.11 does not restore, after a broker restart, a
+session that was created with clean start (docs/operations.md). The session carries only the
+*inbound* side (subscriptions, queued control messages). Telemetry state lives in the spool:
+each connection still gets a fresh paho client with empty in-flight state, so paho never
+re-sends a batch by itself, and a reconnect replays unacknowledged batches from the spool
+only. The broker keeps no state for QoS 1 messages *from* a client, so a resumed session
+holds nothing that would be published twice. What can be doubled, as before, is a batch whose
+PUBACK was lost with the connection (at most ``inflight_window`` batches per cut, exact
+replays with the same ``seq``), and a control message the broker redelivers (DUP) because its
+PUBACK was lost: commands are answered once per correlation id.
 
 **Backlog and live data.** At connect time the highest spool id is the *boundary*: batches at
 or below it are backlog, newer ones are live. The sender keeps at most ``inflight_window``
@@ -34,10 +47,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent._config import BrokerConfig
 from edge_agent._errors import UplinkError
@@ -50,25 +65,44 @@ log: Final = logging.getLogger("edge_agent.uplink")
 
 
 class ControlMessage:
-    """A message on a control topic (config, command), handed to the agent's loop."""
+    """A message on a control topic (config, command), handed to the agent's loop.
 
-    __slots__ = ("correlation", "payload", "response_topic", "topic")
+    ``redelivered``: the broker set DUP (it sent this message before and saw no PUBACK).
+    """
+
+    __slots__ = ("correlation", "payload", "redelivered", "response_topic", "topic")
 
     def __init__(
-        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation: bytes | None,
+        *,
+        redelivered: bool = False,
     ) -> None:
         self.topic = topic
         self.payload = payload
         self.response_topic = response_topic
         self.correlation = correlation
+        self.redelivered = redelivered
 
 
 class UplinkStats:
-    __slots__ = ("acked_batches", "acked_readings", "connects", "published_batches", "state")
+    __slots__ = (
+        "acked_batches",
+        "acked_readings",
+        "connects",
+        "published_batches",
+        "resumed_sessions",
+        "state",
+    )
 
     def __init__(self) -> None:
         self.state = "down"
         self.connects = 0
+        #: Connects where the broker still had the gateway's session (CONNACK session present).
+        self.resumed_sessions = 0
         self.published_batches = 0
         self.acked_batches = 0
         self.acked_readings = 0
@@ -83,6 +117,7 @@ class _Connection:
         self.closed = asyncio.Event()
         self.failure: str | None = None
         self.client: mqtt.Client | None = None
+        self.session_present = False  # written by paho's thread before on_connected is posted
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         if not self.loop.is_closed():
@@ -179,11 +214,14 @@ class Uplink:
             try:
                 client = self._make_client(conn)
                 conn.client = client
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = self.cfg.session_expiry_s
                 client.connect_async(
                     self.cfg.host,
                     self.cfg.port,
                     keepalive=self.cfg.keepalive_s,
-                    clean_start=True,
+                    clean_start=False,
+                    properties=props,
                 )
                 client.loop_start()
                 try:
@@ -278,8 +316,9 @@ class Uplink:
                 client.tls_insecure_set(True)
 
         def on_connect(
-            _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+            _c: mqtt.Client, _u: object, flags: ConnectFlags, rc: ReasonCode, _p: object
         ) -> None:
+            conn.session_present = bool(flags.session_present)
             conn.post(conn.on_connected, not rc.is_failure, str(rc))
 
         def on_connect_fail(_c: mqtt.Client, _u: object) -> None:
@@ -299,7 +338,9 @@ class Uplink:
             props = getattr(msg, "properties", None)
             response = getattr(props, "ResponseTopic", None)
             corr = getattr(props, "CorrelationData", None)
-            control = ControlMessage(msg.topic, bytes(msg.payload), response, corr)
+            control = ControlMessage(
+                msg.topic, bytes(msg.payload), response, corr, redelivered=bool(msg.dup)
+            )
             conn.post(self._on_control, control)
 
         client.on_connect = on_connect
@@ -318,13 +359,21 @@ class Uplink:
 
     async def _session(self, conn: _Connection, client: mqtt.Client) -> None:
         self.stats.connects += 1
+        self.stats.resumed_sessions += conn.session_present
         self.stats.state = "up"
-        log.info("uplink connected", extra={"broker": self._where()})
+        log.info(
+            "uplink connected",
+            extra={"broker": self._where(), "session_present": conn.session_present},
+        )
         client.publish(self._status_topic, self._birth(), qos=1, retain=True)
+        # Subscribing again is harmless when the session was resumed (and needed when it
+        # expired). Retained messages (the desired config) only come with a new subscription:
+        # a resumed session already delivered them.
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
         client.subscribe(
             [
-                (self.topics.config_desired(self.gateway), 1),
-                (self.topics.command(self.gateway), 1),
+                (self.topics.config_desired(self.gateway), opts),
+                (self.topics.command(self.gateway), opts),
             ]
         )
         boundary = self.spool.max_id()

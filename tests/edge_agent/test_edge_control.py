@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from edge_helpers import Central, await_until, base_config, make_config, running
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from edge_helpers import Central, Requester, await_until, base_config, make_config, running
 
 from edge_agent import EdgeAgent
 from smartcity._localstack import Mosquitto
 from telemetry import (
     Birth,
-    CommandRequest,
-    CommandResponse,
     ConfigDesired,
     ConfigReported,
     Reading,
@@ -109,37 +100,6 @@ def test_remote_config_rejected_then_applied_and_persisted(
     again = EdgeAgent(make_config(data))
     assert again.config_version == 4
     assert again.config.processors[0].stages[0].type == "validity"
-
-
-class Requester:
-    def __init__(self, port: int, root: str) -> None:
-        self.replies: dict[bytes, CommandResponse] = {}
-        self.got = threading.Event()
-        cid = f"ops-{uuid.uuid4().hex[:8]}"
-        self.response_topic = f"{root}/v1/gw-test/cmd/response/{cid}"
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cid, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe(self.response_topic, qos=1)
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        corr = msg.properties.CorrelationData  # type: ignore[union-attr]
-        self.replies[corr] = decode_message(msg.payload, CommandResponse)
-        self.got.set()
-
-    def request(self, topic: str, cmd: str, corr: bytes, **args: Any) -> None:
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.response_topic
-        props.CorrelationData = corr
-        payload = encode_message(CommandRequest(cmd=cmd, args=args))
-        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.mark.integration
