@@ -16,6 +16,8 @@ from simulators.cli import app
 from smartcity._localstack import Mosquitto
 
 runner = CliRunner()
+# The sim app on its own (what `smartcity sim` mounts), independent of the other services.
+SIM = [sys.executable, "-c", "from simulators.cli import app; app()"]
 
 
 def test_help_lists_the_commands() -> None:
@@ -56,7 +58,7 @@ def test_run_publishes_a_scenario_and_writes_its_ledger(
     broker = mosquitto_factory()
     ledger = tmp_path / "ledger.json"
     result = subprocess.run(
-        [sys.executable, "-m", "smartcity", "sim", "run", "--scenario", "small",
+        [*SIM, "run", "--scenario", "small",
          "--broker", broker.url, "--speed", "600", "--duration", "2",
          "--topic-root", topic_root, "--ledger", str(ledger)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -72,7 +74,7 @@ def test_run_against_no_broker_exits_1(topic_root: str) -> None:
     from smartcity._localstack import free_port
 
     result = subprocess.run(
-        [sys.executable, "-m", "smartcity", "sim", "run", "--scenario", "small",
+        [*SIM, "run", "--scenario", "small",
          "--broker", f"mqtt://127.0.0.1:{free_port()}", "--duration", "1"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
