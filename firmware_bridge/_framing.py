@@ -54,7 +54,9 @@ _HEADER: Final = struct.Struct(">BBIH")
 HEADER_SIZE: Final = _HEADER.size  # 8
 CRC_SIZE: Final = 2
 MIN_FRAME_SIZE: Final = HEADER_SIZE + CRC_SIZE  # 10
-MAX_FRAME_SIZE: Final = 512
+#: Room for a HELLO listing ~15 channels with names and units (multi-lane detectors), and
+#: still one small buffer on a microcontroller.
+MAX_FRAME_SIZE: Final = 1024
 MAX_PAYLOAD_SIZE: Final = MAX_FRAME_SIZE - MIN_FRAME_SIZE
 #: COBS adds one byte per started 254-byte block.
 MAX_ENCODED_SIZE: Final = MAX_FRAME_SIZE + (MAX_FRAME_SIZE + 253) // 254

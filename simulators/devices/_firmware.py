@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from firmware_bridge import (
+    MAX_PAYLOAD_SIZE,
     Ack,
     Channel,
     CommandResult,
@@ -160,6 +161,15 @@ class FirmwareDevice:
         self.stop()
 
     def start(self) -> None:
+        # A HELLO that cannot be framed is a configuration error: say so here, not as a
+        # crash of the device thread later.
+        _, payload = encode_message(self.hello())
+        if len(payload) > MAX_PAYLOAD_SIZE:
+            raise ValueError(
+                f"device {self.config.device_id:#x}: HELLO for {len(self.config.channels)} "
+                f"channels is {len(payload)} bytes, the frame payload limit is "
+                f"{MAX_PAYLOAD_SIZE}: expose fewer channels"
+            )
         if not self.port.plugged:
             self.port.plug()
         self._thread = threading.Thread(

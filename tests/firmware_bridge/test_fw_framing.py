@@ -204,3 +204,29 @@ def test_reset_drops_a_partial_frame() -> None:
     dec.reset()
     assert dec.feed(good) == [Frame(1, 2, 3, b"xyz")]
     assert sum(dec.counters[r] for r in DISCARD_REASONS) == 0
+
+
+def test_a_multi_lane_detector_hello_fits_one_frame() -> None:
+    from firmware_bridge import Channel, Hello, ValueType, encode_message
+
+    fields = ("intensity", "averageVehicleSpeed", "occupancy", "averageHeadwayTime", "vehicleCount")
+    channels = tuple(
+        Channel(
+            index=lane * 5 + i,
+            value_type=ValueType.F32,
+            measurement="TrafficFlowObserved",
+            field=name,
+            unit="km/h",
+            tags={"lane": str(lane)},
+        )
+        for lane in range(3)
+        for i, name in enumerate(fields)
+    )
+    hello = Hello(firmware_version=(1, 0, 0), has_clock=True, sample_interval_ms=1000,
+                  channels=channels)  # fmt: skip
+    msg_type, payload = encode_message(hello)
+    frame = encode_frame(msg_type, 0x0A00, 1, payload)
+    consumed, decoded = decode(frame)
+    assert consumed == len(frame)
+    assert isinstance(decoded, Frame)
+    assert decoded.payload == payload

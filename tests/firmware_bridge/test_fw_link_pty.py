@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from firmware_bridge import (
+    MAX_ENCODED_SIZE,
     Backoff,
     CommandRejected,
     CommandTimeout,
@@ -192,7 +193,7 @@ def test_noise_is_counted_and_every_good_frame_survives(port: PtyPort) -> None:
                 good(0)[:9],  # truncated frame (and no closing delimiter)
                 bytes([0, 5, 1, 2, 0]),  # cobs error
                 bytes([0, 3, 1, 1, 0]),  # runt
-                b"\x00" + b"\x01" * 700 + b"\x00",  # oversize
+                b"\x00" + b"\x01" * (MAX_ENCODED_SIZE + 100) + b"\x00",  # oversize
             ]
             stream = b""
             for i, junk in enumerate(noise):
