@@ -1,0 +1,313 @@
+// Entry point: sign-in, loading snapshots over REST, the live stream, and wiring the panels.
+//
+// The API key lives in sessionStorage only (this tab, until it closes): never in
+// localStorage, cookies or the page URL. A key handed over in the URL fragment
+// (#key=..., which browsers never send to a server) is moved to sessionStorage and
+// removed from the address bar before anything else runs.
+
+import { Api, ApiError } from "./api.js";
+import { CityModel } from "./model.js";
+import { CityMap } from "./map.js";
+import { LiveStream } from "./live.js";
+import { AlertsPanel, DetailsPanel, GatewaysPanel } from "./panels.js";
+import { ago, el } from "./util.js";
+
+const STORAGE_KEY = "smartcity.apiKey";
+const MESSAGE_KEY = "smartcity.signInMessage";
+const $ = (sel) => document.querySelector(sel);
+
+function takeKeyFromFragment() {
+  const match = /^#key=([A-Za-z0-9_.~-]{8,256})$/.exec(window.location.hash);
+  if (window.location.hash) {
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+class Dashboard {
+  constructor() {
+    this.model = null;
+    this.live = null;
+    this.timers = [];
+    this.renderPending = false;
+    this.alertsDirty = false;
+    this.gatewaysDirty = false;
+    this.resyncTimer = null;
+  }
+
+  // -- session --------------------------------------------------------------------------
+  async boot() {
+    const handed = takeKeyFromFragment();
+    if (handed) sessionStorage.setItem(STORAGE_KEY, handed);
+    $("#signin-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.signIn($("#key").value.trim());
+    });
+    $("#signout").addEventListener("click", () => this.signOut("Signed out."));
+    const key = sessionStorage.getItem(STORAGE_KEY);
+    const message = sessionStorage.getItem(MESSAGE_KEY) || "";
+    sessionStorage.removeItem(MESSAGE_KEY);
+    if (key) await this.signIn(key, true);
+    else this.showSignIn(message);
+  }
+
+  showSignIn(message = "") {
+    document.body.dataset.session = "signed-out";
+    $("#app").hidden = true;
+    $("#signout").hidden = true;
+    $("#signin").hidden = false;
+    $("#signin-error").textContent = message;
+    $("#key").value = "";
+    $("#key").focus();
+  }
+
+  async signIn(key, restoring = false) {
+    if (!key) {
+      $("#signin-error").textContent = "Enter an API key.";
+      return;
+    }
+    const api = new Api(key);
+    try {
+      await api.get("/v1/vocabulary").then((v) => { this.vocabulary = v; });
+    } catch (exc) {
+      sessionStorage.removeItem(STORAGE_KEY);
+      const why = exc instanceof ApiError && exc.status === 401 ? "That key was not accepted."
+        : exc instanceof ApiError && exc.status === 429 ? "Too many attempts; wait a moment."
+          : `Cannot reach the API (${exc.message}).`;
+      this.showSignIn(restoring ? `Your session ended: ${why}` : why);
+      return;
+    }
+    sessionStorage.setItem(STORAGE_KEY, key);
+    $("#key").value = "";
+    api.onUnauthorized = () => this.signOut("The key is no longer accepted; sign in again.");
+    this.start(api);
+  }
+
+  signOut(message) {
+    // Forget the key, then start over from a fresh page: nothing the key unlocked stays in
+    // memory or in the DOM. Only the (secret-free) message survives the reload.
+    sessionStorage.removeItem(STORAGE_KEY);
+    if (this.live) this.live.stop();
+    sessionStorage.setItem(MESSAGE_KEY, message);
+    window.location.reload();
+  }
+
+  // -- running ----------------------------------------------------------------------------
+  start(api) {
+    this.api = api;
+    this.model = new CityModel();
+    this.model.setVocabulary(this.vocabulary);
+    document.body.dataset.session = "signed-in";
+    $("#signin").hidden = true;
+    $("#app").hidden = false;
+    $("#signout").hidden = false;
+    const select = (key) => this.select(key);
+    const selectGateway = (id) => this.selectGateway(id);
+    this.map = new CityMap($("#map"), this.model, {
+      onSelect: select,
+      onCursor: (text) => { $("#map-status").textContent = `${text}. Enter shows details.`; },
+    });
+    this.details = new DetailsPanel($("#details"), { api, model: this.model, onSelectDevice: select });
+    this.details.clear();
+    this.alerts = new AlertsPanel($("#alerts"), { api, model: this.model, onSelectDevice: select, onSelectGateway: selectGateway });
+    this.gateways = new GatewaysPanel($("#gateways"), { api, model: this.model, onSelectGateway: selectGateway });
+    this._bindToolbar();
+    this.live = new LiveStream(() => sessionStorage.getItem(STORAGE_KEY), {
+      onEvent: (e) => this.onEvent(e),
+      onStatus: (s, delay) => this.onStatus(s, delay),
+      onResync: (why) => this.resync(why),
+      onAuthFailed: () => this.checkKey(),
+    });
+    this.resync("start").then(() => this.live && this.live.start());
+    // Inventory and completeness change slowly: poll them; readings and alerts come live.
+    this.timers.push(setInterval(() => this.refreshInventory(), 15000));
+    this.timers.push(setInterval(() => this.refreshAlerts(), 30000));
+    this.timers.push(setInterval(() => this.tick(), 1000));
+  }
+
+  async resync(why) {
+    clearTimeout(this.resyncTimer);
+    if (why === "dropped") {
+      // Many drops in a burst: one REST resync is enough.
+      this.resyncTimer = setTimeout(() => this.resync("dropped-now"), 1000);
+      return;
+    }
+    const api = this.api;
+    if (!api) return;
+    try {
+      const [devices, gateways, vehicles, links, parking, air, alerts] = await Promise.all([
+        api.getAll("/v1/devices"), api.getAll("/v1/gateways"),
+        api.getAll("/v1/transport/vehicles"), api.getAll("/v1/transport/links"),
+        api.getAll("/v1/transport/parking"), api.getAll("/v1/resources/air"),
+        api.get("/v1/alerts"),
+      ]);
+      if (api !== this.api) return;
+      const m = this.model;
+      m.setDevices(devices);
+      m.setGateways(gateways);
+      m.setVehicles(vehicles);
+      m.setLinks(links);
+      m.setParking(parking);
+      m.setAir(air);
+      m.setAlerts(alerts.items);
+      this.alertsDirty = this.gatewaysDirty = true;
+      this.scheduleRender();
+      $("#load-error").textContent = "";
+    } catch (exc) {
+      if (exc instanceof ApiError && exc.status === 401) return;
+      $("#load-error").textContent = `Could not load the city: ${exc.message}. Retrying.`;
+      this.resyncTimer = setTimeout(() => this.resync("retry"), 5000);
+    }
+  }
+
+  async refreshInventory() {
+    if (!this.api) return;
+    try {
+      const [devices, gateways] = await Promise.all([this.api.getAll("/v1/devices"), this.api.getAll("/v1/gateways")]);
+      this.model.setDevices(devices);
+      this.model.setGateways(gateways);
+      this.gatewaysDirty = true;
+      this.scheduleRender();
+    } catch {
+      // shown by the connection state; the next poll retries
+    }
+  }
+
+  async refreshAlerts() {
+    if (!this.api) return;
+    try {
+      this.model.setAlerts((await this.api.get("/v1/alerts")).items);
+      this.alertsDirty = true;
+      this.scheduleRender();
+    } catch {
+      // next poll retries
+    }
+  }
+
+  async checkKey() {
+    if (!this.api) return;
+    try {
+      await this.api.get("/v1/vocabulary");
+    } catch {
+      // a 401 signs out through onUnauthorized; anything else: the stream keeps retrying
+    }
+  }
+
+  onEvent(event) {
+    const what = this.model.apply(event);
+    if (what === "alerts") this.alertsDirty = true;
+    if (what === "gateways") this.gatewaysDirty = true;
+    if (what) this.scheduleRender();
+  }
+
+  onStatus(state, delay) {
+    const pill = $("#conn");
+    pill.dataset.state = state;
+    document.body.dataset.live = state;
+    pill.textContent = state === "live" ? "Live"
+      : state === "reconnecting" ? `Reconnecting in ${Math.max(1, Math.round(delay))} s`
+        : state === "connecting" ? "Connecting…" : "Not connected";
+  }
+
+  scheduleRender() {
+    if (this.renderPending) return;
+    this.renderPending = true;
+    // At most four redraws a second, whatever the event rate.
+    setTimeout(() => requestAnimationFrame(() => {
+      this.renderPending = false;
+      if (!this.model) return;
+      this.map.render();
+      if (this.alertsDirty) this.alerts.render();
+      if (this.gatewaysDirty) this.gateways.render();
+      this.alertsDirty = this.gatewaysDirty = false;
+      this._updateSearch();
+    }), 250);
+  }
+
+  tick() {
+    const m = this.model;
+    if (!m) return;
+    $("#last-event").textContent = m.lastEventAt ? `last update ${ago(new Date(m.lastEventAt).toISOString())}` : "";
+  }
+
+  // -- selection ----------------------------------------------------------------------------
+  async select(key) {
+    if (!key) {
+      this.map.select(null);
+      this.details.clear();
+      return;
+    }
+    this.map.select(key);
+    this.map.centreOn(key);
+    await this.details.showDevice(key);
+  }
+
+  async selectGateway(id) {
+    this.map.select(null);
+    await this.details.showGateway(id);
+  }
+
+  _bindToolbar() {
+    for (const box of document.querySelectorAll("#layers input[type=checkbox]")) {
+      box.onchange = () => this.map.setLayerVisible(box.value, box.checked);
+    }
+    $("#zoom-in").onclick = () => this.map.zoom(1 / 1.5);
+    $("#zoom-out").onclick = () => this.map.zoom(1.5);
+    $("#zoom-reset").onclick = () => this.map.reset();
+    const search = $("#search");
+    search.onchange = () => this._search(search.value);
+    search.onkeydown = (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        this._search(search.value);
+      }
+    };
+  }
+
+  _search(text) {
+    const q = text.trim().toLowerCase();
+    if (!q) return;
+    const features = this.model.features();
+    const hit = features.find((f) => f.key.toLowerCase() === q || f.key.split("/")[1].toLowerCase() === q)
+      || features.find((f) => f.key.toLowerCase().includes(q));
+    if (hit) {
+      this.select(hit.key);
+      $("#map-status").textContent = `Found ${this.map.describe(hit.layer, hit.key)}.`;
+    } else if (this.model.gateways.has(text.trim())) {
+      this.selectGateway(text.trim());
+    } else {
+      $("#map-status").textContent = `Nothing matches “${text}”.`;
+    }
+  }
+
+  _updateSearch() {
+    const list = $("#search-options");
+    const size = this.model.devices.size + this.model.gateways.size;
+    if (list.dataset.size === String(size)) return;
+    list.dataset.size = String(size);
+    while (list.firstChild) list.firstChild.remove();
+    for (const f of this.model.features()) list.append(el("option", { value: f.key.split("/")[1] }));
+    for (const id of this.model.gateways.keys()) list.append(el("option", { value: id }));
+  }
+}
+
+// Global shortcuts (not while typing in a field).
+document.addEventListener("keydown", (e) => {
+  const t = e.target;
+  if (e.altKey || e.ctrlKey || e.metaKey) return;
+  if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
+  if (document.body.dataset.session !== "signed-in") return;
+  const go = { "/": "#search", m: "#map", a: "#alerts-title", g: "#gateways-title", d: "#details-title" }[e.key];
+  if (go) {
+    e.preventDefault();
+    $(go).focus();
+  } else if (e.key === "?") {
+    const help = $("#help");
+    help.open = !help.open;
+  }
+});
+
+export const dashboard = new Dashboard();
+window.addEventListener("DOMContentLoaded", () => dashboard.boot());
+// For tests and console debugging (same page, so it exposes nothing sessionStorage does not).
+window.smartcityDashboard = dashboard;

@@ -1,0 +1,418 @@
+// The city map in SVG: roads (link geometry), links coloured by congestion, car parks with
+// free spaces, air-quality stations coloured by EAQI band, vehicles moving. No tiles needed.
+//
+// Coordinates: an equirectangular projection around the city's centre, in metres-like
+// user units (x east, y south). Markers are drawn in screen pixels: each marker group is
+// scaled by the current units-per-pixel, so zooming changes positions, not marker sizes.
+
+import { svg, clear, fmtNumber } from "./util.js";
+
+const M_PER_DEG = 111320;
+const BASE_VIEW_PAD = 0.06;
+const LABEL_MAX_PARKING = 60;
+
+export const CONGESTION_COLOURS = {
+  free: "#1b7f3b", moderate: "#b26a00", heavy: "#d2461b", severe: "#a0001c", unknown: "#6b6b6b",
+};
+// The EEA's EAQI colours; markers get a dark outline so the pale ones stay visible.
+export const AQI_COLOURS = {
+  good: "#50f0e6", fair: "#50ccaa", moderate: "#f0e641", poor: "#ff5050",
+  "very poor": "#960032", "extremely poor": "#7d2181",
+};
+
+const LAYER_LABEL = { vehicles: "Vehicle", parking: "Car park", air: "Air-quality station", links: "Traffic link" };
+
+export class CityMap {
+  /**
+   * @param {HTMLElement} host  focusable container (the SVG goes inside)
+   * @param {import("./model.js").CityModel} model
+   * @param {{onSelect: Function, onCursor: Function}} handlers
+   */
+  constructor(host, model, handlers) {
+    this.host = host;
+    this.model = model;
+    this.handlers = handlers;
+    this.svg = svg("svg", { id: "map-svg", role: "img", "aria-label": "Map of the city", "aria-roledescription": "map" });
+    this.svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    this.groups = {};
+    for (const name of ["trails", "roads", "links", "parking", "air", "vehicles", "cursor"]) {
+      this.groups[name] = svg("g", { id: `layer-${name}`, class: `layer layer-${name}` });
+      this.svg.append(this.groups[name]);
+    }
+    this.host.append(this.svg);
+    this.nodes = new Map();       // key -> {g, layer}
+    this.trails = new Map();      // key -> polyline
+    this.origin = null;           // [lat0, lon0, cos(lat0)]
+    this.home = null;             // {x, y, w, h} fitted view
+    this.view = null;             // current view
+    this.userMoved = false;
+    this.selected = null;
+    this.cursor = -1;
+    this.cursorList = [];
+    this.hidden = new Set();
+    this._bind();
+    new ResizeObserver(() => this._rescale()).observe(this.host);
+  }
+
+  // -- projection -----------------------------------------------------------------------
+  project(lat, lon) {
+    const [lat0, lon0, k] = this.origin;
+    return [(lon - lon0) * k * M_PER_DEG, (lat0 - lat) * M_PER_DEG];
+  }
+
+  _fit() {
+    const pts = [];
+    for (const d of this.model.devices.values()) {
+      if (d.location) pts.push([d.location.lat, d.location.lon]);
+      if (d.geometry) pts.push(...d.geometry);
+    }
+    for (const layer of ["vehicles", "links", "parking", "air"]) {
+      for (const key of this.model.layers[layer].keys()) {
+        const p = this.model.position(layer, key);
+        if (p) pts.push(p);
+      }
+    }
+    if (!pts.length) return false;
+    let [minLat, maxLat, minLon, maxLon] = [90, -90, 180, -180];
+    for (const [lat, lon] of pts) {
+      minLat = Math.min(minLat, lat); maxLat = Math.max(maxLat, lat);
+      minLon = Math.min(minLon, lon); maxLon = Math.max(maxLon, lon);
+    }
+    const lat0 = (minLat + maxLat) / 2;
+    if (!this.origin) this.origin = [lat0, (minLon + maxLon) / 2, Math.cos((lat0 * Math.PI) / 180)];
+    const [x0, y1] = this.project(minLat, minLon);
+    const [x1, y0] = this.project(maxLat, maxLon);
+    const w = Math.max(x1 - x0, 200);
+    const h = Math.max(y1 - y0, 200);
+    const pad = Math.max(w, h) * BASE_VIEW_PAD;
+    this.home = { x: (x0 + x1) / 2 - w / 2 - pad, y: (y0 + y1) / 2 - h / 2 - pad, w: w + 2 * pad, h: h + 2 * pad };
+    if (!this.userMoved || !this.view) this.view = { ...this.home };
+    return true;
+  }
+
+  /** User units per screen pixel. */
+  unitsPerPx() {
+    const r = this.svg.getBoundingClientRect();
+    if (!r.width || !r.height || !this.view) return 1;
+    return Math.max(this.view.w / r.width, this.view.h / r.height);
+  }
+
+  _applyView() {
+    const v = this.view;
+    this.svg.setAttribute("viewBox", `${v.x} ${v.y} ${v.w} ${v.h}`);
+    this._rescale();
+  }
+
+  _rescale() {
+    if (!this.view) return;
+    const u = this.unitsPerPx();
+    if (u === this.u) return;
+    this.u = u;
+    this.svg.style.setProperty("--u", String(u));
+    this.svg.classList.toggle("labels", this.model.layers.parking.size <= LABEL_MAX_PARKING || u < (this.home.w / 2500));
+    for (const [key, node] of this.nodes) this._place(key, node);
+    this._drawCursor();
+  }
+
+  // -- drawing --------------------------------------------------------------------------
+  render() {
+    const m = this.model;
+    if (m.geometryChanged) {
+      m.geometryChanged = false;
+      if (this._fit()) {
+        this._applyView();
+        this._drawRoads();
+        for (const layer of ["links", "parking", "air", "vehicles"]) {
+          for (const key of m.layers[layer].keys()) m.dirty.add(key);
+        }
+      }
+    }
+    if (!this.origin) return;
+    for (const key of m.dirty) {
+      const layer = m.layerOf(key);
+      if (layer) this._update(layer, key);
+    }
+    m.dirty.clear();
+    this.host.dataset.vehicles = String(m.layers.vehicles.size);
+    this.host.dataset.links = String(m.layers.links.size);
+    this.host.dataset.parking = String(m.layers.parking.size);
+    this.host.dataset.air = String(m.layers.air.size);
+    this.host.dataset.ready = "true";
+  }
+
+  _drawRoads() {
+    // Links that announce a geometry are drawn as roads; the coloured overlay comes later.
+    const g = this.groups.roads;
+    clear(g);
+    for (const d of this.model.devices.values()) {
+      if (!d.geometry) continue;
+      g.append(svg("polyline", { points: this._points(d.geometry), class: "road" }));
+    }
+  }
+
+  _points(coords) {
+    return coords.map(([lat, lon]) => this.project(lat, lon).map((v) => v.toFixed(1)).join(",")).join(" ");
+  }
+
+  _update(layer, key) {
+    const f = this.model.layers[layer].get(key);
+    let node = this.nodes.get(key);
+    if (!node) {
+      node = this._create(layer, key);
+      if (!node) return;
+      this.nodes.set(key, node);
+    }
+    if (layer === "links") {
+      const colour = CONGESTION_COLOURS[f.level || "unknown"];
+      node.shape.setAttribute("stroke", colour);
+      if (node.dot) node.dot.setAttribute("fill", colour);
+      node.g.dataset.level = f.level || "unknown";
+    } else if (layer === "parking") {
+      const free = typeof f.free === "number" ? f.free : null;
+      node.label.textContent = free === null ? "?" : fmtNumber(free, 0);
+      const full = f.occupancy !== null && f.occupancy !== undefined && f.occupancy >= 0.95;
+      node.g.classList.toggle("full", full);
+      node.g.dataset.free = free === null ? "" : String(free);
+    } else if (layer === "air") {
+      node.shape.setAttribute("fill", AQI_COLOURS[f.band] || "#bdbdbd");
+      node.g.dataset.band = f.band || "";
+      // The EAQI's own 1 (good) to 6 (extremely poor) scale: no letter to confuse with "P".
+      const level = this.model.bands.indexOf(f.band);
+      node.label.textContent = level >= 0 ? String(level + 1) : "?";
+      node.label.classList.toggle("on-dark", f.band === "very poor" || f.band === "extremely poor" || f.band === "poor");
+    } else if (layer === "vehicles") {
+      const trail = this.trails.get(key);
+      if (trail && f.trail.length > 1) trail.setAttribute("points", this._points(f.trail));
+    }
+    this._place(key, node);
+    node.g.setAttribute("aria-label", this.describe(layer, key));
+  }
+
+  _create(layer, key) {
+    const pos = this.model.position(layer, key);
+    const device = this.model.devices.get(key);
+    if (!pos && !(layer === "links" && device && device.geometry)) return null;
+    const g = svg("g", { class: `feature ${layer}`, "data-key": key, "data-layer": layer });
+    const node = { g, layer };
+    if (layer === "links") {
+      if (device && device.geometry) {
+        node.shape = svg("polyline", { points: this._points(device.geometry), class: "link-line" });
+        node.line = true;
+        g.append(node.shape);
+        // A wide transparent twin makes a thin line easy to click.
+        g.prepend(svg("polyline", { points: this._points(device.geometry), class: "hit" }));
+      } else {
+        node.marker = svg("g", { class: "marker" });
+        node.shape = svg("path", { d: "M-7,0 L7,0", class: "link-tick" });
+        node.dot = svg("circle", { r: 4.5, class: "link-dot" });
+        node.marker.append(node.shape, node.dot);
+        g.append(node.marker);
+      }
+    } else if (layer === "parking") {
+      node.marker = svg("g", { class: "marker" });
+      node.marker.append(svg("rect", { x: -9, y: -9, width: 18, height: 18, rx: 3, class: "park-box" }));
+      node.marker.append(svg("text", { x: 0, y: 4.5, class: "park-p", "text-anchor": "middle", text: "P" }));
+      node.label = svg("text", { x: 0, y: 22, class: "park-free", "text-anchor": "middle" });
+      node.marker.append(node.label);
+      g.append(node.marker);
+    } else if (layer === "air") {
+      node.marker = svg("g", { class: "marker" });
+      node.shape = svg("circle", { r: 8, class: "air-dot" });
+      node.label = svg("text", { x: 0, y: 3.5, class: "air-band", "text-anchor": "middle" });
+      node.marker.append(node.shape, node.label);
+      g.append(node.marker);
+    } else if (layer === "vehicles") {
+      node.marker = svg("g", { class: "marker" });
+      node.marker.append(svg("path", { d: "M0,-10 L7,8 L0,4 L-7,8 Z", class: "bus" }));
+      g.append(node.marker);
+      const trail = svg("polyline", { class: "trail", points: "" });
+      this.groups.trails.append(trail);
+      this.trails.set(key, trail);
+    }
+    this.groups[layer].append(g);
+    return node;
+  }
+
+  _place(key, node) {
+    if (node.line || !node.marker) return;
+    const pos = this.model.position(node.layer, key);
+    if (!pos) return;
+    const [x, y] = this.project(pos[0], pos[1]);
+    const u = this.u || this.unitsPerPx();
+    node.g.dataset.x = x.toFixed(2);
+    node.g.dataset.y = y.toFixed(2);
+    if (node.layer === "vehicles") {
+      const f = this.model.layers.vehicles.get(key);
+      const heading = typeof f.heading === "number" ? f.heading : 0;
+      node.g.dataset.lat = String(pos[0]);
+      node.g.dataset.lon = String(pos[1]);
+      // CSS transform (not the attribute) so the move is animated by a transition.
+      node.g.style.transform = `translate(${x}px, ${y}px)`;
+      node.marker.style.transform = `scale(${u}) rotate(${heading}deg)`;
+    } else {
+      node.g.setAttribute("transform", `translate(${x.toFixed(2)},${y.toFixed(2)})`);
+      node.marker.setAttribute("transform", `scale(${u})`);
+    }
+  }
+
+  describe(layer, key) {
+    const f = this.model.layers[layer].get(key);
+    const id = f ? f.device : key;
+    if (!f) return `${LAYER_LABEL[layer]} ${id}`;
+    if (layer === "vehicles") {
+      const route = f.routeId ? `, route ${f.routeId}` : "";
+      return `Vehicle ${id}${route}, ${fmtNumber(f.speed)} km/h`;
+    }
+    if (layer === "parking") return `Car park ${id}, ${f.free ?? "unknown"} of ${f.total ?? "?"} spaces free`;
+    if (layer === "air") return `Air-quality station ${id}, ${f.band || "no"} air quality`;
+    return `Traffic link ${id}, ${f.level || "unknown"} traffic, ${fmtNumber(f.speed)} km/h`;
+  }
+
+  // -- visibility, selection and the keyboard cursor -----------------------------------
+  setLayerVisible(layer, visible) {
+    const names = layer === "vehicles" ? ["vehicles", "trails"] : layer === "links" ? ["links", "roads"] : [layer];
+    for (const n of names) this.groups[n].classList.toggle("hidden", !visible);
+    if (visible) this.hidden.delete(layer);
+    else this.hidden.add(layer);
+  }
+
+  select(key) {
+    if (this.selected) this.nodes.get(this.selected)?.g.classList.remove("selected");
+    this.selected = key;
+    const node = key && this.nodes.get(key);
+    if (node) {
+      node.g.classList.add("selected");
+      node.g.parentNode.append(node.g); // on top
+    }
+  }
+
+  /** Centre the view on a feature (keeps the zoom unless zoomed out fully). */
+  centreOn(key) {
+    const layer = this.model.layerOf(key);
+    const pos = layer && this.model.position(layer, key);
+    const d = this.model.devices.get(key);
+    const target = pos || (d && d.geometry && d.geometry[Math.floor(d.geometry.length / 2)]);
+    if (!target || !this.view) return;
+    const [x, y] = this.project(target[0], target[1]);
+    const v = this.view;
+    if (x < v.x || x > v.x + v.w || y < v.y || y > v.y + v.h) {
+      this.view = { ...v, x: x - v.w / 2, y: y - v.h / 2 };
+      this.userMoved = true;
+      this._applyView();
+    }
+  }
+
+  moveCursor(step) {
+    this.cursorList = this.model.features().filter((f) => !this.hidden.has(f.layer));
+    if (!this.cursorList.length) return;
+    const at = this.cursorList.findIndex((f) => f.key === this.cursorKey);
+    this.cursor = (at < 0 ? (step > 0 ? -1 : 0) : at) + step;
+    this.cursor = (this.cursor + this.cursorList.length) % this.cursorList.length;
+    const f = this.cursorList[this.cursor];
+    this.cursorKey = f.key;
+    this.centreOn(f.key);
+    this._drawCursor();
+    this.handlers.onCursor(this.describe(f.layer, f.key), f.key);
+  }
+
+  _drawCursor() {
+    const g = this.groups.cursor;
+    clear(g);
+    if (!this.cursorKey || !this.origin) return;
+    const layer = this.model.layerOf(this.cursorKey);
+    let pos = layer && this.model.position(layer, this.cursorKey);
+    const d = this.model.devices.get(this.cursorKey);
+    if (!pos && d && d.geometry) pos = d.geometry[Math.floor(d.geometry.length / 2)];
+    if (!pos) return;
+    const [x, y] = this.project(pos[0], pos[1]);
+    const ring = svg("circle", { cx: x, cy: y, r: 16 * (this.u || 1), class: "cursor-ring" });
+    g.append(ring);
+  }
+
+  // -- zoom and pan ----------------------------------------------------------------------
+  zoom(factor, cx = null, cy = null) {
+    if (!this.view) return;
+    const v = this.view;
+    const x = cx ?? v.x + v.w / 2;
+    const y = cy ?? v.y + v.h / 2;
+    const w = Math.min(Math.max(v.w * factor, this.home.w / 40), this.home.w * 4);
+    const f = w / v.w;
+    this.view = { x: x - (x - v.x) * f, y: y - (y - v.y) * f, w, h: v.h * f };
+    this.userMoved = true;
+    this._applyView();
+  }
+
+  pan(dx, dy) {
+    if (!this.view) return;
+    this.view = { ...this.view, x: this.view.x + dx * this.view.w, y: this.view.y + dy * this.view.h };
+    this.userMoved = true;
+    this._applyView();
+  }
+
+  reset() {
+    if (!this.home) return;
+    this.view = { ...this.home };
+    this.userMoved = false;
+    this._applyView();
+  }
+
+  _toUser(clientX, clientY) {
+    const p = new DOMPoint(clientX, clientY).matrixTransform(this.svg.getScreenCTM().inverse());
+    return [p.x, p.y];
+  }
+
+  _bind() {
+    this.svg.addEventListener("click", (e) => {
+      if (this.dragged) return;
+      const g = e.target.closest && e.target.closest("[data-key]");
+      if (g) this.handlers.onSelect(g.dataset.key);
+    });
+    this.svg.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const [x, y] = this._toUser(e.clientX, e.clientY);
+      this.zoom(e.deltaY > 0 ? 1.2 : 1 / 1.2, x, y);
+    }, { passive: false });
+    let start = null;
+    this.svg.addEventListener("pointerdown", (e) => {
+      start = { x: e.clientX, y: e.clientY, view: { ...this.view } };
+      this.dragged = false;
+    });
+    this.svg.addEventListener("pointermove", (e) => {
+      if (!start || !this.view) return;
+      const dx = e.clientX - start.x;
+      const dy = e.clientY - start.y;
+      if (!this.dragged && Math.hypot(dx, dy) < 5) return;
+      if (!this.dragged) this.svg.setPointerCapture(e.pointerId);
+      this.dragged = true;
+      const u = this.unitsPerPx();
+      this.view = { ...start.view, x: start.view.x - dx * u, y: start.view.y - dy * u };
+      this.userMoved = true;
+      this._applyView();
+    });
+    const end = () => {
+      start = null;
+      setTimeout(() => { this.dragged = false; }, 0);
+    };
+    this.svg.addEventListener("pointerup", end);
+    this.svg.addEventListener("pointercancel", end);
+    this.host.addEventListener("keydown", (e) => {
+      if (e.altKey || e.ctrlKey || e.metaKey) return;
+      const keys = {
+        ArrowLeft: () => this.pan(-0.1, 0), ArrowRight: () => this.pan(0.1, 0),
+        ArrowUp: () => this.pan(0, -0.1), ArrowDown: () => this.pan(0, 0.1),
+        "+": () => this.zoom(1 / 1.5), "=": () => this.zoom(1 / 1.5), "-": () => this.zoom(1.5),
+        0: () => this.reset(),
+        n: () => this.moveCursor(1), "]": () => this.moveCursor(1),
+        p: () => this.moveCursor(-1), "[": () => this.moveCursor(-1),
+        Enter: () => this.cursorKey && this.handlers.onSelect(this.cursorKey),
+        " ": () => this.cursorKey && this.handlers.onSelect(this.cursorKey),
+        Escape: () => this.handlers.onSelect(null),
+      };
+      const action = keys[e.key];
+      if (action) {
+        e.preventDefault();
+        action();
+      }
+    });
+  }
+}
