@@ -154,6 +154,7 @@ def test_live_batches_overtake_a_long_backlog_on_a_slow_link(
     assert len(early) >= 5
     late = [ts for ts in early if live[ts] > drained_at]
     assert not late, f"{len(late)} live readings waited behind the backlog"
-    # ... and quickly: within a batch age and a few round trips.
+    # ... and quickly: a batch age (0.2 s), a tick and a few round trips, with slack for a
+    # loaded test machine; far below the drain time.
     waits = [live[ts] - ts / 1e9 for ts in early]
-    assert max(waits) < 0.2 + 0.05 + 0.5, waits
+    assert max(waits) < 1.0, waits
