@@ -97,11 +97,17 @@ def demo(
     duration: Annotated[
         float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).")
     ] = 0.0,
+    scenario: Annotated[
+        str, typer.Option(help="Simulated city: a packaged scenario name or a YAML file.")
+    ] = "city",
+    api_port: Annotated[int, typer.Option(help="API port (0: a free one).")] = 0,
 ) -> None:
     """Run the platform on this machine: broker, database, services and a simulated city."""
     from smartcity._demo import run_demo
 
-    raise typer.Exit(code=run_demo(var_dir=var_dir, duration=duration))
+    raise typer.Exit(
+        code=run_demo(var_dir=var_dir, duration=duration, scenario=scenario, api_port=api_port)
+    )
 
 
 def main() -> None:
