@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# mosquitto and influxd are real services in tests and the demo; install them when missing.
+# mosquitto and influxd are real services in tests and the demo; chromium (Debian's, driven
+# by Playwright) runs the dashboard tests, since Playwright's own browser download is not
+# used. Install what is missing, as root only; otherwise print the exact command.
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
 	command -v influxd >/dev/null 2>&1 || test -x /usr/bin/influxd || missing="$$missing influxdb"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing Debian packages:$$missing"; \

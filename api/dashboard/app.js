@@ -44,6 +44,13 @@ class Dashboard {
       this.signIn($("#key").value.trim());
     });
     $("#signout").addEventListener("click", () => this.signOut("Signed out."));
+    window.addEventListener("hashchange", () => {
+      const key = takeKeyFromFragment();
+      if (key && key !== sessionStorage.getItem(STORAGE_KEY)) {
+        sessionStorage.setItem(STORAGE_KEY, key);
+        window.location.reload();
+      }
+    });
     const key = sessionStorage.getItem(STORAGE_KEY);
     const message = sessionStorage.getItem(MESSAGE_KEY) || "";
     sessionStorage.removeItem(MESSAGE_KEY);

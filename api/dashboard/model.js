@@ -92,9 +92,11 @@ export class CityModel {
     return [worst < 0 ? null : this.bands[worst], per];
   }
 
+  /** The unit to show ("" for counts and ratios, whose UCUM unit is "1"). */
   unit(measurement, field, device) {
     const fromDevice = device && device.measurements && device.measurements[measurement];
-    return (fromDevice && fromDevice[field]) || (this.units[measurement] || {})[field] || "";
+    const unit = (fromDevice && fromDevice[field]) || (this.units[measurement] || {})[field] || "";
+    return unit === "1" || unit === "-" ? "" : unit;
   }
 
   setDevices(items) {

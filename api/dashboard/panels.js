@@ -193,7 +193,8 @@ export class DetailsPanel {
         window: this.range.window, aggregate: "mean",
       });
       if (key !== this.key) return;
-      const unit = out.unit || this.model.unit(measurement, field, this.model.devices.get(key));
+      const unit = [out.unit, this.model.unit(measurement, field, this.model.devices.get(key))]
+        .find((u) => u && u !== "1" && u !== "-") || "";
       this.summary.textContent = `${this.range.label} as ${this.range.window} means. ` + this.chart.draw(out.points, { label: field, unit, start: startMs / 1000, end: endMs / 1000 });
     } catch (exc) {
       if (key !== this.key) return;
