@@ -127,6 +127,8 @@ def base_config(
             "host": "127.0.0.1",
             "port": broker.port,
             "topic_root": root,
+            # one persistent session per test, even on the shared broker
+            "client_id": f"edge-{gateway}-{root}",
             "backoff_initial_s": 0.2,
             "backoff_max_s": 1.0,
             "connect_timeout_s": 3.0,

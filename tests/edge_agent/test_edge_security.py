@@ -109,7 +109,7 @@ def test_tls_with_client_certificate_delivers_and_identifies_the_gateway(
     asyncio.run(main())
     log = broker.log_path.read_text()
     # use_identity_as_username: the broker knows the gateway by its certificate's CN.
-    assert "as edge-gw-test (p5, c0, k30, u'gw-tls-7')" in log
+    assert f"as {agent.uplink.client_id} (p5, c0, k30, u'gw-tls-7')" in log
 
 
 @pytest.mark.integration
