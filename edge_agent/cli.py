@@ -7,10 +7,8 @@ inside the commands.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 import typer
 
@@ -28,33 +26,6 @@ ConfigOption = Annotated[
 
 #: Exit code for a config that does not validate (EX_CONFIG from sysexits.h).
 EXIT_CONFIG = 78
-#: Set to ``0`` to keep ``smartcity edge run`` in the ``smartcity`` process (no re-exec).
-LEAN_ENV: Final = "SMARTCITY_EDGE_LEAN"
-
-
-def _exec_lean(config: Path, log_level: str, log_format: str | None) -> None:
-    """Replace a ``smartcity edge run`` process by ``python -m edge_agent run``.
-
-    The ``smartcity`` command imports every service's CLI package at start; where the server
-    extra is installed too, that is FastAPI, SQLAlchemy, httpx... (measured: 99 MB RSS for
-    the agent against 59 MB). ``exec`` keeps the PID, the environment, the open stdio and
-    the signal disposition, so systemd and a shell see the same process; only the modules
-    change. Only the console script re-executes: in-process callers (tests driving the typer
-    app) keep running where they are.
-    """
-    if os.environ.get(LEAN_ENV) == "0" or "smartcity.cli" not in sys.modules:
-        return
-    if Path(sys.argv[0]).name != "smartcity":
-        return
-    args = [sys.executable, "-m", "edge_agent", "run", "--config", str(config.absolute())]
-    args += ["--log-level", log_level]
-    if log_format is not None:
-        args += ["--log-format", log_format]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, args)  # noqa: S606 - same interpreter, argument list, no shell
-
-
 def _limit_malloc_arenas() -> None:
     """Gateways are small: cap glibc malloc arenas (paho and executor threads each get one
     otherwise, each keeping freed memory resident). No effect on other C libraries."""
@@ -108,7 +79,6 @@ def run(
     from edge_agent._errors import ConfigError, EdgeError
     from smartcity._logging import configure_logging
 
-    _exec_lean(config, log_level, log_format)
     _limit_malloc_arenas()
     if log_format not in (None, "json", "console"):
         raise typer.BadParameter("must be json or console", param_hint="--log-format")

@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-
-app = typer.Typer(
-    name="smartcity",
-    help="Smart-city telemetry platform: edge agents, ingest, API and simulators.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+from typer.core import TyperCommand, TyperGroup
 
 # Subcommand -> (module with a typer ``app``, the optional extra it needs).
 _SERVICES = {
@@ -31,11 +25,28 @@ _SERVICES = {
     "api": ("api.cli", "server"),
     "sim": ("simulators.cli", "sim"),
 }
+_OWN_PACKAGES = frozenset(
+    {"telemetry", "smartcity", "edge_agent", "ingest", "api", "simulators", "firmware_bridge"}
+)
 
 
-def _register_missing(name: str, extra: str, missing: str) -> None:
-    """Stand in for a service whose optional dependencies are not installed."""
+def _as_command(sub: typer.Typer, name: str) -> TyperCommand | TyperGroup:
+    command = typer.main.get_command(sub)
+    if not isinstance(command, TyperCommand | TyperGroup):  # typer builds only these
+        raise TypeError(f"unexpected command type {type(command).__name__}")
+    command.name = name
+    return command
 
+
+def _missing_extra(name: str, extra: str, missing: str) -> TyperCommand | TyperGroup:
+    """Stands in for a service whose optional dependencies are not installed."""
+    stub = typer.Typer(add_completion=False)
+
+    @stub.command(
+        name,
+        help=f"(not installed: pip install 'smartcity-telemetry[{extra}]')",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
     def explain() -> None:
         typer.echo(
             f"smartcity {name} needs the '{extra}' extra ({missing} is missing): "
@@ -44,30 +55,44 @@ def _register_missing(name: str, extra: str, missing: str) -> None:
         )
         raise typer.Exit(code=3)
 
-    app.command(
-        name,
-        help=f"(not installed: pip install 'smartcity-telemetry[{extra}]')",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(explain)
+    return _as_command(stub, name)
 
 
-def _register(name: str, module: str, extra: str) -> None:
-    try:
-        sub: typer.Typer = importlib.import_module(module).app
-    except ModuleNotFoundError as exc:
-        # Only a missing third-party package means "extra not installed"; a missing module
-        # of our own is a bug and must surface.
-        if exc.name is None or exc.name.split(".")[0] in _SERVICE_PACKAGES:
-            raise
-        _register_missing(name, extra, exc.name)
-        return
-    app.add_typer(sub, name=name)
+class _LazyServices(TyperGroup):
+    """Imports a service's command line only when that subcommand is used.
+
+    ``smartcity edge run`` on a gateway therefore loads the edge agent and nothing else:
+    no web framework, no database client, and no failure because another service's
+    package cannot be imported.
+    """
+
+    # ``ctx`` is typer's vendored click Context, which typer exposes under no public name.
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*_SERVICES, *super().list_commands(ctx)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> TyperCommand | TyperGroup | None:
+        if cmd_name not in _SERVICES:
+            found = super().get_command(ctx, cmd_name)
+            return found if isinstance(found, TyperCommand | TyperGroup) else None
+        module, extra = _SERVICES[cmd_name]
+        try:
+            sub: typer.Typer = importlib.import_module(module).app
+        except ModuleNotFoundError as exc:
+            # Only a missing third-party package means "extra not installed"; a missing
+            # module of our own is a bug and must surface.
+            if exc.name is None or exc.name.split(".")[0] in _OWN_PACKAGES:
+                raise
+            return _missing_extra(cmd_name, extra, exc.name)
+        return _as_command(sub, cmd_name)
 
 
-_SERVICE_PACKAGES = {"telemetry", "smartcity", "edge_agent", "ingest", "api", "simulators",
-                     "firmware_bridge"}  # fmt: skip
-for _name, (_module, _extra) in _SERVICES.items():
-    _register(_name, _module, _extra)
+app = typer.Typer(
+    name="smartcity",
+    help="Smart-city telemetry platform: edge agents, ingest, API and simulators.",
+    cls=_LazyServices,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def _version_callback(value: bool) -> None:

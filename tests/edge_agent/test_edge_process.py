@@ -73,9 +73,11 @@ def test_smartcity_edge_run_serves_metrics_and_stops_cleanly(
         assert m["edge_spool_dropped_readings_total"] == 0
         assert m["edge_stage_dropped_total,stage=validity"] > 20
         assert "edge_spool_oldest_age_seconds" in m
-        # `smartcity edge run` replaced itself by the lean `python -m edge_agent run`.
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[1:4] == [b"-m", b"edge_agent", b"run"]
+        # `smartcity edge run` loads the edge agent only (no server packages): with every
+        # service's CLI imported it measured 99 MB, the agent alone about 58 MB.
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss_kb = int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1])
+        assert rss_kb < 80 * 1024, rss_kb
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
