@@ -20,6 +20,7 @@ export const AQI_COLOURS = {
   "very poor": "#960032", "extremely poor": "#7d2181",
 };
 
+const LAYER_NAMES = ["links", "vehicles", "parking", "air"];
 const LAYER_LABEL = { vehicles: "Vehicle", parking: "Car park", air: "Air-quality station", links: "Traffic link" };
 
 export class CityMap {
@@ -106,8 +107,13 @@ export class CityMap {
   _rescale() {
     if (!this.view) return;
     const u = this.unitsPerPx();
-    if (u === this.u) return;
+    // Crowded views (a whole 200-gateway city) get smaller markers; zooming in restores them.
+    const total = LAYER_NAMES.reduce((n, l) => n + this.model.layers[l].size, 0);
+    const share = Math.min(1, (this.view.w * this.view.h) / (this.home.w * this.home.h));
+    const density = Math.min(1, Math.max(0.6, Math.sqrt(300 / Math.max(1, total * share))));
+    if (u === this.u && density === this.density) return;
     this.u = u;
+    this.density = density;
     this.svg.style.setProperty("--u", String(u));
     this.svg.classList.toggle("labels", this.model.layers.parking.size <= LABEL_MAX_PARKING || u < (this.home.w / 2500));
     for (const [key, node] of this.nodes) this._place(key, node);
@@ -120,6 +126,7 @@ export class CityMap {
     if (m.geometryChanged) {
       m.geometryChanged = false;
       if (this._fit()) {
+        this.u = null; // re-place every marker for the new extent and density
         this._applyView();
         this._drawRoads();
         for (const layer of ["links", "parking", "air", "vehicles"]) {
@@ -238,7 +245,7 @@ export class CityMap {
     const pos = this.model.position(node.layer, key);
     if (!pos) return;
     const [x, y] = this.project(pos[0], pos[1]);
-    const u = this.u || this.unitsPerPx();
+    const u = (this.u || this.unitsPerPx()) * (this.density || 1);
     node.g.dataset.x = x.toFixed(2);
     node.g.dataset.y = y.toFixed(2);
     if (node.layer === "vehicles") {
