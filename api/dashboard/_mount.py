@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -40,16 +41,9 @@ _HEADERS: Final = (
 )
 
 
-def _assets_dir() -> Path:
-    root = resources.files("api.dashboard")
-    path = Path(str(root))
-    if not (path / "index.html").is_file():  # e.g. installed without its package data
-        raise FileNotFoundError(f"dashboard assets missing in {path} (index.html)")
-    return path
-
-
-#: The folder the dashboard is served from.
-ASSETS: Final = _assets_dir()
+#: The folder the dashboard is served from (this package's own folder).
+ASSETS: Final = Path(str(resources.files("api.dashboard")))
+log = logging.getLogger("api.dashboard")
 
 
 class _SecurityHeaders:
@@ -81,7 +75,13 @@ class _Assets(StaticFiles):
 
 
 def mount_dashboard(app: FastAPI) -> None:
-    """Serve the dashboard at ``/dashboard/`` and redirect ``/`` to it."""
+    """Serve the dashboard at ``/dashboard/`` and redirect ``/`` to it.
+
+    An install without the package's data files serves the API alone and says so.
+    """
+    if not (ASSETS / "index.html").is_file():
+        log.warning("dashboard not served: its files are missing", extra={"path": str(ASSETS)})
+        return
 
     async def root() -> RedirectResponse:
         return RedirectResponse(f"{DASHBOARD_PATH}/", status_code=307)

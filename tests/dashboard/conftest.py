@@ -1,7 +1,8 @@
 """Fixtures for the dashboard tests: a running stack and headless Debian Chromium.
 
-- ``dash_stack`` (session): real mosquitto, influxd, ingest and API, a crafted city and the
-  simulator's ``small`` city publishing live (see ``dash_helpers``).
+- ``dash_stack`` (per module): real mosquitto and influxd (the session's), ingest and API, a
+  crafted city and the simulator's ``small`` city publishing live (see ``dash_helpers``).
+  Per module, so the fleet stops publishing once the dashboard tests are done.
 - ``browser`` (session): Chromium from the Debian package (``/usr/bin/chromium``), driven by
   Playwright with a fresh profile directory; never a downloaded browser.
 - ``page`` (per test): a new tab at 1280x800 whose console errors, page errors and CSP
@@ -35,7 +36,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dash_stack(
     mosquitto: Mosquitto, influxd: Influxd, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DashStack]:
