@@ -12,7 +12,7 @@ import pytest
 # The test modules import ingest_testkit from their own directory (pytest puts it on
 # sys.path for them); conftest is imported before they are.
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest_testkit import Publisher
+from ingest_testkit import SESSIONS, Publisher, purge_session
 
 from smartcity._localstack import Mosquitto
 
@@ -28,3 +28,19 @@ def publisher(mosquitto: Mosquitto, topic_root: str) -> Iterator[Publisher]:
     pub = Publisher(mosquitto, topic_root)
     yield pub
     pub.close()
+
+
+@pytest.fixture(autouse=True)
+def _purge_sessions() -> Iterator[None]:
+    """Remove every persistent session the test created from the broker afterwards.
+
+    Workers have persistent sessions (7 days by default); on the session broker they would
+    outlive the test, stay members of its share group and keep queueing messages.
+    """
+    SESSIONS.clear()
+    yield
+    sessions = list(SESSIONS)
+    SESSIONS.clear()
+    for broker, client_id in sessions:
+        if broker.running:
+            purge_session(broker, client_id)

@@ -9,6 +9,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ingest import IngestConfig, load_config
 from smartcity._localstack import Influxd, Mosquitto
@@ -17,12 +19,34 @@ from telemetry import Batch, Reading, Topics, encode_batch
 MEASUREMENT = "TrafficFlowObserved"
 
 
+#: Persistent sessions the current test created: (broker, client id). The autouse fixture
+#: in conftest.py removes them from the broker after each test.
+SESSIONS: list[tuple[Mosquitto, str]] = []
+
+
+def worker_id(root: str, n: int = 0) -> str:
+    """A client id unique to the test (its topic root), stable across the test's restarts.
+
+    The session broker outlives every test: ids like ``ingest-0`` shared between tests would
+    resume another test's persistent session, with its subscriptions and any message it left
+    unacknowledged.
+    """
+    return f"ingest-{n}-{root}"
+
+
 def make_config(
-    broker: Mosquitto, server: Influxd, root: str, db: str, **sections: dict[str, Any]
+    broker: Mosquitto, server: Influxd, root: str, db: str, *, worker: int = 0,
+    **sections: dict[str, Any],
 ) -> IngestConfig:
-    """A worker config for the test's broker, database and topic root."""
+    """A worker config for the test's broker, database and topic root.
+
+    Client id (:func:`worker_id`) and share group are derived from the topic root, so no two
+    tests share a session or a group; the session is registered for removal after the test.
+    """
+    client_id = worker_id(root, worker)
     base: dict[str, Any] = {
-        "mqtt": {"port": broker.port, "topic_root": root, "keepalive": 10},
+        "mqtt": {"port": broker.port, "topic_root": root, "keepalive": 10,
+                 "client_id": client_id, "group": f"g-{root}"},
         "influx": {"url": server.url, "database": db},
         "batch": {"max_age": 0.05, "retry": {"initial_delay": 0.1, "max_delay": 1.0}},
     }
@@ -31,7 +55,34 @@ def make_config(
             base[key] = {**base.get(key, {}), **value}
         else:
             base[key] = value
-    return load_config(None, base)
+    config = load_config(None, base)
+    register_session(broker, config.mqtt.client_id)
+    return config
+
+
+def register_session(broker: Mosquitto, client_id: str) -> None:
+    if (broker, client_id) not in SESSIONS:
+        SESSIONS.append((broker, client_id))
+
+
+def purge_session(broker: Mosquitto, client_id: str, timeout: float = 10.0) -> None:
+    """Delete a persistent session and its queue: clean start, Session Expiry 0, disconnect.
+
+    The worker using ``client_id`` must be stopped, or this takes its session over.
+    """
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda *_a: connected.set()
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    client.connect(broker.host, broker.port, clean_start=True, properties=props)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout):
+            raise AssertionError(f"could not connect as {client_id} to purge its session")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def readings(gateway_index: int, seq: int, n: int, base_ts: int) -> list[Reading]:

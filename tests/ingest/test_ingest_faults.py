@@ -19,7 +19,9 @@ from ingest_testkit import (
     batch_payload,
     count_points,
     make_config,
+    register_session,
     wait_for,
+    worker_id,
 )
 
 from ingest import BOOKKEEPING_MEASUREMENT, WorkerThread
@@ -115,13 +117,15 @@ def test_worker_sigkilled_mid_stream_then_restarted_loses_and_doubles_nothing(
         json.dumps(
             {
                 "mqtt": {"port": mosquitto.port, "topic_root": topic_root,
-                         "client_id": "ingest-7", "group": "killtest", "keepalive": 10},
+                         "client_id": worker_id(topic_root, 7), "group": f"g-{topic_root}",
+                         "keepalive": 10},
                 "influx": {"url": influxd.url, "database": influx_db},
                 "batch": {"max_readings": 1000, "max_age": 0.2},
                 "log_level": "INFO",
             }
         )
     )
+    register_session(mosquitto, worker_id(topic_root, 7))
     log = tmp_path / "worker.log"
     gateways, batches, per_batch = 4, 150, 25
     expected = gateways * batches * per_batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -13,7 +14,7 @@ from ingest_testkit import (
     wait_for,
 )
 
-from ingest import BOOKKEEPING_MEASUREMENT, WorkerThread, completeness_query
+from ingest import BOOKKEEPING_MEASUREMENT, IngestConfig, WorkerThread, completeness_query
 from smartcity._localstack import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,8 @@ def test_n_readings_from_several_gateways_give_n_points(
         publisher.flush()
         expected = gateways * batches * per_batch
         wait_for(lambda: count_points(influxd, influx_db) >= expected, 30, "all points")
+        # Queryable points precede the worker's handling of the 204: wait for the acks.
+        wait_for(lambda: running.worker.stats().messages_in_flight == 0, 10, "all acked")
         port = running.worker.metrics_port
         assert port is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -75,35 +78,53 @@ def test_two_workers_share_the_load_and_a_replacement_drains_a_dead_ones_share(
     mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str,
     publisher: Publisher, base_ts: int,
 ) -> None:
-    def config(worker: int):  # type: ignore[no-untyped-def]
-        return make_config(
-            mosquitto, influxd, topic_root, influx_db, mqtt={"client_id": f"ingest-{worker}"}
-        )
+    def config(worker: int) -> IngestConfig:
+        return make_config(mosquitto, influxd, topic_root, influx_db, worker=worker)
 
-    # Phase 1: both running.
-    with WorkerThread(config(0)) as w0, WorkerThread(config(1)) as w1:
-        for seq in range(40):
+    def publish(seqs: range) -> None:
+        for seq in seqs:
             for g in range(4):
                 publisher.telemetry(f"gw-{g}", batch_payload(f"gw-{g}", g, seq, 10, base_ts))
         publisher.flush()
-        wait_for(lambda: count_points(influxd, influx_db) >= 1600, 30, "phase 1 points")
-        s0, s1 = w0.worker.stats(), w1.worker.stats()
-    assert s0.messages_received > 20
-    assert s1.messages_received > 20
-    assert s0.messages_received + s1.messages_received == 160  # nothing taken twice
-    assert count_points(influxd, influx_db) == 1600
 
-    # Phase 2: ingest-1 is gone; its persistent session still receives its share.
+    # ingest-0 runs throughout; stopping it too would strand what the broker had already
+    # sent it (unacknowledged, so kept in *its* session for *its* next connection).
     with WorkerThread(config(0)) as w0:
-        for seq in range(40, 80):
-            for g in range(4):
-                publisher.telemetry(f"gw-{g}", batch_payload(f"gw-{g}", g, seq, 10, base_ts))
-        publisher.flush()
-        wait_for(lambda: w0.worker.stats().messages_received >= 60, 30, "ingest-0's share")
-        assert count_points(influxd, influx_db) < 3200
-    # A replacement started with the dead worker's id drains what the broker kept for it.
-    with WorkerThread(config(1)):
-        wait_for(lambda: count_points(influxd, influx_db) >= 3200, 20, "the queued share")
+        # Phase 1: both running, both take load, nothing is taken twice.
+        with WorkerThread(config(1)) as w1:
+            publish(range(40))
+            wait_for(lambda: count_points(influxd, influx_db) >= 1600, 30, "phase 1 points")
+            wait_for(
+                lambda: w0.worker.stats().messages_in_flight == 0
+                and w1.worker.stats().messages_in_flight == 0,
+                10, "phase 1 acks",
+            )
+            s0, s1 = w0.worker.stats(), w1.worker.stats()
+        assert s0.messages_received > 20
+        assert s1.messages_received > 20
+        assert s0.messages_received + s1.messages_received == 160
+        assert count_points(influxd, influx_db) == 1600
+
+        # Phase 2: ingest-1 is gone; its persistent session still gets its round-robin
+        # share (mosquitto deals strictly in turn: 80 of 160 messages each).
+        publish(range(40, 80))
+        wait_for(
+            lambda: w0.worker.stats().messages_received == s0.messages_received + 80
+            and w0.worker.stats().messages_in_flight == 0,
+            30, "ingest-0's share",
+        )
+        time.sleep(0.5)  # nothing more comes to ingest-0: the rest is queued for ingest-1
+        assert w0.worker.stats().messages_received == s0.messages_received + 80
+        assert count_points(influxd, influx_db) == 2400
+
+        # A replacement started with the dead worker's id drains what the broker kept for it.
+        with WorkerThread(config(1)) as replacement:
+            wait_for(lambda: count_points(influxd, influx_db) >= 3200, 30, "the queued share")
+            wait_for(
+                lambda: replacement.worker.stats().messages_in_flight == 0, 10, "acks"
+            )
+            drained = replacement.worker.stats()
+    assert drained.messages_received == 80
     assert count_points(influxd, influx_db) == 3200
 
 
