@@ -3,8 +3,10 @@
 - ``dash_stack`` (per module): real mosquitto and influxd (the session's), ingest and API, a
   crafted city and the simulator's ``small`` city publishing live (see ``dash_helpers``).
   Per module, so the fleet stops publishing once the dashboard tests are done.
-- ``browser`` (session): Chromium from the Debian package (``/usr/bin/chromium``), driven by
-  Playwright with a fresh profile directory; never a downloaded browser.
+- ``browser`` (per module): Chromium from the Debian package (``/usr/bin/chromium``), driven
+  by Playwright with a fresh profile directory; never a downloaded browser. Per module
+  because Playwright's sync API holds an event loop on the main thread while it runs, which
+  would break ``asyncio.run`` in tests collected after these.
 - ``page`` (per test): a new tab at 1280x800 whose console errors, page errors and CSP
   violations fail the test.
 """
@@ -47,7 +49,7 @@ def dash_stack(
         stack.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     if not (shutil.which(CHROMIUM) or Path(CHROMIUM).is_file()):
         pytest.fail(f"{CHROMIUM} is missing: run `make system-packages` "
