@@ -24,6 +24,7 @@ The broker sees the connection drop without DISCONNECT and publishes the will.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import queue
 import random
@@ -319,11 +320,25 @@ class GatewayFleet:
         return total
 
     # -- births -------------------------------------------------------------------------------
+    def _link_meta(self, link: int) -> dict[str, str]:
+        """What a loop detector announces about its road link: the API and the dashboard
+        draw the link from ``geometry`` and rate congestion against ``freeFlowSpeed``."""
+        roads = self.layout.roads
+        ends = (int(roads.link_from[link]), int(roads.link_to[link]))
+        geometry = [[round(float(roads.node_lat[n]), 6), round(float(roads.node_lon[n]), 6)]
+                    for n in ends]  # fmt: skip
+        return {
+            "geometry": json.dumps(geometry),
+            "freeFlowSpeed": f"{float(roads.link_free_speed[link]):g}",
+            "lanes": str(int(roads.link_lanes[link])),
+        }
+
     def birth(self, index: int) -> Birth:
         devices: list[DeviceInfo] = []
         for k in self.layout.kinds.values():
             sensors = np.flatnonzero(k.sensor_gateway == index).tolist()
             units = {f.name: f.unit for f in k.spec.fields}
+            links = k.attrs.get("link")
             for s in sensors:
                 c = float(k.attrs["centrality"][s])
                 devices.append(
@@ -336,6 +351,7 @@ class GatewayFleet:
                             lon=float(k.sensor_lon[s]),
                             area="centre" if c >= 0.6 else ("inner" if c >= 0.3 else "outer"),
                         ),
+                        meta=self._link_meta(int(links[s])) if links is not None else {},
                     )
                 )
         return Birth(

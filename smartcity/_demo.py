@@ -243,7 +243,8 @@ def run_demo(
             example = 'SELECT last(*) FROM "TrafficFlowObserved" GROUP BY device LIMIT 3'
             print(
                 "\n"
-                f"  dashboard  {api.url}/   (sign in with the viewer or operator key)\n"
+                f"  dashboard  {api.url}/dashboard/#key={viewer}\n"
+                f"             (or sign in with a key below; operator acknowledges alerts)\n"
                 f"  API        {api.url}/docs   (OpenAPI)\n"
                 "  demo keys  "
                 + "  ".join(f"{role}={key}" for role, key in sorted(keys.items()))
