@@ -126,6 +126,11 @@ class GatewayBook:
         state = self._gateways.get(gateway)
         return None if state is None else state.last_seq
 
+    def state(self, gateway: str) -> tuple[int, int, int, float]:
+        """(last seq, gaps, replays, last seen) of one gateway already observed."""
+        s = self._gateways[gateway]
+        return s.last_seq, s.gaps, s.replays, s.last_seen
+
     def snapshot(self) -> dict[str, tuple[int, int, int, float]]:
         """gateway -> (last seq, gaps, replays, last seen)."""
         return {

@@ -210,6 +210,11 @@ class IngestWorker:
             1, config.mqtt.receive_maximum // (config.batch.max_concurrent_writes + 1)
         )
         self._counts = collections.Counter[str]()
+        # Prometheus is brought up to date once per turn of the batch loop and per write
+        # (:meth:`_sync_metrics`), not per message: labelled updates cost microseconds each.
+        self._synced = collections.Counter[str]()
+        self._dirty_gateways: set[str] = set()
+        self._synced_gateways: dict[str, tuple[int, int]] = {}
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -572,6 +577,7 @@ class IngestWorker:
                     or batch.messages >= self._flush_messages
                 ):
                     await self._flush(tg)
+            self._sync_metrics()
             pending = self._pending
             if pending is not None and time.monotonic() - pending.started >= max_age:
                 await self._flush(tg)
@@ -583,7 +589,6 @@ class IngestWorker:
         self._ledger.append(entry)
         counts = self._counts
         counts["messages_received"] += 1
-        self.metrics.messages_received.inc()
         try:
             gateway, _kind = self._topics.parse(item.topic)
         except TopicError as exc:
@@ -608,20 +613,13 @@ class IngestWorker:
         readings = batch.readings
         n_good = len(readings)
         counts["readings_received"] += n_good + len(rejected)
-        self.metrics.readings_received.inc(n_good + len(rejected))
         now = time.time()
-        gaps, replay = self._book.observe(gateway, batch.seq, dup=item.dup, now=now)
-        m = self.metrics
-        m.gateway_last_seq.labels(gateway).set(self._book.last_seq(gateway) or batch.seq)
-        m.gateway_last_seen.labels(gateway).set(now)
-        if gaps:
-            m.gateway_gaps.labels(gateway).inc(gaps)
-        if replay:
-            m.gateway_replays.labels(gateway).inc()
+        self._book.observe(gateway, batch.seq, dup=item.dup, now=now)
+        self._dirty_gateways.add(gateway)
         good_index: list[int] | None = None
         if rejected:
             counts["readings_rejected"] += len(rejected)
-            m.readings_rejected.labels("decode").inc(len(rejected))
+            self.metrics.readings_rejected.labels("decode").inc(len(rejected))
             self._deadletter(
                 entry, item, stage="decode", kind="invalid_readings", gateway=gateway,
                 seq=batch.seq,
@@ -672,6 +670,7 @@ class IngestWorker:
                 for chunk in batch.chunks:
                     self._written(chunk)
             self.metrics.batch_latency.observe(time.monotonic() - batch.started)
+            self._sync_metrics()
             self._advance_acks()
             self._publish_gauges()
         finally:
@@ -681,7 +680,6 @@ class IngestWorker:
         self._in_flight_readings -= chunk.readings
         self._progress.set()
         self._counts["readings_written"] += chunk.readings
-        self.metrics.readings_written.inc(chunk.readings)
         self._complete(chunk.entry)
 
     async def _write_retrying(self, body: bytes) -> None:
@@ -748,7 +746,6 @@ class IngestWorker:
         self._progress.set()
         written = chunk.readings - n_bad_readings
         self._counts["readings_written"] += written
-        self.metrics.readings_written.inc(written)
         self._counts["readings_rejected"] += n_bad_readings
         self.metrics.readings_rejected.labels("influx").inc(n_bad_readings)
         items = []
@@ -872,8 +869,36 @@ class IngestWorker:
                     client.ack(entry.mid, entry.qos)
 
     def _publish_gauges(self) -> None:
+        self._sync_metrics()
         self.metrics.messages_in_flight.set(len(self._ledger))
         self.metrics.readings_in_flight.set(self._in_flight_readings)
+
+    def _sync_metrics(self) -> None:
+        """Bring the Prometheus counters and per-gateway series up to the worker's counts."""
+        counts, synced, m = self._counts, self._synced, self.metrics
+        for key, counter in (
+            ("messages_received", m.messages_received),
+            ("readings_received", m.readings_received),
+            ("readings_written", m.readings_written),
+        ):
+            delta = counts[key] - synced[key]
+            if delta:
+                counter.inc(delta)
+                synced[key] = counts[key]
+        if not self._dirty_gateways:
+            return
+        book, seen = self._book, self._synced_gateways
+        for gateway in self._dirty_gateways:
+            last_seq, gaps, replays, last_seen = book.state(gateway)
+            m.gateway_last_seq.labels(gateway).set(last_seq)
+            m.gateway_last_seen.labels(gateway).set(last_seen)
+            old_gaps, old_replays = seen.get(gateway, (0, 0))
+            if gaps > old_gaps:
+                m.gateway_gaps.labels(gateway).inc(gaps - old_gaps)
+            if replays > old_replays:
+                m.gateway_replays.labels(gateway).inc(replays - old_replays)
+            seen[gateway] = (gaps, replays)
+        self._dirty_gateways.clear()
 
 
 class WorkerThread:

@@ -46,6 +46,8 @@ def test_n_readings_from_several_gateways_give_n_points(
     assert stats.messages_in_flight == 0
     assert f"smartcity_ingest_readings_written_total {float(expected)}" in metrics
     assert "smartcity_ingest_batch_latency_seconds_bucket" in metrics
+    assert f'smartcity_ingest_gateway_last_seq{{gateway="gw-3"}} {float(batches - 1)}' in metrics
+    assert f"smartcity_ingest_messages_received_total {float(gateways * batches)}" in metrics
     assert book["gw-3"][:3] == (batches - 1, 0, 0)
     # Bookkeeping: every batch of every gateway is recorded once.
     answer = influxd.query(completeness_query(since="now() - 2h"), db=influx_db)
