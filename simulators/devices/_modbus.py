@@ -1,4 +1,8 @@
-"""Modbus TCP meters serving the firmware bridge's shipped register maps (pymodbus server).
+"""Modbus meters serving the firmware bridge's shipped register maps (pymodbus server).
+
+Modbus TCP by default; ``framing="rtu"`` serves RTU frames (with their CRC) over the TCP
+socket instead, as an RS-485-to-Ethernet converter in transparent mode does, so that a
+poller's serial (RTU) client is exercised through a ``socket://`` serial URL.
 
 Values come from a callable (field name, time) -> value; the registers of a map are
 rewritten from it on every read request, encoded exactly as the map says (type, scale,
@@ -12,8 +16,9 @@ import time
 import types
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Self
+from typing import Literal, Self
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -68,8 +73,10 @@ class ModbusMeterServer:
         host: str = "127.0.0.1",
         port: int = 0,
         values: MeterValues = meter_values,
+        framing: Literal["tcp", "rtu"] = "tcp",
     ) -> None:
         self.meters = dict(meters)
+        self.framing = framing
         self.host = host
         self.values = values
         self.requests = 0
@@ -111,7 +118,10 @@ class ModbusMeterServer:
 
     async def __aenter__(self) -> Self:
         devices = [self._device(uid, m) for uid, m in self.meters.items()]
-        self._server = ModbusTcpServer(devices, address=(self.host, self._requested_port))
+        framer = FramerType.RTU if self.framing == "rtu" else FramerType.SOCKET
+        self._server = ModbusTcpServer(
+            devices, framer=framer, address=(self.host, self._requested_port)
+        )
         await self._server.serve_forever(background=True)
         transport = self._server.transport
         sockets = getattr(transport, "sockets", None)
