@@ -153,9 +153,16 @@ def test_uplink_loss_is_replayed_from_the_spool_with_original_seqs(
     # The cut gateway kept producing while offline: its batches of steps 4..11 arrived after
     # it came back, after its will said it was lost, and behind a new birth.
     assert ledger[cut].batches == 20
-    states = [
-        "online" if isinstance(s, Birth) else f"offline:{s.reason}" for s in rec.statuses(cut)
-    ]
+
+    def states_of(gateway: str) -> list[str]:
+        return [
+            "online" if isinstance(s, Birth) else f"offline:{s.reason}"
+            for s in rec.statuses(gateway)
+        ]
+
+    # The goodbye is published last, at stop: wait for it rather than race it.
+    assert _wait(lambda: states_of(cut)[-1:] == ["offline:shutdown"], 10), states_of(cut)
+    states = states_of(cut)
     assert states[:3] == ["online", "offline:lost", "online"]
     assert states[-1] == "offline:shutdown"
     with rec._lock:
