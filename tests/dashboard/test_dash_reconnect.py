@@ -9,7 +9,7 @@ from dash_helpers import CITY_GW, DashStack, restart_api
 from dash_page import sign_in, vehicle_positions
 from playwright.sync_api import Page, expect
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.api_restart]
 
 
 def test_stream_reconnects_after_an_api_restart(page: Page, dash_stack: DashStack) -> None:
