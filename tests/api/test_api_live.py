@@ -259,7 +259,7 @@ def test_completeness_comes_from_the_real_ingest_bookkeeping(
         for seq in (0, 1, 2, 4):  # batch 3 never arrives
             batch = Batch(gateway="cmp-gw", seq=seq, readings=[
                 Reading(device="m-1", measurement="WaterConsumptionObserved",
-                        ts=now + seq * 10**9, fields={"flow": float(seq)})])
+                        ts=now - (5 - seq) * 10**9, fields={"flow": float(seq)})])
             publisher.client.publish(publisher.topics.telemetry("cmp-gw"), encode_batch(batch),
                                      qos=1).wait_for_publish(5)
         completeness = wait_until(
