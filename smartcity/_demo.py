@@ -99,8 +99,14 @@ def _wait_for_log(log: Path, marker: str, proc: subprocess.Popen[bytes], timeout
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
+        # Own process group: a terminal's Ctrl-C reaches the demo only, which then stops
+        # its children in order (sources first, ingest after it has stored what was sent).
         return subprocess.Popen(
-            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [sys.executable, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
         )
 
 

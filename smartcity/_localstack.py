@@ -104,8 +104,14 @@ class LocalService:
         command = self._command()
         log = self.log_path.open("ab")
         try:
+            # Own process group: Ctrl-C on the terminal of a test run or the demo must not
+            # stop the broker or the database before their users are done with them.
             self._proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
             )
         finally:
             log.close()
