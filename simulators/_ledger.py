@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from simulators._errors import LedgerError
+from smartcity import ServiceError, influxql
 
 __all__ = [
     "GatewayCheck",
@@ -154,7 +152,7 @@ class InfluxQuerier(Protocol):
 
 
 class InfluxHttp:
-    """A minimal InfluxDB v1 ``/query`` client over urllib."""
+    """An InfluxDB v1 ``/query`` client for any URL, with optional credentials."""
 
     def __init__(
         self, url: str, *, username: str | None = None, password: str | None = None
@@ -164,23 +162,9 @@ class InfluxHttp:
         self.password = password
 
     def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
-        params = {"q": q, "epoch": epoch}
-        if db:
-            params["db"] = db
-        if self.username:
-            params["u"] = self.username
-            params["p"] = self.password or ""
-        data = urllib.parse.urlencode(params).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-                answer: dict[str, Any] = json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            raise LedgerError(f"query to {self.url} failed: {exc}") from exc
-        for result in answer.get("results", []):
-            if "error" in result:
-                raise LedgerError(f"InfluxQL error: {result['error']}")
-        return answer
+        return influxql(
+            self.url, q, db=db, epoch=epoch, username=self.username, password=self.password
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +227,9 @@ def _call(influx: InfluxQuerier, q: str, database: str) -> dict[str, Any]:
         return influx.query(q, db=database)
     except LedgerError:
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
-        # Influxd.query raises its own ServiceError (a RuntimeError) or urllib's OSError.
+    except (ServiceError, OSError, ValueError) as exc:
+        # smartcity.influxql (behind Influxd and InfluxHttp) raises ServiceError; another
+        # querier may raise OSError or ValueError.
         raise LedgerError(f"InfluxDB query failed: {exc}") from exc
 
 

@@ -69,6 +69,38 @@ def find_binary(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> str:
     return found
 
 
+def influxql(
+    url: str,
+    q: str,
+    *,
+    db: str | None = None,
+    epoch: str = "ns",
+    username: str | None = None,
+    password: str | None = None,
+) -> dict[str, Any]:
+    """Run InfluxQL against any InfluxDB v1 ``/query`` endpoint; return the decoded answer.
+
+    Raises :class:`ServiceError` when the server cannot be reached or answers an error.
+    """
+    params = {"q": q, "epoch": epoch}
+    if db:
+        params["db"] = db
+    if username:
+        params["u"] = username
+        params["p"] = password or ""
+    data = urllib.parse.urlencode(params).encode()
+    req = urllib.request.Request(f"{url.rstrip('/')}/query", data=data, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            answer: dict[str, Any] = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise ServiceError(f"query to {url} failed: {exc}") from exc
+    for result in answer.get("results", []):
+        if "error" in result:
+            raise ServiceError(f"InfluxQL error: {result['error']} in {q!r}")
+    return answer
+
+
 class LocalService:
     """A child process with a data directory, a port and a readiness check."""
 
@@ -294,17 +326,7 @@ bind-address = "{self.host}:{self.rpc_port}"
     # -- small v1 HTTP helpers for tests, benchmarks and the demo ---------------------------
     def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
         """Run InfluxQL and return the decoded JSON answer; raise on an error result."""
-        params = {"q": q, "epoch": epoch}
-        if db:
-            params["db"] = db
-        data = urllib.parse.urlencode(params).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-            answer: dict[str, Any] = json.loads(resp.read())
-        for result in answer.get("results", []):
-            if "error" in result:
-                raise ServiceError(f"InfluxQL error: {result['error']} in {q!r}")
-        return answer
+        return influxql(self.url, q, db=db, epoch=epoch)
 
     def write(self, db: str, body: bytes, *, precision: str = "ns") -> None:
         """Write line protocol; raise :class:`ServiceError` with InfluxDB's message on failure."""

@@ -82,3 +82,13 @@ def test_register_maps_and_typing_markers_are_package_data() -> None:
     data = project["tool"]["setuptools"]["package-data"]["*"]
     assert {"py.typed", "*.yaml"} <= set(data)
     assert (ROOT / "firmware_bridge" / "maps" / "__init__.py").exists()
+
+
+def test_the_edge_command_does_not_load_the_local_stack() -> None:
+    result = _gateway_python(
+        "import sys\nimport smartcity.cli, edge_agent.cli\n"
+        "from smartcity import configure_logging\n"
+        "print('smartcity._localstack' in sys.modules)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
