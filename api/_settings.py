@@ -9,6 +9,7 @@ with the key and the reason.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,6 +103,20 @@ class ApiSettings(BaseSettings):
     #: Alert engine: how often staleness and pending durations are re-evaluated.
     alert_tick_s: _Positive = 1.0
 
+    # Dashboard -----------------------------------------------------------------------------
+    #: Base map under the dashboard's drawing: an XYZ tile URL template with ``{z}``, ``{x}``,
+    #: ``{y}`` and optionally ``{s}`` (subdomain) and ``{r}`` (retina suffix), e.g.
+    #: ``https://tile.openstreetmap.org/{z}/{x}/{y}.png``. Unset: no tiles, the map is drawn
+    #: from link geometry alone and the browser contacts no other host.
+    map_tiles_url: str | None = None
+    #: Attribution the tile provider requires (plain text), shown on the map. Required with
+    #: ``map_tiles_url``.
+    map_tiles_attribution: Annotated[str, Field(max_length=300)] = ""
+    #: Values of ``{s}`` in the template.
+    map_tiles_subdomains: Annotated[str, Field(pattern=r"^[a-z0-9]{0,8}$")] = "abc"
+    #: Deepest zoom level the tile server has; the map scales that level up beyond it.
+    map_tiles_max_zoom: Annotated[int, Field(ge=0, le=24)] = 19
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
 
@@ -116,13 +131,61 @@ class ApiSettings(BaseSettings):
             raise ValueError(str(exc)) from exc
         return value
 
+    @field_validator("map_tiles_url")
+    @classmethod
+    def _tiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _tile_origin(value)
+        return value
+
     @model_validator(mode="after")
     def _secure(self) -> ApiSettings:
         if not self.demo and "*" in self.cors_origins:
             raise ValueError("cors_origins ['*'] is only allowed in demo mode")
         if self.demo and self.host not in _LOOPBACK:
             raise ValueError("demo mode listens on loopback only (host 127.0.0.1 or ::1)")
+        if self.map_tiles_url is not None and not self.map_tiles_attribution.strip():
+            raise ValueError("map_tiles_url needs map_tiles_attribution (tile providers require it)")
         return self
+
+    @property
+    def map_tiles_origin(self) -> str | None:
+        """The CSP source the browser may load tiles from (``https://*.host`` with ``{s}``)."""
+        return None if self.map_tiles_url is None else _tile_origin(self.map_tiles_url)
+
+
+_TEMPLATE_KEYS = frozenset({"z", "x", "y", "s", "r"})
+
+
+def _tile_origin(template: str) -> str:
+    """Validate an XYZ tile URL template and return its origin as a CSP source.
+
+    Raise :class:`ValueError` with the reason.
+    """
+    from urllib.parse import urlsplit
+
+    if any(c in template for c in " \t\"'<>;,\\"):
+        raise ValueError("the tile URL holds a character URLs do not (space, quote, ;, ',')")
+    keys = set(re.findall(r"\{([^}]*)\}", template))
+    if not {"z", "x", "y"} <= keys:
+        raise ValueError("the tile URL needs {z}, {x} and {y}")
+    if unknown := keys - _TEMPLATE_KEYS:
+        raise ValueError(f"unknown placeholder in the tile URL: {{{sorted(unknown)[0]}}}")
+    parts = urlsplit(template.replace("{s}", "s0"))
+    host = parts.hostname or ""
+    if parts.scheme not in {"https", "http"} or not host or "{" in parts.netloc:
+        raise ValueError("the tile URL must be http(s)://host/... with the placeholders in the path")
+    if parts.scheme == "http" and host not in _LOOPBACK:
+        raise ValueError("tiles over plain http are only allowed from loopback; use https")
+    if parts.username or parts.password:
+        raise ValueError("the tile URL cannot hold credentials")
+    port = f":{parts.port}" if parts.port else ""
+    if "s0" in host:
+        if not host.startswith("s0."):
+            raise ValueError("{s} may only be the first label of the tile host")
+        host = "*" + host[2:]
+    return f"{parts.scheme}://{host}{port}"
 
 
 def load_settings(path: Path | None = None, /, **overrides: Any) -> ApiSettings:
