@@ -146,7 +146,7 @@ class ApiSettings(BaseSettings):
         if self.demo and self.host not in _LOOPBACK:
             raise ValueError("demo mode listens on loopback only (host 127.0.0.1 or ::1)")
         if self.map_tiles_url is not None and not self.map_tiles_attribution.strip():
-            raise ValueError("map_tiles_url needs map_tiles_attribution (tile providers require it)")
+            raise ValueError("map_tiles_url needs map_tiles_attribution (providers require it)")
         return self
 
     @property
@@ -175,7 +175,7 @@ def _tile_origin(template: str) -> str:
     parts = urlsplit(template.replace("{s}", "s0"))
     host = parts.hostname or ""
     if parts.scheme not in {"https", "http"} or not host or "{" in parts.netloc:
-        raise ValueError("the tile URL must be http(s)://host/... with the placeholders in the path")
+        raise ValueError("the tile URL must be http(s)://host/path with the placeholders")
     if parts.scheme == "http" and host not in _LOOPBACK:
         raise ValueError("tiles over plain http are only allowed from loopback; use https")
     if parts.username or parts.password:
