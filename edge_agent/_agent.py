@@ -9,13 +9,19 @@
     │ agent[gw].health      ── Health on the health topic every interval_s            │
     └──────────────────────────────────────────────────────────────────────────────────┘
 
-Start order: spool, uplink, tick, inputs (sinks before sources). Stop order (``stop()``,
-SIGTERM): inputs first, then a forced tick (open aggregation windows close) and a seal so
-every pending reading is in the spool, acks to the inputs, then the retained death message.
+Start order: spool, processor state restored from the spool's checkpoint, uplink, tick,
+inputs (sinks before sources). Every tick commits, in one spool transaction, the batches it
+sealed and the processors' checkpoint (their state and the batcher's unsealed readings);
+inputs with acknowledgements (local MQTT) are acked only after that commit. Stop order
+(``stop()``, SIGTERM): a commit and its acks while the inputs are still connected, then the
+inputs stop (what they deliver meanwhile is left unacked, the local broker redelivers it), a
+last tick, a seal and a commit (open aggregation windows stay open, in the checkpoint: the
+next start continues them), then the retained death message.
 
 Remote config (``config/desired``) is validated with the same models as the file, must keep
 the broker/spool/metrics sections, is persisted to ``<state_dir>/remote-config.json`` and
-applied by swapping inputs and processors after a flush; the spool is never touched. The
+applied by swapping inputs and processors; processor chains whose rule did not change keep
+their state, the others are flushed (open windows close early). The
 outcome goes to ``config/reported``. Commands (``cmd``, MQTT v5 request/response): ``ping``,
 ``reannounce``, ``health``.
 """
@@ -37,7 +43,14 @@ from typing import Any, Final
 from edge_agent._config import AgentConfig, parse_config, remote_change_issues
 from edge_agent._errors import CommandError, ConfigError, ConfigIssue, EdgeError
 from edge_agent._inputs import Input, build_input
-from edge_agent._pipeline import Batcher, ChannelPipeline
+from edge_agent._pipeline import (
+    KEY_PENDING,
+    STATE_KEYS,
+    Batcher,
+    ChannelPipeline,
+    CheckpointError,
+    RestoreReport,
+)
 from edge_agent._spool import Spool
 from edge_agent._uplink import ControlMessage, Uplink
 from telemetry import (
@@ -97,6 +110,21 @@ class _ProcessProbe:
             return peak if sys.platform == "darwin" else peak * 1024
 
 
+@dataclass(slots=True)
+class CheckpointStats:
+    """Checkpoints written this run and saved ones that could not be used."""
+
+    written: int = 0
+    #: Saved checkpoints (or parts) ignored because they were corrupt or did not fit.
+    ignored: int = 0
+    last_bytes: int = 0
+    last_ms: float = 0.0
+    restored_channels: int = 0
+    restored_windows: int = 0
+    #: Windows closed early because the processor config changed (restart or remote).
+    closed_windows: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class _Runtime:
     """What a config swap replaces: the processors and the inputs."""
@@ -140,7 +168,9 @@ class EdgeAgent:
         self._swap = asyncio.Event()
         self._pending_swap: _Runtime | None = None
         self._acks_waiting: list[Callable[[], None]] = []
-        self._acks_sealed: list[Callable[[], None]] = []
+        #: While set, messages from inputs with acks are refused unacked (stop, swap).
+        self._closing = False
+        self.checkpoints = CheckpointStats()
         self._extra_drops: dict[str, dict[str, int]] = {}
         #: (response topic, correlation) of recently answered commands, oldest first.
         self._answered: dict[tuple[str, bytes], None] = {}
@@ -170,6 +200,7 @@ class EdgeAgent:
         self.spool.open()
         metrics = None
         try:
+            self._restore()
             if self.file_config.metrics.port is not None:
                 from edge_agent._metrics import MetricsServer
 
@@ -187,7 +218,11 @@ class EdgeAgent:
                     extra={"gateway": gw, "config_version": self.config_version},
                 )
                 await self._stop.wait()
-                # Sources first, then drain into the spool, then say goodbye.
+                # Commit and ack while the inputs are connected; then stop the sources
+                # (refusing what they still deliver, unacked), drain into the spool with the
+                # processors' state, and say goodbye. Open windows stay open, checkpointed.
+                self._flush()
+                self._closing = True
                 inputs.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await inputs
@@ -195,7 +230,7 @@ class EdgeAgent:
                 health.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await tick
-                self._flush(force=True)
+                self._flush(seal=True)
                 await self.uplink.close()
                 up.cancel()
         finally:
@@ -206,6 +241,8 @@ class EdgeAgent:
 
     # -- sink (inputs call these on the loop) ---------------------------------------------------
     def submit(self, readings: list[Reading], ack: Callable[[], None] | None) -> None:
+        if self._closing and ack is not None:
+            return  # left unacked: the input's broker delivers it again after the stop/swap
         self.submitted += len(readings)
         self._runtime.pipeline.ingest(readings)
         if ack is not None:
@@ -219,22 +256,99 @@ class EdgeAgent:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
-            self._flush(force=False)
+            self._flush()
 
-    def _flush(self, *, force: bool) -> None:
-        """Processors → batcher → spool; acks to inputs once what they gave is sealed."""
+    def _flush(self, *, force: bool = False, seal: bool = False) -> None:
+        """Processors → batcher; commit sealed batches with the checkpoint; then ack.
+
+        ``force`` closes open aggregation windows (config change only); ``seal`` seals
+        every pending reading (stop).
+        """
         acks, self._acks_waiting = self._acks_waiting, []
-        self._acks_sealed.extend(acks)
-        out = self._runtime.pipeline.tick(time.time_ns(), force=force)
-        sealed = self.batcher.add(out) if out else 0
-        if force or self.batcher.due(time.monotonic()):
-            sealed += self.batcher.seal()
-        if len(self.batcher) == 0:
-            done, self._acks_sealed = self._acks_sealed, []
-            for ack in done:
-                ack()
+        pipeline = self._runtime.pipeline
+        out = pipeline.tick(time.time_ns(), force=force)
+        if out:
+            self.batcher.add(out)
+        if seal or force or self.batcher.due(time.monotonic()):
+            self.batcher.seal()
+        sealed = 0
+        if pipeline.dirty or self.batcher.uncommitted:
+            sealed = self._commit(pipeline)
+        for ack in acks:
+            ack()
         if sealed:
             self.uplink.notify()
+
+    def _commit(self, pipeline: ChannelPipeline) -> int:
+        """One spool transaction: sealed batches + processor state + pending readings."""
+        t = time.perf_counter()
+        state = pipeline.checkpoint()
+        sealed = self.batcher.commit(state)
+        ck = self.checkpoints
+        ck.written += 1
+        ck.last_ms = (time.perf_counter() - t) * 1000
+        ck.last_bytes = sum(len(b) for b in state.values())
+        return sealed
+
+    def _restore(self) -> None:
+        """Put the processors' checkpoint and the unsealed readings back (start-up)."""
+        blobs = self.spool.load_state()
+        if not blobs:
+            return
+        pipeline = self._runtime.pipeline
+        report: RestoreReport | None = None
+        if any(k in blobs for k in STATE_KEYS if k != KEY_PENDING):
+            try:
+                report = pipeline.restore(blobs, time.time_ns())
+            except CheckpointError as exc:
+                self._ignored("processor checkpoint", exc)
+        pending = 0
+        if KEY_PENDING in blobs:
+            try:
+                pending = self.batcher.restore(blobs[KEY_PENDING])
+            except CheckpointError as exc:
+                self._ignored("unsealed readings", exc)
+        if report is not None:
+            self._log_restore(report, "restart", pending)
+            if report.readings:
+                self.batcher.add(report.readings)
+        self._commit(pipeline)
+        self.uplink.notify()
+
+    def _ignored(self, what: str, exc: CheckpointError) -> None:
+        self.checkpoints.ignored += 1
+        log.warning(
+            f"saved {what} ignored, starting without it: {exc}",
+            extra={"gateway": self.gateway, "reason": str(exc)},
+        )
+
+    def _log_restore(self, report: RestoreReport, when: str, pending: int = 0) -> None:
+        ck = self.checkpoints
+        ck.restored_channels += report.channels
+        ck.restored_windows += report.open_windows
+        ck.closed_windows += report.closed_windows
+        log.info(
+            f"processor state restored ({when}): {report.channels} channels, "
+            f"{report.open_windows} open windows continue, {pending} unsealed readings",
+            extra={
+                "gateway": self.gateway,
+                "chains": report.restored_chains,
+                "channels": report.channels,
+                "open_windows": report.open_windows,
+                "pending_readings": pending,
+            },
+        )
+        if report.flushed_chains:
+            log.warning(
+                f"processor config changed ({when}): state of rule(s) {report.flushed_chains} "
+                f"flushed, {report.closed_windows} open windows closed early with their "
+                "window-start timestamps, filters of those rules restart empty",
+                extra={
+                    "gateway": self.gateway,
+                    "flushed_chains": report.flushed_chains,
+                    "closed_windows": report.closed_windows,
+                },
+            )
 
     async def _health_loop(self) -> None:
         while True:
@@ -253,9 +367,15 @@ class EdgeAgent:
                 ]
                 await self._swap.wait()
                 self._swap.clear()
+                # Commit and ack while connected; the rest is redelivered to the new inputs.
+                self._flush()
+                self._closing = True
                 for t in tasks:
                     t.cancel()
-            self._apply_swap()
+            try:
+                self._apply_swap()
+            finally:
+                self._closing = False
 
     # -- health and birth ------------------------------------------------------------------------
     def health(self) -> Health:
@@ -379,9 +499,20 @@ class EdgeAgent:
         new, self._pending_swap = self._pending_swap, None
         if new is None:
             return
-        self._flush(force=True)  # the old processors' output goes to the spool first
+        old = self._runtime.pipeline
+        self._flush()  # what the old inputs gave goes through the old processors first
+        try:
+            report = new.pipeline.restore(old.checkpoint(), time.time_ns())
+        except CheckpointError as exc:  # cannot happen with blobs made just now; be safe
+            self._ignored("processor state (config swap)", exc)
+            self._flush(force=True)
+        else:
+            self._log_restore(report, f"config version {new.version}")
+            if report.readings:
+                self.batcher.add(report.readings)
         self._runtime = new
         self.batcher.cfg = new.config.batch
+        self._flush(seal=True)
         log.info("remote config applied", extra={"version": new.version})
         self._report(new.version, "applied")
         self.reannounce()

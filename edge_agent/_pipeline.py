@@ -9,10 +9,24 @@
 
 Readings of ``quality: bad`` bypass the processors: they would poison filter state, and the
 platform wants to see them anyway.
+
+**Checkpoint.** After each tick the agent commits, in one spool transaction, the batches
+sealed in that tick and three state blobs (msgpack)::
+
+    processors.layout   rules (config JSON, fingerprint) + channel metadata per chain row
+                        (rewritten only when a channel appears or the config changes)
+    processors.arrays   every stage's per-row numpy arrays, as raw bytes (dtype, shape, data)
+    batcher.pending     readings the batcher holds but has not sealed yet (JSON per reading)
+
+So a sample is, as of the last commit, either in a spooled batch or in this state: never
+both, never neither. :meth:`ChannelPipeline.restore` puts the state back into a fresh pipeline;
+a chain whose rule (or whose routing: the matches of the rules before it) changed is rebuilt
+from the saved rule and force-flushed instead (open windows close early, filters restart).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,18 +34,107 @@ from typing import Final
 
 import msgspec
 import numpy as np
+from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from edge_agent._config import BatchConfig, ProcessorRule
-from edge_agent._processors import Chain, ChainOutput, StageConfig
+from edge_agent._errors import EdgeError
+from edge_agent._processors import Chain, ChainOutput, StageConfig, StateMismatch
 from edge_agent._spool import Spool
 from telemetry import Batch, FieldValue, PayloadTooLarge, Reading, encode_batch
 
-__all__ = ["Batcher", "ChannelKey", "ChannelPipeline"]
+__all__ = [
+    "STATE_KEYS",
+    "Batcher",
+    "ChannelKey",
+    "ChannelPipeline",
+    "CheckpointError",
+    "RestoreReport",
+]
 
 #: (device, measurement, tags as a tuple of items, field)
 ChannelKey = tuple[str, str, tuple[tuple[str, str], ...], str]
 
 _enc: Final = msgspec.json.Encoder()
+
+#: Bump when the checkpoint layout changes: older blobs are then ignored (counted, logged).
+_STATE_VERSION: Final = 1
+KEY_LAYOUT: Final = "processors.layout"
+KEY_ARRAYS: Final = "processors.arrays"
+KEY_PENDING: Final = "batcher.pending"
+#: The spool state keys this module writes.
+STATE_KEYS: Final = (KEY_LAYOUT, KEY_ARRAYS, KEY_PENDING)
+
+
+class CheckpointError(EdgeError):
+    """A saved checkpoint that cannot be used (corrupt, other version, does not fit)."""
+
+
+class _Array(msgspec.Struct, array_like=True, frozen=True):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+class _Channel(msgspec.Struct, array_like=True, frozen=True):
+    device: str
+    measurement: str
+    tags: list[tuple[str, str]]
+    field: str
+    clock: str
+
+
+class _Layout(msgspec.Struct, frozen=True):
+    version: int
+    fingerprint: str
+    rules: list[str]
+    channels: list[list[_Channel]]
+
+
+class _Arrays(msgspec.Struct, frozen=True):
+    version: int
+    fingerprint: str
+    chains: list[list[dict[str, _Array]]]
+
+
+_layout_dec: Final = msgspec.msgpack.Decoder(_Layout)
+_arrays_dec: Final = msgspec.msgpack.Decoder(_Arrays)
+_pending_dec: Final = msgspec.json.Decoder(list[Reading])
+_pack: Final = msgspec.msgpack.Encoder()
+
+
+def _pack_array(a: NDArray[np.generic]) -> _Array:
+    return _Array(a.dtype.str, list(a.shape), a.tobytes())
+
+
+def _unpack_array(a: _Array) -> NDArray[np.generic]:
+    try:
+        out: NDArray[np.generic] = np.frombuffer(a.data, dtype=np.dtype(a.dtype)).reshape(a.shape)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"bad array {a.dtype}{a.shape}: {exc}") from exc
+    return out
+
+
+def rules_fingerprint(rules_json: list[str]) -> str:
+    """Short hash of the processor rules (their canonical JSON, in order)."""
+    return hashlib.sha256("\n".join(rules_json).encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    """What :meth:`ChannelPipeline.restore` did."""
+
+    #: Chains whose state was restored (same rule, same routing).
+    restored_chains: list[int] = field(default_factory=list)
+    #: Saved chains whose rule or routing changed: force-flushed, their state dropped.
+    flushed_chains: list[int] = field(default_factory=list)
+    channels: int = 0
+    #: Open aggregation windows carried over / closed early by a config change.
+    open_windows: int = 0
+    closed_windows: int = 0
+    #: Readings the force-flushed chains emitted (to be batched).
+    readings: list[Reading] = field(default_factory=list)
+    same_config: bool = True
 
 
 @dataclass(slots=True)
@@ -55,11 +158,16 @@ class ChannelPipeline:
 
     def __init__(self, rules: list[ProcessorRule]) -> None:
         self.rules = rules
+        self.rules_json = [r.model_dump_json() for r in rules]
+        self.fingerprint = rules_fingerprint(self.rules_json)
         self.chains = [Chain(list[StageConfig](r.stages)) for r in rules]
         self._meta: list[list[_Meta]] = [[] for _ in rules]
         self._staged = [_Staged() for _ in rules]
         self._routes: dict[ChannelKey, tuple[int, int] | None] = {}
         self._out: list[Reading] = []
+        #: Something entered or left the pipeline since the last :meth:`checkpoint`.
+        self.dirty = False
+        self._layout_dirty = True
 
     @property
     def channels(self) -> int:
@@ -72,6 +180,7 @@ class ChannelPipeline:
                 row = self.chains[i].add_channel()
                 self._meta[i].append(_Meta(device, measurement, dict(tags), fname, clock))
                 self._routes[key] = (i, row)
+                self._layout_dirty = True
                 return i, row
         self._routes[key] = None
         return None
@@ -80,6 +189,7 @@ class ChannelPipeline:
         """Stage the numeric fields that have a chain; pass everything else through."""
         routes = self._routes
         staged = self._staged
+        self.dirty = True
         for r in readings:
             if not self.rules or r.quality == "bad":
                 self._out.append(r)
@@ -118,6 +228,8 @@ class ChannelPipeline:
         ``force`` also closes open aggregation windows (shutdown, reconfiguration).
         """
         out, self._out = self._out, []
+        if force:
+            self.dirty = True
         for i, chain in enumerate(self.chains):
             st = self._staged[i]
             if st.chan:
@@ -130,12 +242,140 @@ class ChannelPipeline:
                 out.extend(self._rebuild(i, res))
             if chain.aggregate is not None:
                 out.extend(self._rebuild(i, chain.flush(now_ns, force=force)))
+        if out:
+            self.dirty = True
         return out
 
+    # -- checkpoint ------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, bytes]:
+        """The state blobs to commit (the layout only when it changed); clears ``dirty``.
+
+        Call after :meth:`tick` (nothing staged): staged samples are not part of the state.
+        """
+        if self._out or any(st.chan for st in self._staged):
+            raise CheckpointError("checkpoint with staged samples: tick first")
+        self.dirty = False
+        arrays = _Arrays(
+            _STATE_VERSION,
+            self.fingerprint,
+            [
+                [{k: _pack_array(a) for k, a in part.items()} for part in chain.state()]
+                for chain in self.chains
+            ],
+        )
+        blobs = {KEY_ARRAYS: _pack.encode(arrays)}
+        if self._layout_dirty:
+            self._layout_dirty = False
+            layout = _Layout(
+                _STATE_VERSION,
+                self.fingerprint,
+                self.rules_json,
+                [
+                    [
+                        _Channel(m.device, m.measurement, list(m.tags.items()), m.field, m.clock)
+                        for m in meta
+                    ]
+                    for meta in self._meta
+                ],
+            )
+            blobs[KEY_LAYOUT] = _pack.encode(layout)
+        return blobs
+
+    def restore(self, blobs: dict[str, bytes], now_ns: int) -> RestoreReport:
+        """Load a checkpoint (:meth:`checkpoint` blobs) into this fresh pipeline.
+
+        A saved chain comes back when this pipeline has the same rule at the same index and
+        the same matches before it (so its channels route to it again). Any other saved chain
+        is rebuilt from its saved rule, loaded and force-flushed: open windows are emitted now
+        with their window-start timestamps (``RestoreReport.readings``), filter state is
+        dropped. Raises :class:`CheckpointError`, leaving this pipeline untouched, when the
+        blobs are corrupt or do not fit.
+        """
+        if self.channels or self._out or any(st.chan for st in self._staged):
+            raise CheckpointError("restore into a pipeline that already has channels")
+        try:
+            layout = _layout_dec.decode(blobs[KEY_LAYOUT])
+            arrays = _arrays_dec.decode(blobs[KEY_ARRAYS])
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint lacks {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise CheckpointError(f"corrupt checkpoint: {exc}") from exc
+        if layout.version != _STATE_VERSION or arrays.version != _STATE_VERSION:
+            raise CheckpointError(
+                f"checkpoint version {layout.version}/{arrays.version}, this agent writes "
+                f"{_STATE_VERSION}"
+            )
+        if layout.fingerprint != arrays.fingerprint or rules_fingerprint(
+            layout.rules
+        ) != layout.fingerprint:
+            raise CheckpointError("checkpoint layout and arrays do not belong together")
+        n_saved = len(layout.rules)
+        if len(layout.channels) != n_saved or len(arrays.chains) != n_saved:
+            raise CheckpointError("checkpoint chain counts disagree")
+        try:
+            saved_rules = [ProcessorRule.model_validate_json(r) for r in layout.rules]
+        except ValidationError as exc:
+            raise CheckpointError(f"saved processor rules are not valid here: {exc}") from exc
+        report = RestoreReport(same_config=layout.fingerprint == self.fingerprint)
+        loaded: dict[int, tuple[Chain, list[_Meta]]] = {}
+        flushed: list[tuple[int, Chain, list[_Meta]]] = []
+        keys: set[ChannelKey] = set()
+        for i, rule in enumerate(saved_rules):
+            metas = [
+                _Meta(c.device, c.measurement, dict(c.tags), c.field, c.clock)
+                for c in layout.channels[i]
+            ]
+            same = (
+                i < len(self.rules)
+                and layout.rules[i] == self.rules_json[i]
+                and all(
+                    saved_rules[j].match == self.rules[j].match for j in range(i)
+                )
+            )
+            chain = Chain(list[StageConfig]((self.rules[i] if same else rule).stages))
+            try:
+                chain.load_state(
+                    [{k: _unpack_array(a) for k, a in part.items()} for part in arrays.chains[i]],
+                    len(metas),
+                )
+            except StateMismatch as exc:
+                raise CheckpointError(f"saved chain {i} does not fit: {exc}") from exc
+            if same:
+                for m in metas:
+                    key = (m.device, m.measurement, tuple(m.tags.items()), m.field)
+                    if key in keys:
+                        raise CheckpointError(f"channel {key} saved twice")
+                    keys.add(key)
+                loaded[i] = (chain, metas)
+            else:
+                flushed.append((i, chain, metas))
+        # Everything fits: only now change this pipeline.
+        for i, (chain, metas) in loaded.items():
+            self.chains[i] = chain
+            self._meta[i] = metas
+            for row, m in enumerate(metas):
+                key = (m.device, m.measurement, tuple(m.tags.items()), m.field)
+                self._routes[key] = (i, row)
+            report.restored_chains.append(i)
+            report.channels += chain.n
+            if chain.aggregate is not None:
+                report.open_windows += int(np.count_nonzero(chain.aggregate.count[: chain.n]))
+        for i, chain, metas in flushed:
+            res = chain.flush(now_ns, force=True)
+            report.flushed_chains.append(i)
+            report.closed_windows += len(res)
+            report.readings.extend(self._rebuild_with(metas, res))
+        self._layout_dirty = True
+        self.dirty = True
+        return report
+
     def _rebuild(self, chain_idx: int, res: ChainOutput) -> list[Reading]:
+        return self._rebuild_with(self._meta[chain_idx], res)
+
+    @staticmethod
+    def _rebuild_with(meta: list[_Meta], res: ChainOutput) -> list[Reading]:
         if len(res) == 0:
             return []
-        meta = self._meta[chain_idx]
         groups: dict[tuple[str, str, tuple[tuple[str, str], ...], int], dict[str, FieldValue]] = {}
         clocks: dict[tuple[str, str, tuple[tuple[str, str], ...], int], str] = {}
         cols = [(suffix, col.tolist()) for suffix, col in res.columns.items()]
@@ -176,10 +416,13 @@ class ChannelPipeline:
 
 
 class Batcher:
-    """Collects readings and seals them into numbered batches in the spool.
+    """Collects readings and seals them into numbered batches; :meth:`commit` writes them.
 
     A batch is sealed when it reaches ``max_readings`` or ``max_bytes`` (estimated from the
-    readings' encoded sizes) or when its first reading waited ``max_age_s``.
+    readings' encoded sizes) or when its first reading waited ``max_age_s``. Sealed batches
+    wait in memory for :meth:`commit`, which writes them to the spool in one transaction
+    together with the state blobs it is given (and the readings still pending, so that they
+    survive a crash too).
     """
 
     _ENVELOPE: Final = 96  # bytes of {"v":..,"gw":..,"seq":..,"r":[]} around the readings
@@ -189,20 +432,29 @@ class Batcher:
         self.cfg = cfg
         self.spool = spool
         self._pending: list[Reading] = []
+        self._encoded: list[bytes] = []  # JSON of each pending reading (size estimate, state)
         self._bytes = self._ENVELOPE
         self._since: float | None = None
+        self._sealed: list[tuple[int, bytes, int]] = []
+        self._pending_changed = False
         self.sealed_batches = 0
         self.sealed_readings = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def uncommitted(self) -> bool:
+        """Sealed batches or changed pending readings not yet committed."""
+        return bool(self._sealed) or self._pending_changed
+
     def add(self, readings: list[Reading]) -> int:
         """Queue readings; seal full batches. Returns the number of batches sealed."""
         sealed = 0
         limit_n, limit_b = self.cfg.max_readings, self.cfg.max_bytes
         for r in readings:
-            size = len(_enc.encode(r)) + 1
+            enc = _enc.encode(r)
+            size = len(enc) + 1
             if self._pending and (
                 len(self._pending) >= limit_n or self._bytes + size > limit_b
             ):
@@ -210,7 +462,10 @@ class Batcher:
             if self._since is None:
                 self._since = time.monotonic()
             self._pending.append(r)
+            self._encoded.append(enc)
             self._bytes += size
+        if readings:
+            self._pending_changed = True
         if len(self._pending) >= limit_n:
             sealed += self.seal()
         return sealed
@@ -219,14 +474,18 @@ class Batcher:
         return self._since is not None and now_mono - self._since >= self.cfg.max_age_s
 
     def seal(self) -> int:
-        """Write everything pending to the spool; returns the number of batches written."""
+        """Seal everything pending into batches (written by the next :meth:`commit`)."""
         pending, self._pending = self._pending, []
+        self._encoded = []
         self._bytes = self._ENVELOPE
         self._since = None
-        return self._write(pending) if pending else 0
+        if not pending:
+            return 0
+        self._pending_changed = True
+        return self._seal(pending)
 
-    def _write(self, readings: list[Reading]) -> int:
-        seq = self.spool.next_seq
+    def _seal(self, readings: list[Reading]) -> int:
+        seq = self.spool.next_seq + len(self._sealed)
         try:
             payload = encode_batch(Batch(gateway=self.gateway, seq=seq, readings=readings))
         except PayloadTooLarge:
@@ -234,8 +493,35 @@ class Batcher:
             half = len(readings) // 2
             if half == 0:
                 raise
-            return self._write(readings[:half]) + self._write(readings[half:])
-        self.spool.append(seq, payload, len(readings))
-        self.sealed_batches += 1
-        self.sealed_readings += len(readings)
+            return self._seal(readings[:half]) + self._seal(readings[half:])
+        self._sealed.append((seq, payload, len(readings)))
         return 1
+
+    def pending_blob(self) -> bytes:
+        """The pending readings as a JSON array (see :meth:`restore`)."""
+        return b"[" + b",".join(self._encoded) + b"]"
+
+    def restore(self, blob: bytes) -> int:
+        """Queue the readings of a :meth:`pending_blob`; returns how many."""
+        try:
+            readings = _pending_dec.decode(blob)
+        except msgspec.DecodeError as exc:
+            raise CheckpointError(f"corrupt pending readings: {exc}") from exc
+        self.add(readings)
+        return len(readings)
+
+    def commit(self, state: dict[str, bytes] | None = None) -> int:
+        """Write sealed batches, ``state`` and the pending readings in one transaction;
+        returns the number of batches written."""
+        blobs: dict[str, bytes | None] = dict(state or {})
+        blobs[KEY_PENDING] = self.pending_blob()
+        sealed, self._sealed = self._sealed, []
+        try:
+            self.spool.commit(sealed, blobs)
+        except BaseException:
+            self._sealed = sealed + self._sealed
+            raise
+        self._pending_changed = False
+        self.sealed_batches += len(sealed)
+        self.sealed_readings += sum(n for _, _, n in sealed)
+        return len(sealed)

@@ -14,6 +14,11 @@ config lists them; ``aggregate`` closes a chain (it turns samples into window st
 
 Every stage counts what it dropped, per channel (``Stage.dropped``). Stages are plugins:
 :data:`STAGES` maps a config ``type`` to its typed config model and its implementation.
+
+**State.** Everything a stage remembers about a channel lives in the per-row arrays named in
+its ``state_arrays``; :meth:`Chain.state` returns them (rows ``[:n]``) and
+:meth:`Chain.load_state` puts them back into a fresh chain, refusing arrays whose dtype or
+shape does not fit (:class:`StateMismatch`). The agent checkpoints them into the spool.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StageSpec",
+    "StateMismatch",
     "ValidityConfig",
     "ValidityStage",
     "split_rounds",
@@ -223,10 +229,44 @@ def _grow(a: NDArray[np.generic], n: int, fill: float | int | bool) -> NDArray[n
     return out
 
 
-class Stage(ABC):
-    """A filter stage: per round, a keep-mask and the (possibly changed) values."""
+class StateMismatch(ValueError):
+    """Saved stage state that does not fit the stage (other dtype, shape or fields)."""
+
+
+class _Stateful:
+    """Per-channel state in row-indexed numpy arrays, saved and restored by name."""
 
     name: ClassVar[str]
+    #: Attributes holding one row per channel (first axis); the stage's whole memory.
+    state_arrays: ClassVar[tuple[str, ...]] = ("dropped",)
+
+    def resize(self, n: int) -> None:
+        raise NotImplementedError
+
+    def state(self, n: int) -> dict[str, NDArray[np.generic]]:
+        """The first ``n`` rows of every state array (views, not copies)."""
+        return {k: getattr(self, k)[:n] for k in self.state_arrays}
+
+    def load_state(self, arrays: dict[str, NDArray[np.generic]], n: int, cap: int) -> None:
+        """Replace the state by ``arrays`` (``n`` rows each); room for ``cap`` channels."""
+        if set(arrays) != set(self.state_arrays):
+            raise StateMismatch(
+                f"{self.name}: saved arrays {sorted(arrays)}, expected {sorted(self.state_arrays)}"
+            )
+        for k in self.state_arrays:
+            a, cur = arrays[k], getattr(self, k)
+            if a.dtype != cur.dtype or a.shape != (n, *cur.shape[1:]):
+                raise StateMismatch(
+                    f"{self.name}.{k}: saved {a.dtype}{list(a.shape)}, "
+                    f"expected {cur.dtype}{[n, *cur.shape[1:]]}"
+                )
+        self.resize(cap)
+        for k in self.state_arrays:
+            getattr(self, k)[:n] = arrays[k]
+
+
+class Stage(_Stateful, ABC):
+    """A filter stage: per round, a keep-mask and the (possibly changed) values."""
 
     def __init__(self) -> None:
         self.dropped: I64 = np.zeros(0, dtype=np.int64)
@@ -267,6 +307,7 @@ class ScaleStage(Stage):
 
 class DeadbandStage(Stage):
     name = "deadband"
+    state_arrays = ("dropped", "last_v", "last_t", "has")
 
     def __init__(self, cfg: DeadbandConfig) -> None:
         super().__init__()
@@ -300,6 +341,7 @@ class DeadbandStage(Stage):
 
 class HampelStage(Stage):
     name = "hampel"
+    state_arrays = ("dropped", "buf", "pos", "count")
     _SCALE: Final = 1.4826  # MAD -> standard deviation for normal data
 
     def __init__(self, cfg: HampelConfig) -> None:
@@ -336,6 +378,7 @@ class HampelStage(Stage):
 
 class EmaStage(Stage):
     name = "ema"
+    state_arrays = ("dropped", "y", "has")
 
     def __init__(self, cfg: EmaConfig) -> None:
         super().__init__()
@@ -357,6 +400,7 @@ class EmaStage(Stage):
 
 class RateLimitStage(Stage):
     name = "rate_limit"
+    state_arrays = ("dropped", "last_t", "has")
 
     def __init__(self, cfg: RateLimitConfig) -> None:
         super().__init__()
@@ -395,10 +439,11 @@ class ChainOutput:
         return int(self.chan.shape[0])
 
 
-class AggregateStage:
+class AggregateStage(_Stateful):
     """Tumbling-window statistics per channel; terminal stage of a chain."""
 
     name: ClassVar[str] = "aggregate"
+    state_arrays = ("dropped", "wid", "sum", "min", "max", "last", "count")
 
     def __init__(self, cfg: AggregateConfig) -> None:
         self.window_ns = int(cfg.window_s * _NS)
@@ -529,6 +574,30 @@ class Chain:
                 self.aggregate.resize(self._cap)
         return row
 
+    @property
+    def parts(self) -> list[Stage | AggregateStage]:
+        """Every stage in order, ``aggregate`` last."""
+        out: list[Stage | AggregateStage] = [*self.stages]
+        if self.aggregate is not None:
+            out.append(self.aggregate)
+        return out
+
+    def state(self) -> list[dict[str, NDArray[np.generic]]]:
+        """Per stage (in order, ``aggregate`` last): its state arrays, rows ``[:n]``."""
+        return [st.state(self.n) for st in self.parts]
+
+    def load_state(self, saved: list[dict[str, NDArray[np.generic]]], n: int) -> None:
+        """Restore :meth:`state` of a chain of the same config into this fresh chain."""
+        if self.n:
+            raise StateMismatch("state is restored into fresh chains only")
+        parts = self.parts
+        if len(saved) != len(parts):
+            raise StateMismatch(f"saved {len(saved)} stages, the chain has {len(parts)}")
+        cap = max(16, n)
+        for st, arrays in zip(parts, saved, strict=True):
+            st.load_state(arrays, n, cap)
+        self.n, self._cap = n, cap
+
     def process(self, chan: IDX, ts: I64, val: F64) -> ChainOutput:
         """Run samples (any order, any number per channel) through the chain."""
         outs: list[ChainOutput] = []
@@ -564,10 +633,7 @@ class Chain:
     def dropped(self) -> dict[str, I64]:
         """Stage name -> dropped count per channel row (stages of one type summed)."""
         out: dict[str, I64] = {}
-        parts: list[Stage | AggregateStage] = [*self.stages]
-        if self.aggregate is not None:
-            parts.append(self.aggregate)
-        for st in parts:
+        for st in self.parts:
             counts = st.dropped[: self.n]
             out[st.name] = out[st.name] + counts if st.name in out else counts.copy()
         return out

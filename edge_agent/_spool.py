@@ -14,6 +14,10 @@
   oldest batches first (policy *drop oldest*: fresh data is worth more than old data on a link
   that never comes back). Dropped batches and readings are counted in ``meta`` and reported
   in health. Freed pages are reused, so the file stays near the budget.
+- State: the ``state`` table holds named blobs (the processors' checkpoint, the batcher's
+  unsealed readings) that :meth:`Spool.commit` writes in the **same transaction** as the
+  batches sealed with them, so batches and state always describe the same instant. State
+  blobs are not counted against the budget.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS batches (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped_batches', 0),
     ('dropped_readings', 0);
 """
@@ -148,20 +154,52 @@ class Spool:
 
         Drops the oldest batches first if the budget would be exceeded.
         """
-        if seq != self._next_seq:
-            raise SpoolError(f"batch seq {seq} is not the spool's next seq {self._next_seq}")
-        size = len(payload)
+        return self.commit([(seq, payload, readings)])[0]
+
+    def commit(
+        self,
+        batches: Sequence[tuple[int, bytes, int]],
+        state: Mapping[str, bytes | None] | None = None,
+    ) -> list[int]:
+        """One transaction: append ``(seq, payload, readings)`` batches (consecutive seqs from
+        ``next_seq``) and set the ``state`` blobs (``None`` deletes a key); returns the ids.
+
+        Each batch drops the oldest ones first if it would exceed the budget, as if appended
+        alone.
+        """
+        for i, (seq, _, _) in enumerate(batches):
+            if seq != self._next_seq + i:
+                raise SpoolError(
+                    f"batch seq {seq} is not the spool's next seq {self._next_seq + i}"
+                )
         db = self.db
+        ids: list[int] = []
+        added_b = added_r = 0
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if self._bytes + size > self.budget_bytes:
-                    self._drop_oldest(self._bytes + size - self.budget_bytes)
-                cur = db.execute(
-                    "INSERT INTO batches (seq, created_ns, readings, payload) VALUES (?,?,?,?)",
-                    (seq, time.time_ns(), readings, payload),
-                )
-                db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+                for seq, payload, readings in batches:
+                    size = len(payload)
+                    if self._bytes + added_b + size > self.budget_bytes:
+                        self._drop_oldest(self._bytes + added_b + size - self.budget_bytes)
+                    cur = db.execute(
+                        "INSERT INTO batches (seq, created_ns, readings, payload)"
+                        " VALUES (?,?,?,?)",
+                        (seq, time.time_ns(), readings, payload),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                    added_b += size
+                    added_r += readings
+                if batches:
+                    db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'next_seq'",
+                        (self._next_seq + len(batches),),
+                    )
+                for key, blob in (state or {}).items():
+                    if blob is None:
+                        db.execute("DELETE FROM state WHERE key = ?", (key,))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, blob))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -169,11 +207,19 @@ class Spool:
                 raise
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot write spool {self.path}: {exc}") from exc
-        self._next_seq = seq + 1
-        self._bytes += size
-        self._readings += readings
-        self._batches += 1
-        return int(cur.lastrowid or 0)
+        self._next_seq += len(batches)
+        self._bytes += added_b
+        self._readings += added_r
+        self._batches += len(batches)
+        return ids
+
+    def load_state(self) -> dict[str, bytes]:
+        """Every state blob, by key."""
+        try:
+            rows = self.db.execute("SELECT key, value FROM state").fetchall()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read state from {self.path}: {exc}") from exc
+        return {str(k): bytes(v) for k, v in rows}
 
     def _drop_oldest(self, need: int) -> None:
         """Inside a transaction: delete oldest batches until ``need`` bytes are freed."""
