@@ -12,7 +12,8 @@ The API subscribes without a persistent session (clean start): live state is a c
 restarted API warms it from InfluxDB and the retained status messages instead. Telemetry is
 taken at QoS 0 (a dropped reading is replaced by the next one), status/config at QoS 1.
 paho reconnects by itself with a capped backoff; on every connect the subscriptions are made
-again.
+again. Credentials and TLS (``mqtt_tls_*``, client certificate) are set up by
+:func:`smartcity.broker.configure_client`, as for every other client of the platform.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from api._errors import UpstreamUnavailable
+from api._errors import ConfigError, UpstreamUnavailable
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings
+from smartcity.broker import BrokerSetupError, configure_client
 from telemetry import TopicKind, Topics
 
 __all__ = ["BrokerLink"]
@@ -61,9 +63,14 @@ class BrokerLink:
             client_id=settings.mqtt_client_id,
             protocol=mqtt.MQTTv5,
         )
-        if settings.mqtt_username:
-            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-            self._client.username_pw_set(settings.mqtt_username, password)
+        # Certificates and the password file are read here, once: a missing file stops the
+        # API at start with the setting named.
+        access = settings.mqtt_access
+        try:
+            configure_client(self._client, access)
+        except BrokerSetupError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.tls = access.tls is not None
         self._client.reconnect_delay_set(1, 30)
         self._client.max_inflight_messages_set(1000)
         self._client.on_connect = self._on_connect
@@ -82,7 +89,11 @@ class BrokerLink:
         except TimeoutError:
             log.warning(
                 "broker not reachable yet; serving and retrying in the background",
-                extra={"host": self._settings.mqtt_host, "port": self._settings.mqtt_port},
+                extra={
+                    "host": self._settings.mqtt_host,
+                    "port": self._settings.mqtt_port,
+                    "tls": self.tls,
+                },
             )
         return self
 
@@ -115,7 +126,7 @@ class BrokerLink:
         )
         self.connected = True
         self._metrics.mqtt_connected.set(1)
-        log.info("subscribed to the broker", extra={"root": t.root})
+        log.info("subscribed to the broker", extra={"root": t.root, "tls": self.tls})
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
 

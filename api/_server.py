@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 import time
 from types import TracebackType
@@ -18,7 +19,16 @@ from api._errors import ApiError
 from api._services import Services
 from api._settings import ApiSettings
 
-__all__ = ["ApiServer", "serve", "uvicorn_config"]
+__all__ = ["ApiServer", "base_url", "serve", "uvicorn_config"]
+
+log = logging.getLogger("api.server")
+
+
+def base_url(settings: ApiSettings) -> str:
+    """``https://host:port`` when the API serves TLS (``tls_cert_file``), else ``http://``."""
+    scheme = "https" if settings.https else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{scheme}://{host}:{settings.port}"
 
 
 def uvicorn_config(settings: ApiSettings, *, db: Database | None = None) -> uvicorn.Config:
@@ -35,12 +45,15 @@ def uvicorn_config(settings: ApiSettings, *, db: Database | None = None) -> uvic
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=None if settings.tls_cert_file is None else str(settings.tls_cert_file),
+        ssl_keyfile=None if settings.tls_key_file is None else str(settings.tls_key_file),
     )
 
 
 def serve(settings: ApiSettings) -> None:
     """Run the API until SIGINT/SIGTERM (what ``smartcity api run`` does)."""
     server = uvicorn.Server(uvicorn_config(settings))
+    log.info("serving the API", extra={"url": base_url(settings), "https": settings.https})
     server.run()
     if not server.started:
         raise ApiError("the API did not start (see the log above)")
@@ -69,7 +82,8 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
+        """``https://...`` when the settings hold a certificate, else ``http://...``."""
+        return base_url(self.settings)
 
     @property
     def services(self) -> Services:

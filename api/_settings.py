@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api._errors import ConfigError
+from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security
 
 __all__ = ["ApiSettings", "load_settings"]
 
@@ -44,6 +45,12 @@ class ApiSettings(BaseSettings):
     #: Demo mode: creates one key per role at start and prints them. Never in production.
     demo: bool = False
 
+    # HTTPS ---------------------------------------------------------------------------------
+    #: Serve HTTPS with this certificate chain (PEM) and its private key; both or neither.
+    #: Unset: plain HTTP (behind a TLS-terminating proxy, or on loopback).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
     # Security ------------------------------------------------------------------------------
     #: SQLAlchemy URL of the operator database (keys, alert rules, acknowledgements).
     database_url: str = "sqlite:///var/api.sqlite3"
@@ -61,6 +68,20 @@ class ApiSettings(BaseSettings):
     mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
+    #: A file holding the broker password (first line), read when the API connects.
+    mqtt_password_file: Path | None = None
+    #: TLS to the broker; on by itself when any ``mqtt_tls_*`` file is set. Without
+    #: ``mqtt_tls_ca_file`` the system's CA store verifies the broker.
+    mqtt_tls: bool = False
+    mqtt_tls_ca_file: Path | None = None
+    #: Client certificate and key (together) for brokers that require one.
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    #: Skip the broker's hostname verification; refused unless ``mqtt_allow_insecure``.
+    mqtt_tls_insecure: bool = False
+    #: Development only: permits ``mqtt_tls_insecure`` and a password over plain TCP to a
+    #: broker that is not on loopback.
+    mqtt_allow_insecure: bool = False
     #: Client id; every replica needs its own (the default adds a random suffix).
     mqtt_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")] = (
         Field(default_factory=lambda: f"api-{secrets.token_hex(4)}")
@@ -130,6 +151,59 @@ class ApiSettings(BaseSettings):
         except TopicError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @model_validator(mode="after")
+    def _broker_access(self) -> ApiSettings:
+        if self.mqtt_password is not None and self.mqtt_password_file is not None:
+            raise ValueError("set mqtt_password or mqtt_password_file, not both")
+        if (self.mqtt_tls_cert_file is None) != (self.mqtt_tls_key_file is None):
+            raise ValueError("mqtt_tls_cert_file and mqtt_tls_key_file go together")
+        access = self.mqtt_access
+        check_broker_security(
+            host=self.mqtt_host,
+            tls=access.tls,
+            has_password=access.has_password,
+            allow_insecure=self.mqtt_allow_insecure,
+            tls_key="mqtt_tls",
+            insecure_key="mqtt_tls_insecure",
+            allow_key="mqtt_allow_insecure",
+        )
+        if access.tls is not None:
+            access.tls.check_files("mqtt_tls_")
+        return self
+
+    @model_validator(mode="after")
+    def _https(self) -> ApiSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (HTTPS)")
+        for key in ("tls_cert_file", "tls_key_file"):
+            path: Path | None = getattr(self, key)
+            if path is not None and not path.is_file():
+                reason = "is not a file" if path.exists() else "file not found"
+                raise ValueError(f"{key}: {reason}: {path}")
+        return self
+
+    @property
+    def mqtt_access(self) -> BrokerAccess:
+        """The broker credentials and TLS as the shared model (:mod:`smartcity.broker`)."""
+        files = {
+            "ca_file": self.mqtt_tls_ca_file,
+            "cert_file": self.mqtt_tls_cert_file,
+            "key_file": self.mqtt_tls_key_file,
+        }
+        tls = None
+        if self.mqtt_tls or self.mqtt_tls_insecure or any(files.values()):
+            tls = BrokerTls(insecure=self.mqtt_tls_insecure, **files)
+        return BrokerAccess(
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+            password_file=self.mqtt_password_file,
+            tls=tls,
+        )
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert_file is not None
 
     @field_validator("map_tiles_url")
     @classmethod

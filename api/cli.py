@@ -55,6 +55,47 @@ def run(
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
     mqtt_host: Annotated[str | None, typer.Option(help="Broker host.")] = None,
     mqtt_port: Annotated[int | None, typer.Option(help="Broker port.")] = None,
+    mqtt_username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            help="File holding the broker password (or SMARTCITY_API_MQTT_PASSWORD).",
+        ),
+    ] = None,
+    mqtt_tls: Annotated[
+        bool, typer.Option("--mqtt-tls", help="TLS to the broker (system CA store by default).")
+    ] = False,
+    mqtt_tls_ca_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="CA bundle (PEM) for the broker's TLS.")
+    ] = None,
+    mqtt_tls_cert_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Client certificate (PEM) for the broker.")
+    ] = None,
+    mqtt_tls_key_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Client key (PEM) for the broker.")
+    ] = None,
+    mqtt_tls_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-tls-insecure",
+            help="Skip the broker's hostname check (needs --mqtt-allow-insecure).",
+        ),
+    ] = False,
+    mqtt_allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-allow-insecure",
+            help="Development only: permit --mqtt-tls-insecure and a password without TLS.",
+        ),
+    ] = False,
+    tls_cert_file: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Serve HTTPS with this certificate chain (PEM)."),
+    ] = None,
+    tls_key_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Private key (PEM) of --tls-cert-file.")
+    ] = None,
     topic_root: Annotated[str | None, typer.Option(help="Topic namespace root.")] = None,
     influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
     database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
@@ -71,6 +112,12 @@ def run(
     """Serve the API until SIGTERM/SIGINT."""
     settings = _settings(
         config, host=host, port=port, mqtt_host=mqtt_host, mqtt_port=mqtt_port,
+        mqtt_username=mqtt_username, mqtt_password_file=mqtt_password_file,
+        mqtt_tls=mqtt_tls or None, mqtt_tls_ca_file=mqtt_tls_ca_file,
+        mqtt_tls_cert_file=mqtt_tls_cert_file, mqtt_tls_key_file=mqtt_tls_key_file,
+        mqtt_tls_insecure=mqtt_tls_insecure or None,
+        mqtt_allow_insecure=mqtt_allow_insecure or None,
+        tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
         topic_root=topic_root, influx_url=influx_url, influx_database=database,
         database_url=database_url, cors_origins=cors_origin or None, demo=demo or None,
         log_level=log_level.upper() if log_level else None, log_format=log_format,

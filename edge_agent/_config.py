@@ -30,7 +30,6 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,6 +37,7 @@ from pydantic import (
 
 from edge_agent._errors import ConfigError, ConfigIssue
 from edge_agent._processors import STAGES, AggregateConfig, StageSpec
+from smartcity.broker import BrokerAccess, check_broker_security
 from telemetry import (
     ID_RE,
     MAX_PAYLOAD_BYTES,
@@ -67,7 +67,6 @@ __all__ = [
     "NmeaInputConfig",
     "ProcessorRule",
     "SpoolConfig",
-    "TlsConfig",
     "load_config",
     "parse_config",
     "remote_change_issues",
@@ -107,23 +106,10 @@ class GatewayConfig(_Model):
         return v
 
 
-class TlsConfig(_Model):
-    """TLS to the broker; ``cert_file``/``key_file`` for client-certificate authentication."""
+class BrokerConfig(BrokerAccess):
+    """The central broker. ``username``, ``password`` / ``password_file`` and ``tls``
+    (:class:`smartcity.broker.BrokerTls`) come from :class:`smartcity.broker.BrokerAccess`."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    #: Skip hostname verification. Only for test benches; refused unless ``allow_insecure``.
-    insecure: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class BrokerConfig(_Model):
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     topic_root: str = "sc"
@@ -134,10 +120,6 @@ class BrokerConfig(_Model):
     #: the broker (within its ``max_queued_messages``) and delivered on reconnect. 0: the
     #: session ends with the connection.
     session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFE)] = 24 * 3600
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
     #: Development only: permits ``tls.insecure`` and passwords over plain TCP to non-local hosts.
     allow_insecure: bool = False
     backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
@@ -157,19 +139,12 @@ class BrokerConfig(_Model):
 
     @model_validator(mode="after")
     def _secure(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set password or password_file, not both")
-        if self.allow_insecure:
-            return self
-        if self.tls is not None and self.tls.insecure:
-            raise ValueError("tls.insecure needs allow_insecure: true (development only)")
-        local = self.host in {"localhost", "127.0.0.1", "::1"}
-        has_secret = self.password is not None or self.password_file is not None
-        if has_secret and self.tls is None and not local:
-            raise ValueError(
-                "a password over plain TCP to a remote broker is refused: configure tls "
-                "(or allow_insecure: true for development)"
-            )
+        check_broker_security(
+            host=self.host,
+            tls=self.tls,
+            has_password=self.has_password,
+            allow_insecure=self.allow_insecure,
+        )
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError("backoff_initial_s is greater than backoff_max_s")
         return self
@@ -255,18 +230,29 @@ class MqttSubscription(_Model):
         return self
 
 
-class MqttInputConfig(_Model):
+class MqttInputConfig(BrokerAccess):
     """Subscriptions on the gateway's local broker (QoS 1, persistent session, acked only
-    once the readings are in the spool)."""
+    once the readings are in the spool). Credentials and ``tls`` as for the uplink
+    (:class:`smartcity.broker.BrokerAccess`), with the same rules."""
 
     type: Literal["mqtt"]
     name: _Id
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     client_id: _Id | None = None
-    username: str | None = None
-    password: SecretStr | None = None
+    #: Development only: permits ``tls.insecure`` and passwords over plain TCP to non-local hosts.
+    allow_insecure: bool = False
     subscriptions: Annotated[list[MqttSubscription], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _secure(self) -> Self:
+        check_broker_security(
+            host=self.host,
+            tls=self.tls,
+            has_password=self.has_password,
+            allow_insecure=self.allow_insecure,
+        )
+        return self
 
 
 class SimulatedInputConfig(_Model):
@@ -530,11 +516,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
     fix(data.get("gateway"), "state_dir")
     fix(data.get("spool"), "path")
-    broker = data.get("broker")
-    fix(broker, "password_file")
-    if isinstance(broker, dict):
-        for key in ("ca_file", "cert_file", "key_file"):
-            fix(broker.get("tls"), key)
+    sections = [data.get("broker")]
+    inputs = data.get("inputs")
+    if isinstance(inputs, list):
+        sections += [i for i in inputs if isinstance(i, dict) and i.get("type") == "mqtt"]
+    for section in sections:
+        fix(section, "password_file")
+        if isinstance(section, dict):
+            for key in ("ca_file", "cert_file", "key_file"):
+                fix(section.get("tls"), key)
 
 
 def parse_config(data: object, *, source: str, base_dir: Path | None = None) -> AgentConfig:

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import re
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent._config import MqttInputConfig, MqttSubscription, SimulatedInputConfig
 from edge_agent._errors import InputError
+from smartcity.broker import BrokerSetupError, configure_client
 from telemetry import TS_MAX_NS, TS_MIN_NS, Reading
 
 __all__ = ["INPUTS", "Input", "MqttInput", "SimulatedInput", "Sink", "build_input"]
@@ -180,6 +182,14 @@ class MqttInput(Input):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.client_id = cfg.client_id or f"edge-{gateway}-{cfg.name}"
+        # Certificates and the password file are read once, when the input is built.
+        self._tls_context: ssl.SSLContext | None = None
+        try:
+            if cfg.tls is not None:
+                self._tls_context = cfg.tls.ssl_context()
+            self._password = cfg.read_password()
+        except BrokerSetupError as exc:
+            raise InputError(f"input {cfg.name!r}: {exc}") from exc
         self.parsers = [(s.topic, _Parser(s)) for s in cfg.subscriptions]
         self.received = 0
         self.rejected = 0
@@ -217,9 +227,7 @@ class MqttInput(Input):
             manual_ack=True,
         )
         client.reconnect_delay_set(3600, 3600)
-        if self.cfg.username is not None:
-            pw = None if self.cfg.password is None else self.cfg.password.get_secret_value()
-            client.username_pw_set(self.cfg.username, pw)
+        configure_client(client, self.cfg, context=self._tls_context, password=self._password)
 
         def post(fn: Callable[..., None], *args: Any) -> None:
             if not loop.is_closed():

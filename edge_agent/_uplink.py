@@ -57,6 +57,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent._config import BrokerConfig
 from edge_agent._errors import UplinkError
 from edge_agent._spool import Spool, SpooledBatch
+from smartcity.broker import BrokerSetupError, configure_client
 from telemetry import Death, Topics, encode_message
 
 __all__ = ["ControlMessage", "Uplink", "UplinkStats"]
@@ -168,7 +169,15 @@ class Uplink:
         self._stopping = False
         self._telemetry_topic = topics.telemetry(gateway)
         self._status_topic = topics.status(gateway)
-        self._password = self._read_password()
+        # Files are read once, here: a missing CA or password file stops the agent at
+        # start-up with the key and the file named, not at the first reconnect.
+        self._tls_context: ssl.SSLContext | None = None
+        try:
+            if broker.tls is not None:
+                self._tls_context = broker.tls.ssl_context("broker.tls.")
+            self._password = broker.read_password("broker.password_file")
+        except BrokerSetupError as exc:
+            raise UplinkError(str(exc)) from exc
 
     # -- public API (agent loop) ---------------------------------------------------------------
     @property
@@ -274,18 +283,6 @@ class Uplink:
     def _where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port}"
 
-    def _read_password(self) -> str | None:
-        if self.cfg.password is not None:
-            return self.cfg.password.get_secret_value()
-        if self.cfg.password_file is not None:
-            try:
-                return self.cfg.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise UplinkError(
-                    f"cannot read password_file {self.cfg.password_file}: {exc.strerror}"
-                ) from exc
-        return None
-
     def _make_client(self, conn: _Connection) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -298,22 +295,7 @@ class Uplink:
         client.max_queued_messages_set(0)
         death = encode_message(Death(gw=self.gateway, reason="lost"))
         client.will_set(self._status_topic, death, qos=1, retain=True)
-        if self.cfg.username is not None:
-            client.username_pw_set(self.cfg.username, self._password)
-        tls = self.cfg.tls
-        if tls is not None:
-            try:
-                client.tls_set(
-                    ca_certs=None if tls.ca_file is None else str(tls.ca_file),
-                    certfile=None if tls.cert_file is None else str(tls.cert_file),
-                    keyfile=None if tls.key_file is None else str(tls.key_file),
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise UplinkError(f"TLS setup failed: {exc}") from exc
-            if tls.insecure:
-                client.tls_insecure_set(True)
+        configure_client(client, self.cfg, context=self._tls_context, password=self._password)
 
         def on_connect(
             _c: mqtt.Client, _u: object, flags: ConnectFlags, rc: ReasonCode, _p: object

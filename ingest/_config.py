@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingest._errors import ConfigError
+from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security
 
 __all__ = [
     "BatchConfig",
@@ -39,24 +40,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TlsConfig(_Model):
-    """TLS towards the broker: CA bundle, optional client certificate (mutual TLS)."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    #: Skip hostname verification. Refused unless ``allow_insecure`` is set on the worker.
-    insecure: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (client certificate)")
-        return self
+#: The ``mqtt.tls`` block: the platform's one TLS model (name kept for the public API).
+TlsConfig = BrokerTls
 
 
-class MqttConfig(_Model):
-    """The broker and the shared subscription."""
+class MqttConfig(BrokerAccess):
+    """The broker and the shared subscription. ``username``, ``password`` /
+    ``password_file`` and ``tls`` come from :class:`smartcity.broker.BrokerAccess`."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
@@ -66,9 +56,6 @@ class MqttConfig(_Model):
     #: Share group: workers in the same group split the messages.
     group: _Id = "ingest"
     topic_root: str = "sc"
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: TlsConfig | None = None
     keepalive: Annotated[int, Field(ge=5, le=65535)] = 30
     #: How long the broker keeps this worker's session (and queues its share) while it is
     #: offline. Must cover the longest outage a supervisor may take to restart it.
@@ -178,11 +165,15 @@ class IngestConfig(BaseSettings):
             )
         if self.batch.max_in_flight_readings < self.batch.max_readings:
             raise ValueError("batch.max_in_flight_readings must be >= batch.max_readings")
-        if not self.allow_insecure:
-            if self.mqtt.tls is not None and self.mqtt.tls.insecure:
-                raise ValueError("mqtt.tls.insecure needs allow_insecure: true")
-            if not self.influx.verify_tls:
-                raise ValueError("influx.verify_tls false needs allow_insecure: true")
+        check_broker_security(
+            host=self.mqtt.host,
+            tls=self.mqtt.tls,
+            has_password=self.mqtt.has_password,
+            allow_insecure=self.allow_insecure,
+            tls_key="mqtt.tls",
+        )
+        if not self.allow_insecure and not self.influx.verify_tls:
+            raise ValueError("influx.verify_tls false needs allow_insecure: true")
         return self
 
     @classmethod

@@ -54,9 +54,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ingest._bookkeeping import GatewayBook, bookkeeping_line
 from ingest._config import IngestConfig
 from ingest._deadletter import DeadLetter, RejectedItem, encode_deadletter, payload_field
-from ingest._errors import BrokerError, IngestError, WriteRejected, WriteRetryable
+from ingest._errors import (
+    BrokerError,
+    ConfigError,
+    IngestError,
+    WriteRejected,
+    WriteRetryable,
+)
 from ingest._metrics import IngestMetrics, MetricsServer
 from ingest._sink import Sink, make_sink
+from smartcity.broker import BrokerSetupError, configure_client
 from telemetry import (
     LineProtocolEncoder,
     PayloadError,
@@ -215,6 +222,14 @@ class IngestWorker:
         self._synced = collections.Counter[str]()
         self._dirty_gateways: set[str] = set()
         self._synced_gateways: dict[str, tuple[int, int]] = {}
+        # Certificates and the password file are read once, before anything connects.
+        self._tls_context: ssl.SSLContext | None = None
+        try:
+            if config.mqtt.tls is not None:
+                self._tls_context = config.mqtt.tls.ssl_context("mqtt.tls.")
+            self._password = config.mqtt.read_password("mqtt.password_file")
+        except BrokerSetupError as exc:
+            raise ConfigError(str(exc)) from exc
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -336,18 +351,7 @@ class IngestWorker:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if m.username is not None:
-            client.username_pw_set(
-                m.username, m.password.get_secret_value() if m.password else None
-            )
-        if m.tls is not None:
-            client.tls_set(
-                ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(m.tls.insecure)
+        configure_client(client, m, context=self._tls_context, password=self._password)
         client.reconnect_delay_set(m.reconnect_min_delay, m.reconnect_max_delay)
         # Dead-letter records are rare; let them all be in flight rather than queue behind 20.
         client.max_inflight_messages_set(1000)

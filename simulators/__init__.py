@@ -24,7 +24,7 @@ from simulators._errors import (
     SimulatorError,
 )
 from simulators._faults import ActiveFault, FaultPlan
-from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet, TlsOptions
+from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
 from simulators._ledger import (
     GatewayCheck,
     GatewayRecord,
@@ -85,7 +85,6 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "SimulatorError",
-    "TlsOptions",
     "WireEncoder",
     "batch_payload",
     "build_layout",

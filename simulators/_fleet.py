@@ -37,12 +37,14 @@ import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr, ValidationError
 
 from simulators._city import City, Layout, build_layout
 from simulators._errors import BrokerError, ScenarioError
@@ -50,6 +52,13 @@ from simulators._faults import ActiveFault, FaultPlan
 from simulators._ledger import Ledger
 from simulators._scenario import DEVICE_KINDS, DeviceKind, FaultSpec, Scenario
 from simulators._wire import GatewayBatch, WireEncoder, batch_payload
+from smartcity.broker import (
+    BrokerAccess,
+    BrokerSetupError,
+    BrokerTls,
+    check_broker_security,
+    configure_client,
+)
 from telemetry import (
     Birth,
     Death,
@@ -62,33 +71,10 @@ from telemetry import (
     encode_message,
 )
 
-__all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet", "TlsOptions"]
+__all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet"]
 
 AGENT: Final = "smartcity-sim 0.1.0"
 _MISC_EVERY_S: Final = 1.0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TlsOptions:
-    """TLS towards the broker: CA bundle, optional client certificate."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    #: Skip hostname and certificate checks (test brokers only).
-    insecure: bool = False
-
-    def context(self) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"TLS setup failed: {exc}") from exc
-        if self.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +117,13 @@ class FleetConfig:
     port: int = 1883
     username: str | None = None
     password: str | None = None
-    tls: TlsOptions | None = None
+    #: A file holding the password (first line), read when the fleet starts.
+    password_file: Path | None = None
+    #: TLS to the broker (:class:`smartcity.broker.BrokerTls`): CA, client certificate.
+    tls: BrokerTls | None = None
+    #: Development only: permits ``tls.insecure`` and a password over plain TCP to a broker
+    #: that is not on loopback.
+    allow_insecure: bool = False
     centre: tuple[float, float] = (59.9139, 10.7522)
     scenario: Scenario | None = None
     speed: float | None = None
@@ -144,6 +136,23 @@ class FleetConfig:
     #: wait to be acknowledged across connected gateways.
     max_backlog_batches: int = 4000
     connect_timeout_s: float = 10.0
+
+    def broker_access(self) -> BrokerAccess:
+        """Credentials and TLS as the shared model; :class:`ValueError` when the platform's
+        rules refuse them (:func:`smartcity.broker.check_broker_security`)."""
+        access = BrokerAccess(
+            username=self.username,
+            password=None if self.password is None else SecretStr(self.password),
+            password_file=self.password_file,
+            tls=self.tls,
+        )
+        check_broker_security(
+            host=self.host,
+            tls=self.tls,
+            has_password=access.has_password,
+            allow_insecure=self.allow_insecure,
+        )
+        return access
 
     def resolved_scenario(self) -> Scenario:
         scenario = self.scenario or Scenario.mixed(
@@ -256,6 +265,11 @@ class GatewayFleet:
         self._commands: queue.SimpleQueue[FaultSpec] = queue.SimpleQueue()
         self._selector: selectors.BaseSelector | None = None
         self._tls_context: ssl.SSLContext | None = None
+        try:
+            self._access = self.config.broker_access()
+        except ValueError as exc:
+            raise BrokerError(f"broker settings: {_reason(exc)}") from exc
+        self._password: str | None = None
         self._jitter = random.Random(self.scenario.seed)
         self._tick = 0
         self._dirty: set[_Gateway] = set()
@@ -384,10 +398,14 @@ class GatewayFleet:
         """
         if self._running:
             raise RuntimeError("GatewayFleet.run is already running")
+        # Certificates and the password file are read once per run, before any connect.
+        try:
+            if self._access.tls is not None:
+                self._tls_context = self._access.tls.ssl_context()
+            self._password = self._access.read_password()
+        except BrokerSetupError as exc:
+            raise BrokerError(f"broker settings: {exc}") from exc
         self._running = True
-        cfg = self.config
-        if cfg.tls is not None:
-            self._tls_context = cfg.tls.context()
         self._selector = selectors.DefaultSelector()
         self.stats.started_at = time.monotonic()
         try:
@@ -497,10 +515,7 @@ class GatewayFleet:
         client.will_set(
             gw.status_topic, encode_message(Death(gw=gw.id, reason="lost")), qos=1, retain=True
         )
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if self._tls_context is not None:
-            client.tls_set_context(self._tls_context)
+        configure_client(client, self._access, context=self._tls_context, password=self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -771,3 +786,9 @@ class GatewayFleet:
             with contextlib.suppress(OSError):
                 if sock is not None:
                     sock.close()
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+    return str(exc)

@@ -100,11 +100,24 @@ def run(
     password: Annotated[
         str | None, typer.Option(help="Broker password.", envvar="SMARTCITY_SIM_PASSWORD")
     ] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="File holding the broker password.")
+    ] = None,
     ca_file: Annotated[Path | None, typer.Option(help="CA bundle (PEM) for TLS.")] = None,
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for TLS.")] = None,
     key: Annotated[Path | None, typer.Option(help="Client key (PEM) for TLS.")] = None,
     insecure: Annotated[
-        bool, typer.Option(help="Do not verify the broker's certificate (test brokers only).")
+        bool,
+        typer.Option(
+            help="Skip the broker's hostname check (test brokers only; needs --allow-insecure)."
+        ),
+    ] = False,
+    allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Development only: permit --insecure and a password without TLS to a "
+            "broker that is not on loopback."
+        ),
     ] = False,
     speed: Annotated[
         float | None,
@@ -123,21 +136,14 @@ def run(
     """Run a scenario's gateways against a broker until Ctrl-C or --duration."""
     sc = _load(scenario, seed=seed)
     from simulators._errors import BrokerError, ScenarioError
-    from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet, TlsOptions
+    from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
 
     try:
         url = BrokerUrl.parse(broker)
+        tls = _tls(url.tls, ca_file=ca_file, cert=cert, key=key, insecure=insecure)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    tls = None
-    if url.tls or ca_file or cert:
-        tls = TlsOptions(
-            ca_file=str(ca_file) if ca_file else None,
-            cert_file=str(cert) if cert else None,
-            key_file=str(key) if key else None,
-            insecure=insecure,
-        )
     try:
         fleet = GatewayFleet(
             FleetConfig(
@@ -146,7 +152,9 @@ def run(
                 port=url.port,
                 username=username,
                 password=password,
+                password_file=password_file,
                 tls=tls,
+                allow_insecure=allow_insecure,
                 speed=speed,
                 topic_root=topic_root,
                 client_prefix=client_prefix,
@@ -154,6 +162,9 @@ def run(
         )
     except ScenarioError as exc:
         typer.echo(f"error: invalid scenario: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     _on_signals(fleet.stop)
     typer.echo(
@@ -183,6 +194,21 @@ def run(
     typer.echo(json.dumps({"totals": fleet.ledger.totals(), "ticks": stats.ticks}))
     if ledger is not None:
         ledger.write_text(fleet.ledger.to_json())
+
+
+def _tls(
+    scheme_tls: bool, *, ca_file: Path | None, cert: Path | None, key: Path | None,
+    insecure: bool,
+) -> Any:
+    """The ``BrokerTls`` of ``sim run``'s flags, or ``None`` when TLS is not asked for."""
+    from simulators._errors import BrokerError
+    from smartcity.broker import BrokerTls
+
+    if not (scheme_tls or ca_file or cert or key or insecure):
+        return None
+    if (cert is None) != (key is None):
+        raise BrokerError("--cert and --key go together (client certificate)")
+    return BrokerTls(ca_file=ca_file, cert_file=cert, key_file=key, insecure=insecure)
 
 
 @app.command("devices")

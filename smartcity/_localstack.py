@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -34,6 +35,7 @@ __all__ = [
     "Influxd",
     "LocalService",
     "Mosquitto",
+    "MosquittoTls",
     "ServiceError",
     "find_binary",
     "free_port",
@@ -200,8 +202,26 @@ class LocalService:
         self.stop()
 
 
+@dataclass(frozen=True, kw_only=True)
+class MosquittoTls:
+    """A second, TLS-only listener (``mqtts://``) next to the plain one.
+
+    ``require_certificate``: clients must present a certificate signed by ``ca_file``;
+    ``use_identity_as_username``: the broker then knows them by the certificate's CN.
+    The password file (if any) applies to both listeners.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    port: int | None = None
+
+
 class Mosquitto(LocalService):
-    """A private mosquitto broker (MQTT 3.1.1 and 5) on loopback."""
+    """A private mosquitto broker (MQTT 3.1.1 and 5) on loopback; with ``tls``, also a TLS
+    listener on ``tls_port`` (``tls_url``)."""
 
     name = "mosquitto"
 
@@ -215,17 +235,36 @@ class Mosquitto(LocalService):
         max_queued_bytes: int = 1024**3,
         password_file: Path | None = None,
         extra_config: str = "",
+        tls: MosquittoTls | None = None,
     ) -> None:
         super().__init__(data_dir=data_dir, host=host, port=port)
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
         self.password_file = password_file
         self.extra_config = extra_config
+        self.tls = tls
+        self.tls_port: int | None = None if tls is None else tls.port or free_port(host)
         self.config_path = self.data_dir / "mosquitto.conf"
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        return None if self.tls_port is None else f"mqtts://{self.host}:{self.tls_port}"
+
+    def _tls_listener(self) -> str:
+        # Listener options apply to the listener declared last, so this block goes last.
+        t = self.tls
+        if t is None:
+            return ""
+        return (
+            f"listener {self.tls_port} {self.host}\n"
+            f"cafile {t.ca_file}\ncertfile {t.cert_file}\nkeyfile {t.key_file}\n"
+            f"require_certificate {str(t.require_certificate).lower()}\n"
+            f"use_identity_as_username {str(t.use_identity_as_username).lower()}\n"
+        )
 
     def config_text(self) -> str:
         auth = (
@@ -251,6 +290,7 @@ class Mosquitto(LocalService):
             "log_type error\nlog_type warning\nlog_type notice\n"
             "connection_messages true\n"
             f"{self.extra_config}"
+            f"{self._tls_listener()}"
         )
 
     def _command(self) -> list[str]:
@@ -258,9 +298,14 @@ class Mosquitto(LocalService):
         return [find_binary("mosquitto"), "-c", str(self.config_path)]
 
     def _ready(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
-            return True
-        return False
+        ports = [self.port] if self.tls_port is None else [self.port, self.tls_port]
+        return all(_accepts(self.host, p) for p in ports)
+
+
+def _accepts(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+        return True
+    return False
 
 
 class Influxd(LocalService):

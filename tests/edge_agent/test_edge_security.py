@@ -1,13 +1,12 @@
 """Uplink authentication against a real mosquitto: TLS with client certificates, passwords.
 
-Certificates are made per test with the openssl CLI: a CA, a server certificate for
+Certificates are made per test (``tests.tls_helpers``): a CA, a server certificate for
 127.0.0.1 and a client certificate whose CN is the gateway's MQTT identity.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import pytest
 from edge_helpers import Central, await_until, base_config, make_config, running
 
 from edge_agent import EdgeAgent
-from smartcity._localstack import Mosquitto, free_port
+from smartcity._localstack import Mosquitto
 from telemetry import Reading
+from tests.tls_helpers import make_pki, password_file
 
 T0 = 1_750_000_000_000_000_000
 
@@ -28,31 +28,6 @@ def readings(n: int) -> list[Reading]:
     ]
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def make_pki(d: Path, client_cn: str) -> None:
-    """``ca.crt``; ``server.crt/key`` for 127.0.0.1; ``client.crt/key`` (CN ``client_cn``);
-    ``rogue.crt/key``: a client certificate from another CA."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN=smartcity test {ca}", cwd=d)  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, cn, ca, ext in (
-        ("server", "localhost", "ca", "server.ext"),
-        ("client", client_cn, "ca", "client.ext"),
-        ("rogue", client_cn, "rogue-ca", "client.ext"),
-    ):
-        _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-                 "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{name}.crt",
-                 cwd=d)  # fmt: skip
-
-
 @pytest.mark.integration
 def test_tls_with_client_certificate_delivers_and_identifies_the_gateway(
     mosquitto_factory: Callable[..., Mosquitto],
@@ -60,28 +35,19 @@ def test_tls_with_client_certificate_delivers_and_identifies_the_gateway(
     tmp_path: Path,
     central_factory: Callable[..., Central],
 ) -> None:
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    make_pki(pki, client_cn="gw-tls-7")
-    tls_port = free_port()
+    pki = make_pki(tmp_path / "pki", client_cn="gw-tls-7")
     broker = mosquitto_factory(
-        extra_config=(
-            f"listener {tls_port} 127.0.0.1\n"
-            f"cafile {pki / 'ca.crt'}\n"
-            f"certfile {pki / 'server.crt'}\n"
-            f"keyfile {pki / 'server.key'}\n"
-            "require_certificate true\n"
-            "use_identity_as_username true\n"
-        )
+        tls=pki.mosquitto_tls(require_certificate=True, use_identity_as_username=True)
     )
+    tls_port = broker.tls_port
     central = central_factory(broker, topic_root)  # on the plain loopback listener
     data = base_config(tmp_path, broker, topic_root)
     data["broker"].update(
         port=tls_port,
         tls={
-            "ca_file": str(pki / "ca.crt"),
-            "cert_file": str(pki / "client.crt"),
-            "key_file": str(pki / "client.key"),
+            "ca_file": str(pki.ca),
+            "cert_file": str(pki.client_cert),
+            "key_file": str(pki.client_key),
         },
     )
     agent = EdgeAgent(make_config(data))
@@ -91,9 +57,9 @@ def test_tls_with_client_certificate_delivers_and_identifies_the_gateway(
         port=tls_port,
         connect_timeout_s=2.0,
         tls={
-            "ca_file": str(pki / "ca.crt"),
-            "cert_file": str(pki / "rogue.crt"),
-            "key_file": str(pki / "rogue.key"),
+            "ca_file": str(pki.ca),
+            "cert_file": str(pki.rogue_cert),
+            "key_file": str(pki.rogue_key),
         },
     )
     rogue = EdgeAgent(make_config(rogue_data))
@@ -119,18 +85,8 @@ def test_password_auth_delivers_and_a_wrong_password_is_refused(
     tmp_path: Path,
     central_factory: Callable[..., Central],
 ) -> None:
-    passwd = tmp_path / "passwd"
-    subprocess.run(
-        ["mosquitto_passwd", "-b", "-c", str(passwd), "gw-pw", "s3cret-uplink"],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwd), "central", "central-pw"],
-        check=True,
-        capture_output=True,
-        timeout=30,
+    passwd = password_file(
+        tmp_path / "passwd", {"gw-pw": "s3cret-uplink", "central": "central-pw"}
     )
     broker = mosquitto_factory(password_file=passwd)
     central = Central(
