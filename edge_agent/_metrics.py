@@ -61,6 +61,40 @@ class _AgentCollector(Collector):
         for stage, per in a.pipeline.dropped().items():
             c.add_metric([gw, stage], sum(per.values()))
         yield c
+        ck = a.checkpoints
+        c = CounterMetricFamily(
+            "edge_checkpoints_written",
+            "Processor checkpoints committed to the spool",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], ck.written)
+        yield c
+        c = CounterMetricFamily(
+            "edge_checkpoint_ignored",
+            "Saved checkpoints ignored at start (corrupt or incompatible)",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], ck.ignored)
+        yield c
+        c = CounterMetricFamily(
+            "edge_checkpoint_windows_closed_early",
+            "Open aggregation windows closed early because the processor config changed",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], ck.closed_windows)
+        yield c
+        g = GaugeMetricFamily(
+            "edge_checkpoint_bytes", "Size of the last processor checkpoint", labels=["gateway"]
+        )
+        g.add_metric([gw], ck.last_bytes)
+        yield g
+        g = GaugeMetricFamily(
+            "edge_checkpoint_seconds",
+            "Time to encode and commit the last checkpoint (with its batches)",
+            labels=["gateway"],
+        )
+        g.add_metric([gw], ck.last_ms / 1000)
+        yield g
         g = GaugeMetricFamily(
             "edge_uplink_up", "1 when connected to the broker", labels=["gateway"]
         )
