@@ -151,7 +151,7 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
     for module in (_routes_inventory, _routes_history, _routes_transport, _routes_resources,
                    _routes_stream, _routes_alerts, _routes_admin):
         app.include_router(module.router)
-    mount_dashboard(app)  # the operator dashboard's static files (api/dashboard/)
+    mount_dashboard(app, settings)  # the operator dashboard (api/dashboard/)
     app.add_middleware(_MetricsMiddleware, metrics=services.metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api._aqi import BANDS, BREAKPOINTS
+from api._auth import Role
 from api._db import ApiKey
-from api._deps import Admin, ServicesDep, Viewer, authenticate_key
+from api._deps import Admin, Caller, ServicesDep, Viewer, authenticate_key
 from api._encoding import doc, json_response
 from telemetry import MEASUREMENTS
 
@@ -86,6 +87,34 @@ async def revoke_key(
     services.keys.invalidate()
     audit.info("key revoked", extra={"key": row.id, "by": caller.key_id})
     return json_response(_key_out(row))
+
+
+class Me(msgspec.Struct):
+    """The caller's key: who it is and what its role lets it do."""
+
+    key_id: str
+    name: str
+    role: str
+    #: What this key may do beyond reading, so a client can offer only what will work.
+    can: dict[str, bool]
+
+
+#: Actions a client may want to offer, and the least role each needs.
+_ACTIONS: dict[str, Role] = {
+    "acknowledge_alerts": Role.operator,
+    "manage_alert_rules": Role.operator,
+    "configure_gateways": Role.engineer,
+    "manage_keys": Role.admin,
+}
+
+
+@router.get("/v1/me", response_model=None, responses=doc(Me), tags=["meta"],
+            summary="The calling key's name, role and permitted actions")
+async def me(caller: Caller) -> Response:
+    return json_response(
+        Me(caller.key_id, caller.name, caller.role.name,
+           {action: caller.role >= least for action, least in _ACTIONS.items()})
+    )
 
 
 class Health(msgspec.Struct):

@@ -41,6 +41,19 @@ class LocationOut(msgspec.Struct, omit_defaults=True):
     area: str | None = None
 
 
+class SpoolOut(msgspec.Struct):
+    """The gateway's spool as of its last health report (``reported_at``)."""
+
+    batches: int
+    readings: int
+    bytes: int
+    budget_bytes: int
+    oldest_age_s: float | None
+    dropped_batches: int
+    dropped_readings: int
+    reported_at: str
+
+
 class GatewaySummary(msgspec.Struct):
     id: str
     state: str
@@ -53,6 +66,8 @@ class GatewaySummary(msgspec.Struct):
     reason: str | None
     devices: int
     completeness: Completeness | None
+    #: Spool backlog from the last health report; ``null`` before the first one.
+    spool: SpoolOut | None
 
 
 class DeviceOut(msgspec.Struct):
@@ -121,6 +136,18 @@ def gateway_online(services: Services, gw: GatewayState, now_ns: int) -> bool:
     return gw.state == "online" or (gw.state == "unknown" and now_ns - gw.last_seen_ns < stale)
 
 
+def _spool(health: dict[str, Any] | None) -> SpoolOut | None:
+    spool = health.get("spool") if health else None
+    if not isinstance(spool, dict):
+        return None
+    return SpoolOut(
+        batches=spool["batches"], readings=spool["readings"], bytes=spool["bytes"],
+        budget_bytes=spool["budget_bytes"], oldest_age_s=spool["oldest_age_s"],
+        dropped_batches=spool["dropped_batches"], dropped_readings=spool["dropped_readings"],
+        reported_at=iso(health["ts"]) if health else "",
+    )
+
+
 def _summary(services: Services, gw: GatewayState, now_ns: int) -> GatewaySummary:
     return GatewaySummary(
         id=gw.id,
@@ -134,6 +161,7 @@ def _summary(services: Services, gw: GatewayState, now_ns: int) -> GatewaySummar
         reason=gw.reason,
         devices=len(gw.devices),
         completeness=gw.completeness,
+        spool=_spool(gw.health),
     )
 
 

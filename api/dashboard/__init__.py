@@ -7,6 +7,22 @@ contain no secrets, so they are served without a key, with a strict Content-Secu
 ``docs/dashboard.md`` is the guide.
 """
 
-from api.dashboard._mount import ASSETS, CSP, DASHBOARD_PATH, mount_dashboard
+from api.dashboard._mount import (
+    ASSETS,
+    CSP,
+    DASHBOARD_PATH,
+    DashboardConfig,
+    content_security_policy,
+    dashboard_config,
+    mount_dashboard,
+)
 
-__all__ = ["ASSETS", "CSP", "DASHBOARD_PATH", "mount_dashboard"]
+__all__ = [
+    "ASSETS",
+    "CSP",
+    "DASHBOARD_PATH",
+    "DashboardConfig",
+    "content_security_policy",
+    "dashboard_config",
+    "mount_dashboard",
+]

@@ -5,6 +5,7 @@
     GET /               307 ─▶ /dashboard/
     GET /dashboard/     index.html  ┐  StaticFiles (this package's folder)
     GET /dashboard/x.js app module  ┘  + CSP, nosniff, no-referrer, no-cache
+    GET /v1/dashboard/config        base-map tile source (viewer key)
 """
 
 from __future__ import annotations
@@ -15,30 +16,58 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
+import msgspec
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ASSETS", "CSP", "DASHBOARD_PATH", "mount_dashboard"]
+from api._deps import Viewer
+from api._encoding import doc, json_response
+from api._settings import ApiSettings
+
+__all__ = [
+    "ASSETS",
+    "CSP",
+    "DASHBOARD_PATH",
+    "DashboardConfig",
+    "content_security_policy",
+    "dashboard_config",
+    "mount_dashboard",
+]
 
 DASHBOARD_PATH: Final = "/dashboard"
-#: Everything from this origin only: no inline script, no third-party hosts, no framing.
-#: Styles set through the CSSOM (the chart library does that) need no 'unsafe-inline'.
-CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
-_HEADERS: Final = (
-    (b"content-security-policy", CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    # Small files, revalidated each load (ETag/Last-Modified answer 304).
-    (b"cache-control", b"no-cache"),
-)
+
+
+def content_security_policy(tile_origin: str | None = None) -> str:
+    """Everything from this origin only: no inline script, no third-party hosts, no framing.
+
+    The one exception is images from the configured base-map tile server (``tile_origin``,
+    e.g. ``https://tile.openstreetmap.org``), when there is one. Styles set through the CSSOM
+    (the chart and map libraries do that) need no 'unsafe-inline'.
+    """
+    images = f"'self' data: {tile_origin}" if tile_origin else "'self' data:"
+    return (
+        f"default-src 'none'; script-src 'self'; style-src 'self'; img-src {images}; "
+        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    )
+
+
+#: The policy without a base map.
+CSP: Final = content_security_policy()
+
+
+def _headers(csp: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("content-security-policy", csp),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        # Small files, revalidated each load (ETag/Last-Modified answer 304).
+        ("cache-control", "no-cache"),
+    )
 
 
 #: The folder the dashboard is served from (this package's own folder).
@@ -49,15 +78,16 @@ log = logging.getLogger("api.dashboard")
 class _SecurityHeaders:
     """Adds the headers above to every response of the wrapped app."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, csp: str) -> None:
         self.app = app
+        self.headers = _headers(csp)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in _HEADERS:
-                    headers[name.decode()] = value.decode()
+                for name, value in self.headers:
+                    headers[name] = value
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -74,11 +104,41 @@ class _Assets(StaticFiles):
         return super().lookup_path(path)
 
 
-def mount_dashboard(app: FastAPI) -> None:
-    """Serve the dashboard at ``/dashboard/`` and redirect ``/`` to it.
+class TilesOut(msgspec.Struct):
+    """An XYZ tile source for the base map (Leaflet's ``L.tileLayer`` options)."""
+
+    url: str
+    attribution: str
+    subdomains: str
+    max_zoom: int
+
+
+class DashboardConfig(msgspec.Struct):
+    #: The base map under the drawing; ``null``: none, the map is drawn from geometry alone.
+    tiles: TilesOut | None
+
+
+def dashboard_config(settings: ApiSettings) -> DashboardConfig:
+    tiles = None
+    if settings.map_tiles_url is not None:
+        tiles = TilesOut(settings.map_tiles_url, settings.map_tiles_attribution,
+                         settings.map_tiles_subdomains, settings.map_tiles_max_zoom)
+    return DashboardConfig(tiles)
+
+
+def mount_dashboard(app: FastAPI, settings: ApiSettings) -> None:
+    """Serve the dashboard at ``/dashboard/``, redirect ``/`` to it, and serve its settings
+    at ``GET /v1/dashboard/config`` (viewer key: a tile URL may carry a provider's token).
 
     An install without the package's data files serves the API alone and says so.
     """
+    config = json_response(dashboard_config(settings)).body
+
+    @app.get("/v1/dashboard/config", response_model=None, responses=doc(DashboardConfig),
+             tags=["meta"], summary="What the operator dashboard needs: the base-map source")
+    async def get_config(_caller: Viewer) -> Response:
+        return Response(config, media_type="application/json")
+
     if not (ASSETS / "index.html").is_file():
         log.warning("dashboard not served: its files are missing", extra={"path": str(ASSETS)})
         return
@@ -87,8 +147,9 @@ def mount_dashboard(app: FastAPI) -> None:
         return RedirectResponse(f"{DASHBOARD_PATH}/", status_code=307)
 
     app.add_api_route("/", root, include_in_schema=False, methods=["GET"])
+    csp = content_security_policy(settings.map_tiles_origin)
     app.mount(
         DASHBOARD_PATH,
-        _SecurityHeaders(_Assets(directory=ASSETS, html=True)),
+        _SecurityHeaders(_Assets(directory=ASSETS, html=True), csp),
         name="dashboard",
     )

@@ -8,6 +8,7 @@
 import { Api, ApiError } from "./api.js";
 import { CityModel } from "./model.js";
 import { CityMap } from "./map.js";
+import { attachBaseMap } from "./basemap.js";
 import { LiveStream } from "./live.js";
 import { AlertsPanel, DetailsPanel, GatewaysPanel } from "./panels.js";
 import { ago, el } from "./util.js";
@@ -75,7 +76,11 @@ class Dashboard {
     }
     const api = new Api(key);
     try {
-      await api.get("/v1/vocabulary").then((v) => { this.vocabulary = v; });
+      // Who the key is (its role decides what the page offers), the vocabulary, the map's
+      // base-map source: all three answer only to a valid key.
+      [this.me, this.vocabulary, this.config] = await Promise.all([
+        api.get("/v1/me"), api.get("/v1/vocabulary"), api.get("/v1/dashboard/config"),
+      ]);
     } catch (exc) {
       sessionStorage.removeItem(STORAGE_KEY);
       const why = exc instanceof ApiError && exc.status === 401 ? "That key was not accepted."
@@ -108,6 +113,10 @@ class Dashboard {
     $("#signin").hidden = true;
     $("#app").hidden = false;
     $("#signout").hidden = false;
+    const who = $("#who");
+    who.textContent = `${this.me.name} (${this.me.role})`;
+    who.hidden = false;
+    document.body.dataset.role = this.me.role;
     const select = (key) => this.select(key);
     const selectGateway = (id) => this.selectGateway(id);
     this.map = new CityMap($("#map"), this.model, {
@@ -116,7 +125,17 @@ class Dashboard {
     });
     this.details = new DetailsPanel($("#details"), { api, model: this.model, onSelectDevice: select });
     this.details.clear();
-    this.alerts = new AlertsPanel($("#alerts"), { api, model: this.model, onSelectDevice: select, onSelectGateway: selectGateway });
+    this.alerts = new AlertsPanel($("#alerts"), {
+      api, model: this.model, onSelectDevice: select, onSelectGateway: selectGateway,
+      canAck: Boolean(this.me.can && this.me.can.acknowledge_alerts),
+    });
+    if (this.config.tiles) {
+      attachBaseMap(this.map, this.config.tiles).then((base) => { this.basemap = base; }, (exc) => {
+        // The drawing works without it; say why the base map is missing.
+        $("#map").dataset.tiles = "unavailable";
+        $("#load-error").textContent = `Base map not loaded: ${exc.message}`;
+      });
+    }
     this.gateways = new GatewaysPanel($("#gateways"), { api, model: this.model, onSelectGateway: selectGateway });
     this._bindToolbar();
     this.live = new LiveStream(() => sessionStorage.getItem(STORAGE_KEY), {
@@ -194,7 +213,7 @@ class Dashboard {
   async checkKey() {
     if (!this.api) return;
     try {
-      await this.api.get("/v1/vocabulary");
+      await this.api.get("/v1/me");
     } catch {
       // a 401 signs out through onUnauthorized; anything else: the stream keeps retrying
     }

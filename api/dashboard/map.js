@@ -1,5 +1,6 @@
 // The city map in SVG: roads (link geometry), links coloured by congestion, car parks with
-// free spaces, air-quality stations coloured by EAQI band, vehicles moving. No tiles needed.
+// free spaces, air-quality stations coloured by EAQI band, vehicles moving. No tiles needed;
+// when the API has a tile source, basemap.js puts a base map under it that follows the view.
 //
 // Coordinates: an equirectangular projection around the city's centre, in metres-like
 // user units (x east, y south). Markers are drawn in screen pixels: each marker group is
@@ -7,7 +8,7 @@
 
 import { svg, clear, fmtNumber } from "./util.js";
 
-const M_PER_DEG = 111320;
+export const M_PER_DEG = 111320;
 const BASE_VIEW_PAD = 0.06;
 const LABEL_MAX_PARKING = 60;
 
@@ -33,7 +34,8 @@ export class CityMap {
     this.host = host;
     this.model = model;
     this.handlers = handlers;
-    this.svg = svg("svg", { id: "map-svg", role: "img", "aria-label": "Map of the city", "aria-roledescription": "map" });
+    // SVG-AAM roles: the drawing is a graphics document whose features are named symbols.
+    this.svg = svg("svg", { id: "map-svg", role: "graphics-document", "aria-label": "Map of the city", "aria-roledescription": "map" });
     this.svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
     this.groups = {};
     for (const name of ["trails", "roads", "links", "parking", "air", "vehicles", "cursor"]) {
@@ -51,14 +53,28 @@ export class CityMap {
     this.cursor = -1;
     this.cursorList = [];
     this.hidden = new Set();
+    /** Called with ([lat, lon] of the view's centre, units per pixel, origin latitude). */
+    this.onView = null;
     this._bind();
-    new ResizeObserver(() => this._rescale()).observe(this.host);
+    new ResizeObserver(() => { this._rescale(); this.notifyView(); }).observe(this.host);
   }
 
   // -- projection -----------------------------------------------------------------------
   project(lat, lon) {
     const [lat0, lon0, k] = this.origin;
     return [(lon - lon0) * k * M_PER_DEG, (lat0 - lat) * M_PER_DEG];
+  }
+
+  unproject(x, y) {
+    const [lat0, lon0, k] = this.origin;
+    return [lat0 - y / M_PER_DEG, lon0 + x / (k * M_PER_DEG)];
+  }
+
+  /** Tell `onView` (the base map) what the SVG shows now. */
+  notifyView() {
+    if (!this.onView || !this.view || !this.origin) return;
+    const v = this.view;
+    this.onView(this.unproject(v.x + v.w / 2, v.y + v.h / 2), this.unitsPerPx(), this.origin[0]);
   }
 
   _fit() {
@@ -102,6 +118,7 @@ export class CityMap {
     const v = this.view;
     this.svg.setAttribute("viewBox", `${v.x} ${v.y} ${v.w} ${v.h}`);
     this._rescale();
+    this.notifyView();
   }
 
   _rescale() {
@@ -199,7 +216,7 @@ export class CityMap {
     const pos = this.model.position(layer, key);
     const device = this.model.devices.get(key);
     if (!pos && !(layer === "links" && device && device.geometry)) return null;
-    const g = svg("g", { class: `feature ${layer}`, "data-key": key, "data-layer": layer });
+    const g = svg("g", { class: `feature ${layer}`, role: "graphics-symbol", "data-key": key, "data-layer": layer });
     const node = { g, layer };
     if (layer === "links") {
       if (device && device.geometry) {

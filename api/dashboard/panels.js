@@ -254,8 +254,11 @@ function splitKey(key) {
 
 // -- alerts -------------------------------------------------------------------------------
 
+const READ_ONLY = "This key may only read: acknowledging alerts needs an operator key.";
+
 export class AlertsPanel {
-  constructor(root, { api, model, onSelectDevice, onSelectGateway }) {
+  /** `canAck`: the key's role may acknowledge (from /v1/me); a 403 still turns it off. */
+  constructor(root, { api, model, onSelectDevice, onSelectGateway, canAck }) {
     this.root = root;
     this.api = api;
     this.model = model;
@@ -264,7 +267,8 @@ export class AlertsPanel {
     this.list = root.querySelector("#alert-list");
     this.count = root.querySelector("#alert-count");
     this.note = root.querySelector("#alert-note");
-    this.canAck = true;
+    this.canAck = canAck;
+    if (!canAck) this.note.textContent = READ_ONLY;
     this.open = null; // id of the alert whose ack form is open
   }
 
@@ -327,7 +331,7 @@ export class AlertsPanel {
     } catch (exc) {
       if (exc instanceof ApiError && exc.status === 403) {
         this.canAck = false;
-        this.note.textContent = "This key may only read: acknowledging needs an operator key.";
+        this.note.textContent = READ_ONLY;
       } else {
         this.note.textContent = `Could not acknowledge: ${exc.message}`;
       }
@@ -351,13 +355,14 @@ export class GatewaysPanel {
     this.filter = root.querySelector("#gateway-filter");
     this.pager = root.querySelector("#gateway-pager");
     this.page = 0;
-    this.health = new Map(); // id -> {at, spool}
     this.filter.addEventListener("change", () => { this.page = 0; this.render(); });
   }
 
   _rows() {
     const all = [...this.model.gateways.values()];
-    const problem = (g) => !g.online || (g.completeness && g.completeness.ratio < 0.99);
+    // A backlog older than a minute: the uplink is down or slower than the sensors.
+    const backlog = (g) => g.spool && g.spool.batches > 0 && (g.spool.oldest_age_s ?? 0) > 60;
+    const problem = (g) => !g.online || (g.completeness && g.completeness.ratio < 0.99) || backlog(g);
     const mode = this.filter.value;
     const rows = all.filter((g) => mode === "all" || (mode === "offline" ? !g.online : problem(g)));
     const rank = (g) => (!g.online ? 0 : problem(g) ? 1 : 2);
@@ -374,14 +379,13 @@ export class GatewaysPanel {
     const visible = rows.slice(this.page * PAGE, this.page * PAGE + PAGE);
     clear(this.body);
     for (const g of visible) {
-      const h = this.health.get(g.id);
-      const spool = h && h.spool;
+      const spool = g.spool;
       const c = g.completeness;
       const tr = el("tr", { "data-gateway": g.id, class: g.online ? "" : "offline" },
         el("th", { scope: "row" }, el("button", { type: "button", class: "link", onclick: () => this.onSelectGateway(g.id) }, g.id)),
         el("td", {}, el("span", { class: `state ${g.online ? "ok" : "bad"}` }, g.online ? "online" : g.state === "offline" ? "offline" : "silent")),
         el("td", {}, g.last_seen ? el("time", { datetime: g.last_seen, title: fmtDateTime(g.last_seen) }, ago(g.last_seen)) : "never"),
-        el("td", { class: "num" }, spool ? `${spool.batches}` : "–"),
+        el("td", { class: "num", title: spool ? spoolTitle(spool) : "no health report yet" }, spool ? `${spool.batches}` : "–"),
         el("td", { class: `num${c && c.ratio < 0.99 ? " warn" : ""}` }, c ? pct(c.ratio) : "–"));
       this.body.append(tr);
     }
@@ -393,22 +397,10 @@ export class GatewaysPanel {
         el("span", { "aria-live": "polite" }, ` Page ${this.page + 1} of ${pages} `),
         el("button", { type: "button", disabled: this.page >= pages - 1, onclick: () => { this.page += 1; this.render(); } }, "Next"));
     }
-    this._fetchHealth(visible);
   }
+}
 
-  /** Spool backlog comes with each gateway's detail: fetch it for the visible rows only. */
-  async _fetchHealth(visible) {
-    const now = Date.now();
-    const due = visible.filter((g) => !this.health.has(g.id) || now - this.health.get(g.id).at > 15000);
-    if (!due.length || this.fetching) return;
-    this.fetching = true;
-    try {
-      for (const g of due) this.health.set(g.id, { at: now, spool: this.health.get(g.id)?.spool ?? null });
-      const details = await Promise.all(due.map((g) => this.api.get(`/v1/gateways/${encodeURIComponent(g.id)}`).catch(() => null)));
-      for (const d of details) if (d) this.health.set(d.id, { at: now, spool: d.health ? d.health.spool : null });
-    } finally {
-      this.fetching = false;
-    }
-    this.render();
-  }
+function spoolTitle(spool) {
+  const age = spool.oldest_age_s === null ? "" : `, oldest ${fmtNumber(spool.oldest_age_s, 0)} s`;
+  return `${spool.batches} batches (${spool.readings} readings, ${fmtNumber(spool.bytes / 1024, 1)} KiB${age}) waiting in the gateway's spool, as reported ${ago(spool.reported_at)}`;
 }

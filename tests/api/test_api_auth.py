@@ -38,6 +38,8 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/v1/alerts", None, "viewer"),
     ("GET", "/v1/alert-rules", None, "viewer"),
     ("GET", "/v1/vocabulary", None, "viewer"),
+    ("GET", "/v1/me", None, "viewer"),
+    ("GET", "/v1/dashboard/config", None, "viewer"),
     ("GET", "/metrics", None, "viewer"),
     ("POST", "/v1/alert-rules", RULE, "operator"),
     ("PUT", "/v1/alert-rules/1", {**RULE, "name": "replaced"}, "operator"),
@@ -65,6 +67,26 @@ def test_each_role_can_do_exactly_what_it_may(
         else:
             # Allowed: the request is served (404 for the made-up alert and key ids).
             assert response.status_code in (200, 201, 202, 404), (role, response.text)
+
+
+def test_me_tells_each_key_its_role_and_what_it_may_do(api_stack: ApiStack) -> None:
+    may = {
+        "viewer": set(),
+        "operator": {"acknowledge_alerts", "manage_alert_rules"},
+        "engineer": {"acknowledge_alerts", "manage_alert_rules", "configure_gateways"},
+        "admin": {"acknowledge_alerts", "manage_alert_rules", "configure_gateways",
+                  "manage_keys"},
+    }
+    for role in ROLES:
+        me = api_stack.client(role).get("/v1/me").json()
+        assert me["role"] == role
+        assert me["name"]
+        assert len(me["key_id"]) == 32
+        assert {action for action, allowed in me["can"].items() if allowed} == may[role], role
+    # What "can" promises is what the API then does: a viewer is refused, an operator is not.
+    ack = "/v1/alerts/0123456789abcdef/ack"
+    assert api_stack.client("viewer").post(ack, json={}).status_code == 403
+    assert api_stack.client("operator").post(ack, json={}).status_code == 404
 
 
 def test_engineer_config_push_reaches_the_config_topic(api_stack: ApiStack) -> None:

@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
 from smartcity._localstack import Influxd, Mosquitto
-from telemetry import Batch, Reading, encode_batch
+from telemetry import Batch, Health, Reading, SpoolHealth, encode_batch, encode_message
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,43 @@ def test_inventory_follows_birth_death_and_is_filterable_and_paged(
     assert api_stack.get("/v1/gateways/inv-gw2").json()["reason"] == "lost"
     publisher.clear_status("inv-gw2")
     wait_until(lambda: api_stack.get("/v1/gateways/inv-gw2").status_code == 404)
+
+
+def test_gateway_summary_carries_the_spool_backlog_of_the_last_health_report(
+    api_stack: ApiStack, publisher: Publisher
+) -> None:
+    publisher.birth("spool-gw", [device("loop-s", "loop")])
+    wait_until(lambda: api_stack.get("/v1/gateways/spool-gw").status_code == 200)
+    listed = api_stack.get("/v1/gateways", params={"limit": 1000}).json()["items"]
+    assert next(g for g in listed if g["id"] == "spool-gw")["spool"] is None
+    reported = time.time_ns()
+    spool = SpoolHealth(batches=7, readings=350, bytes=28_000, budget_bytes=1 << 20,
+                        oldest_age_s=95.5, dropped_batches=1, dropped_readings=50)
+    health = Health(gw="spool-gw", ts=reported, uptime_s=10.0, next_seq=8, spool=spool)
+    publisher.client.publish(publisher.topics.health("spool-gw"), encode_message(health),
+                             qos=1).wait_for_publish(5)
+
+    def summary() -> dict[str, Any] | None:
+        items = api_stack.get("/v1/gateways", params={"limit": 1000}).json()["items"]
+        row: dict[str, Any] = next(g for g in items if g["id"] == "spool-gw")
+        return row if row["spool"] else None
+
+    row = wait_until(summary)
+    assert row["spool"] == {
+        "batches": 7, "readings": 350, "bytes": 28_000, "budget_bytes": 1 << 20,
+        "oldest_age_s": 95.5, "dropped_batches": 1, "dropped_readings": 50,
+        "reported_at": row["spool"]["reported_at"],
+    }
+    seconds, ns = divmod(reported, 10**9)
+    assert row["spool"]["reported_at"] == (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 10**6:03d}Z"
+    )
+    # A health report that is not one is counted and ignored; the last good one stays.
+    publisher.client.publish(publisher.topics.health("spool-gw"), b'{"gw": "spool-gw"}',
+                             qos=1).wait_for_publish(5)
+    publisher.reading("spool-gw", "loop-s", "TrafficFlowObserved", {"intensity": 1.0})
+    wait_until(lambda: api_stack.get("/v1/live/spool-gw/loop-s").status_code == 200)
+    assert (summary() or {}).get("spool") == row["spool"]
 
 
 def test_reading_arrives_over_websocket_with_filters(

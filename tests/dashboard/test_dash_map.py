@@ -42,6 +42,15 @@ def test_map_draws_roads_links_car_parks_and_air_stations(
     # The simulator's city is there too, with its buses.
     assert int(page.locator("#map").get_attribute("data-vehicles") or 0) >= len(BUSES) + 1
     expect(page.locator("#gateway-summary")).to_contain_text("online")
+    # The gateway panel shows each gateway's spool backlog from the /v1/gateways summary.
+    row = page.locator(f"#gateway-rows tr[data-gateway='{CITY_GW}']")
+    for _ in range(30):
+        if row.count():
+            break
+        page.get_by_role("button", name="Next").click()
+    spool_cell = row.locator("td.num").first
+    expect(spool_cell).to_have_text("3")
+    assert "42 readings" in (spool_cell.get_attribute("title") or "")
 
 
 def test_vehicle_positions_change_between_two_reads(page: Page, dash_stack: DashStack) -> None:

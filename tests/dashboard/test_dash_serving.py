@@ -83,3 +83,72 @@ def test_no_inline_script_or_secret_in_the_assets() -> None:
     licence = (ASSETS / "uPlot.esm.js").read_text()[:2000]
     assert "The MIT License" in licence
     assert "uPlot 1.6.32" in licence
+    licence = (ASSETS / "leaflet.esm.js").read_text()[:3000]
+    assert "BSD 2-Clause License" in licence
+    assert "Leaflet 1.9.4" in licence
+
+
+def test_tile_origin_is_the_only_other_host_the_policy_allows() -> None:
+    settings = ApiSettings(demo=True, database_url="sqlite://",
+                           map_tiles_url="https://{s}.tiles.example.org/{z}/{x}/{y}{r}.png",
+                           map_tiles_attribution="© Example")
+    assert settings.map_tiles_origin == "https://*.tiles.example.org"
+    client = Client()
+    client.app = create_app(settings)
+    csp = client.get("/dashboard/").headers["content-security-policy"]
+    assert "img-src 'self' data: https://*.tiles.example.org;" in csp
+    assert "script-src 'self';" in csp
+    assert "connect-src 'self';" in csp
+    assert client.get("/dashboard/app.js").headers["content-security-policy"] == csp
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://tiles.example.org/{z}/{x}.png", "needs {z}, {x} and {y}"),
+    ("http://tiles.example.org/{z}/{x}/{y}.png", "plain http"),
+    ("ftp://tiles.example.org/{z}/{x}/{y}.png", "http(s)://"),
+    ("https://a.{s}.example.org/{z}/{x}/{y}.png", "first label"),
+    ("https://user:pw@tiles.example.org/{z}/{x}/{y}.png", "credentials"),
+    ("https://tiles.example.org/{z}/{x}/{y}.png?k='x'", "character"),
+    ("https://tiles.example.org/{z}/{x}/{y}/{q}.png", "unknown placeholder"),
+])
+def test_bad_tile_sources_are_refused_with_the_reason(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        ApiSettings(demo=True, database_url="sqlite://", map_tiles_url=url,
+                    map_tiles_attribution="x")
+    with pytest.raises(ValueError, match="needs map_tiles_attribution"):
+        ApiSettings(demo=True, database_url="sqlite://",
+                    map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png")
+
+
+def _luminance(hex_colour: str) -> float:
+    def channel(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2.1 contrast ratio of two ``#rrggbb`` colours."""
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def test_map_symbols_have_non_text_contrast_against_the_map() -> None:
+    """WCAG 1.4.11: graphics that carry meaning need 3:1 against what is next to them. axe
+    checks the page's text; the SVG symbols' colours are checked here, from the sources."""
+    css = (ASSETS / "dashboard.css").read_text()
+    background = re.search(r"--map-bg:\s*(#[0-9a-f]{6})", css)
+    assert background is not None
+    map_js = (ASSETS / "map.js").read_text()
+    block = re.search(r"CONGESTION_COLOURS = \{([^}]*)\}", map_js)
+    assert block is not None
+    congestion = dict(re.findall(r"(free|moderate|heavy|severe): \"(#[0-9a-f]{6})\"", block[1]))
+    assert set(congestion) == {"free", "moderate", "heavy", "severe"}
+    for level, colour in congestion.items():
+        assert contrast(colour, background[1]) >= 3, (level, colour)
+    # Pale EAQI fills are outlined in dark ink (.air-dot stroke), which carries the contrast.
+    outline = re.search(r"\.air-dot \{ stroke: (#[0-9a-f]{6})", css)
+    assert outline is not None
+    assert contrast(outline[1], background[1]) >= 3
