@@ -50,10 +50,14 @@ def uvicorn_config(settings: ApiSettings, *, db: Database | None = None) -> uvic
     )
 
 
+def _announce(settings: ApiSettings) -> None:
+    log.info("serving the API", extra={"url": base_url(settings), "https": settings.https})
+
+
 def serve(settings: ApiSettings) -> None:
     """Run the API until SIGINT/SIGTERM (what ``smartcity api run`` does)."""
     server = uvicorn.Server(uvicorn_config(settings))
-    log.info("serving the API", extra={"url": base_url(settings), "https": settings.https})
+    _announce(settings)
     server.run()
     if not server.started:
         raise ApiError("the API did not start (see the log above)")
@@ -108,6 +112,7 @@ class ApiServer:
                 self.stop()
                 raise ApiError(f"API did not start: {self._error!r}")
             time.sleep(0.02)
+        _announce(self.settings)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.server.should_exit = True
