@@ -502,7 +502,7 @@ class EdgeAgent:
         old = self._runtime.pipeline
         self._flush()  # what the old inputs gave goes through the old processors first
         try:
-            report = new.pipeline.restore(old.checkpoint(), time.time_ns())
+            report = new.pipeline.restore(old.checkpoint(full=True), time.time_ns())
         except CheckpointError as exc:  # cannot happen with blobs made just now; be safe
             self._ignored("processor state (config swap)", exc)
             self._flush(force=True)

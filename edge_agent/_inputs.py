@@ -16,6 +16,7 @@ QoS 1, manual ack) keep the guarantee end to end across a crash of the agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -211,11 +212,27 @@ class MqttInput(Input):
                 await closed.wait()
             finally:
                 if self.state == "up":
+                    await self._acks_processed(client)
                     client.disconnect()
                 await asyncio.to_thread(client.loop_stop)
                 self.state = "retrying"
             delay = min(delay * 2, 30.0)
             await asyncio.sleep(random.uniform(0, delay))
+
+    async def _acks_processed(self, client: mqtt.Client) -> None:
+        """Wait (briefly) until the broker has read the PUBACKs sent so far.
+
+        The broker keeps pushing messages, so the socket usually has unread data when it is
+        closed: the kernel then sends RST, and PUBACKs the broker had not read yet are lost,
+        making it redeliver (and the processors count twice) messages that were committed.
+        The broker handles a client's packets in order, so the PUBACK of a QoS 1 publish
+        (an empty message on a topic of our own, or a refusal) proves the earlier ones were read.
+        """
+        info = client.publish(f"{self.client_id}/closing", b"", qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return
+        with contextlib.suppress(TimeoutError, RuntimeError, ValueError):
+            await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
 
     def _client(
         self, loop: asyncio.AbstractEventLoop, sink: Sink, closed: asyncio.Event

@@ -247,8 +247,9 @@ class ChannelPipeline:
         return out
 
     # -- checkpoint ------------------------------------------------------------------------------
-    def checkpoint(self) -> dict[str, bytes]:
-        """The state blobs to commit (the layout only when it changed); clears ``dirty``.
+    def checkpoint(self, *, full: bool = False) -> dict[str, bytes]:
+        """The state blobs to commit (the layout only when it changed, or ``full``); clears
+        ``dirty``.
 
         Call after :meth:`tick` (nothing staged): staged samples are not part of the state.
         """
@@ -264,7 +265,7 @@ class ChannelPipeline:
             ],
         )
         blobs = {KEY_ARRAYS: _pack.encode(arrays)}
-        if self._layout_dirty:
+        if self._layout_dirty or full:
             self._layout_dirty = False
             layout = _Layout(
                 _STATE_VERSION,
