@@ -67,6 +67,32 @@ class Completeness(msgspec.Struct, frozen=True):
     readings: int
 
 
+def completeness_of(
+    columns: list[str], values: list[Any], window: str
+) -> Completeness | None:
+    """Completeness from one row of :func:`ingest.completeness_query`; ``None`` for a torn row.
+
+    InfluxDB 1.x builds one iterator per aggregate, so a row read while a gateway's batches
+    are being written can mix two moments: ``count(distinct(seq))`` already counting a batch
+    that ``max(seq)`` does not see yet. More distinct seqs than the seq range holds cannot
+    happen in one moment; such a row is torn and must be read again, not shown. (The other
+    way round, a count from just before a newer max, reads as one batch missing until the
+    next refresh.)
+    """
+    row = dict(zip(columns, values, strict=False))
+    received = int(row.get("received") or 0)
+    lo, hi = row.get("min_seq"), row.get("max_seq")
+    if lo is None or hi is None:
+        return None
+    expected = int(hi) - int(lo) + 1
+    if received > expected:
+        return None
+    return Completeness(
+        window=window, received=received, expected=expected, missing=expected - received,
+        ratio=received / expected if expected else 1.0, readings=int(row.get("readings") or 0),
+    )
+
+
 @dataclass(slots=True)
 class DeviceState:
     id: str

@@ -56,3 +56,8 @@ class ApiMetrics:
         self.auth_failures = Counter(
             "smartcity_api_auth_failures", "Refused authentications", ["reason"], registry=r
         )
+        self.completeness_torn_reads = Counter(
+            "smartcity_api_completeness_torn_reads",
+            "Completeness rows read while their batches were being written (read again)",
+            registry=r,
+        )

@@ -34,7 +34,7 @@ from api._errors import UpstreamUnavailable
 from api._hub import MEASUREMENT_KIND, Event, Hub
 from api._influx import InfluxClient
 from api._influxql import quote_ident
-from api._live import Completeness, Inventory, Latest, LiveState, iso
+from api._live import Inventory, Latest, LiveState, completeness_of, iso
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings
 from ingest import BOOKKEEPING_MEASUREMENT, completeness_query
@@ -282,25 +282,30 @@ class Services:
                         device_state.last_reading_ns = ts
         return loaded
 
-    async def refresh_completeness(self) -> None:
+    async def refresh_completeness(self, *, attempts: int = 3) -> None:
+        """Per-gateway completeness from ingest's bookkeeping; torn rows are read again
+        (up to ``attempts`` reads) and otherwise keep the gateway's previous value."""
         window = self.settings.completeness_window
-        for series in await self.influx.query(completeness_query(since=f"now() - {window}")):
-            gateway = series.tags.get("gateway", "")
-            if not ID_RE.fullmatch(gateway) or not series.values:
-                continue
-            row = dict(zip(series.columns, series.values[0], strict=False))
-            received = int(row.get("received") or 0)
-            lo, hi = row.get("min_seq"), row.get("max_seq")
-            expected = int(hi) - int(lo) + 1 if lo is not None and hi is not None else received
-            expected = max(expected, received)
-            self.inventory.gateway(gateway).completeness = Completeness(
-                window=window,
-                received=received,
-                expected=expected,
-                missing=expected - received,
-                ratio=received / expected if expected else 1.0,
-                readings=int(row.get("readings") or 0),
-            )
+        settle = f"{round(self.settings.completeness_settle_s * 1000)}ms"
+        query = completeness_query(since=f"now() - {window}", until=f"now() - {settle}")
+        pending: set[str] | None = None  # gateways still to settle; None: all
+        for _ in range(attempts):
+            torn: set[str] = set()
+            for series in await self.influx.query(query):
+                gateway = series.tags.get("gateway", "")
+                if not ID_RE.fullmatch(gateway) or not series.values:
+                    continue
+                if pending is not None and gateway not in pending:
+                    continue
+                completeness = completeness_of(series.columns, series.values[0], window)
+                if completeness is None:
+                    torn.add(gateway)
+                else:
+                    self.inventory.gateway(gateway).completeness = completeness
+            if not torn:
+                return
+            self.metrics.completeness_torn_reads.inc(len(torn))
+            pending = torn
 
     async def _completeness_loop(self) -> None:
         while True:

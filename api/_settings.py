@@ -104,6 +104,9 @@ class ApiSettings(BaseSettings):
     warm_window: _Duration = "1d"
     #: Completeness (from ingest bookkeeping) over this window, refreshed this often.
     completeness_window: _Duration = "1h"
+    #: Completeness windows end this long ago, so batches still being written are not read
+    #: half-way (their seqs would show as missing). Later batches count from a later round.
+    completeness_settle_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     completeness_refresh_s: _Positive = 30.0
 
     # Behaviour -----------------------------------------------------------------------------

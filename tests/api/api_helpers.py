@@ -95,6 +95,7 @@ def settings_for(
         "alert_tick_s": 0.1,
         "stream_heartbeat_s": 1.0,
         "completeness_refresh_s": 0.5,
+        "completeness_settle_s": 0.5,
         "mqtt_client_id": f"api-test-{uuid.uuid4().hex[:8]}",
     }
     values.update(overrides)

@@ -21,7 +21,7 @@ from api import (
     quote_string,
 )
 from api._auth import RateLimiter
-from api._live import Inventory, Latest, iso
+from api._live import Inventory, Latest, completeness_of, iso
 from api._routes_transport import congestion_level
 
 _UNQUOTED_QUOTE = re.compile(r"(?<!\\)(?:\\\\)*'")
@@ -144,3 +144,30 @@ def test_threshold_needs_the_whole_duration() -> None:
     assert [t for t, _ in changes] == ["raised", "resolved"]
     engine.set_rules([])
     assert engine.active == {}
+
+
+_COLUMNS = ["time", "received", "min_seq", "max_seq", "readings", "rejected"]
+
+
+def test_completeness_of_a_consistent_row() -> None:
+    c = completeness_of(_COLUMNS, [0, 4, 0, 4, 40, 0], "1h")
+    assert c is not None
+    assert (c.received, c.expected, c.missing, c.readings) == (4, 5, 1, 40)
+    assert c.ratio == pytest.approx(0.8)
+
+
+@given(seqs=st.sets(st.integers(0, 50), min_size=1, max_size=30), cut=st.integers(0, 50))
+def test_a_torn_row_is_refused_never_shown(seqs: set[int], cut: int) -> None:
+    """The count sees every batch, max(seq) only those up to ``cut`` (a write in between):
+    either the row still adds up, or it is refused; it never claims fewer missing than are."""
+    lo, hi_seen = min(seqs), max([s for s in seqs if s <= cut], default=None)
+    if hi_seen is None:
+        return
+    c = completeness_of(_COLUMNS, [0, len(seqs), lo, hi_seen, 0, 0], "1h")
+    truly_missing = max(seqs) - lo + 1 - len(seqs)
+    if c is not None:
+        assert c.received <= c.expected
+        assert c.missing >= 0
+    else:
+        assert len(seqs) > hi_seen - lo + 1
+    assert c is None or max(seqs) != hi_seen or c.missing == truly_missing
