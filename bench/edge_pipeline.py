@@ -10,7 +10,12 @@ Measures, each as the median of ``--repeat`` runs:
   (peak over ``--rss-seconds``, median of ``--repeat`` runs); ``rss_mb_python_m``: the same
   started as ``python -m edge_agent run``;
 - ``replay_readings_per_s``: an agent replaying a 100,000-reading spool backlog to a private
-  mosquitto, from start until every batch is acknowledged (PUBACK) and deleted.
+  mosquitto, from start until every batch is acknowledged (PUBACK) and deleted;
+- ``checkpoint_ms``: median time to write one processor checkpoint of the same chain over
+  1,000 channels (every stage's state, windows open): ``ChannelPipeline.checkpoint`` plus the
+  spool transaction that commits it (``synchronous: full``, as deployed, in a temporary
+  directory: the fsync cost is that of the disk under ``$TMPDIR``); ``checkpoint_bytes``: its
+  size (the layout blob is written only when channels appear, and is not counted).
 
 The last line is one JSON object.
 """
@@ -37,7 +42,7 @@ import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent import Chain, EdgeAgent, ProcessorRule, Spool, parse_config
+from edge_agent import Chain, ChannelPipeline, EdgeAgent, ProcessorRule, Spool, parse_config
 from smartcity._localstack import Mosquitto
 from telemetry import Batch, Reading, encode_batch
 
@@ -123,6 +128,31 @@ def naive(data: np.ndarray) -> float:
             a[3] += 1
             a[4] = v
     return data.size / (time.perf_counter() - t)
+
+
+def measure_checkpoint(workdir: Path, writes: int = 50) -> tuple[float, int]:
+    """(median ms per checkpoint write, bytes per checkpoint) for 1,000 aggregating channels."""
+    pipeline = ChannelPipeline([ProcessorRule.model_validate({"stages": STAGES})])
+    data = make_data(5)
+    for step, row in enumerate(data.tolist()):
+        pipeline.ingest(
+            [
+                Reading(device=f"dev-{c}", measurement="Bench", ts=T0 + step * NS, fields={"v": v})
+                for c, v in enumerate(row)
+            ]
+        )
+        pipeline.tick(T0)
+    times: list[float] = []
+    size = 0
+    with Spool(workdir / "ckpt.sqlite3", budget_bytes=2**30, synchronous="full") as spool:
+        spool.commit([], pipeline.checkpoint(full=True))
+        for _ in range(writes):
+            t = time.perf_counter()
+            blobs = pipeline.checkpoint()
+            spool.commit([], blobs)
+            times.append((time.perf_counter() - t) * 1000)
+            size = sum(len(b) for b in blobs.values())
+    return statistics.median(times), size
 
 
 def agent_command(how: str) -> list[str]:
@@ -252,6 +282,8 @@ def main() -> None:
     print(f"naive samples/s:      {[round(x) for x in nv]}", flush=True)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
+        ckpt_ms, ckpt_bytes = measure_checkpoint(work)
+        print(f"checkpoint ms:        {ckpt_ms:.2f} ({ckpt_bytes} bytes)", flush=True)
         replay = []
         for i in range(args.repeat):
             replay.append(measure_replay(work / f"r{i}"))
@@ -268,6 +300,8 @@ def main() -> None:
         "rss_mb": round(statistics.median(rss), 1),
         "rss_mb_python_m": round(statistics.median(rss_m), 1),
         "replay_readings_per_s": round(statistics.median(replay)),
+        "checkpoint_ms": round(ckpt_ms, 2),
+        "checkpoint_bytes": ckpt_bytes,
         "channels": CHANNELS,
         "repeat": args.repeat,
         "threading_active": threading.active_count(),

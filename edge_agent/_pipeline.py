@@ -11,7 +11,7 @@ Readings of ``quality: bad`` bypass the processors: they would poison filter sta
 platform wants to see them anyway.
 
 **Checkpoint.** After each tick the agent commits, in one spool transaction, the batches
-sealed in that tick and three state blobs (msgpack)::
+sealed in that tick and three state blobs (msgpack behind a CRC32, and JSON)::
 
     processors.layout   rules (config JSON, fingerprint) + channel metadata per chain row
                         (rewritten only when a channel appears or the config changes)
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -103,11 +104,31 @@ _pending_dec: Final = msgspec.json.Decoder(list[Reading])
 _pack: Final = msgspec.msgpack.Encoder()
 
 
+def seal_blob(payload: bytes) -> bytes:
+    """``crc32 (4 bytes, big endian) + payload``: SQLite keeps no page checksums."""
+    return zlib.crc32(payload).to_bytes(4, "big") + payload
+
+
+def open_blob(blob: bytes) -> bytes:
+    """The payload of a :func:`seal_blob`; :class:`CheckpointError` if it was damaged."""
+    if len(blob) < 4 or zlib.crc32(blob[4:]).to_bytes(4, "big") != blob[:4]:
+        raise CheckpointError("checkpoint blob fails its checksum")
+    return blob[4:]
+
+
 def _pack_array(a: NDArray[np.generic]) -> _Array:
     return _Array(a.dtype.str, list(a.shape), a.tobytes())
 
 
+#: dtypes stage state may have (numpy parses other dtype strings with ``ast``: never trust them)
+_DTYPES: Final = frozenset(
+    np.dtype(t).str for t in (np.float64, np.int64, np.int32, np.intp, np.bool_)
+)
+
+
 def _unpack_array(a: _Array) -> NDArray[np.generic]:
+    if a.dtype not in _DTYPES:
+        raise CheckpointError(f"unexpected dtype {a.dtype!r}")
     try:
         out: NDArray[np.generic] = np.frombuffer(a.data, dtype=np.dtype(a.dtype)).reshape(a.shape)
     except (TypeError, ValueError) as exc:
@@ -264,7 +285,7 @@ class ChannelPipeline:
                 for chain in self.chains
             ],
         )
-        blobs = {KEY_ARRAYS: _pack.encode(arrays)}
+        blobs = {KEY_ARRAYS: seal_blob(_pack.encode(arrays))}
         if self._layout_dirty or full:
             self._layout_dirty = False
             layout = _Layout(
@@ -279,7 +300,7 @@ class ChannelPipeline:
                     for meta in self._meta
                 ],
             )
-            blobs[KEY_LAYOUT] = _pack.encode(layout)
+            blobs[KEY_LAYOUT] = seal_blob(_pack.encode(layout))
         return blobs
 
     def restore(self, blobs: dict[str, bytes], now_ns: int) -> RestoreReport:
@@ -295,20 +316,21 @@ class ChannelPipeline:
         if self.channels or self._out or any(st.chan for st in self._staged):
             raise CheckpointError("restore into a pipeline that already has channels")
         try:
-            layout = _layout_dec.decode(blobs[KEY_LAYOUT])
-            arrays = _arrays_dec.decode(blobs[KEY_ARRAYS])
+            layout = _layout_dec.decode(open_blob(blobs[KEY_LAYOUT]))
+            arrays = _arrays_dec.decode(open_blob(blobs[KEY_ARRAYS]))
         except KeyError as exc:
             raise CheckpointError(f"checkpoint lacks {exc}") from exc
-        except msgspec.DecodeError as exc:
-            raise CheckpointError(f"corrupt checkpoint: {exc}") from exc
+        except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
+            raise CheckpointError(f"corrupt checkpoint: {exc!r}") from exc
         if layout.version != _STATE_VERSION or arrays.version != _STATE_VERSION:
             raise CheckpointError(
                 f"checkpoint version {layout.version}/{arrays.version}, this agent writes "
                 f"{_STATE_VERSION}"
             )
-        if layout.fingerprint != arrays.fingerprint or rules_fingerprint(
-            layout.rules
-        ) != layout.fingerprint:
+        if (
+            layout.fingerprint != arrays.fingerprint
+            or rules_fingerprint(layout.rules) != layout.fingerprint
+        ):
             raise CheckpointError("checkpoint layout and arrays do not belong together")
         n_saved = len(layout.rules)
         if len(layout.channels) != n_saved or len(arrays.chains) != n_saved:
@@ -329,9 +351,7 @@ class ChannelPipeline:
             same = (
                 i < len(self.rules)
                 and layout.rules[i] == self.rules_json[i]
-                and all(
-                    saved_rules[j].match == self.rules[j].match for j in range(i)
-                )
+                and all(saved_rules[j].match == self.rules[j].match for j in range(i))
             )
             chain = Chain(list[StageConfig]((self.rules[i] if same else rule).stages))
             try:
@@ -506,8 +526,8 @@ class Batcher:
         """Queue the readings of a :meth:`pending_blob`; returns how many."""
         try:
             readings = _pending_dec.decode(blob)
-        except msgspec.DecodeError as exc:
-            raise CheckpointError(f"corrupt pending readings: {exc}") from exc
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise CheckpointError(f"corrupt pending readings: {exc!r}") from exc
         self.add(readings)
         return len(readings)
 

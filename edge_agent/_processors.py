@@ -64,6 +64,7 @@ IDX = NDArray[np.intp]
 BOOL = NDArray[np.bool_]
 
 _NS: Final = 1_000_000_000
+_I64_MAX: Final = 2**63 - 1
 
 #: Named unit conversions for the ``scale`` stage: (from, to) -> (gain, offset).
 UNIT_CONVERSIONS: Final[dict[tuple[str, str], tuple[float, float]]] = {
@@ -260,9 +261,15 @@ class _Stateful:
                     f"{self.name}.{k}: saved {a.dtype}{list(a.shape)}, "
                     f"expected {cur.dtype}{[n, *cur.shape[1:]]}"
                 )
+        self.check_state(arrays)
         self.resize(cap)
         for k in self.state_arrays:
             getattr(self, k)[:n] = arrays[k]
+
+    def check_state(self, arrays: dict[str, NDArray[np.generic]]) -> None:
+        """Refuse saved values this stage could not work with (indices out of range)."""
+        if (arrays["dropped"] < 0).any():  # type: ignore[operator]
+            raise StateMismatch(f"{self.name}: negative drop counts")
 
 
 class Stage(_Stateful, ABC):
@@ -358,6 +365,12 @@ class HampelStage(Stage):
         self.buf = _grow(self.buf, n, 0.0)  # type: ignore[assignment]
         self.pos = _grow(self.pos, n, 0)  # type: ignore[assignment]
         self.count = _grow(self.count, n, 0)  # type: ignore[assignment]
+
+    def check_state(self, arrays: dict[str, NDArray[np.generic]]) -> None:
+        super().check_state(arrays)
+        pos = arrays["pos"]
+        if ((pos < 0) | (pos >= self.window)).any() or (arrays["count"] < 0).any():  # type: ignore[operator]
+            raise StateMismatch("hampel: window position out of range")
 
     def apply(self, chan: IDX, ts: I64, val: F64) -> tuple[BOOL | None, F64]:
         full = self.count[chan] >= self.window
@@ -466,6 +479,15 @@ class AggregateStage(_Stateful):
         self.max = _grow(self.max, n, -math.inf)  # type: ignore[assignment]
         self.last = _grow(self.last, n, 0.0)  # type: ignore[assignment]
         self.count = _grow(self.count, n, 0)  # type: ignore[assignment]
+
+    def check_state(self, arrays: dict[str, NDArray[np.generic]]) -> None:
+        super().check_state(arrays)
+        count, wid = arrays["count"], arrays["wid"]
+        if (count < 0).any():  # type: ignore[operator]
+            raise StateMismatch("aggregate: negative sample count")
+        # window starts of open windows must be valid timestamps (ns in int64, not negative)
+        if ((count > 0) & ((wid < 0) | (wid > _I64_MAX // self.window_ns - 1))).any():  # type: ignore[operator]
+            raise StateMismatch("aggregate: window out of range")
 
     def _emit(self, rows: IDX) -> ChainOutput:
         cnt = self.count[rows]

@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import BatchConfig, Batcher, ChannelPipeline, ProcessorRule, Spool
-from edge_agent._pipeline import KEY_ARRAYS, KEY_LAYOUT, KEY_PENDING, CheckpointError
+from edge_agent._pipeline import (
+    KEY_ARRAYS,
+    KEY_LAYOUT,
+    KEY_PENDING,
+    CheckpointError,
+    open_blob,
+    seal_blob,
+)
 from telemetry import Reading, decode_batch
 
 NS = 1_000_000_000
@@ -160,7 +167,18 @@ def test_changed_match_before_a_rule_flushes_that_rule_too() -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "truncated", "version", "dtype", "shape", "missing", "mixed", "rules"],
+    [
+        "garbage",
+        "truncated",
+        "version",
+        "dtype",
+        "shape",
+        "missing",
+        "mixed",
+        "rules",
+        "position",
+        "window",
+    ],
 )
 def test_unusable_checkpoint_raises_and_leaves_the_pipeline_untouched(damage: str) -> None:
     old = pipeline({"stages": [STAGE_CHOICES[2], AGG]})
@@ -168,8 +186,8 @@ def test_unusable_checkpoint_raises_and_leaves_the_pipeline_untouched(damage: st
     old.tick(T0)
     blobs = old.checkpoint()
     dec = msgspec.msgpack.decode
-    arrays: dict[str, Any] = dec(blobs[KEY_ARRAYS])
-    layout: dict[str, Any] = dec(blobs[KEY_LAYOUT])
+    arrays: dict[str, Any] = dec(open_blob(blobs[KEY_ARRAYS]))
+    layout: dict[str, Any] = dec(open_blob(blobs[KEY_LAYOUT]))
     if damage == "garbage":
         blobs[KEY_ARRAYS] = b"\x00not msgpack"
     elif damage == "truncated":
@@ -187,9 +205,13 @@ def test_unusable_checkpoint_raises_and_leaves_the_pipeline_untouched(damage: st
     elif damage == "rules":
         layout["rules"] = ['{"stages": []}']
         layout["fingerprint"] = arrays["fingerprint"] = _fingerprint(layout["rules"])
-    if damage in {"version", "dtype", "shape", "mixed", "rules"}:
-        blobs[KEY_ARRAYS] = msgspec.msgpack.encode(arrays)
-        blobs[KEY_LAYOUT] = msgspec.msgpack.encode(layout)
+    elif damage == "position":  # a Hampel ring-buffer index past the window
+        arrays["chains"][0][0]["pos"][2] = np.array([1, 99], dtype=np.intp).tobytes()
+    elif damage == "window":  # an open window whose start is no timestamp
+        arrays["chains"][0][1]["wid"][2] = np.array([-5, 0], dtype=np.int64).tobytes()
+    if damage not in {"garbage", "truncated", "missing"}:
+        blobs[KEY_ARRAYS] = seal_blob(msgspec.msgpack.encode(arrays))
+        blobs[KEY_LAYOUT] = seal_blob(msgspec.msgpack.encode(layout))
     new = pipeline({"stages": [STAGE_CHOICES[2], AGG]})
     with pytest.raises(CheckpointError):
         new.restore(blobs, T0)
@@ -286,3 +308,36 @@ def test_commit_is_one_transaction(tmp_path: Path) -> None:
         assert spool.stats().next_seq == 2
         spool.commit([], {"k": None})
         assert spool.load_state() == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.sampled_from([KEY_ARRAYS, KEY_LAYOUT]),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=4),
+    cut=st.floats(0, 1),
+    reseal=st.booleans(),
+)
+def test_damaged_blob_restores_or_raises_checkpoint_error_only(
+    key: str, flips: list[tuple[float, int]], cut: float, reseal: bool
+) -> None:
+    """Damage the payload (with ``reseal`` the checksum is made to fit, so the decoder and
+    the state checks see it): restore either works or raises CheckpointError, and the
+    pipeline keeps working either way."""
+    rules = ({"match": {"field": "v"}, "stages": [STAGE_CHOICES[2], AGG]}, {"stages": [AGG]})
+    old = pipeline(*rules)
+    old.ingest(readings([[1.0, 2.0], [1.5, 2.5]], 0, 2))
+    old.tick(T0)
+    blobs = old.checkpoint()
+    data = bytearray(open_blob(blobs[key]))
+    for where, byte in flips:
+        data[int(where * len(data))] = byte
+    if cut < 0.5:
+        data = data[: max(1, int(len(data) * (0.5 + cut)))]
+    blobs[key] = seal_blob(bytes(data)) if reseal else blobs[key][:4] + bytes(data)
+    new = pipeline(*rules)
+    try:
+        new.restore(blobs, T0)
+    except CheckpointError:
+        assert new.channels == 0
+    new.ingest(readings([[1.0, 2.0], [300.0, 2.0]], 5, 2))
+    new.tick(T0, force=True)

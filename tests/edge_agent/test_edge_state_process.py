@@ -135,7 +135,7 @@ def saved_count(tmp_path: Path) -> int:
         row = db.execute("SELECT value FROM state WHERE key = 'processors.arrays'").fetchone()
     if row is None:
         return 0
-    dtype, _shape, data = msgspec.msgpack.decode(row[0])["chains"][0][-1]["count"]
+    dtype, _shape, data = msgspec.msgpack.decode(row[0][4:])["chains"][0][-1]["count"]
     counts = np.frombuffer(data, dtype=dtype)
     return int(counts[0]) if counts.shape[0] else 0
 
