@@ -20,18 +20,25 @@ operator database; each API replica evaluates them on its own subscription.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import datetime as dt
 import hashlib
+import logging
 import operator
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import msgspec
+from sqlalchemy.exc import SQLAlchemyError
 
-from api._db import AlertRule
+from api._db import AlertRule, Database
 from api._live import GatewayState, Inventory, Latest, iso
+from api._metrics import ApiMetrics
 
-__all__ = ["Alert", "AlertEngine", "AlertTransition", "Rule"]
+__all__ = ["Alert", "AlertEngine", "AlertHistory", "AlertTransition", "Rule"]
 
 _NS: Final = 1_000_000_000
 _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
@@ -251,3 +258,93 @@ class AlertEngine:
         alert.acknowledged, alert.ack_by, alert.ack_at, alert.ack_note = True, by, at, note
         self._on_change("acknowledged", alert)
         return alert
+
+
+log = logging.getLogger("api.alerts")
+
+
+class AlertHistory:
+    """Stores every alert transition in the operator database, off the event loop.
+
+    Transitions are buffered (at most ``max_pending``; beyond it the oldest are dropped and
+    counted) and written once a second by :meth:`run`, which also prunes entries older than
+    ``keep_days`` hourly and writes what is left when it is cancelled. A failed write keeps
+    the buffer for the next round.
+    """
+
+    def __init__(
+        self, db: Database, metrics: ApiMetrics, *, keep_days: int, max_pending: int = 10_000
+    ) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._keep = dt.timedelta(days=keep_days)
+        self._pending: collections.deque[dict[str, object]] = collections.deque()
+        self._max = max_pending
+        self._lock = asyncio.Lock()
+
+    def record(self, transition: AlertTransition, alert: Alert, now_ns: int) -> None:
+        if transition == "raised":
+            at_ns = alert.started_ns
+        elif transition == "acknowledged" and alert.ack_at:
+            at_ns = _parse_ns(alert.ack_at, now_ns)
+        else:
+            at_ns = now_ns
+        if len(self._pending) >= self._max:
+            self._pending.popleft()
+            self._metrics.alert_history_failed.labels("dropped").inc()
+        self._pending.append({
+            "alert_id": alert.id, "transition": transition, "at": _utc(at_ns),
+            "rule_id": alert.rule_id, "rule": alert.rule[:128], "kind": alert.kind,
+            "severity": alert.severity, "gateway": alert.gateway, "device": alert.device,
+            "area": alert.area, "message": alert.message[:512], "value": alert.value,
+            "by_name": alert.ack_by if transition == "acknowledged" else None,
+            "note": alert.ack_note if transition == "acknowledged" else None,
+        })
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, collections.deque()
+            if not batch:
+                return
+            try:
+                added = await asyncio.to_thread(self._db.record_alert_events, list(batch))
+            except Exception as exc:  # noqa: BLE001 (the history must never stop the API)
+                self._metrics.alert_history_failed.labels("retried").inc()
+                log.warning("alert history write failed", extra={"error": repr(exc)})
+                batch.extend(self._pending)  # oldest first, then what came meanwhile
+                while len(batch) > self._max:
+                    batch.popleft()
+                    self._metrics.alert_history_failed.labels("dropped").inc()
+                self._pending = batch
+                return
+            self._metrics.alert_history_written.inc(added)
+
+    async def run(self, interval_s: float = 1.0, prune_every_s: float = 3600.0) -> None:
+        last_prune = 0.0
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                await self.flush()
+                if time.monotonic() - last_prune >= prune_every_s:
+                    last_prune = time.monotonic()
+                    before = dt.datetime.now(dt.UTC) - self._keep
+                    try:
+                        await asyncio.to_thread(self._db.prune_alert_events, before)
+                    except SQLAlchemyError as exc:
+                        log.warning("alert history prune failed", extra={"error": repr(exc)})
+        finally:
+            await self.flush()
+
+
+def _utc(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / _NS, dt.UTC)
+
+
+def _parse_ns(text: str, default: int) -> int:
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * _NS)

@@ -1,4 +1,4 @@
-"""The operator database: API keys, alert rules, alert acknowledgements (SQLAlchemy 2).
+"""The operator database: API keys, alert rules, acknowledgements, alert history (SQLAlchemy 2).
 
 SQLite by default (a file next to the service), PostgreSQL by URL
 (``postgresql+psycopg://user@host/db``). Tables are created at start when missing; the schema
@@ -24,13 +24,14 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    UniqueConstraint,
     create_engine,
     event,
     func,
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -39,6 +40,7 @@ from api._errors import ConfigError, NotFound
 __all__ = [
     "KEY_PREFIX",
     "AlertAck",
+    "AlertEvent",
     "AlertRule",
     "ApiKey",
     "Database",
@@ -108,6 +110,33 @@ class AlertAck(_Base):
     by_name: Mapped[str] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(String(1024), default="")
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AlertEvent(_Base):
+    """One transition of one alert episode: raised, acknowledged or resolved.
+
+    ``(alert_id, transition)`` is unique: replicas that evaluate the same rules on the same
+    data derive the same alert id (rule, subject, start) and record each transition once.
+    """
+
+    __tablename__ = "alert_events"
+    __table_args__ = (UniqueConstraint("alert_id", "transition", name="uq_alert_transition"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(String(64))
+    transition: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    rule_id: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))
+    gateway: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str | None] = mapped_column(String(64), default=None)
+    area: Mapped[str | None] = mapped_column(String(64), default=None)
+    message: Mapped[str] = mapped_column(String(512))
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    by_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    note: Mapped[str | None] = mapped_column(String(1024), default=None)
 
 
 DEFAULT_RULES: Final = (
@@ -242,6 +271,76 @@ class Database:
         with self.session() as s:
             rows = s.scalars(select(AlertAck).where(AlertAck.alert_id.in_(alert_ids))).all()
         return {row.alert_id: row for row in rows}
+
+
+    # -- alert history ------------------------------------------------------------------------
+    def record_alert_events(self, events: Sequence[dict[str, object]]) -> int:
+        """Store transitions; one already stored (by this or another replica) is skipped.
+
+        Return how many were new.
+        """
+        if not events:
+            return 0
+        ids = {str(e["alert_id"]) for e in events}
+        with self.session() as s:
+            stored = s.execute(
+                select(AlertEvent.alert_id, AlertEvent.transition).where(
+                    AlertEvent.alert_id.in_(ids)
+                )
+            )
+            known = {(alert_id, transition) for alert_id, transition in stored}
+        added = 0
+        for values in events:
+            key = (str(values["alert_id"]), str(values["transition"]))
+            if key in known:
+                continue
+            known.add(key)
+            try:
+                with self.session() as s:
+                    s.add(AlertEvent(**values))
+                added += 1
+            except IntegrityError:  # another replica stored it in between
+                continue
+        return added
+
+    def alert_history(
+        self,
+        *,
+        since: dt.datetime,
+        until: dt.datetime,
+        gateway: str | None = None,
+        rule_id: int | None = None,
+        transition: str | None = None,
+        severity: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> tuple[Sequence[AlertEvent], int]:
+        """Transitions in ``[since, until)``, newest first, and how many match in all."""
+        where = [AlertEvent.at >= since, AlertEvent.at < until]
+        if gateway is not None:
+            where.append(AlertEvent.gateway == gateway)
+        if rule_id is not None:
+            where.append(AlertEvent.rule_id == rule_id)
+        if transition is not None:
+            where.append(AlertEvent.transition == transition)
+        if severity is not None:
+            where.append(AlertEvent.severity == severity)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(AlertEvent).where(*where)) or 0
+            rows = s.scalars(
+                select(AlertEvent).where(*where)
+                .order_by(AlertEvent.at.desc(), AlertEvent.id.desc())
+                .offset(offset).limit(limit)
+            ).all()
+        return rows, total
+
+    def prune_alert_events(self, before: dt.datetime) -> int:
+        """Delete transitions older than ``before``; return how many went."""
+        from sqlalchemy import delete
+
+        with self.session() as s:
+            result = s.execute(delete(AlertEvent).where(AlertEvent.at < before))
+        return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

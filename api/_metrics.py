@@ -61,3 +61,12 @@ class ApiMetrics:
             "Completeness rows read while their batches were being written (read again)",
             registry=r,
         )
+        self.alert_history_written = Counter(
+            "smartcity_api_alert_history_written",
+            "Alert transitions stored in the alert history", registry=r,
+        )
+        self.alert_history_failed = Counter(
+            "smartcity_api_alert_history_failed",
+            "Alert history writes that failed (retried; dropped past the buffer)", ["outcome"],
+            registry=r,
+        )

@@ -1,8 +1,9 @@
-"""Active alerts (viewer), acknowledgements and rule management (operator)."""
+"""Active alerts and their history (viewer), acknowledgements and rule management (operator)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
@@ -11,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from api._alerts import Alert
-from api._db import AlertRule
+from api._db import AlertEvent, AlertRule
 from api._deps import Operator, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
-from api._params import NAME_PATTERN, GatewayQuery
+from api._params import NAME_PATTERN, GatewayQuery, Limit, Offset
+from api._routes_history import EndQuery, StartQuery, time_range
 
 __all__ = ["router"]
 
@@ -85,6 +87,77 @@ async def list_alerts(
         key=lambda a: (-a.started_ns, a.id),
     )
     return json_response(AlertList(rows, len(rows)))
+
+
+class AlertEventOut(msgspec.Struct):
+    alert_id: str
+    transition: str
+    at: str
+    rule_id: int
+    rule: str
+    kind: str
+    severity: str
+    gateway: str
+    device: str | None
+    area: str | None
+    message: str
+    value: float | None
+    by: str | None
+    note: str | None
+
+
+class AlertHistoryPage(msgspec.Struct):
+    items: list[AlertEventOut]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    start: str
+    end: str
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands datetimes back without their zone; every one stored is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def _event_out(row: AlertEvent) -> AlertEventOut:
+    return AlertEventOut(
+        row.alert_id, row.transition, _iso(_utc(row.at)), row.rule_id, row.rule, row.kind,
+        row.severity, row.gateway, row.device, row.area, row.message, row.value, row.by_name,
+        row.note,
+    )
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@router.get("/alerts/history", response_model=None, responses=doc(AlertHistoryPage),
+            summary="Alert transitions (raised, acknowledged, resolved), newest first")
+async def alert_history(
+    services: ServicesDep,
+    _caller: Viewer,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    gateway: GatewayQuery = None,
+    rule_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    transition: Annotated[Literal["raised", "acknowledged", "resolved"] | None, Query()] = None,
+    severity: Annotated[Severity | None, Query()] = None,
+    offset: Offset = 0,
+    limit: Limit = 100,
+) -> Response:
+    start_ns, end_ns = time_range(services, start, end)
+    since = dt.datetime.fromtimestamp(start_ns / 1e9, dt.UTC)
+    until = dt.datetime.fromtimestamp(end_ns / 1e9, dt.UTC)
+    rows, total = await asyncio.to_thread(
+        services.db.alert_history, since=since, until=until, gateway=gateway,
+        rule_id=rule_id, transition=transition, severity=severity, offset=offset, limit=limit,
+    )
+    return json_response(AlertHistoryPage(
+        [_event_out(r) for r in rows], total, offset, limit,
+        offset + limit if offset + limit < total else None, _iso(since), _iso(until),
+    ))
 
 
 class AckBody(BaseModel):

@@ -26,7 +26,7 @@ from typing import Any, Final, Self
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from api._alerts import Alert, AlertEngine, AlertTransition, Rule
+from api._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
 from api._auth import KeyVerifier, RateLimiter
 from api._broker import BrokerLink
 from api._db import Database
@@ -109,6 +109,7 @@ class Services:
             timeout=settings.influx_timeout_s,
         )
         self.broker = BrokerLink(settings, self.handle, self.metrics)
+        self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
         self.name = f"api[{settings.mqtt_client_id}]"
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,6 +130,7 @@ class Services:
             self._tasks = [
                 group.create_task(self._completeness_loop(), name=f"{self.name}.completeness"),
                 group.create_task(self._alerts_loop(), name=f"{self.name}.alerts"),
+                group.create_task(self._history.run(), name=f"{self.name}.alert-history"),
             ]
             self._stack = stack.pop_all()
         log.info(
@@ -242,6 +244,7 @@ class Services:
         )
         event = _AlertEvent("alert", transition, alert)
         self._push("alert", alert.device, alert.gateway, alert.area, event)
+        self._history.record(transition, alert, time.time_ns())
 
     # -- InfluxDB ---------------------------------------------------------------------------
     async def warm(self) -> int:

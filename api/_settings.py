@@ -126,6 +126,8 @@ class ApiSettings(BaseSettings):
     stream_heartbeat_s: _Positive = 15.0
     #: Alert engine: how often staleness and pending durations are re-evaluated.
     alert_tick_s: _Positive = 1.0
+    #: Alert history (raised, acknowledged, resolved) is kept this many days.
+    alert_history_days: Annotated[int, Field(ge=1, le=3650)] = 90
 
     # Dashboard -----------------------------------------------------------------------------
     #: Base map under the dashboard's drawing: an XYZ tile URL template with ``{z}``, ``{x}``,

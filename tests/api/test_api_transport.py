@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from typing import Any
 
+import httpx
 import pytest
-from api_helpers import ApiStack, Publisher, device, wait_until
+from api_helpers import ApiStack, Publisher, device, settings_for, wait_until
 from google.transit import gtfs_realtime_pb2
 from websockets.sync.client import connect
+
+from api import ApiServer, Database
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +163,64 @@ def test_congestion_and_staleness_alerts(api_stack: ApiStack, publisher: Publish
             if a["kind"] == "staleness"])
     finally:
         assert operator.delete(f"/v1/alert-rules/{rule.json()['id']}").status_code == 204
+
+
+def test_alert_history_keeps_each_transition_once_across_replicas(
+    api_stack: ApiStack, publisher: Publisher
+) -> None:
+    """Two replicas evaluate the same rule on the same stream and share one database: the
+    history holds the episode's raised, acknowledged and resolved transitions once each."""
+    settings = settings_for(
+        api_stack.mosquitto, api_stack.influxd, root=api_stack.root,
+        database=api_stack.database, db_url=api_stack.server.settings.database_url,
+        mqtt_client_id=f"api-replica-{uuid.uuid4().hex[:8]}",
+    )
+    with ApiServer(settings, db=Database(settings.database_url)) as replica, httpx.Client(
+        base_url=replica.url, headers={"X-API-Key": api_stack.keys["viewer"]}, timeout=30
+    ) as other:
+        publisher.birth("hist-gw", [device("aq-h", "air", area="old-town")])
+        t0 = time.time_ns() - 30 * _MIN
+        for i in range(12):  # above 35 for 11 minutes: the default PM2.5 rule raises
+            publisher.reading("hist-gw", "aq-h", "AirQualityObserved", {"pm25": 60.0},
+                              ts=t0 + i * _MIN)
+
+        def raised_on(client: httpx.Client) -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = client.get(
+                "/v1/alerts", params={"gateway": "hist-gw"}).json()["items"]
+            return items
+
+        (alert,) = wait_until(lambda: raised_on(api_stack.client("viewer")))
+        (same,) = wait_until(lambda: raised_on(other))
+        assert same["id"] == alert["id"]  # same rule, subject and start: same episode id
+        acked = api_stack.client("operator").post(f"/v1/alerts/{alert['id']}/ack",
+                                                  json={"note": "filter checked"})
+        assert acked.status_code == 200
+        publisher.reading("hist-gw", "aq-h", "AirQualityObserved", {"pm25": 12.0},
+                          ts=t0 + 12 * _MIN)
+        wait_until(lambda: not raised_on(api_stack.client("viewer")) and not raised_on(other))
+
+        def history(**params: Any) -> dict[str, Any]:
+            page: dict[str, Any] = other.get(
+                "/v1/alerts/history", params={"gateway": "hist-gw", **params}).json()
+            return page
+
+        page = wait_until(lambda: (p := history())["total"] >= 3 and p, timeout=10)
+        time.sleep(1.5)  # both replicas have flushed by now: still one row per transition
+        page = history()
+        assert page["total"] == 3
+        assert [e["transition"] for e in page["items"]] == ["resolved", "acknowledged", "raised"]
+        assert {e["alert_id"] for e in page["items"]} == {alert["id"]}
+        resolved, ack, raised = page["items"]
+        assert raised["at"] == alert["started"]
+        assert raised["rule"] == alert["rule"]
+        assert raised["area"] == "old-town"
+        assert ack["by"] == "test-operator"
+        assert ack["note"] == "filter checked"
+        assert resolved["at"] >= ack["at"] >= raised["at"]
+        assert history(transition="raised")["total"] == 1
+        assert history(severity="critical")["total"] == 0
+        assert history(start="2000-01-02T00:00:00Z", end="2000-01-03T00:00:00Z")["total"] == 0
+        bad = other.get("/v1/alerts/history", params={"start": "2026-01-02T00:00:00Z",
+                                                       "end": "2026-01-01T00:00:00Z"})
+        assert bad.status_code == 400
+        assert bad.json()["parameter"] == "end"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 import time
 
@@ -171,3 +172,37 @@ def test_a_torn_row_is_refused_never_shown(seqs: set[int], cut: int) -> None:
     else:
         assert len(seqs) > hi_seen - lo + 1
     assert c is None or max(seqs) != hi_seen or c.missing == truly_missing
+
+
+def test_alert_history_survives_a_database_that_fails_and_bounds_its_buffer() -> None:
+    import asyncio
+
+    from api import Database
+    from api._alerts import Alert, AlertHistory
+    from api._metrics import ApiMetrics
+
+    db = Database("sqlite://")  # no schema yet: every write fails
+    metrics = ApiMetrics()
+    history = AlertHistory(db, metrics, keep_days=1, max_pending=3)
+    now = time.time_ns()
+    for i in range(5):
+        alert = Alert(id=f"{i:016x}", rule_id=1, rule="r", kind="threshold",
+                      severity="warning", gateway="gw", started=iso(now), started_ns=now,
+                      message="m")
+        history.record("raised", alert, now)
+    asyncio.run(history.flush())
+    assert metrics.alert_history_failed.labels("retried")._value.get() == 1
+    assert metrics.alert_history_failed.labels("dropped")._value.get() == 2  # 5 into 3
+    db.create_schema(seed_rules=False)
+    asyncio.run(history.flush())
+    assert metrics.alert_history_written._value.get() == 3
+    rows, total = db.alert_history(since=_dt.datetime(2000, 1, 1, tzinfo=_dt.UTC),
+                                   until=_dt.datetime(2100, 1, 1, tzinfo=_dt.UTC))
+    assert total == 3
+    assert {r.alert_id for r in rows} == {f"{i:016x}" for i in (2, 3, 4)}  # oldest dropped
+    asyncio.run(history.flush())  # nothing left, nothing written twice
+    assert db.record_alert_events([{
+        "alert_id": rows[0].alert_id, "transition": "raised", "at": rows[0].at,
+        "rule_id": 1, "rule": "r", "kind": "threshold", "severity": "warning",
+        "gateway": "gw", "message": "m"}]) == 0
+    assert db.prune_alert_events(_dt.datetime(2100, 1, 1, tzinfo=_dt.UTC)) == 3
