@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -109,7 +109,15 @@ def seal_blob(payload: bytes) -> bytes:
     return zlib.crc32(payload).to_bytes(4, "big") + payload
 
 
-def open_blob(blob: bytes) -> bytes:
+def _packed_sealed(obj: object) -> bytearray:
+    """:func:`seal_blob` of the msgpack of ``obj``, encoded in place (one buffer, no copy)."""
+    buf = bytearray(4)
+    _pack.encode_into(obj, buf, 4)
+    buf[:4] = zlib.crc32(memoryview(buf)[4:]).to_bytes(4, "big")
+    return buf
+
+
+def open_blob(blob: bytes | bytearray) -> bytes | bytearray:
     """The payload of a :func:`seal_blob`; :class:`CheckpointError` if it was damaged."""
     if len(blob) < 4 or zlib.crc32(blob[4:]).to_bytes(4, "big") != blob[:4]:
         raise CheckpointError("checkpoint blob fails its checksum")
@@ -117,7 +125,10 @@ def open_blob(blob: bytes) -> bytes:
 
 
 def _pack_array(a: NDArray[np.generic]) -> _Array:
-    return _Array(a.dtype.str, list(a.shape), a.tobytes())
+    # The array's own buffer (rows [:n] of a C-ordered array are contiguous): msgspec writes
+    # it straight into the blob, no intermediate copy.
+    data = a.data if a.flags.c_contiguous else a.tobytes()
+    return _Array(a.dtype.str, list(a.shape), data)  # type: ignore[arg-type]
 
 
 #: dtypes stage state may have (numpy parses other dtype strings with ``ast``: never trust them)
@@ -268,7 +279,7 @@ class ChannelPipeline:
         return out
 
     # -- checkpoint ------------------------------------------------------------------------------
-    def checkpoint(self, *, full: bool = False) -> dict[str, bytes]:
+    def checkpoint(self, *, full: bool = False) -> dict[str, bytes | bytearray]:
         """The state blobs to commit (the layout only when it changed, or ``full``); clears
         ``dirty``.
 
@@ -285,7 +296,7 @@ class ChannelPipeline:
                 for chain in self.chains
             ],
         )
-        blobs = {KEY_ARRAYS: seal_blob(_pack.encode(arrays))}
+        blobs: dict[str, bytes | bytearray] = {KEY_ARRAYS: _packed_sealed(arrays)}
         if self._layout_dirty or full:
             self._layout_dirty = False
             layout = _Layout(
@@ -300,10 +311,10 @@ class ChannelPipeline:
                     for meta in self._meta
                 ],
             )
-            blobs[KEY_LAYOUT] = seal_blob(_pack.encode(layout))
+            blobs[KEY_LAYOUT] = _packed_sealed(layout)
         return blobs
 
-    def restore(self, blobs: dict[str, bytes], now_ns: int) -> RestoreReport:
+    def restore(self, blobs: Mapping[str, bytes | bytearray], now_ns: int) -> RestoreReport:
         """Load a checkpoint (:meth:`checkpoint` blobs) into this fresh pipeline.
 
         A saved chain comes back when this pipeline has the same rule at the same index and
@@ -531,10 +542,10 @@ class Batcher:
         self.add(readings)
         return len(readings)
 
-    def commit(self, state: dict[str, bytes] | None = None) -> int:
+    def commit(self, state: Mapping[str, bytes | bytearray] | None = None) -> int:
         """Write sealed batches, ``state`` and the pending readings in one transaction;
         returns the number of batches written."""
-        blobs: dict[str, bytes | None] = dict(state or {})
+        blobs: dict[str, bytes | bytearray | None] = dict(state or {})
         blobs[KEY_PENDING] = self.pending_blob()
         sealed, self._sealed = self._sealed, []
         try:

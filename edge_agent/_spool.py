@@ -159,7 +159,7 @@ class Spool:
     def commit(
         self,
         batches: Sequence[tuple[int, bytes, int]],
-        state: Mapping[str, bytes | None] | None = None,
+        state: Mapping[str, bytes | bytearray | None] | None = None,
     ) -> list[int]:
         """One transaction: append ``(seq, payload, readings)`` batches (consecutive seqs from
         ``next_seq``) and set the ``state`` blobs (``None`` deletes a key); returns the ids.
