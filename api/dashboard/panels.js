@@ -270,6 +270,35 @@ export class AlertsPanel {
     this.canAck = canAck;
     if (!canAck) this.note.textContent = READ_ONLY;
     this.open = null; // id of the alert whose ack form is open
+    this.history = root.querySelector("#alert-history");
+    this.historyList = root.querySelector("#alert-history-list");
+    this.historyStatus = root.querySelector("#alert-history-status");
+    this.history.addEventListener("toggle", () => { if (this.history.open) this.loadHistory(); });
+  }
+
+  /** The last 24 h of transitions (GET /v1/alerts/history), loaded when the list is open. */
+  async loadHistory() {
+    if (!this.history.open || this.loadingHistory) return;
+    this.loadingHistory = true;
+    try {
+      const page = await this.api.get("/v1/alerts/history", { limit: 50 });
+      clear(this.historyList);
+      for (const e of page.items) {
+        const subject = e.device ? `${e.gateway}/${e.device}` : e.gateway;
+        const who = e.transition === "acknowledged" ? ` by ${e.by || "?"}${e.note ? `: “${e.note}”` : ""}` : "";
+        this.historyList.append(el("li", { class: `history-item ${e.transition}`, "data-alert-id": e.alert_id },
+          el("time", { datetime: e.at, title: fmtDateTime(e.at) }, ago(e.at)), " ",
+          el("span", { class: `transition ${e.transition}` }, e.transition), " ",
+          el("strong", {}, e.rule), ` · ${subject}${who}`));
+      }
+      this.historyStatus.textContent = page.total
+        ? `${page.total} transition${page.total === 1 ? "" : "s"}${page.total > page.items.length ? `, newest ${page.items.length} shown` : ""}.`
+        : "Nothing raised, acknowledged or resolved in the last 24 h.";
+    } catch (exc) {
+      this.historyStatus.textContent = `Could not load the history: ${exc.message}`;
+    } finally {
+      this.loadingHistory = false;
+    }
   }
 
   render() {
@@ -280,6 +309,8 @@ export class AlertsPanel {
     this.root.dataset.count = String(alerts.length);
     const focused = document.activeElement && this.list.contains(document.activeElement) ? document.activeElement.dataset.focusId : null;
     clear(this.list);
+    // The stored history lags the live push by about a second (the API writes it in batches).
+    if (this.history.open) setTimeout(() => this.loadHistory(), 1500);
     if (!alerts.length) {
       this.list.append(el("li", { class: "muted" }, "No active alerts."));
       return;

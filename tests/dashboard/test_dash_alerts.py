@@ -77,14 +77,22 @@ def test_injected_fault_raises_an_alert_that_an_operator_acknowledges(
             (alert,) = [a for a in alerts if a["rule_id"] == rule_id]
             assert alert["acknowledged"]
             assert alert["ack_note"] == "crew sent"
+            # The history (stored by the API) lists the raise and the acknowledgement.
+            page.click("#alert-history summary")
+            history = page.locator(f"#alert-history-list li[data-alert-id='{alert['id']}']")
+            expect(history.filter(has_text="acknowledged")).to_contain_text("crew sent",
+                                                                          timeout=10_000)
+            expect(history.filter(has_text="raised")).to_have_count(1)
             # Clicking the subject shows the station.
             item.get_by_role("button", name=f"{FAULT_GW}/{HOT_STATION}").click()
             expect(page.locator("#details-title")).to_have_text(
                 f"Air-quality station {HOT_STATION}"
             )
-            # The fault clears: the alert resolves and leaves the panel, live.
+            # The fault clears: the alert resolves and leaves the panel, live; the open
+            # history follows.
             dash_stack.city.inject_pm25(None)
             expect(item).to_have_count(0, timeout=10_000)
+            expect(history.filter(has_text="resolved")).to_have_count(1, timeout=10_000)
         finally:
             dash_stack.city.inject_pm25(None)
             operator.delete(f"/v1/alert-rules/{rule_id}")
