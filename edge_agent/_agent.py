@@ -10,9 +10,10 @@
     └──────────────────────────────────────────────────────────────────────────────────┘
 
 Start order: spool, processor state restored from the spool's checkpoint, uplink, tick,
-inputs (sinks before sources). Every tick commits, in one spool transaction, the batches it
-sealed and the processors' checkpoint (their state and the batcher's unsealed readings);
-inputs with acknowledgements (local MQTT) are acked only after that commit. Stop order
+inputs (sinks before sources). A tick that sealed batches, and otherwise a tick at most every
+``spool.checkpoint_interval_s`` (1 s), commits in one spool transaction the sealed batches
+and the processors' checkpoint (their state and the batcher's unsealed readings); inputs with
+acknowledgements (local MQTT) are acked only after the commit that holds their samples. Stop order
 (``stop()``, SIGTERM): a commit and its acks while the inputs are still connected, then the
 inputs stop (what they deliver meanwhile is left unacked, the local broker redelivers it), a
 last tick, a seal and a commit (open aggregation windows stay open, in the checkpoint: the
@@ -168,6 +169,7 @@ class EdgeAgent:
         self._swap = asyncio.Event()
         self._pending_swap: _Runtime | None = None
         self._acks_waiting: list[Callable[[], None]] = []
+        self._committed_at = 0.0  # time.monotonic() of the last spool commit
         #: While set, messages from inputs with acks are refused unacked (stop, swap).
         self._closing = False
         self.checkpoints = CheckpointStats()
@@ -221,7 +223,7 @@ class EdgeAgent:
                 # Commit and ack while the inputs are connected; then stop the sources
                 # (refusing what they still deliver, unacked), drain into the spool with the
                 # processors' state, and say goodbye. Open windows stay open, checkpointed.
-                self._flush()
+                self._flush(commit=True)
                 self._closing = True
                 inputs.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -258,24 +260,33 @@ class EdgeAgent:
             await asyncio.sleep(self.config.tick_s)
             self._flush()
 
-    def _flush(self, *, force: bool = False, seal: bool = False) -> None:
+    def _flush(self, *, force: bool = False, seal: bool = False, commit: bool = False) -> None:
         """Processors → batcher; commit sealed batches with the checkpoint; then ack.
 
         ``force`` closes open aggregation windows (config change only); ``seal`` seals
-        every pending reading (stop).
+        every pending reading (stop); ``commit`` commits now whatever the checkpoint
+        interval (before inputs disconnect, so their acks go out).
         """
         acks, self._acks_waiting = self._acks_waiting, []
         pipeline = self._runtime.pipeline
         out = pipeline.tick(time.time_ns(), force=force)
         if out:
             self.batcher.add(out)
-        if seal or force or self.batcher.due(time.monotonic()):
+        now = time.monotonic()
+        if seal or force or self.batcher.due(now):
             self.batcher.seal()
         sealed = 0
-        if pipeline.dirty or self.batcher.uncommitted:
+        changed = pipeline.dirty or self.batcher.uncommitted
+        due = now - self._committed_at >= self.config.spool.checkpoint_interval_s
+        if changed and (commit or seal or force or due or self.batcher.sealed_waiting):
             sealed = self._commit(pipeline)
-        for ack in acks:
-            ack()
+            self._committed_at = now
+            changed = False
+        if changed:  # their samples are not committed yet: ack with the next commit
+            self._acks_waiting[:0] = acks
+        else:
+            for ack in acks:
+                ack()
         if sealed:
             self.uplink.notify()
 
@@ -368,7 +379,7 @@ class EdgeAgent:
                 await self._swap.wait()
                 self._swap.clear()
                 # Commit and ack while connected; the rest is redelivered to the new inputs.
-                self._flush()
+                self._flush(commit=True)
                 self._closing = True
                 for t in tasks:
                     t.cancel()
@@ -500,7 +511,8 @@ class EdgeAgent:
         if new is None:
             return
         old = self._runtime.pipeline
-        self._flush()  # what the old inputs gave goes through the old processors first
+        # what the old inputs gave goes through the old processors first
+        self._flush(commit=True)
         try:
             report = new.pipeline.restore(old.checkpoint(full=True), time.time_ns())
         except CheckpointError as exc:  # cannot happen with blobs made just now; be safe

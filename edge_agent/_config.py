@@ -157,6 +157,11 @@ class SpoolConfig(_Model):
     budget_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
     #: ``full`` survives power cuts (fsync per sealed batch), ``normal`` only process crashes.
     synchronous: Literal["full", "normal"] = "full"
+    #: The processors' state and unsealed readings are committed at most this often (and
+    #: with every sealed batch). A crash loses at most this much of the samples in open
+    #: windows; local-MQTT messages wait this long at most for their ack. 0: every tick
+    #: (``tick_s``), ten commits a second at the default: more SD-card writes and fsyncs.
+    checkpoint_interval_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
 
 class BatchConfig(_Model):

@@ -480,6 +480,11 @@ class Batcher:
         """Sealed batches or changed pending readings not yet committed."""
         return bool(self._sealed) or self._pending_changed
 
+    @property
+    def sealed_waiting(self) -> bool:
+        """Sealed batches not yet committed (they are committed on the tick they seal)."""
+        return bool(self._sealed)
+
     def add(self, readings: list[Reading]) -> int:
         """Queue readings; seal full batches. Returns the number of batches sealed."""
         sealed = 0

@@ -388,3 +388,31 @@ def test_corrupt_checkpoint_is_ignored_counted_and_logged(
         again = EdgeAgent(cfg)
         report = again.pipeline.restore(spool.load_state(), time.time_ns())
     assert report.open_windows == 1  # the next window, opened by the closing sample
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("interval_s", "most"), [(0.5, 8), (0.0, None)])
+def test_checkpoints_are_committed_at_most_once_per_interval(
+    mosquitto: Mosquitto, topic_root: str, tmp_path: Path, interval_s: float, most: int | None
+) -> None:
+    """Samples arrive every tick (50 ms) for 2 s into an open window: with the default-like
+    interval the spool sees a commit per interval, not one per tick (fsyncs on SD cards)."""
+    data = base_config(tmp_path, mosquitto, topic_root)
+    data["spool"] = {"checkpoint_interval_s": interval_s}
+    data["processors"] = [{"match": {"device": "dev-1"}, "stages": [AGG]}]
+    agent = EdgeAgent(make_config(data))
+    w = future_window()
+
+    async def main() -> int:
+        async with running(agent):
+            before = agent.checkpoints.written
+            for i in range(40):
+                _feed(agent, w, i, 1)
+                await asyncio.sleep(0.05)
+            return agent.checkpoints.written - before
+
+    commits = asyncio.run(main())
+    if most is not None:
+        assert 2 <= commits <= most, commits
+    else:
+        assert commits >= 25, commits  # about one per tick
