@@ -5,12 +5,14 @@
   project firmware frame; :func:`decode_nmea`, :class:`NmeaDecoder` for NMEA 0183;
   :func:`decode_registers` for Modbus register maps;
 - Protocol: :class:`FirmwareLink` (readings + commands), :class:`NmeaLink` (GPS positions),
-  :class:`ModbusPoller` (meters polled per register group). Each yields
+  :class:`ModbusPoller` (meters polled per register group; the pollers of one serial port
+  share a :class:`ModbusBus`, one request on the line at a time). Each yields
   :class:`telemetry.Reading` from ``readings()``.
 
 ``docs/firmware-protocol.md`` is the normative description of the wire formats.
 """
 
+from firmware_bridge._bus import ModbusBus
 from firmware_bridge._config import Backoff, FirmwareLinkConfig, NmeaLinkConfig, SerialConfig
 from firmware_bridge._errors import (
     CommandError,
@@ -116,6 +118,7 @@ __all__ = [
     "LinkState",
     "Message",
     "MessageType",
+    "ModbusBus",
     "ModbusError",
     "ModbusPoller",
     "ModbusPollerConfig",

@@ -2,12 +2,18 @@
 
 Each group of the register map is one request, scheduled on its own interval; a poll
 yields one :class:`telemetry.Reading` with the group's fields, stamped with gateway time
-(meters have no clock: ``clock="gateway"``). A failed poll is counted and the connection
-is re-established with capped, jittered backoff; the schedule carries on afterwards::
+(meters have no clock: ``clock="gateway"``). Requests go through a
+:class:`firmware_bridge._bus.ModbusBus`: pollers of one serial port share it (one client,
+one request in flight), a Modbus TCP poller has its own::
 
-    connect ─▶ [ wait for the next due group ─▶ read ─▶ decode ─▶ Reading ] ─┐
-       ▲                                   │ error                           │
-       └────────── backoff ◀──── close ◀───┘◀────────────────────────────────┘
+    bus up? ─▶ [ wait for the next due group ─▶ read ─▶ decode ─▶ Reading ] ─┐
+       ▲                            │ meter failed (timeout, exception)      │
+       │                            └──▶ count ─▶ this meter's backoff ──────┤
+       │                            │ bus down (transport broken)            │
+       └────────────────────────────┴──▶ count ─▶ (the bus reconnects) ◀─────┘
+
+A failed poll is counted on the poller; only a broken transport closes the client, which
+the bus re-opens with capped, jittered backoff while its pollers wait.
 """
 
 from __future__ import annotations
@@ -21,11 +27,19 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Self
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerType
+from pymodbus.client import AsyncModbusTcpClient
 
 from firmware_bridge._buffer import ReadingBuffer
+from firmware_bridge._bus import (
+    BusDown,
+    Client,
+    DeviceRefused,
+    DeviceTimeout,
+    ModbusBus,
+    SerialLine,
+    attach_serial_bus,
+    release_bus,
+)
 from firmware_bridge._config import Backoff
 from firmware_bridge._errors import ConfigError, ModbusError
 from firmware_bridge._registers import RegisterGroup, RegisterMap, decode_registers
@@ -51,7 +65,11 @@ class ModbusTcpTarget:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModbusSerialTarget:
-    """Modbus RTU on a serial line; ``port`` is a device path or pyserial URL."""
+    """Modbus RTU on a serial line; ``port`` is a device path or pyserial URL.
+
+    Pollers whose targets name the same ``port`` (the same string) share one client and
+    take turns on the line; they must agree on the line settings.
+    """
 
     port: str
     baudrate: int = 9600
@@ -64,10 +82,22 @@ class ModbusSerialTarget:
             raise ConfigError("target.port", "must not be empty")
         if self.baudrate <= 0:
             raise ConfigError("target.baudrate", f"must be > 0, got {self.baudrate!r}")
+        if self.bytesize not in (7, 8):
+            raise ConfigError("target.bytesize", f"must be 7 or 8, got {self.bytesize!r}")
         if self.parity not in ("N", "E", "O"):
             raise ConfigError("target.parity", "must be N, E or O")
         if self.stopbits not in (1, 2):
             raise ConfigError("target.stopbits", "must be 1 or 2")
+
+    @property
+    def line(self) -> SerialLine:
+        return SerialLine(
+            port=self.port,
+            baudrate=self.baudrate,
+            bytesize=self.bytesize,
+            parity=self.parity,
+            stopbits=self.stopbits,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,7 +108,8 @@ class ModbusPollerConfig:
     target: ModbusTcpTarget | ModbusSerialTarget
     register_map: RegisterMap
     unit_id: int = 1
-    #: Per-request timeout in seconds (pymodbus retries are off: the poller decides).
+    #: Per-request timeout in seconds (pymodbus retries are off: the poller decides). On a
+    #: shared serial bus it is also the longest this meter holds the line.
     timeout: float = 1.0
     #: Group interval overrides, by group name.
     intervals: Mapping[str, float] = field(default_factory=dict)
@@ -93,6 +124,8 @@ class ModbusPollerConfig:
             raise ConfigError("unit_id", f"must be 0..247, got {self.unit_id!r}")
         if not self.timeout > 0:
             raise ConfigError("timeout", "must be > 0")
+        if self.max_pending_readings < 1:
+            raise ConfigError("max_pending_readings", "must be >= 1")
         names = {g.name for g in self.register_map.groups}
         for name, interval in self.intervals.items():
             if name not in names:
@@ -116,6 +149,10 @@ class ModbusPoller:
         async with ModbusPoller(config) as poller:
             async for reading in poller.readings():
                 ...
+
+    ``state`` is the bus's state while it is not up; while it is up, ``up`` if this meter's
+    last poll succeeded (or none failed yet) and ``down`` if it failed. Entering raises
+    :class:`ConfigError` if another poller uses the same serial port with other settings.
     """
 
     def __init__(
@@ -130,9 +167,13 @@ class ModbusPoller:
         self._clock_ns = clock_ns
         self._on_state = on_state
         self._state = LinkState.CONNECTING
+        self._bus_state = LinkState.CONNECTING
+        self._meter_ok = True
         self._buffer = ReadingBuffer(self.name, config.max_pending_readings)
         self._task: asyncio.Task[None] | None = None
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._bus: ModbusBus | None = None
+        self._handle = -1
+        self._used = False
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "polls",
@@ -147,6 +188,20 @@ class ModbusPoller:
         )
 
     async def __aenter__(self) -> Self:
+        if self._used:
+            raise RuntimeError("a ModbusPoller is not reusable; create a new one")
+        self._used = True
+        cfg = self.config
+        target = cfg.target
+        if isinstance(target, ModbusSerialTarget):
+            self._bus, self._handle = attach_serial_bus(
+                target.line, self._on_bus, response_timeout=cfg.timeout, backoff=cfg.backoff
+            )
+        else:
+            bus = ModbusBus.private(
+                f"{target.host}:{target.port}", self._tcp_client, backoff=cfg.backoff
+            )
+            self._bus, self._handle = bus, bus.attach(self._on_bus, cfg.timeout)
         self._task = asyncio.create_task(self._run(), name=f"firmware_bridge[{self.name}].poll")
         return self
 
@@ -161,13 +216,20 @@ class ModbusPoller:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._close_client()
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await release_bus(bus, self._handle)
         self._set_state(LinkState.CLOSED)
         self._buffer.close()
 
     @property
     def state(self) -> LinkState:
         return self._state
+
+    @property
+    def bus(self) -> ModbusBus | None:
+        """The bus this poller sends its requests through while it is open."""
+        return self._bus
 
     def readings(self) -> AsyncIterator[Reading]:
         """One reading per successful group poll, until the poller is closed."""
@@ -180,67 +242,56 @@ class ModbusPoller:
             if self._on_state is not None:
                 self._on_state(state)
 
-    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _update_state(self) -> None:
+        bus = self._bus_state
+        if bus is LinkState.UP and not self._meter_ok:
+            bus = LinkState.DOWN
+        self._set_state(bus)
+
+    def _on_bus(self, state: LinkState, event: str | None) -> None:
+        if event in ("connects", "connect_failed"):
+            self.counters[event] += 1
+        if state is LinkState.CLOSED:
+            return
+        self._bus_state = state
+        self._update_state()
+
+    def _tcp_client(self, timeout: float, on_connect: Callable[[bool], None]) -> Client:
         target = self.config.target
-        timeout = self.config.timeout
-        if isinstance(target, ModbusTcpTarget):
-            return AsyncModbusTcpClient(
-                target.host, port=target.port, timeout=timeout, retries=0, reconnect_delay=0
-            )
-        return AsyncModbusSerialClient(
-            target.port,
-            framer=FramerType.RTU,
-            baudrate=target.baudrate,
-            bytesize=target.bytesize,
-            parity=target.parity,
-            stopbits=target.stopbits,
+        assert isinstance(target, ModbusTcpTarget)
+        return AsyncModbusTcpClient(
+            target.host,
+            port=target.port,
             timeout=timeout,
             retries=0,
             reconnect_delay=0,
+            trace_connect=on_connect,
         )
-
-    def _close_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    async def _connect(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        attempt = 0
-        while True:
-            self._set_state(LinkState.CONNECTING)
-            client = self._make_client()
-            if await client.connect():
-                self.counters["connects"] += 1
-                self._set_state(LinkState.UP)
-                self._client = client
-                return client
-            client.close()
-            self.counters["connect_failed"] += 1
-            self._set_state(LinkState.RETRYING)
-            await asyncio.sleep(self.config.backoff.delay(attempt))
-            attempt += 1
 
     async def poll_group(self, group: RegisterGroup) -> Reading | None:
-        """Read and decode one group now; raises :class:`ModbusError` on failure."""
-        client = self._client
-        if client is None:
+        """Read and decode one group now (when the bus is free); raises :class:`ModbusError`."""
+        bus = self._bus
+        if bus is None:
             raise ModbusError(self.name, "not connected")
         cfg = self.config
-        read = (
-            client.read_input_registers if group.table == "input" else client.read_holding_registers
-        )
         try:
-            async with asyncio.timeout(cfg.timeout * 2):
-                response = await read(group.start, count=group.count, device_id=cfg.unit_id)
-        except TimeoutError as exc:
+            registers = await bus.read_registers(
+                self.name,
+                unit=cfg.unit_id,
+                table=group.table,
+                start=group.start,
+                count=group.count,
+                response_timeout=cfg.timeout,
+            )
+        except DeviceTimeout as exc:
             self.counters["timeouts"] += 1
-            raise ModbusError(self.name, f"group {group.name}: timeout") from exc
-        except ModbusException as exc:
-            raise ModbusError(self.name, f"group {group.name}: {exc}") from exc
-        if response.isError():
+            raise ModbusError(self.name, f"group {group.name}: {exc.reason}") from exc
+        except DeviceRefused as exc:
             self.counters["exception_responses"] += 1
-            raise ModbusError(self.name, f"group {group.name}: exception response {response}")
-        fields, invalid = decode_registers(cfg.register_map, group, response.registers)
+            raise ModbusError(self.name, f"group {group.name}: {exc.reason}") from exc
+        except BusDown as exc:
+            raise ModbusError(self.name, f"group {group.name}: {exc.reason}") from exc
+        fields, invalid = decode_registers(cfg.register_map, group, registers)
         self.counters["polls"] += 1
         self.counters["invalid_values"] += len(invalid)
         if not fields:
@@ -264,15 +315,15 @@ class ModbusPoller:
 
     async def _schedule(self) -> None:
         cfg = self.config
+        bus = self._bus
+        assert bus is not None
         groups = cfg.register_map.groups
         intervals = [cfg.intervals.get(g.name, g.interval_s) for g in groups]
         loop = asyncio.get_running_loop()
         due = [loop.time()] * len(groups)
         failures = 0
         while True:
-            if self._client is None or not self._client.connected:
-                self._close_client()
-                await self._connect()
+            await bus.wait_up()
             i = min(range(len(groups)), key=due.__getitem__)
             delay = due[i] - loop.time()
             if delay > 0:
@@ -284,11 +335,20 @@ class ModbusPoller:
             except ModbusError as exc:
                 self.counters["poll_errors"] += 1
                 log.warning("poll failed: %s", exc.reason, extra={"device": self.name})
-                self._close_client()
-                self._set_state(LinkState.DOWN)
+                cause = exc.__cause__
+                if isinstance(cause, BusDown) or (
+                    isinstance(cause, DeviceTimeout) and cause.bus_reset
+                ):
+                    continue  # the bus reconnects with its backoff; wait_up() waits for it
+                # This meter's failure: it backs off, the others on the bus carry on.
+                self._meter_ok = False
+                self._update_state()
                 await asyncio.sleep(cfg.backoff.delay(failures))
                 failures += 1
                 continue
             failures = 0
+            if not self._meter_ok:
+                self._meter_ok = True
+                self._update_state()
             if reading is not None:
                 self._buffer.push([reading])
