@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         Influxd,
         LocalService,
         Mosquitto,
+        MosquittoTls,
         ServiceError,
         find_binary,
         free_port,
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     )
 
 _LOCALSTACK = frozenset(
-    {"Influxd", "LocalService", "Mosquitto", "ServiceError", "find_binary", "free_port",
-     "influxql"}
+    {"Influxd", "LocalService", "Mosquitto", "MosquittoTls", "ServiceError", "find_binary",
+     "free_port", "influxql"}
 )  # fmt: skip
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "LocalService",
     "LogFormat",
     "Mosquitto",
+    "MosquittoTls",
     "ServiceError",
     "configure_logging",
     "find_binary",
