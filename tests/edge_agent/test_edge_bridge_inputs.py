@@ -55,6 +55,65 @@ def test_modbus_tcp_meter_readings_reach_the_central_broker(
     asyncio.run(main())
 
 
+@pytest.mark.integration
+def test_two_modbus_inputs_on_one_rs485_port_both_reach_the_central_broker(
+    mosquitto: Mosquitto, topic_root: str, tmp_path: Path, central_factory: Callable[..., Central]
+) -> None:
+    """Two ``type: modbus`` inputs naming the same serial port (two meters daisy-chained on
+    one RS-485 line, here an RTU-over-TCP converter): both meters' readings arrive, and the
+    agent keeps one client on the port for both."""
+    from firmware_bridge._bus import serial_buses
+
+    central = central_factory(mosquitto, topic_root)
+    maps = {1: load_register_map("eastron-sdm630"), 2: load_register_map("generic-magflow")}
+    both = {"substation-4-main", "pump-7"}
+
+    async def main() -> None:
+        async with ModbusMeterServer(maps, framing="rtu") as server:
+            line = {"url": f"socket://127.0.0.1:{server.port}", "baudrate": 9600}
+            data = base_config(tmp_path, mosquitto, topic_root)
+            data["inputs"] = [
+                {
+                    "type": "modbus",
+                    "name": "feeder",
+                    "device": "substation-4-main",
+                    "rtu": line,
+                    "unit_id": 1,
+                    "register_map": "eastron-sdm630",
+                    "intervals": {"instantaneous": 0.2},
+                },
+                {
+                    "type": "modbus",
+                    "name": "pump",
+                    "device": "pump-7",
+                    "rtu": line,
+                    "unit_id": 2,
+                    "register_map": "generic-magflow",
+                    "intervals": {"process": 0.2},
+                },
+            ]
+            agent = EdgeAgent(make_config(data))
+            async with running(agent):
+                await await_until(
+                    lambda: {d for d, _, _ in central.readings()} >= both,
+                    15,
+                    "readings from both meters on the line",
+                )
+                assert agent.health().links["feeder"] == "up"
+                assert agent.health().links["pump"] == "up"
+                bus = serial_buses()[line["url"]]
+                assert bus.users == 2
+                assert bus.counters["connects"] == 1
+
+    asyncio.run(main())
+    flows = [v for d, _, v in central.values("flow") if d == "pump-7"]
+    assert flows
+    assert all(30 < v < 60 for v in flows)
+    volts = [v for d, _, v in central.values("voltage") if d == "substation-4-main"]
+    assert volts
+    assert all(200 < v < 260 for v in volts)
+
+
 def test_check_command_reports_file_key_and_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -124,16 +183,20 @@ def test_firmware_and_nmea_devices_on_ptys_reach_the_central_broker(
     async def main() -> None:
         async with running(agent):
             await await_until(
-                lambda: agent.health().links.get("loops") == "up"
-                and agent.health().links.get("gps") == "up",
+                lambda: (
+                    agent.health().links.get("loops") == "up"
+                    and agent.health().links.get("gps") == "up"
+                ),
                 10,
                 "serial links up",
             )
             board.start()
             gps.start()
             await await_until(
-                lambda: sum(d == "bus-0417" for d, _, _ in central.readings()) >= 8
-                and sum(d == "loop-3" for d, _, _ in central.readings()) >= 40,
+                lambda: (
+                    sum(d == "bus-0417" for d, _, _ in central.readings()) >= 8
+                    and sum(d == "loop-3" for d, _, _ in central.readings()) >= 40
+                ),
                 15,
                 "readings from both devices",
             )
