@@ -229,12 +229,15 @@ class DeviceCity:
             self.endpoints.firmware[device_id] = str(port.link_path)
 
     def _loop_values(self, row_of: dict[int, int]) -> Any:
-        def values(channel: Any, _t: float) -> float | int | bool:
+        def values(channel: Any, _t: float) -> float | int | bool | None:
             snap = self.snapshot.get("loop", {})
             col = snap.get(channel.field)
             if col is None:
                 return 0
-            value = col[row_of[channel.index]]
+            row = row_of[channel.index]
+            if not snap["_valid"][row]:
+                return None  # a dropout: the board leaves this lane out of its frame
+            value = col[row]
             return int(value) if channel.field == "vehicleCount" else float(value)
 
         return values
@@ -254,6 +257,8 @@ class DeviceCity:
 
             def epoch(self, unix_s: float) -> bytes:
                 bus = owner.snapshot.get("bus", {})
+                if bus and not bus["_valid"][self.index]:
+                    return b""  # a dropout: this epoch's fix is not sent
                 if bus:
                     self.config = replace(
                         self.config,

@@ -77,7 +77,9 @@ DEFAULT_CHANNELS: tuple[Channel, ...] = (
     ),
 )
 
-ValueFn = Callable[[Channel, float], float | int | bool]
+#: A channel's value at monotonic time ``t``; ``None``: no sample this time (a dropout), the
+#: channel is left out of the READINGS frame (and no frame is sent when every one is).
+ValueFn = Callable[[Channel, float], float | int | bool | None]
 
 
 def default_values(channel: Channel, t: float) -> float | int | bool:
@@ -136,7 +138,9 @@ class FirmwareDevice:
         self.commands: list[tuple[int, Message]] = []
         self.executed: list[Message] = []
         self.counters: dict[str, int] = dict.fromkeys(
-            ("frames_sent", "hello_sent", "commands", "duplicates", "reboots", "lost_writes"), 0
+            ("frames_sent", "hello_sent", "commands", "duplicates", "reboots", "lost_writes",
+             "samples_dropped"),
+            0,
         )
         #: Set by a test to make the device stop answering (ack loss simulation).
         self.mute_acks = 0
@@ -221,10 +225,12 @@ class FirmwareDevice:
         return time.time_ns() // 1_000_000 + self.clock_offset_ms
 
     def sample(self) -> Readings:
+        """The channels' values now; channels whose value function gives ``None`` are out."""
         t = time.monotonic()
         values = tuple(
-            (ch.index, ch.value_type, self._typed(ch, self.values(ch, t)))
+            (ch.index, ch.value_type, self._typed(ch, value))
             for ch in self.config.channels
+            if (value := self.values(ch, t)) is not None
         )
         return Readings(ts_ms=self.now_ms() if self.config.has_clock else 0, values=values)
 
@@ -257,9 +263,12 @@ class FirmwareDevice:
             now = time.monotonic()
             if now >= next_sample:
                 readings = self.sample()
-                seq = self._next_seq()
-                self._send(self._frame(readings, seq=seq))
-                self.sent.append(SentReadings(seq, readings.ts_ms, readings.values))
+                if readings.values:
+                    seq = self._next_seq()
+                    self._send(self._frame(readings, seq=seq))
+                    self.sent.append(SentReadings(seq, readings.ts_ms, readings.values))
+                else:  # every channel dropped out: the board sends nothing this period
+                    self.counters["samples_dropped"] += 1
                 next_sample = max(next_sample + self.sample_interval_ms / 1000.0, now)
                 continue
             data = self.port.read(min(0.02, next_sample - now))

@@ -111,7 +111,10 @@ class NmeaDevice:
         return lat, lon
 
     def epoch(self, unix_s: float) -> bytes:
-        """The sentences of one epoch (RMC, VTG, GGA) at ``unix_s`` (whole centiseconds)."""
+        """The sentences of one epoch (RMC, VTG, GGA) at ``unix_s`` (whole centiseconds).
+
+        A subclass returns ``b""`` for an epoch the receiver skips (nothing is written).
+        """
         cfg = self.config
         when = datetime.fromtimestamp(unix_s, UTC)
         hhmmss = when.strftime("%H%M%S") + f".{when.microsecond // 10_000:02d}"
@@ -133,6 +136,6 @@ class NmeaDevice:
         period = 1.0 / self.config.rate_hz
         while not self._stop.is_set():
             now = round(time.time(), 2)
-            if self.port.plugged:
-                self.port.write(self.epoch(now), paced=False)
+            if self.port.plugged and (sentences := self.epoch(now)):
+                self.port.write(sentences, paced=False)
             self._stop.wait(period)

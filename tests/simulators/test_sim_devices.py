@@ -132,3 +132,28 @@ def test_devices_serve_the_city_over_ptys_modbus_and_mqtt(
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_dropout_silences_firmware_boards_and_gps_receivers_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    """A dropout fault reaches the serial devices: the detector board leaves its lanes out
+    (no READINGS frame at all while every lane is out), the GPS receiver skips its epochs;
+    both speak again when the fault ends."""
+    sc = h.scenario(
+        speed=60,  # one simulated minute (one city step) per second
+        devices={"firmware": 1, "nmea": 1, "modbus_meters": 0, "mqtt_sensors": 0,
+                 "sample_interval_s": 0.2},
+        faults=[{"type": "dropout", "devices": ["loop-00000", "bus-00000"], "at_s": 0,
+                 "duration_s": 240}],
+    )
+    with DeviceCity(sc, directory=tmp_path) as city:
+        ep = city.endpoints
+        during = list(FrameDecoder().feed(_read(ep.firmware["loop-00000"], 1.5)))
+        kinds = [type(decode_message(f.msg_type, f.payload)) for f in during]
+        assert Readings not in kinds, kinds
+        assert not list(NmeaDecoder().feed(_read(ep.nmea["bus-00000"], 1.5)))
+        time.sleep(3.0)  # past the fault's four simulated minutes
+        after = list(FrameDecoder().feed(_read(ep.firmware["loop-00000"], 1.5)))
+        assert any(isinstance(decode_message(f.msg_type, f.payload), Readings) for f in after)
+        assert {s.kind for s in NmeaDecoder().feed(_read(ep.nmea["bus-00000"], 1.5))} >= {"RMC"}
