@@ -26,7 +26,7 @@ from api._params import (
     Offset,
 )
 from api._services import Services
-from telemetry import ConfigDesired, encode_message
+from telemetry import ConfigDesired, SpoolHealth, encode_message
 
 __all__ = ["router"]
 
@@ -41,16 +41,9 @@ class LocationOut(msgspec.Struct, omit_defaults=True):
     area: str | None = None
 
 
-class SpoolOut(msgspec.Struct):
+class SpoolOut(SpoolHealth, frozen=True, kw_only=True):
     """The gateway's spool as of its last health report (``reported_at``)."""
 
-    batches: int
-    readings: int
-    bytes: int
-    budget_bytes: int
-    oldest_age_s: float | None
-    dropped_batches: int
-    dropped_readings: int
     reported_at: str
 
 
@@ -140,12 +133,7 @@ def _spool(health: dict[str, Any] | None) -> SpoolOut | None:
     spool = health.get("spool") if health else None
     if not isinstance(spool, dict):
         return None
-    return SpoolOut(
-        batches=spool["batches"], readings=spool["readings"], bytes=spool["bytes"],
-        budget_bytes=spool["budget_bytes"], oldest_age_s=spool["oldest_age_s"],
-        dropped_batches=spool["dropped_batches"], dropped_readings=spool["dropped_readings"],
-        reported_at=iso(health["ts"]) if health else "",
-    )
+    return SpoolOut(**spool, reported_at=iso(health["ts"]) if health else "")
 
 
 def _summary(services: Services, gw: GatewayState, now_ns: int) -> GatewaySummary:
