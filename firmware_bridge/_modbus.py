@@ -80,6 +80,16 @@ class ModbusSerialTarget:
     def __post_init__(self) -> None:
         if not self.port:
             raise ConfigError("target.port", "must not be empty")
+        if self.port.lower().startswith("rfc2217://"):
+            # pymodbus's serial transport sets write_timeout=0, which pyserial's RFC 2217
+            # client refuses (NotImplementedError), and waits for data with add_reader() on
+            # a file descriptor that client does not have (docs/firmware-protocol.md §3.2).
+            raise ConfigError(
+                "target.port",
+                "rfc2217:// is not supported for Modbus RTU (pymodbus cannot drive "
+                "pyserial's RFC 2217 client); put the terminal server's port in raw TCP "
+                "mode and use socket://host:port",
+            )
         if self.baudrate <= 0:
             raise ConfigError("target.baudrate", f"must be > 0, got {self.baudrate!r}")
         if self.bytesize not in (7, 8):

@@ -26,11 +26,14 @@ from typing import Any, Self
 import serial
 
 from firmware_bridge._config import SerialConfig
-from firmware_bridge._errors import LinkClosed, LinkDown
+from firmware_bridge._errors import LinkClosed, LinkDown, LinkError
 
 __all__ = ["LinkState", "SerialTransport"]
 
 log = logging.getLogger("firmware_bridge.transport")
+
+#: Seconds a write may block on a stalled port (flow control held, USB adapter hung).
+_WRITE_TIMEOUT = 5.0
 
 
 class LinkState(enum.StrEnum):
@@ -73,6 +76,7 @@ class SerialTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._used = False
+        self._failure: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -145,6 +149,10 @@ class SerialTransport:
         if item is None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)
+            if self._failure is not None:
+                raise LinkError(
+                    self.name, f"reader thread failed: {self._failure!r}"
+                ) from self._failure
             raise LinkClosed(self.name, "transport closed")
         return item
 
@@ -190,6 +198,10 @@ class SerialTransport:
 
     def _open(self) -> serial.SerialBase:
         cfg = self.config
+        # pyserial's RFC 2217 client refuses any write_timeout (NotImplementedError from
+        # open(), pyserial 3.5); its writes are sendall() on a socket that already has a
+        # 5 s timeout, so they are bounded anyway.
+        write_timeout = None if cfg.url.lower().startswith("rfc2217://") else _WRITE_TIMEOUT
         return serial.serial_for_url(
             cfg.url,
             baudrate=cfg.baudrate,
@@ -197,17 +209,34 @@ class SerialTransport:
             parity=cfg.parity,
             stopbits=cfg.stopbits,
             timeout=cfg.read_timeout,
-            write_timeout=5.0,
+            write_timeout=write_timeout,
         )
 
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._apply_state(LinkState.DOWN)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
     def _run(self) -> None:
+        try:
+            self._reconnect_loop()
+        except BaseException as exc:
+            # A bug or an error pyserial should not raise (e.g. a warning turned into an
+            # error): readers of the link get it instead of a silent dead thread.
+            log.exception("reader thread failed", extra={"link": self.name})
+            self._post(self._fail, exc)
+
+    def _reconnect_loop(self) -> None:
         attempt = 0
         backoff = self.config.backoff
         while not self._stop.is_set():
             self._post(self._apply_state, LinkState.CONNECTING)
             try:
                 port = self._open()
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, ValueError, NotImplementedError) as exc:
+                # ValueError/NotImplementedError: a URL or setting pyserial cannot open. It
+                # is retried and counted like an absent device, never a dead reader thread.
                 self._post(self._count, "open_failed")
                 delay = backoff.delay(attempt)
                 attempt += 1

@@ -218,8 +218,11 @@ class Rfc2217Server:
     def _serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(0.05)
-        port = serial.serial_for_url(self.url, timeout=0.05, do_not_open=True)
-        port.open()
+        port: serial.SerialBase
+        if self.url.startswith("/"):
+            port = _PtySerial(self.url, timeout=0.05)
+        else:
+            port = serial.serial_for_url(self.url, timeout=0.05)
         try:
             writer = _SocketWriter(conn)
             manager = serial.rfc2217.PortManager(port, writer)
@@ -262,6 +265,36 @@ class Rfc2217Server:
             pass
         finally:
             done.set()
+
+
+class _PtySerial(serial.Serial):  # type: ignore[misc]
+    """A pty has no modem lines (their ioctls fail with ENOTTY): report them idle and ignore
+    RTS/DTR/break, which every RFC 2217 client sets on open."""
+
+    @property
+    def cts(self) -> bool:
+        return False
+
+    @property
+    def dsr(self) -> bool:
+        return False
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return False
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    def _update_break_state(self) -> None:
+        pass
 
 
 class _SocketWriter:
