@@ -471,7 +471,36 @@ class AgentConfig(_Model):
         dupes = sorted({n for n in ids if ids.count(n) > 1})
         if dupes:
             raise ValueError(f"device ids must be unique: {', '.join(dupes)}")
+        self._shared_lines()
         return self
+
+    def _shared_lines(self) -> None:
+        """Several Modbus meters may share an RS-485 port (one bus); nothing else may."""
+        owners: dict[str, tuple[str, str, SerialLine]] = {}  # url -> (kind, input, line)
+        for spec in self.inputs:
+            if isinstance(spec, ModbusInputConfig) and spec.rtu is not None:
+                kind, line = "modbus", spec.rtu
+            elif isinstance(spec, FirmwareInputConfig | NmeaInputConfig):
+                kind, line = spec.type, spec.serial
+            else:
+                continue
+            first = owners.setdefault(line.url, (kind, spec.name, line))
+            if first[1] == spec.name:
+                continue
+            if kind != "modbus" or first[0] != "modbus":
+                raise ValueError(
+                    f"inputs {first[1]!r} and {spec.name!r} both use serial port {line.url!r}: "
+                    "only Modbus meters can share a port (one RS-485 bus)"
+                )
+            theirs = first[2]
+            if (line.baudrate, line.parity, line.stopbits) != (
+                theirs.baudrate, theirs.parity, theirs.stopbits
+            ):
+                raise ValueError(
+                    f"inputs {first[1]!r} and {spec.name!r} share RS-485 port {line.url!r} "
+                    f"with different settings ({theirs.baudrate} {theirs.parity} "
+                    f"{theirs.stopbits} vs {line.baudrate} {line.parity} {line.stopbits})"
+                )
 
     @property
     def spool_path(self) -> Path:

@@ -13,6 +13,7 @@ import yaml
 from edge_helpers import Central, await_until, base_config, make_config, running
 
 from edge_agent import ConfigError, EdgeAgent, load_config
+from edge_agent._config import parse_config
 from firmware_bridge import load_register_map
 from simulators.devices import (
     FirmwareDevice,
@@ -230,3 +231,22 @@ def test_firmware_and_nmea_devices_on_ptys_reach_the_central_broker(
         ts = round(f.unix_s * 100) * 10_000_000
         assert ts in lat, f"fix at {f.unix_s} missing"
         assert lat[ts] == pytest.approx(f.lat, abs=1e-6)
+
+
+def test_a_shared_serial_port_is_checked_when_the_config_loads() -> None:
+    def config(*inputs: dict[str, object]) -> dict[str, object]:
+        return {"gateway": {"id": "gw"}, "broker": {"host": "localhost"}, "inputs": list(inputs)}
+
+    def meter(name: str, unit: int, **line: object) -> dict[str, object]:
+        return {"type": "modbus", "name": name, "device": name, "unit_id": unit,
+                "register_map": "eastron-sdm120",
+                "rtu": {"url": "/dev/ttyUSB0", "baudrate": 9600, **line}}
+
+    # Meters on one RS-485 port with the same line settings: one bus, accepted.
+    parse_config(config(meter("m1", 1), meter("m2", 2)), source="edge.yaml")
+    with pytest.raises(ConfigError, match=r"edge.yaml: .*'m1' and 'm2' share RS-485 port "
+                       r"'/dev/ttyUSB0' with different settings \(9600 N 1 vs 19200 N 1\)"):
+        parse_config(config(meter("m1", 1), meter("m2", 2, baudrate=19200)), source="edge.yaml")
+    firmware = {"type": "firmware", "name": "fw", "serial": {"url": "/dev/ttyUSB0"}}
+    with pytest.raises(ConfigError, match="only Modbus meters can share a port"):
+        parse_config(config(meter("m1", 1), firmware), source="edge.yaml")
