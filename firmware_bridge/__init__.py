@@ -10,9 +10,17 @@
   :class:`telemetry.Reading` from ``readings()``.
 
 ``docs/firmware-protocol.md`` is the normative description of the wire formats.
+
+The Modbus classes and register maps (pymodbus, and the pydantic models of the map format:
+about 9 MB resident together) load on first use only, so a gateway with firmware or NMEA
+links alone never holds them.
 """
 
-from firmware_bridge._bus import ModbusBus
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from firmware_bridge._config import Backoff, FirmwareLinkConfig, NmeaLinkConfig, SerialConfig
 from firmware_bridge._errors import (
     CommandError,
@@ -57,12 +65,6 @@ from firmware_bridge._messages import (
     decode_message,
     encode_message,
 )
-from firmware_bridge._modbus import (
-    ModbusPoller,
-    ModbusPollerConfig,
-    ModbusSerialTarget,
-    ModbusTcpTarget,
-)
 from firmware_bridge._nmea import (
     NMEA_DISCARD_REASONS,
     NmeaDecoder,
@@ -73,16 +75,6 @@ from firmware_bridge._nmea import (
     nmea_checksum,
 )
 from firmware_bridge._protocol import DeviceState, FirmwareLink, FirmwareSession
-from firmware_bridge._registers import (
-    RegisterGroup,
-    RegisterMap,
-    RegisterSpec,
-    decode_registers,
-    encode_value,
-    load_register_map,
-    parse_register_map,
-    shipped_register_maps,
-)
 from firmware_bridge._transport import LinkState, SerialTransport
 
 __all__ = [
@@ -153,3 +145,42 @@ __all__ = [
     "parse_register_map",
     "shipped_register_maps",
 ]
+
+if TYPE_CHECKING:
+    from firmware_bridge._bus import ModbusBus
+    from firmware_bridge._modbus import (
+        ModbusPoller,
+        ModbusPollerConfig,
+        ModbusSerialTarget,
+        ModbusTcpTarget,
+    )
+    from firmware_bridge._registers import (
+        RegisterGroup,
+        RegisterMap,
+        RegisterSpec,
+        decode_registers,
+        encode_value,
+        load_register_map,
+        parse_register_map,
+        shipped_register_maps,
+    )
+
+_LAZY = {
+    "ModbusBus": "firmware_bridge._bus",
+    "ModbusPoller": "firmware_bridge._modbus",
+    "ModbusPollerConfig": "firmware_bridge._modbus",
+    "ModbusSerialTarget": "firmware_bridge._modbus",
+    "ModbusTcpTarget": "firmware_bridge._modbus",
+    **dict.fromkeys(
+        ("RegisterGroup", "RegisterMap", "RegisterSpec", "decode_registers", "encode_value",
+         "load_register_map", "parse_register_map", "shipped_register_maps"),
+        "firmware_bridge._registers",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'firmware_bridge' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -92,3 +92,20 @@ def test_the_edge_command_does_not_load_the_local_stack() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_firmware_links_do_not_load_modbus() -> None:
+    """A gateway with firmware and NMEA links only never holds pymodbus or the register-map
+    models; the Modbus names still import from the package on first use."""
+    result = _gateway_python(
+        "import sys\nimport firmware_bridge\n"
+        "from firmware_bridge import FirmwareLink, NmeaLink, FrameDecoder\n"
+        "print(sorted(m for m in ('pymodbus', 'firmware_bridge._registers',"
+        " 'firmware_bridge._modbus') if m in sys.modules))\n"
+        "from firmware_bridge import ModbusPoller, load_register_map\n"
+        "print(ModbusPoller.__module__, load_register_map('eastron-sdm120').measurement)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.strip().splitlines()
+    assert first == "[]"
+    assert second.startswith("firmware_bridge._modbus ")
