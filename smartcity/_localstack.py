@@ -21,6 +21,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -33,6 +34,7 @@ from typing import Any, Final, Self
 
 __all__ = [
     "Influxd",
+    "InfluxdTls",
     "LocalService",
     "Mosquitto",
     "MosquittoTls",
@@ -79,9 +81,11 @@ def influxql(
     epoch: str = "ns",
     username: str | None = None,
     password: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     """Run InfluxQL against any InfluxDB v1 ``/query`` endpoint; return the decoded answer.
 
+    ``context``: how an ``https://`` server is verified (``None``: the system's CA store).
     Raises :class:`ServiceError` when the server cannot be reached or answers an error.
     """
     params = {"q": q, "epoch": epoch}
@@ -93,7 +97,7 @@ def influxql(
     data = urllib.parse.urlencode(params).encode()
     req = urllib.request.Request(f"{url.rstrip('/')}/query", data=data, method="POST")  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:  # noqa: S310
             answer: dict[str, Any] = json.loads(resp.read())
     except (OSError, ValueError) as exc:
         raise ServiceError(f"query to {url} failed: {exc}") from exc
@@ -308,8 +312,26 @@ def _accepts(host: str, port: int) -> bool:
     return False
 
 
+@dataclass(frozen=True, kw_only=True)
+class InfluxdTls:
+    """HTTPS instead of HTTP on influxd's port (``[http] https-enabled``).
+
+    ``cert_file``/``key_file``: the server's certificate (chain) and key, PEM. ``ca_file``:
+    what :class:`Influxd`'s own helpers (readiness probe, ``query``, ``write``) verify the
+    server against. influxd 1.x does not ask clients for certificates.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 class Influxd(LocalService):
-    """A private InfluxDB 1.x server; talks the v1 HTTP API (``/write``, ``/query``)."""
+    """A private InfluxDB 1.x server; talks the v1 HTTP API (``/write``, ``/query``).
+
+    With ``tls`` it serves HTTPS only (``url`` says ``https://``); ``tls`` may be changed
+    between a ``stop()`` and the next ``start()`` (a certificate rotation).
+    """
 
     name = "influxd"
 
@@ -320,14 +342,33 @@ class Influxd(LocalService):
         host: str = "127.0.0.1",
         port: int | None = None,
         rpc_port: int | None = None,
+        tls: InfluxdTls | None = None,
     ) -> None:
         super().__init__(data_dir=data_dir, host=host, port=port)
         self.rpc_port = rpc_port or free_port(host)
         self.config_path = self.data_dir / "influxdb.conf"
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context verifying this server against ``tls.ca_file`` (``None``: HTTP)."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls.ca_file))
+
+    def _https(self) -> str:
+        t = self.tls
+        if t is None:
+            return ""
+        return (
+            "  https-enabled = true\n"
+            f'  https-certificate = "{t.cert_file}"\n'
+            f'  https-private-key = "{t.key_file}"\n'
+        )
 
     def config_text(self) -> str:
         d = self.data_dir
@@ -349,7 +390,7 @@ bind-address = "{self.host}:{self.rpc_port}"
   bind-address = "{self.host}:{self.port}"
   auth-enabled = false
   log-enabled = false
-[logging]
+{self._https()}[logging]
   level = "warn"
 [subscriber]
   enabled = false
@@ -363,7 +404,9 @@ bind-address = "{self.host}:{self.rpc_port}"
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=0.5) as resp:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                f"{self.url}/ping", timeout=0.5, context=self.ssl_context()
+            ) as resp:
                 return bool(resp.status == 204)
         except (OSError, urllib.error.URLError):
             return False
@@ -371,14 +414,16 @@ bind-address = "{self.host}:{self.rpc_port}"
     # -- small v1 HTTP helpers for tests, benchmarks and the demo ---------------------------
     def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
         """Run InfluxQL and return the decoded JSON answer; raise on an error result."""
-        return influxql(self.url, q, db=db, epoch=epoch)
+        return influxql(self.url, q, db=db, epoch=epoch, context=self.ssl_context())
 
     def write(self, db: str, body: bytes, *, precision: str = "ns") -> None:
         """Write line protocol; raise :class:`ServiceError` with InfluxDB's message on failure."""
         qs = urllib.parse.urlencode({"db": db, "precision": precision})
         req = urllib.request.Request(f"{self.url}/write?{qs}", data=body, method="POST")  # noqa: S310
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                req, timeout=30, context=self.ssl_context()
+            ) as resp:
                 if resp.status != 204:
                     raise ServiceError(f"write answered {resp.status}")
         except urllib.error.HTTPError as exc:

@@ -6,6 +6,7 @@
     server.crt / server.key    CN localhost, SAN IP:127.0.0.1 + DNS:localhost, signed by the CA
     client.crt / client.key    CN client_cn, clientAuth, signed by the CA
     rogue.crt / rogue.key      CN client_cn, signed by another CA (must be refused)
+    rogue-ca.crt               that other CA (a wrong CA bundle for a client)
 
 Import as ``from tests.tls_helpers import make_pki``.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from smartcity._localstack import MosquittoTls
+from smartcity._localstack import InfluxdTls, MosquittoTls
 
 __all__ = ["Pki", "make_pki", "password_file"]
 
@@ -56,6 +57,10 @@ class Pki:
     def rogue_key(self) -> Path:
         return self.dir / "rogue.key"
 
+    @property
+    def rogue_ca(self) -> Path:
+        return self.dir / "rogue-ca.crt"
+
     def mosquitto_tls(
         self, *, require_certificate: bool = False, use_identity_as_username: bool = False
     ) -> MosquittoTls:
@@ -67,6 +72,11 @@ class Pki:
             require_certificate=require_certificate,
             use_identity_as_username=use_identity_as_username,
         )
+
+    def influxd_tls(self) -> InfluxdTls:
+        """HTTPS for :class:`smartcity._localstack.Influxd` with the server cert, verified
+        by the helpers against this CA."""
+        return InfluxdTls(cert_file=self.server_cert, key_file=self.server_key, ca_file=self.ca)
 
 
 def _tool(name: str) -> str:
