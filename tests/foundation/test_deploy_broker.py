@@ -22,8 +22,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from smartcity._localstack import Mosquitto, free_port
 from tests.tls_helpers import Pki, make_pki, password_file
