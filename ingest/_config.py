@@ -9,6 +9,7 @@ unknown keys, so a typo fails at start-up with the file, the key and the reason.
 from __future__ import annotations
 
 import contextvars
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingest._errors import ConfigError
-from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security
+from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security, is_loopback
 
 __all__ = [
     "BatchConfig",
@@ -94,7 +95,15 @@ class InfluxConfig(_Model):
     token: SecretStr | None = None
     org: str | None = None
     bucket: str | None = None
+    #: CA bundle (PEM) that an ``https://`` server's certificate is verified against;
+    #: unset: the system's CA store. Read when the worker starts.
     ca_file: Path | None = None
+    #: Client certificate and its key (PEM, together), for a server or a TLS proxy in front
+    #: of InfluxDB that asks for one (influxd 1.x itself never does).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: ``false`` accepts any certificate (no chain, no hostname check): development only,
+    #: refused unless ``allow_insecure``.
     verify_tls: bool = True
     gzip: bool = False
     timeout: _Seconds = 10.0
@@ -106,6 +115,29 @@ class InfluxConfig(_Model):
         if self.username is not None and self.password is None:
             raise ValueError("username needs a password")
         return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> InfluxConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        if files and not self.https:
+            raise ValueError(f"{files[0]} needs an https:// url (TLS), not {self.url}")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file has no effect with verify_tls false: set one or the other")
+        return self
+
+    @property
+    def https(self) -> bool:
+        return self.url.lower().startswith("https://")
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or ""
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.password is not None or self.token is not None
 
 
 class RetryConfig(_Model):
@@ -174,6 +206,17 @@ class IngestConfig(BaseSettings):
         )
         if not self.allow_insecure and not self.influx.verify_tls:
             raise ValueError("influx.verify_tls false needs allow_insecure: true")
+        influx = self.influx
+        if (
+            not self.allow_insecure
+            and influx.has_credentials
+            and not influx.https
+            and not is_loopback(influx.host)
+        ):
+            raise ValueError(
+                f"influx credentials over plain http to a remote InfluxDB ({influx.host}) are "
+                "refused: use an https:// influx.url (or allow_insecure: true for development)"
+            )
         return self
 
     @classmethod

@@ -8,6 +8,13 @@ backoff and bisecting a rejected body are the caller's business (``_writer.py``)
 InfluxDB 1.x answers a body with some bad points with ``400 partial write: ... dropped=N``
 after storing the good ones; rewriting those is harmless because a point is identified by
 measurement, tag set and timestamp.
+
+TLS (``https://`` URLs): the server is verified against ``influx.ca_file`` (or the system's
+CA store), a client certificate is presented when configured. A missing or unusable file is a
+:class:`ConfigError` naming the key when the sink is built; a certificate that does not verify
+stops ``prepare()`` at once with :class:`SchemaError` (retrying cannot fix it) and makes a
+write :class:`WriteRetryable` saying so (a certificate fixed on the server lets the backlog
+drain).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from typing import Any, Final, Protocol, cast
 import httpx
 
 from ingest._config import InfluxConfig
-from ingest._errors import SchemaError, WriteRejected, WriteRetryable
+from ingest._errors import ConfigError, SchemaError, WriteRejected, WriteRetryable
+from smartcity.broker import BrokerSetupError, BrokerTls
 
 __all__ = ["InfluxV1Sink", "InfluxV2Sink", "Sink", "make_sink", "parse_retry_after"]
 
@@ -55,13 +63,44 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _tls(config: InfluxConfig) -> BrokerTls:
+    """The TLS files as the platform's one TLS model (file checks, errors naming the key)."""
+    return BrokerTls(ca_file=config.ca_file, cert_file=config.cert_file, key_file=config.key_file)
+
+
 def _ssl_context(config: InfluxConfig) -> ssl.SSLContext | bool:
-    if not config.url.startswith("https"):
+    """The client context for an ``https://`` URL; :class:`ConfigError` names the key of a
+    missing or unusable file."""
+    if not config.https:
         return True
-    if not config.verify_tls:
-        return False
-    ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    try:
+        ctx = _tls(config).ssl_context("influx.")
+    except BrokerSetupError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not config.verify_tls:  # allowed only with allow_insecure (IngestConfig)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a transport error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_reason(config: InfluxConfig, error: ssl.SSLError) -> str:
+    trust = f"influx.ca_file {config.ca_file}" if config.ca_file else "the system CA store"
+    detail = getattr(error, "verify_message", None) or error.reason or str(error)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the certificate of {config.url} does not verify against {trust}: {detail}"
+        )
+    return f"TLS handshake with {config.url} failed: {detail}"
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -72,6 +111,10 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(body, dict) and "error" in body:
         return str(body["error"])
     return response.text.strip()[:2000]
+
+
+class _TlsRefused(SchemaError):
+    """The server's certificate did not verify (or the handshake failed) at start."""
 
 
 class InfluxV1Sink:
@@ -110,6 +153,8 @@ class InfluxV1Sink:
             try:
                 await self._ping()
                 break
+            except _TlsRefused:
+                raise
             except SchemaError:
                 if time.monotonic() > deadline:
                     raise
@@ -137,6 +182,9 @@ class InfluxV1Sink:
         try:
             response = await self._client.get("/ping")
         except httpx.HTTPError as exc:
+            if (tls := _tls_failure(exc)) is not None:
+                # Not transient: fail the start now, naming the CA, instead of retrying.
+                raise _TlsRefused(_tls_reason(self._config, tls)) from exc
             raise SchemaError(f"InfluxDB at {self._config.url} unreachable: {exc!r}") from exc
         if response.status_code != 204:
             raise SchemaError(f"InfluxDB /ping answered {response.status_code}")
@@ -163,6 +211,8 @@ class InfluxV1Sink:
         except httpx.TimeoutException as exc:
             raise WriteRetryable(f"timeout: {exc!r}") from exc
         except httpx.TransportError as exc:
+            if (tls := _tls_failure(exc)) is not None:
+                raise WriteRetryable(_tls_reason(self._config, tls)) from exc
             raise WriteRetryable(f"connection: {exc!r}") from exc
         status = response.status_code
         if status == 204:
@@ -198,6 +248,10 @@ class InfluxV2Sink:
         self._config = config
         self._org: str = config.org
         self._bucket: str = config.bucket
+        try:
+            _tls(config).check_files("influx.")
+        except BrokerSetupError as exc:
+            raise ConfigError(str(exc)) from exc
         self._client = InfluxDBClient(
             url=config.url,
             token=config.token.get_secret_value(),
@@ -205,6 +259,8 @@ class InfluxV2Sink:
             timeout=int(config.timeout * 1000),
             verify_ssl=config.verify_tls,
             ssl_ca_cert=str(config.ca_file) if config.ca_file else None,
+            cert_file=str(config.cert_file) if config.cert_file else None,
+            cert_key_file=str(config.key_file) if config.key_file else None,
             enable_gzip=config.gzip,
             connection_pool_maxsize=max_connections + 1,
         )
