@@ -3,19 +3,29 @@
 Errors are translated at this boundary: transport failures, timeouts and 5xx become
 :class:`UpstreamUnavailable` (503); an InfluxQL error for a query the API built is a bug on
 our side and becomes a 502 with InfluxDB's message kept in the log, not in the answer.
+
+An ``https://`` InfluxDB is verified against ``ca_file`` (or the system's CA store) and is
+shown the client certificate when one is given; a certificate that does not verify is a
+503 like any unreachable InfluxDB, and the log says which certificate and which CA.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import msgspec
 
-from api._errors import UpstreamUnavailable
+from api._errors import ConfigError, UpstreamUnavailable
+from smartcity.broker import BrokerSetupError, BrokerTls
+
+if TYPE_CHECKING:
+    from api._settings import ApiSettings
 
 __all__ = ["InfluxClient", "Series"]
 
@@ -56,17 +66,61 @@ class InfluxClient:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 10.0,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
+        """``ca_file``, ``cert_file``/``key_file``: TLS to an ``https://`` URL (unset: the
+        system's CA store, no client certificate); an unusable file is a
+        :class:`ConfigError` naming the ``influx_*`` setting."""
         self.url = url.rstrip("/")
         self.database = database
         self._timeout = timeout
+        self._trust = f"influx_ca_file {ca_file}" if ca_file else "the system CA store"
         auth = httpx.BasicAuth(username, password or "") if username else None
+        verify: ssl.SSLContext | bool = True
+        if self.url.lower().startswith("https://"):
+            tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+            try:
+                verify = tls.ssl_context("influx_")
+            except BrokerSetupError as exc:
+                raise ConfigError(str(exc)) from exc
+        elif ca_file or cert_file or key_file:
+            raise ConfigError(f"influx_ca_file and the client certificate need https://, not {url}")
         self._client = httpx.AsyncClient(
             base_url=self.url,
             auth=auth,
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            verify=verify,
         )
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> InfluxClient:
+        """The client the ``influx_*`` settings describe (URL, credentials, TLS, timeout)."""
+        password = settings.influx_password
+        return cls(
+            url=settings.influx_url,
+            database=settings.influx_database,
+            username=settings.influx_username,
+            password=password.get_secret_value() if password is not None else None,
+            timeout=settings.influx_timeout_s,
+            ca_file=settings.influx_ca_file,
+            cert_file=settings.influx_cert_file,
+            key_file=settings.influx_key_file,
+        )
+
+    def _log_failure(self, exc: BaseException) -> None:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            log.warning(
+                "influx certificate does not verify",
+                extra={"url": self.url, "trust": self._trust, "error": cause.verify_message},
+            )
+        else:
+            log.warning("influx query failed", extra={"error": repr(exc)})
 
     async def __aenter__(self) -> Self:
         return self
@@ -87,7 +141,7 @@ class InfluxClient:
                     "/query", data={"q": q, "db": self.database, "epoch": epoch}
                 )
         except (httpx.HTTPError, TimeoutError) as exc:
-            log.warning("influx query failed", extra={"error": repr(exc)})
+            self._log_failure(exc)
             raise UpstreamUnavailable("InfluxDB did not answer") from exc
         if response.status_code >= 500:
             log.warning("influx query failed", extra={"status": response.status_code})

@@ -13,13 +13,14 @@ import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api._errors import ConfigError
-from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security
+from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security, is_loopback
 
 __all__ = ["ApiSettings", "load_settings"]
 
@@ -99,6 +100,15 @@ class ApiSettings(BaseSettings):
     )
     influx_username: str | None = None
     influx_password: SecretStr | None = None
+    #: CA bundle (PEM) an ``https://`` InfluxDB is verified against; unset: the system store.
+    influx_ca_file: Path | None = None
+    #: Client certificate and key (PEM, together), for a TLS proxy in front of InfluxDB that
+    #: asks for one (influxd 1.x itself never does).
+    influx_cert_file: Path | None = None
+    influx_key_file: Path | None = None
+    #: Development only: permits InfluxDB credentials over plain http to a host that is not
+    #: on loopback.
+    influx_allow_insecure: bool = False
     influx_timeout_s: _Positive = 10.0
     #: Warm the live state from readings newer than this at start.
     warm_window: _Duration = "1d"
@@ -205,6 +215,40 @@ class ApiSettings(BaseSettings):
             password_file=self.mqtt_password_file,
             tls=tls,
         )
+
+    @model_validator(mode="after")
+    def _influx_access(self) -> ApiSettings:
+        if (self.influx_cert_file is None) != (self.influx_key_file is None):
+            raise ValueError("influx_cert_file and influx_key_file go together")
+        tls = self.influx_tls
+        https = self.influx_url.lower().startswith("https://")
+        if tls is not None and not https:
+            raise ValueError(
+                f"influx_ca_file, influx_cert_file and influx_key_file need an https:// "
+                f"influx_url, not {self.influx_url}"
+            )
+        if tls is not None:
+            tls.check_files("influx_")
+        host = urlsplit(self.influx_url).hostname or ""
+        if (
+            self.influx_password is not None
+            and not https
+            and not is_loopback(host)
+            and not self.influx_allow_insecure
+        ):
+            raise ValueError(
+                f"an InfluxDB password over plain http to a remote host ({host}) is refused: "
+                "use an https:// influx_url (or influx_allow_insecure for development)"
+            )
+        return self
+
+    @property
+    def influx_tls(self) -> BrokerTls | None:
+        """The InfluxDB TLS files as the shared TLS model (``None`` when none is set)."""
+        ca, cert, key = self.influx_ca_file, self.influx_cert_file, self.influx_key_file
+        if ca is None and cert is None and key is None:
+            return None
+        return BrokerTls(ca_file=ca, cert_file=cert, key_file=key)
 
     @property
     def https(self) -> bool:

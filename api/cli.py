@@ -98,6 +98,23 @@ def run(
     ] = None,
     topic_root: Annotated[str | None, typer.Option(help="Topic namespace root.")] = None,
     influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    influx_ca_file: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="CA bundle (PEM) for an https:// InfluxDB."),
+    ] = None,
+    influx_cert_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Client certificate (PEM) for InfluxDB.")
+    ] = None,
+    influx_key_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Client key (PEM) for InfluxDB.")
+    ] = None,
+    influx_allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--influx-allow-insecure",
+            help="Development only: permit an InfluxDB password over plain http to a remote host.",
+        ),
+    ] = False,
     database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
     database_url: DatabaseOption = None,
     cors_origin: Annotated[
@@ -119,6 +136,8 @@ def run(
         mqtt_allow_insecure=mqtt_allow_insecure or None,
         tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
         topic_root=topic_root, influx_url=influx_url, influx_database=database,
+        influx_ca_file=influx_ca_file, influx_cert_file=influx_cert_file,
+        influx_key_file=influx_key_file, influx_allow_insecure=influx_allow_insecure or None,
         database_url=database_url, cors_origins=cors_origin or None, demo=demo or None,
         log_level=log_level.upper() if log_level else None, log_format=log_format,
     )
