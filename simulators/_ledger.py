@@ -8,20 +8,25 @@ in seq order is a digest a subscriber can recompute from what it received.
 
 :func:`compare_with_influx` asks InfluxDB (v1 ``/query``) what it holds for the ledger's
 gateways and says, per gateway, how many readings were lost or are extra, and which seqs
-the ingest bookkeeping (``ingest_batch``) never saw.
+the ingest bookkeeping (``ingest_batch``) never saw. :class:`InfluxHttp` reaches an
+``https://`` InfluxDB verified against a private CA (``ca_file``), like ingest and the API.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from simulators._errors import LedgerError
 from smartcity import ServiceError, influxql
+from smartcity.broker import BrokerSetupError, BrokerTls, is_loopback
 
 __all__ = [
     "GatewayCheck",
@@ -152,18 +157,52 @@ class InfluxQuerier(Protocol):
 
 
 class InfluxHttp:
-    """An InfluxDB v1 ``/query`` client for any URL, with optional credentials."""
+    """An InfluxDB v1 ``/query`` client for any URL, with optional credentials.
+
+    ``https://``: the server is verified against ``ca_file`` (unset: the system's CA store);
+    ``cert_file``/``key_file`` present a client certificate. Credentials over plain http to
+    a host that is not on loopback are refused unless ``allow_insecure``. Problems raise
+    :class:`LedgerError` naming the argument.
+    """
 
     def __init__(
-        self, url: str, *, username: str | None = None, password: str | None = None
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.username = username
         self.password = password
+        parts = urlsplit(self.url)
+        https = parts.scheme.lower() == "https"
+        host = parts.hostname or ""
+        if (cert_file is None) != (key_file is None):
+            raise LedgerError("cert_file and key_file go together (client certificate)")
+        if (ca_file or cert_file) and not https:
+            raise LedgerError(f"ca_file, cert_file and key_file need an https:// url, not {url}")
+        if username is not None and not https and not is_loopback(host) and not allow_insecure:
+            raise LedgerError(
+                f"credentials over plain http to a remote InfluxDB ({host}) are refused: use "
+                "an https:// url (or allow_insecure for development)"
+            )
+        self._context: ssl.SSLContext | None = None
+        if https:
+            tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+            try:
+                self._context = tls.ssl_context("")
+            except BrokerSetupError as exc:
+                raise LedgerError(str(exc)) from exc
 
     def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
         return influxql(
-            self.url, q, db=db, epoch=epoch, username=self.username, password=self.password
+            self.url, q, db=db, epoch=epoch, username=self.username, password=self.password,
+            context=self._context,
         )
 
 
