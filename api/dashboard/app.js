@@ -130,7 +130,10 @@ class Dashboard {
       canAck: Boolean(this.me.can && this.me.can.acknowledge_alerts),
     });
     if (this.config.tiles) {
-      attachBaseMap(this.map, this.config.tiles).then((base) => { this.basemap = base; }, (exc) => {
+      attachBaseMap(this.map, this.config.tiles).then((base) => {
+        this.basemap = base;
+        $("#basemap-toggle").hidden = false;
+      }, (exc) => {
         // The drawing works without it; say why the base map is missing.
         $("#map").dataset.tiles = "unavailable";
         $("#load-error").textContent = `Base map not loaded: ${exc.message}`;
@@ -275,7 +278,9 @@ class Dashboard {
 
   _bindToolbar() {
     for (const box of document.querySelectorAll("#layers input[type=checkbox]")) {
-      box.onchange = () => this.map.setLayerVisible(box.value, box.checked);
+      box.onchange = () => (box.value === "basemap"
+        ? this.basemap && this.basemap.setVisible(box.checked)
+        : this.map.setLayerVisible(box.value, box.checked));
     }
     $("#zoom-in").onclick = () => this.map.zoom(1 / 1.5);
     $("#zoom-out").onclick = () => this.map.zoom(1.5);

@@ -56,6 +56,13 @@ export class BaseMap {
     host.dataset.tiles = "loading";
   }
 
+  /** Show or hide the tiles (the drawing stays); the attribution goes with them. */
+  setVisible(visible) {
+    this.el.hidden = !visible;
+    this.credit.hidden = !visible;
+    this.host.classList.toggle("with-tiles", visible && this.host.dataset.tiles !== "unavailable");
+  }
+
   _status() {
     this.host.dataset.tilesLoaded = String(this.loaded);
     this.host.dataset.tilesFailed = String(this.failed);

@@ -81,7 +81,7 @@ def test_injected_fault_raises_an_alert_that_an_operator_acknowledges(
             page.click("#alert-history summary")
             history = page.locator(f"#alert-history-list li[data-alert-id='{alert['id']}']")
             expect(history.filter(has_text="acknowledged")).to_contain_text("crew sent",
-                                                                          timeout=10_000)
+                                                                          timeout=20_000)
             expect(history.filter(has_text="raised")).to_have_count(1)
             # Clicking the subject shows the station.
             item.get_by_role("button", name=f"{FAULT_GW}/{HOT_STATION}").click()
@@ -92,7 +92,7 @@ def test_injected_fault_raises_an_alert_that_an_operator_acknowledges(
             # history follows.
             dash_stack.city.inject_pm25(None)
             expect(item).to_have_count(0, timeout=10_000)
-            expect(history.filter(has_text="resolved")).to_have_count(1, timeout=10_000)
+            expect(history.filter(has_text="resolved")).to_have_count(1, timeout=20_000)
         finally:
             dash_stack.city.inject_pm25(None)
             operator.delete(f"/v1/alert-rules/{rule_id}")

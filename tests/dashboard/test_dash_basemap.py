@@ -119,6 +119,16 @@ def test_tiles_load_under_the_drawing_and_stay_aligned(
     for dx, dy in _offsets(page, _corners()):
         assert abs(dx) < 2, (dx, dy)
         assert abs(dy) < 2, (dx, dy)
+    # The base map can be switched off and on; the drawing stays.
+    toggle = page.get_by_label("Base map")
+    expect(toggle).to_be_checked()
+    toggle.uncheck()
+    expect(page.locator("#map .basemap")).to_be_hidden()
+    expect(page.locator("#map .map-attribution")).to_be_hidden()
+    expect(page.locator("#map-svg")).to_be_visible()
+    toggle.check()
+    expect(page.locator("#map .basemap")).to_be_visible()
+    page.focus("#map")
     page.keyboard.press("0")  # whole city again
     page.wait_for_function(
         "z => Math.abs(Number(document.querySelector('#map').dataset.tileZoom) - z) < 0.01",
@@ -134,6 +144,7 @@ def test_without_a_tile_source_the_page_contacts_no_other_host(
         assert httpx.get(f"{dash_stack.url}/v1/dashboard/config").status_code == 401
     _open(page, dash_stack.url, dash_stack.keys["viewer"])
     expect(page.locator("#map .basemap")).to_have_count(0)
+    expect(page.get_by_label("Base map")).to_be_hidden()
     urls: list[Any] = page.evaluate(
         "() => performance.getEntriesByType('resource').map(e => e.name)"
     )
