@@ -8,13 +8,19 @@
     rogue.crt / rogue.key      CN client_cn, signed by another CA (must be refused)
     rogue-ca.crt               that other CA (a wrong CA bundle for a client)
 
+``MutualTlsProxy(pki, upstream)`` terminates TLS with the server certificate, requires a
+client certificate from the CA and forwards to a plain TCP service (influxd over HTTP).
+
 Import as ``from tests.tls_helpers import make_pki``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import ssl
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +28,7 @@ import pytest
 
 from smartcity._localstack import InfluxdTls, MosquittoTls
 
-__all__ = ["Pki", "make_pki", "password_file"]
+__all__ = ["MutualTlsProxy", "Pki", "make_pki", "password_file"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +128,79 @@ def password_file(path: Path, users: dict[str, str]) -> Path:
         subprocess.run([tool, "-b", *create, str(path), user, password],
                        check=True, capture_output=True, timeout=30)  # fmt: skip
     return path
+
+
+class MutualTlsProxy:
+    """A TLS-terminating TCP proxy that requires a client certificate signed by ``pki.ca``
+    and forwards the plain bytes to ``upstream`` (host, port): what sits in front of an
+    InfluxDB whose clients must present certificates (influxd 1.x cannot ask for one).
+
+    ``with MutualTlsProxy(pki, ("127.0.0.1", influxd.port)) as proxy: proxy.url``. Runs its
+    own event loop on a thread; ``accepted`` counts clients that passed the handshake.
+    """
+
+    def __init__(self, pki: Pki, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+        self._ctx.verify_mode = ssl.CERT_REQUIRED
+        self._ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="tls-proxy")  # fmt: skip
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1  # only called once the handshake (client certificate) succeeded
+        task = self._loop.create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connection, "127.0.0.1", 0, ssl=self._ctx
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __enter__(self) -> MutualTlsProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

@@ -28,7 +28,7 @@ from api._influx import InfluxClient
 from api._settings import load_settings
 from api.cli import app as api_cli
 from smartcity._localstack import Influxd, Mosquitto, ServiceError
-from tests.tls_helpers import Pki, make_pki
+from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +180,25 @@ def test_cli_names_a_missing_influx_ca_file(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert f"influx_ca_file: file not found: {missing}" in result.output
+
+
+def test_influx_client_presents_a_client_certificate_to_a_proxy_that_requires_one(
+    influxd: Influxd, influx_db: str, pki: Pki
+) -> None:
+    influxd.write(influx_db, b'AirQualityObserved,device=aq-m,gateway=m pm25=3,quality="good" 1')
+
+    async def count(**files: Path) -> int:
+        settings = ApiSettings(
+            influx_url=proxy.url, influx_database=influx_db, influx_ca_file=pki.ca, **files  # type: ignore[arg-type]
+        )
+        async with InfluxClient.from_settings(settings) as client:
+            (series,) = await client.query('SELECT count("pm25") FROM "AirQualityObserved"')
+            return int(series.values[0][1])
+
+    with MutualTlsProxy(pki, (influxd.host, influxd.port)) as proxy:
+        with pytest.raises(UpstreamUnavailable):
+            asyncio.run(count())
+        assert proxy.accepted == 0
+        assert asyncio.run(
+            count(influx_cert_file=pki.client_cert, influx_key_file=pki.client_key)
+        ) == 1

@@ -25,7 +25,7 @@ from ingest_testkit import Publisher, batch_payload, count_points, make_config, 
 
 from ingest import ConfigError, SchemaError, WorkerThread, load_config
 from smartcity._localstack import Influxd, Mosquitto, ServiceError
-from tests.tls_helpers import Pki, make_pki
+from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +209,36 @@ def test_a_missing_ca_file_is_named_when_the_worker_starts(
     )
     with pytest.raises(ConfigError, match=r"influx\.ca_file: not a usable CA bundle"):
         WorkerThread(config).start(timeout=60)
+
+
+def test_a_client_certificate_is_presented_to_a_proxy_that_requires_one(
+    mosquitto: Mosquitto, publisher: Publisher, influxd: Influxd, pki: Pki, topic_root: str,
+    base_ts: int,
+) -> None:
+    """influxd 1.x never asks for client certificates: a mutual-TLS proxy in front does."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    with MutualTlsProxy(pki, (influxd.host, influxd.port)) as proxy:
+        influx = {"url": proxy.url, "ca_file": str(pki.ca), "timeout": 1.0}
+        # Without a client certificate the proxy refuses the handshake (under TLS 1.3 the
+        # client only sees the connection closed): the start fails after its retries.
+        config = make_config(mosquitto, influxd, topic_root, database, influx=influx)
+        with pytest.raises(SchemaError, match=f"InfluxDB at {proxy.url} unreachable"):
+            WorkerThread(config).start(timeout=60)
+        assert proxy.accepted == 0
+        assert database not in _databases(influxd)
+        config = make_config(
+            mosquitto, influxd, topic_root, database,
+            influx={**influx, "cert_file": str(pki.client_cert),
+                    "key_file": str(pki.client_key)},
+        )  # fmt: skip
+        try:
+            with WorkerThread(config) as running:
+                for seq in range(4):
+                    publisher.telemetry("gw-mtls", batch_payload("gw-mtls", 2, seq, 25, base_ts))
+                publisher.flush()
+                wait_for(lambda: count_points(influxd, database) >= 100, 20, "points via mTLS")
+                wait_for(lambda: running.worker.stats().messages_in_flight == 0, 10, "acks")
+            assert count_points(influxd, database) == 100
+            assert proxy.accepted >= 1
+        finally:
+            influxd.drop_database(database)

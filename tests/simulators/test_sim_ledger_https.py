@@ -19,7 +19,7 @@ import sim_helpers as h
 
 from simulators import FleetConfig, GatewayFleet, InfluxHttp, LedgerError, compare_with_influx
 from smartcity._localstack import Influxd, Mosquitto, ServiceError
-from tests.tls_helpers import Pki, make_pki
+from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +104,16 @@ def test_influx_http_refusals(tmp_path: Path, pki: Pki) -> None:
     InfluxHttp(remote, username="sim", password="pw", allow_insecure=True)
     InfluxHttp("http://127.0.0.1:8086", username="sim", password="pw")
     InfluxHttp("https://influx.city.example:8086", username="sim", password="pw")
+
+
+def test_influx_http_presents_a_client_certificate_to_a_proxy_that_requires_one(
+    influxd: Influxd, pki: Pki
+) -> None:
+    with MutualTlsProxy(pki, (influxd.host, influxd.port)) as proxy:
+        with pytest.raises(ServiceError):
+            InfluxHttp(proxy.url, ca_file=pki.ca).query("SHOW DATABASES")
+        assert proxy.accepted == 0
+        client = InfluxHttp(
+            proxy.url, ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key
+        )
+        assert client.query("SHOW DATABASES")["results"][0]["series"][0]["name"] == "databases"
