@@ -19,6 +19,14 @@ replays every unacknowledged batch oldest first with its original seq and bytes,
 ones. A gateway that loses its uplink (fault ``uplink_loss``) keeps producing into its spool;
 one that reboots (``reboot``) produces nothing while down, and keeps its spool and seq.
 The broker sees the connection drop without DISCONNECT and publishes the will.
+
+A PUBACK is not always a delivery: an MQTT v5 broker answers **0x10 No matching
+subscribers** when nobody subscribes to the topic, and drops the message. A batch acked that
+way stays in the spool and is published again after a short hold (capped backoff per
+gateway), like a refused one. It happens for real: mosquitto 2.0.11 does not restore the
+shared subscriptions of offline persistent sessions when it restarts, so until the first
+ingest worker has reconnected and subscribed again, telemetry goes to nobody (found by the
+chaos run, ``simulators._chaos``; docs/operations.md).
 """
 
 from __future__ import annotations
@@ -75,6 +83,10 @@ __all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet"]
 
 AGENT: Final = "smartcity-sim 0.1.0"
 _MISC_EVERY_S: Final = 1.0
+#: MQTT v5 reason code of a PUBACK for a message the broker delivered to nobody.
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
+_HOLD_MIN_S: Final = 0.2
+_HOLD_MAX_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,8 @@ class FleetStats:
     online: int = 0
     started_at: float = 0.0
     generated_readings: int = 0
+    #: Batches the broker acked with 0x10 No matching subscribers (kept, sent again).
+    no_subscribers: int = 0
 
 
 @dataclass(slots=True)
@@ -216,6 +230,9 @@ class _Gateway:
     rebooting: bool = False
     writing: bool = False
     boot_mono: float = 0.0
+    #: No publishing before this (monotonic): the broker said nobody subscribes.
+    hold_until: float = 0.0
+    hold_backoff: float = 0.0
 
 
 class GatewayFleet:
@@ -633,10 +650,20 @@ class GatewayFleet:
         if seq is None:
             gw.control_mids.discard(mid)
             return
-        if rc.is_failure:
+        if rc.value == NO_MATCHING_SUBSCRIBERS:
+            # Acked, but delivered to nobody (no ingest subscription): not stored anywhere.
+            # Keep it in the spool, in seq order, and hold the gateway for a while.
+            self.stats.no_subscribers += 1
+            gw.unsent = deque(sorted((*gw.unsent, seq)))
+            gw.hold_backoff = min(max(gw.hold_backoff * 2, _HOLD_MIN_S), _HOLD_MAX_S)
+            gw.hold_until = time.monotonic() + self._jitter.uniform(
+                gw.hold_backoff / 2, gw.hold_backoff
+            )
+        elif rc.is_failure:
             # The broker refused this publish: put it back at the front, it is retried.
             gw.unsent.appendleft(seq)
         else:
+            gw.hold_backoff = 0.0
             entry = gw.spool.pop(seq, None)
             if entry is not None:
                 self.ledger.acked(gw.id, entry.readings)
@@ -647,6 +674,9 @@ class GatewayFleet:
         if client is None or gw.state != "up":
             return
         window = self.scenario.publish.inflight_window
+        if gw.hold_until and time.monotonic() < gw.hold_until:
+            self._flush(gw)
+            return  # _misc picks it up again after the hold
         while gw.unsent and len(gw.inflight) < window:
             seq = gw.unsent.popleft()
             entry = gw.spool.get(seq)
@@ -715,6 +745,9 @@ class GatewayFleet:
         for gw in self._gws:
             if gw.client is not None:
                 gw.client.loop_misc()
+                if gw.hold_until and now >= gw.hold_until:
+                    gw.hold_until = 0.0
+                    self._fill(gw)
                 self._flush(gw)
             elif gw.state == "down" and now >= gw.retry_at:
                 self._connect(gw)
@@ -753,6 +786,9 @@ class GatewayFleet:
             for gw in pending:
                 if gw.state == "down" and now >= gw.retry_at:
                     self._connect(gw)
+                elif gw.hold_until and now >= gw.hold_until:
+                    gw.hold_until = 0.0
+                    self._fill(gw)
             self._pump(0.05)
 
     def _shutdown(self) -> None:
