@@ -99,15 +99,7 @@ class Services:
             free_flow_kmh=settings.free_flow_speed_kmh,
             on_change=self._alert_changed,
         )
-        self.influx = InfluxClient(
-            url=settings.influx_url,
-            database=settings.influx_database,
-            username=settings.influx_username,
-            password=(
-                settings.influx_password.get_secret_value() if settings.influx_password else None
-            ),
-            timeout=settings.influx_timeout_s,
-        )
+        self.influx = InfluxClient.from_settings(settings)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
         self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
         self.name = f"api[{settings.mqtt_client_id}]"

@@ -113,12 +113,6 @@ def test_influx_client_with_the_wrong_ca_is_unavailable_and_says_why(
     assert record.url == influxd_https.url  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/_services.py builds InfluxClient without the influx_ca_file/cert settings; "
-    "it needs `self.influx = InfluxClient.from_settings(settings)` (file owned elsewhere). "
-    "Remove this marker once it does.",
-)
 def test_api_warms_up_and_answers_history_over_https(
     mosquitto: Mosquitto, influxd_https: Influxd, https_db: str, pki: Pki, tmp_path: Path
 ) -> None:
