@@ -14,6 +14,7 @@ from smartcity._logging import ConsoleFormatter, JsonFormatter, LogFormat, confi
 if TYPE_CHECKING:
     from smartcity._localstack import (
         Influxd,
+        InfluxdTls,
         LocalService,
         Mosquitto,
         MosquittoTls,
@@ -24,13 +25,14 @@ if TYPE_CHECKING:
     )
 
 _LOCALSTACK = frozenset(
-    {"Influxd", "LocalService", "Mosquitto", "MosquittoTls", "ServiceError", "find_binary",
-     "free_port", "influxql"}
+    {"Influxd", "InfluxdTls", "LocalService", "Mosquitto", "MosquittoTls", "ServiceError",
+     "find_binary", "free_port", "influxql"}
 )  # fmt: skip
 
 __all__ = [
     "ConsoleFormatter",
     "Influxd",
+    "InfluxdTls",
     "JsonFormatter",
     "LocalService",
     "LogFormat",
