@@ -28,6 +28,7 @@ from api import (
     _routes_alerts,
     _routes_history,
     _routes_inventory,
+    _routes_ngsild,
     _routes_resources,
     _routes_stream,
     _routes_transport,
@@ -149,7 +150,7 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_error)
     for module in (_routes_inventory, _routes_history, _routes_transport, _routes_resources,
-                   _routes_stream, _routes_alerts, _routes_admin):
+                   _routes_stream, _routes_alerts, _routes_admin, _routes_ngsild):
         app.include_router(module.router)
     mount_dashboard(app, settings)  # the operator dashboard (api/dashboard/)
     app.add_middleware(_MetricsMiddleware, metrics=services.metrics)
