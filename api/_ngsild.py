@@ -289,8 +289,8 @@ _SUBJECTS: Final[Mapping[str, str]] = {
 }
 #: Types whose Smart Data Model has ``dateObserved`` (the observation's time).
 _DATE_OBSERVED: Final = frozenset(
-    {"TrafficFlowObserved", "OffStreetParking", "AirQualityObserved", "NoiseLevelObserved",
-     "WaterConsumptionObserved", "ThreePhaseAcMeasurement"}
+    {"TrafficFlowObserved", "AirQualityObserved", "NoiseLevelObserved",
+     "WaterConsumptionObserved"}
 )
 #: Reading tags renamed to their Smart Data Models attribute (integer when numeric).
 _TAG_ATTRS: Final[Mapping[str, Mapping[str, str]]] = {"TrafficFlowObserved": {"lane": "laneId"}}

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from api import _ngsild as ld
 from api._deps import ServicesDep, Viewer
 from api._influxql import quote_ident, quote_string
-from api._live import Latest, iso
+from api._live import Latest, iso, series_key
 from api._services import Services
 from telemetry import MEASUREMENTS, NAME_RE, Location
 
@@ -198,10 +198,7 @@ def _lookup(services: Services, text: str) -> Latest | None:
         series = services.live.by_device.get((ref.gateway, ref.device))
         if series is None:
             continue
-        key = ref.type if not ref.tags else ref.type + "," + ",".join(
-            f"{k}={v}" for k, v in ref.tags
-        )
-        latest = series.get(key)
+        latest = series.get(series_key(ref.type, dict(ref.tags)))
         if latest is not None:
             return latest
     return None

@@ -201,6 +201,7 @@ def test_entities_of_several_types_carry_values_units_time_and_location(
     assert bus["routeId"] == {"type": "Property", "value": "31", "observedAt": iso(city[BUS])}
 
     park = entities[PARK]
+    assert "dateObserved" not in park  # not in the OffStreetParking data model
     assert park["availableSpotNumber"]["value"] == 40
     assert park["totalSpotNumber"]["unitCode"] == "C62"
     assert entities[NOISE]["LAeq"]["unitCode"] == "2N"
