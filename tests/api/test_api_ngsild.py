@@ -18,7 +18,10 @@ from urllib.parse import quote
 import jsonschema_rs
 import pytest
 from api_helpers import ApiStack, Publisher, device, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from api import _ngsild as ngsild
 from api._live import iso
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
 from telemetry import Reading
@@ -434,3 +437,37 @@ def test_temporal_representation_from_influxdb(api_stack: ApiStack, city: dict[s
              "OperationNotSupported")
     _problem(_get(api_stack, "/temporal/entities/urn:ngsi-ld:Vehicle:a:b"), 404,
              "ResourceNotFound")
+
+
+# Pure functions: no input gets anything but a result or an NGSI-LD error.
+
+_ID = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True)
+
+
+@given(gateway=_ID, device=_ID,
+       tags=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+                            st.text(min_size=1, max_size=12), max_size=2))
+@settings(max_examples=200, deadline=None)
+def test_entity_ids_are_urns_and_parse_back(gateway: str, device: str,
+                                            tags: dict[str, str]) -> None:
+    eid = ngsild.entity_id("TrafficFlowObserved", gateway, device, tags)
+    assert URN.fullmatch(eid), eid
+    ref = ngsild.EntityRef("TrafficFlowObserved", gateway, device, tuple(sorted(tags.items())))
+    assert ngsild.parse_entity_id(eid) == [ref]
+    # With the %3A decoded (as a URL path delivers it), the true split is among the candidates.
+    assert ref in ngsild.parse_entity_id(eid.replace("%3A", ":"))
+
+
+@given(st.text(max_size=80))
+@settings(max_examples=500, deadline=None)
+def test_q_accept_and_georel_parsers_answer_or_refuse_cleanly(text: str) -> None:
+    for parse in (ngsild.parse_q, ngsild.negotiate,
+                  lambda t: ngsild.parse_georel(t, "Point", "[1,1]"),
+                  lambda t: ngsild.parse_georel("near;maxDistance==1", "Point", t),
+                  ngsild.parse_entity_id):
+        status = 200
+        try:
+            parse(text)
+        except ngsild.NgsiLdError as exc:
+            status = exc.status_code
+        assert 200 <= status < 500
