@@ -21,12 +21,14 @@ one that reboots (``reboot``) produces nothing while down, and keeps its spool a
 The broker sees the connection drop without DISCONNECT and publishes the will.
 
 A PUBACK is not always a delivery: an MQTT v5 broker answers **0x10 No matching
-subscribers** when nobody subscribes to the topic, and drops the message. A batch acked that
-way stays in the spool and is published again after a short hold (capped backoff per
-gateway), like a refused one. It happens for real: mosquitto 2.0.11 does not restore the
-shared subscriptions of offline persistent sessions when it restarts, so until the first
-ingest worker has reconnected and subscribed again, telemetry goes to nobody (found by the
-chaos run, ``simulators._chaos``; docs/operations.md).
+subscribers** when nobody subscribes to the topic, and drops the message. With
+``FleetConfig.retry_unrouted`` a batch acked that way stays in the spool and is published
+again after a short hold (capped backoff per gateway), like a refused one. It happens for
+real: mosquitto 2.0.11 does not restore the shared subscriptions of offline persistent
+sessions when it restarts, so until the first ingest worker has reconnected and subscribed
+again, telemetry goes to nobody (found by the chaos run, ``simulators._chaos``;
+docs/operations.md). Off by default, so that load runs against a bare broker, where nobody
+subscribes, still count what the broker took.
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ class FleetConfig:
     #: wait to be acknowledged across connected gateways.
     max_backlog_batches: int = 4000
     connect_timeout_s: float = 10.0
+    #: A PUBACK with 0x10 No matching subscribers means the broker dropped the batch: keep it
+    #: spooled and send it again (runs against a platform, where ingest subscribes). Off:
+    #: count it as delivered (load runs against a bare broker, where nobody subscribes).
+    retry_unrouted: bool = False
 
     def broker_access(self) -> BrokerAccess:
         """Credentials and TLS as the shared model; :class:`ValueError` when the platform's
@@ -198,7 +204,8 @@ class FleetStats:
     online: int = 0
     started_at: float = 0.0
     generated_readings: int = 0
-    #: Batches the broker acked with 0x10 No matching subscribers (kept, sent again).
+    #: Batches the broker acked with 0x10 No matching subscribers (with ``retry_unrouted``:
+    #: kept and sent again).
     no_subscribers: int = 0
 
 
@@ -650,10 +657,11 @@ class GatewayFleet:
         if seq is None:
             gw.control_mids.discard(mid)
             return
-        if rc.value == NO_MATCHING_SUBSCRIBERS:
+        unrouted = rc.value == NO_MATCHING_SUBSCRIBERS
+        self.stats.no_subscribers += unrouted
+        if unrouted and self.config.retry_unrouted:
             # Acked, but delivered to nobody (no ingest subscription): not stored anywhere.
             # Keep it in the spool, in seq order, and hold the gateway for a while.
-            self.stats.no_subscribers += 1
             gw.unsent = deque(sorted((*gw.unsent, seq)))
             gw.hold_backoff = min(max(gw.hold_backoff * 2, _HOLD_MIN_S), _HOLD_MAX_S)
             gw.hold_until = time.monotonic() + self._jitter.uniform(

@@ -1,4 +1,5 @@
-"""A PUBACK with 0x10 No matching subscribers is not a delivery: the gateway keeps the batch.
+"""A PUBACK with 0x10 No matching subscribers is not a delivery: with ``retry_unrouted`` the
+gateway keeps the batch.
 
 Found by the chaos run (``simulators._chaos``): mosquitto 2.0.11 does not restore the shared
 subscriptions of offline persistent sessions when it restarts. Until an ingest worker has
@@ -85,6 +86,7 @@ def test_batches_delivered_to_nobody_after_a_broker_restart_stay_spooled_until_i
             port=broker.port,
             client_prefix=f"sim{uuid.uuid4().hex[:6]}",
             drain_timeout_s=60,
+            retry_unrouted=True,
         )
     )
     runner = threading.Thread(target=fleet.run, name="test.fleet")
@@ -111,3 +113,30 @@ def test_batches_delivered_to_nobody_after_a_broker_restart_stay_spooled_until_i
     assert member.received() == expected
     assert fleet.ledger.readings == fleet.ledger.created_readings
     assert fleet.spooled_batches() == 0
+
+
+def test_without_retry_unrouted_a_broker_restart_loses_what_is_published_before_ingest_is_back(
+    mosquitto_factory: Callable[..., Mosquitto], topic_root: str
+) -> None:
+    """The broker behaviour itself (mosquitto 2.0.11), and why ``retry_unrouted`` exists."""
+    broker = mosquitto_factory()
+    member_id = f"ingest-{topic_root}"
+    topic = f"$share/g/{topic_root}/v1/+/telemetry"
+    SharedMember(broker, member_id, topic, subscribe=True).close()
+    broker.stop()
+    broker.start()
+    fleet = GatewayFleet(
+        FleetConfig(
+            scenario=h.scenario(duration_s=2 * 60, topic_root=topic_root),
+            host=broker.host,
+            port=broker.port,
+            client_prefix=f"sim{uuid.uuid4().hex[:6]}",
+        )
+    )
+    fleet.run()
+    member = SharedMember(broker, member_id, topic, subscribe=True)
+    time.sleep(1.0)
+    member.close()
+    assert fleet.ledger.readings == fleet.ledger.created_readings > 0  # "delivered"...
+    assert fleet.stats.no_subscribers == fleet.layout.gateways * 2
+    assert member.received() == set()  # ...to nobody
