@@ -56,6 +56,13 @@ class _AgentCollector(Collector):
         c.add_metric([gw], a.uplink.stats.acked_batches)
         yield c
         c = CounterMetricFamily(
+            "edge_batches_unrouted",
+            "Batches the broker acknowledged with 0x10 (no subscriber) and that were kept",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], a.uplink.stats.unrouted_batches)
+        yield c
+        c = CounterMetricFamily(
             "edge_stage_dropped", "Samples dropped per processor stage", labels=["gateway", "stage"]
         )
         for stage, per in a.pipeline.dropped().items():

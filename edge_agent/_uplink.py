@@ -39,6 +39,7 @@ uplink: a day-long backlog never delays live data by more than a window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -63,6 +64,11 @@ from telemetry import Death, Topics, encode_message
 __all__ = ["ControlMessage", "Uplink", "UplinkStats"]
 
 log: Final = logging.getLogger("edge_agent.uplink")
+
+#: MQTT v5 PUBACK reason code: the broker accepted the message but no subscription matched.
+_NO_MATCHING_SUBSCRIBERS: Final = 0x10
+_UNROUTED_FIRST_S: Final = 0.2
+_UNROUTED_MAX_S: Final = 5.0
 
 
 class ControlMessage:
@@ -97,6 +103,7 @@ class UplinkStats:
         "published_batches",
         "resumed_sessions",
         "state",
+        "unrouted_batches",
     )
 
     def __init__(self) -> None:
@@ -107,6 +114,10 @@ class UplinkStats:
         self.published_batches = 0
         self.acked_batches = 0
         self.acked_readings = 0
+        #: PUBACKs with reason 0x10 "No matching subscribers": the broker took the batch and
+        #: delivered it to nobody (e.g. ingest's shared subscription not back yet after a
+        #: broker restart). Such a batch stays in the spool and is sent again.
+        self.unrouted_batches = 0
 
 
 class _Connection:
@@ -166,6 +177,10 @@ class Uplink:
         self._conn: _Connection | None = None
         self._inflight: dict[int, SpooledBatch] = {}
         self._acked: list[SpooledBatch] = []
+        #: Batches the broker routed to nobody, oldest first, sent again at ``_retry_at``.
+        self._unrouted: list[SpooledBatch] = []
+        self._retry_at = 0.0
+        self._retry_delay = _UNROUTED_FIRST_S
         self._stopping = False
         self._telemetry_topic = topics.telemetry(gateway)
         self._status_topic = topics.status(gateway)
@@ -314,7 +329,7 @@ class Uplink:
         def on_publish(
             _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
         ) -> None:
-            conn.post(self._on_puback, conn, mid, not rc.is_failure)
+            conn.post(self._on_puback, conn, mid, int(rc.value))
 
         def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
             props = getattr(msg, "properties", None)
@@ -362,9 +377,21 @@ class Uplink:
         cursor = 0  # highest id the oldest-first side has handed to paho in this session
         live_turn = True
         window = self.cfg.inflight_window
+        loop = asyncio.get_running_loop()
+        self._unrouted = []  # a new session re-reads the spool from its start
         while not conn.closed.is_set():
             self._apply_acks()
             free = window - len(self._inflight)
+            if self._unrouted and loop.time() >= self._retry_at and free > 0:
+                again, self._unrouted = self._unrouted[:free], self._unrouted[free:]
+                for batch in again:
+                    info = client.publish(self._telemetry_topic, batch.payload, qos=1)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        conn.on_closed(f"publish failed: {info.rc}")
+                        break
+                    self._inflight[info.mid] = batch
+                    self.stats.published_batches += 1
+                free = window - len(self._inflight)
             if free > 0 and not self._stopping:
                 for batch, oldest_side in self._pick(boundary, cursor, free, live_turn):
                     info = client.publish(self._telemetry_topic, batch.payload, qos=1)
@@ -379,7 +406,12 @@ class Uplink:
             self._wake.clear()
             if self._acked or conn.closed.is_set():
                 continue
-            await _first(self._wake, conn.closed)
+            if self._unrouted:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._retry_at - loop.time())):
+                        await _first(self._wake, conn.closed)
+            else:
+                await _first(self._wake, conn.closed)
         log.warning("uplink lost", extra={"broker": self._where(), "reason": conn.failure})
 
     def _pick(
@@ -387,7 +419,7 @@ class Uplink:
     ) -> list[tuple[SpooledBatch, bool]]:
         """Up to ``n`` unsent batches, alternating the newest live batch (sealed after this
         connection began) and the oldest unsent one. Items are (batch, from_oldest_side)."""
-        busy = {b.id for b in self._inflight.values()}
+        busy = {b.id for b in self._inflight.values()} | {b.id for b in self._unrouted}
         oldest = self.spool.oldest(after_id=cursor, exclude=busy, limit=n)
         live = self.spool.newest(above_id=max(boundary, cursor), exclude=busy, limit=n)
         out: list[tuple[SpooledBatch, bool]] = []
@@ -405,16 +437,31 @@ class Uplink:
                     out.append((b, is_oldest))
         return out
 
-    def _on_puback(self, conn: _Connection, mid: int, ok: bool) -> None:
+    def _on_puback(self, conn: _Connection, mid: int, reason: int) -> None:
         if conn is not self._conn:
             return
         batch = self._inflight.pop(mid, None)
         if batch is None:
             return  # a control message (birth, config report, response)
-        if ok:
+        if reason == _NO_MATCHING_SUBSCRIBERS:
+            # Taken and delivered to nobody: not delivered. Keep it and send it again,
+            # backing off while nobody subscribes (0.2 s doubling to 5 s).
+            if not self._unrouted:
+                self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
+                if self._retry_delay == _UNROUTED_FIRST_S:
+                    log.warning(
+                        "broker has no subscriber for telemetry (PUBACK 0x10): batches stay "
+                        "in the spool and are sent again", extra={"seq": batch.seq},
+                    )
+                self._retry_delay = min(self._retry_delay * 2, _UNROUTED_MAX_S)
+            self._unrouted.append(batch)
+            self._unrouted.sort(key=lambda b: b.id)
+            self.stats.unrouted_batches += 1
+        elif reason < 0x80:
             self._acked.append(batch)
+            self._retry_delay = _UNROUTED_FIRST_S
         else:
-            log.warning("broker refused a batch", extra={"seq": batch.seq})
+            log.warning("broker refused a batch", extra={"seq": batch.seq, "reason": reason})
         self._wake.set()
 
     def _apply_acks(self) -> None:

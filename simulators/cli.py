@@ -133,6 +133,14 @@ def run(
     ledger: Annotated[
         Path | None, typer.Option(help="Write the ledger (JSON) here at the end.")
     ] = None,
+    retry_unrouted: Annotated[
+        bool,
+        typer.Option(
+            help="Keep and resend batches the broker acknowledges with 0x10 (no subscriber), "
+            "as gateways do. --no-retry-unrouted: count them as delivered (load tests "
+            "against a broker nobody subscribes to).",
+        ),
+    ] = True,
 ) -> None:
     """Run a scenario's gateways against a broker until Ctrl-C or --duration."""
     sc = _load(scenario, seed=seed)
@@ -159,6 +167,7 @@ def run(
                 speed=speed,
                 topic_root=topic_root,
                 client_prefix=client_prefix,
+                retry_unrouted=retry_unrouted,
             )
         )
     except ScenarioError as exc:

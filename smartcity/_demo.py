@@ -237,6 +237,8 @@ def run_demo(
                     topic_root=TOPIC_ROOT,
                     host=mosquitto.host,
                     port=mosquitto.port,
+                    # Ingest subscribes: a batch routed to nobody is kept, as gateways do.
+                    retry_unrouted=True,
                 )
             )
             _say(

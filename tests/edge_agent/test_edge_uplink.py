@@ -57,3 +57,34 @@ def test_readings_arrive_with_birth_health_and_death(
     last = decode_status(central.on(status)[-1]) if len(central.on(status)) > 1 else None
     assert isinstance(last, Death)
     assert last.reason == "shutdown"
+
+
+@pytest.mark.integration
+def test_a_batch_the_broker_routes_to_nobody_stays_in_the_spool_until_someone_subscribes(
+    mosquitto_factory: Callable[..., Mosquitto],
+    topic_root: str,
+    tmp_path: Path,
+    central_factory: Callable[..., Central],
+) -> None:
+    """PUBACK 0x10 "No matching subscribers" (e.g. ingest's shared subscription not back
+    yet after a broker restart: mosquitto does not restore it) means delivered to nobody.
+    The agent keeps those batches and sends them again once a subscriber is there."""
+    broker = mosquitto_factory()
+    agent = EdgeAgent(make_config(base_config(tmp_path, broker, topic_root)))
+
+    async def main() -> Central:
+        async with running(agent):
+            await await_until(lambda: agent.uplink.connected, 10, "connected")
+            agent.submit(readings(0, 250), None)
+            await await_until(lambda: agent.uplink.stats.unrouted_batches >= 3, 10, "0x10")
+            await asyncio.sleep(1.0)
+            assert agent.uplink.stats.acked_batches == 0
+            assert agent.spool.stats().readings == 250  # all still held
+            central = await asyncio.to_thread(central_factory, broker, topic_root)
+            await await_until(lambda: len(central.readings()) == 250, 20, "250 readings")
+            await await_until(lambda: agent.spool.stats().readings == 0, 10, "spool empty")
+            return central
+
+    central = asyncio.run(main())
+    seqs = sorted({b.seq for b in central.batches})
+    assert seqs == list(range(len(seqs)))
