@@ -7,6 +7,7 @@
     │ agent[gw].tick        ── every tick_s: pipeline.tick → batcher → spool → acks   │
     │ uplink[gw].connection ── paho client per connection, spool replay, control msgs │
     │ agent[gw].health      ── Health on the health topic every interval_s            │
+    │ agent[gw].prune       ── delivered batches past spool.keep_delivered_s, 60 s    │
     └──────────────────────────────────────────────────────────────────────────────────┘
 
 Start order: spool, processor state restored from the spool's checkpoint, uplink, tick,
@@ -24,7 +25,8 @@ the broker/spool/metrics sections, is persisted to ``<state_dir>/remote-config.j
 applied by swapping inputs and processors; processor chains whose rule did not change keep
 their state, the others are flushed (open windows close early). The
 outcome goes to ``config/reported``. Commands (``cmd``, MQTT v5 request/response): ``ping``,
-``reannounce``, ``health``.
+``reannounce``, ``health``, ``resend`` (publish held batches again by seq: the platform's gap
+repair; at most ``MAX_RESEND_SEQS`` seqs per request).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent._config import AgentConfig, parse_config, remote_change_issues
-from edge_agent._errors import CommandError, ConfigError, ConfigIssue, EdgeError
+from edge_agent._errors import CommandError, ConfigError, ConfigIssue, EdgeError, SpoolError
 from edge_agent._inputs import Input, build_input
 from edge_agent._pipeline import (
     KEY_PENDING,
@@ -71,12 +73,15 @@ from telemetry import (
     encode_message,
 )
 
-__all__ = ["AGENT_NAME", "EdgeAgent", "run_agent"]
+__all__ = ["AGENT_NAME", "MAX_RESEND_SEQS", "EdgeAgent", "parse_resend_args", "run_agent"]
 
 log: Final = logging.getLogger("edge_agent")
 AGENT_NAME: Final = "smartcity-edge/0.1"
 _REMOTE_FILE: Final = "remote-config.json"
 _ANSWERED_KEPT: Final = 256
+#: Most seqs one ``resend`` request may name (seqs and ranges together).
+MAX_RESEND_SEQS: Final = 10_000
+_PRUNE_INTERVAL_S: Final = 60.0
 
 
 class _ProcessProbe:
@@ -153,6 +158,7 @@ class EdgeAgent:
             config.spool_path,
             budget_bytes=int(config.spool.budget_bytes),
             synchronous=config.spool.synchronous,
+            keep_delivered_s=config.spool.keep_delivered_s,
         )
         self.batcher = Batcher(self.gateway, cfg.batch, self.spool)
         self.uplink = Uplink(
@@ -213,6 +219,7 @@ class EdgeAgent:
                 up = tg.create_task(self.uplink.run(), name=f"uplink[{gw}].connection")
                 tick = tg.create_task(self._tick_loop(), name=f"agent[{gw}].tick")
                 health = tg.create_task(self._health_loop(), name=f"agent[{gw}].health")
+                prune = tg.create_task(self._prune_loop(), name=f"agent[{gw}].prune")
                 inputs = tg.create_task(self._inputs_loop(), name=f"inputs[{gw}].supervisor")
                 self.ready.set()
                 log.info(
@@ -230,6 +237,7 @@ class EdgeAgent:
                     await inputs
                 tick.cancel()
                 health.cancel()
+                prune.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await tick
                 self._flush(seal=True)
@@ -367,6 +375,13 @@ class EdgeAgent:
             self.uplink.publish_control(
                 self.topics.health(self.gateway), encode_message(self.health()), qos=0
             )
+
+    async def _prune_loop(self) -> None:
+        while True:
+            pruned = self.spool.prune()
+            if pruned:
+                log.debug("delivered batches pruned", extra={"batches": pruned})
+            await asyncio.sleep(_PRUNE_INTERVAL_S)
 
     async def _inputs_loop(self) -> None:
         while True:
@@ -597,7 +612,67 @@ class EdgeAgent:
 
             result: dict[str, Any] = msgspec.to_builtins(self.health())
             return result
-        raise CommandError(f"unknown command {req.cmd!r} (known: ping, reannounce, health)")
+        if req.cmd == "resend":
+            return self.resend(parse_resend_args(req.args))
+        raise CommandError(
+            f"unknown command {req.cmd!r} (known: ping, reannounce, health, resend)"
+        )
+
+    def resend(self, seqs: list[int]) -> dict[str, Any]:
+        """Publish again the held batches with these seqs (the ``resend`` command)."""
+        try:
+            found = self.spool.redeliver(seqs)
+        except SpoolError as exc:
+            raise CommandError(f"cannot read the spool: {exc}") from exc
+        self.uplink.resend(found.requeued)
+        log.info(
+            "resend requested",
+            extra={
+                "requested": len(seqs),
+                "requeued": len(found.requeued),
+                "waiting": found.waiting,
+                "missing": len(found.missing),
+            },
+        )
+        return {
+            "found": found.found,
+            "missing": found.missing,
+            "requeued": len(found.requeued),
+            "waiting": found.waiting,
+        }
+
+
+def parse_resend_args(args: dict[str, Any]) -> list[int]:
+    """The distinct seqs of a ``resend`` request: ``{"seqs": [3, 7], "ranges": [[10, 20]]}``
+    (ranges inclusive, either key optional, at most :data:`MAX_RESEND_SEQS` in all)."""
+    unknown = set(args) - {"seqs", "ranges"}
+    if unknown:
+        raise CommandError(f"resend: unknown argument(s) {sorted(unknown)} (known: seqs, ranges)")
+    seqs_arg = args.get("seqs", [])
+    ranges_arg = args.get("ranges", [])
+    if not isinstance(seqs_arg, list) or not isinstance(ranges_arg, list):
+        raise CommandError("resend: seqs and ranges must be lists")
+    if not seqs_arg and not ranges_arg:
+        raise CommandError("resend: give seqs and/or ranges")
+
+    def seq(v: object, where: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CommandError(f"resend: {where} must be a non-negative integer, not {v!r}")
+        return v
+
+    out: set[int] = {seq(v, f"seqs[{i}]") for i, v in enumerate(seqs_arg)}
+    if len(out) > MAX_RESEND_SEQS:
+        raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
+    for i, r in enumerate(ranges_arg):
+        if not isinstance(r, list) or len(r) != 2:
+            raise CommandError(f"resend: ranges[{i}] must be [from, to]")
+        lo, hi = seq(r[0], f"ranges[{i}][0]"), seq(r[1], f"ranges[{i}][1]")
+        if lo > hi:
+            raise CommandError(f"resend: ranges[{i}] goes backwards ({lo} > {hi})")
+        if hi - lo + 1 + len(out) > MAX_RESEND_SEQS:
+            raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
 
 
 async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> None:

@@ -162,6 +162,10 @@ class SpoolConfig(_Model):
     #: windows; local-MQTT messages wait this long at most for their ack. 0: every tick
     #: (``tick_s``), ten commits a second at the default: more SD-card writes and fsyncs.
     checkpoint_interval_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    #: Acknowledged batches are kept this long (within ``budget_bytes``, dropped before any
+    #: unsent batch when it is full) so the platform can ask for them again with the
+    #: ``resend`` command. 0: deleted on their PUBACK.
+    keep_delivered_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
 
 
 class BatchConfig(_Model):

@@ -27,15 +27,47 @@ class _AgentCollector(Collector):
         a = self.agent
         st = a.spool.stats()
         gw = a.gateway
-        g = GaugeMetricFamily("edge_spool_batches", "Batches in the spool", labels=["gateway"])
+        g = GaugeMetricFamily(
+            "edge_spool_batches", "Batches in the spool waiting to be sent", labels=["gateway"]
+        )
         g.add_metric([gw], st.batches)
         yield g
-        g = GaugeMetricFamily("edge_spool_readings", "Readings in the spool", labels=["gateway"])
+        g = GaugeMetricFamily(
+            "edge_spool_readings", "Readings in the spool waiting to be sent", labels=["gateway"]
+        )
         g.add_metric([gw], st.readings)
         yield g
-        g = GaugeMetricFamily("edge_spool_bytes", "Payload bytes in the spool", labels=["gateway"])
+        g = GaugeMetricFamily(
+            "edge_spool_bytes", "Payload bytes in the spool waiting to be sent",
+            labels=["gateway"],
+        )
         g.add_metric([gw], st.bytes)
         yield g
+        g = GaugeMetricFamily(
+            "edge_spool_delivered_batches",
+            "Acknowledged batches kept for resend requests (spool.keep_delivered_s)",
+            labels=["gateway"],
+        )
+        g.add_metric([gw], st.delivered_batches)
+        yield g
+        g = GaugeMetricFamily(
+            "edge_spool_delivered_bytes", "Payload bytes of the kept acknowledged batches",
+            labels=["gateway"],
+        )
+        g.add_metric([gw], st.delivered_bytes)
+        yield g
+        c = CounterMetricFamily(
+            "edge_spool_delivered_evicted",
+            "Kept acknowledged batches deleted early to make room (budget)", labels=["gateway"],
+        )
+        c.add_metric([gw], st.delivered_evicted)
+        yield c
+        c = CounterMetricFamily(
+            "edge_batches_resent", "Batches published again on a resend command",
+            labels=["gateway"],
+        )
+        c.add_metric([gw], a.uplink.stats.resent_batches)
+        yield c
         g = GaugeMetricFamily(
             "edge_spool_oldest_age_seconds", "Age of the oldest spooled batch", labels=["gateway"]
         )

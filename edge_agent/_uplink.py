@@ -7,7 +7,7 @@
     │ Uplink.run               │ ─────────────▶ │ socket, keepalive, PUBACK │
     │   connect / backoff      │ ◀───────────── │ callbacks                 │
     │   sender: spool → window │ call_soon_     └───────────────────────────┘
-    │   acks: DELETE from spool│ threadsafe
+    │   acks: mark delivered   │ threadsafe
     └──────────────────────────┘
 
 Hand-off: paho callbacks never touch agent state; they post to the loop with
@@ -34,6 +34,11 @@ batches unacknowledged and fills free slots alternately with the *newest* unsent
 and the *oldest* unsent backlog batch (all slots go to one side when the other is empty). So
 the backlog is replayed oldest-first in order while fresh data gets at least half of the
 uplink: a day-long backlog never delays live data by more than a window.
+
+**Resend.** :meth:`Uplink.resend` takes delivered batches the spool made waiting again (the
+``resend`` command): they are published first, before new picks, within the same window, and
+their PUBACK is handled like any other (0x10 keeps them, success marks them delivered again).
+A reconnect forgets the list: the new session re-reads the waiting batches from the spool.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class UplinkStats:
         "acked_readings",
         "connects",
         "published_batches",
+        "resent_batches",
         "resumed_sessions",
         "state",
         "unrouted_batches",
@@ -114,6 +120,8 @@ class UplinkStats:
         self.published_batches = 0
         self.acked_batches = 0
         self.acked_readings = 0
+        #: Delivered batches published again on a ``resend`` request.
+        self.resent_batches = 0
         #: PUBACKs with reason 0x10 "No matching subscribers": the broker took the batch and
         #: delivered it to nobody (e.g. ingest's shared subscription not back yet after a
         #: broker restart). Such a batch stays in the spool and is sent again.
@@ -181,6 +189,8 @@ class Uplink:
         self._unrouted: list[SpooledBatch] = []
         self._retry_at = 0.0
         self._retry_delay = _UNROUTED_FIRST_S
+        #: Delivered batches asked for again, oldest first, published before new picks.
+        self._resend: list[SpooledBatch] = []
         self._stopping = False
         self._telemetry_topic = topics.telemetry(gateway)
         self._status_topic = topics.status(gateway)
@@ -206,6 +216,18 @@ class Uplink:
 
     def notify(self) -> None:
         """New batches are in the spool."""
+        self._wake.set()
+
+    def resend(self, batches: list[SpooledBatch]) -> None:
+        """Publish again batches the spool has made waiting again (:meth:`Spool.redeliver`).
+
+        Not connected: nothing to do here, the next session replays them from the spool.
+        """
+        if not batches or not self.connected:
+            return
+        known = {b.id for b in self._resend}
+        self._resend.extend(b for b in batches if b.id not in known)
+        self._resend.sort(key=lambda b: b.id)
         self._wake.set()
 
     def publish_control(
@@ -379,9 +401,23 @@ class Uplink:
         window = self.cfg.inflight_window
         loop = asyncio.get_running_loop()
         self._unrouted = []  # a new session re-reads the spool from its start
+        self._resend = []
         while not conn.closed.is_set():
             self._apply_acks()
             free = window - len(self._inflight)
+            if self._resend and free > 0:
+                busy = {b.id for b in self._inflight.values()} | {b.id for b in self._unrouted}
+                again = [b for b in self._resend[:free] if b.id not in busy]
+                self._resend = self._resend[free:]
+                for batch in again:
+                    info = client.publish(self._telemetry_topic, batch.payload, qos=1)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        conn.on_closed(f"publish failed: {info.rc}")
+                        break
+                    self._inflight[info.mid] = batch
+                    self.stats.published_batches += 1
+                    self.stats.resent_batches += 1
+                free = window - len(self._inflight)
             if self._unrouted and loop.time() >= self._retry_at and free > 0:
                 again, self._unrouted = self._unrouted[:free], self._unrouted[free:]
                 for batch in again:
@@ -419,7 +455,11 @@ class Uplink:
     ) -> list[tuple[SpooledBatch, bool]]:
         """Up to ``n`` unsent batches, alternating the newest live batch (sealed after this
         connection began) and the oldest unsent one. Items are (batch, from_oldest_side)."""
-        busy = {b.id for b in self._inflight.values()} | {b.id for b in self._unrouted}
+        busy = (
+            {b.id for b in self._inflight.values()}
+            | {b.id for b in self._unrouted}
+            | {b.id for b in self._resend}
+        )
         oldest = self.spool.oldest(after_id=cursor, exclude=busy, limit=n)
         live = self.spool.newest(above_id=max(boundary, cursor), exclude=busy, limit=n)
         out: list[tuple[SpooledBatch, bool]] = []
@@ -468,7 +508,7 @@ class Uplink:
         acked, self._acked = self._acked, []
         if not acked:
             return
-        self.spool.delete([b.id for b in acked])
+        self.spool.delivered([b.id for b in acked])
         self.stats.acked_batches += len(acked)
         self.stats.acked_readings += sum(b.readings for b in acked)
 
