@@ -12,8 +12,11 @@ The API subscribes without a persistent session (clean start): live state is a c
 restarted API warms it from InfluxDB and the retained status messages instead. Telemetry is
 taken at QoS 0 (a dropped reading is replaced by the next one), status/config at QoS 1.
 paho reconnects by itself with a capped backoff; on every connect the subscriptions are made
-again. Credentials and TLS (``mqtt_tls_*``, client certificate) are set up by
-:func:`smartcity.broker.configure_client`, as for every other client of the platform.
+again. Answers to the API's own commands (gap repair's ``resend``) come on
+``{root}/v1/+/cmd/response/{client id}``, subscribed when a response handler is set, and go
+to that handler with their correlation data. Credentials and TLS (``mqtt_tls_*``, client
+certificate) are set up by :func:`smartcity.broker.configure_client`, as for every other
+client of the platform.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from api._errors import ConfigError, UpstreamUnavailable
@@ -41,6 +46,8 @@ __all__ = ["BrokerLink"]
 log = logging.getLogger("api.broker")
 
 Handler = Callable[[str, bytes], None]
+#: (topic, correlation data or None, payload) of an answer to one of the API's commands.
+ResponseHandler = Callable[[str, bytes | None, bytes], None]
 
 
 class BrokerLink:
@@ -55,6 +62,13 @@ class BrokerLink:
         self._max = settings.mqtt_inbox
         self._lock = threading.Lock()
         self._scheduled = False
+        self._responses: ResponseHandler | None = None
+        #: Where gateways answer this API's commands.
+        self.client_id = settings.mqtt_client_id
+        # mqtt_client_id is validated with the gateway id pattern: a valid topic level.
+        self._response_filter = (
+            f"{self.topics.all_gateways(TopicKind.COMMAND_RESPONSE)}/{settings.mqtt_client_id}"
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self.connected = False
@@ -76,6 +90,13 @@ class BrokerLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    def on_response(self, handler: ResponseHandler) -> None:
+        """Receive answers to this API's commands (set before entering)."""
+        self._responses = handler
+
+    def response_topic(self, gateway: str) -> str:
+        return self.topics.command_response(gateway, self.client_id)
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
@@ -116,14 +137,15 @@ class BrokerLink:
             log.warning("broker refused the connection", extra={"reason": str(reason)})
             return
         t = self.topics
-        client.subscribe(
-            [
-                (t.all_gateways(TopicKind.STATUS), 1),
-                (t.all_gateways(TopicKind.CONFIG_REPORTED), 1),
-                (t.all_gateways(TopicKind.TELEMETRY), 0),
-                (t.all_gateways(TopicKind.HEALTH), 0),
-            ]
-        )
+        subscriptions = [
+            (t.all_gateways(TopicKind.STATUS), 1),
+            (t.all_gateways(TopicKind.CONFIG_REPORTED), 1),
+            (t.all_gateways(TopicKind.TELEMETRY), 0),
+            (t.all_gateways(TopicKind.HEALTH), 0),
+        ]
+        if self._responses is not None:
+            subscriptions.append((self._response_filter, 1))
+        client.subscribe(subscriptions)
         self.connected = True
         self._metrics.mqtt_connected.set(1)
         log.info("subscribed to the broker", extra={"root": t.root, "tls": self.tls})
@@ -139,6 +161,15 @@ class BrokerLink:
         log.warning("broker connection lost", extra={"reason": str(reason)})
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._responses is not None and mqtt.topic_matches_sub(
+            self._response_filter, msg.topic
+        ):
+            corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(
+                    self._responses, msg.topic, corr, bytes(msg.payload)
+                )
+            return
         if len(self._inbox) >= self._max:
             self._metrics.mqtt_dropped.inc()
             return
@@ -160,12 +191,21 @@ class BrokerLink:
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-        wait_s: float = 10.0,
+        wait_s: float = 10.0, response_topic: str | None = None,
+        correlation: bytes | None = None,
     ) -> None:
-        """Publish and wait up to ``wait_s`` for the broker's acknowledgement."""
+        """Publish and wait up to ``wait_s`` for the broker's acknowledgement (MQTT v5
+        request/response: ``response_topic`` and ``correlation`` data, optional)."""
         if not self.connected:
             raise UpstreamUnavailable("not connected to the broker")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if response_topic is not None or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         try:
             await asyncio.to_thread(info.wait_for_publish, wait_s)
         except (RuntimeError, ValueError) as exc:

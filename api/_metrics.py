@@ -70,3 +70,21 @@ class ApiMetrics:
             "Alert history writes that failed (retried; dropped past the buffer)", ["outcome"],
             registry=r,
         )
+        self.gap_repair_rounds = Counter(
+            "smartcity_api_gap_repair_rounds", "Gap repair rounds run", registry=r
+        )
+        self.gap_repair_missing = Gauge(
+            "smartcity_api_gap_repair_missing_batches",
+            "Batches missing from ingest bookkeeping at the last gap repair round (online "
+            "gateways, completeness window)", registry=r,
+        )
+        self.gap_repair_seqs = Counter(
+            "smartcity_api_gap_repair_seqs",
+            "Batch seqs asked for again (requested) and the gateways' answers (found: held and "
+            "sent again or on their way; missing: not held any more)", ["outcome"], registry=r,
+        )
+        self.gap_repair_requests = Counter(
+            "smartcity_api_gap_repair_requests",
+            "resend commands: sent, answered, refused (error answer), unanswered, failed "
+            "(not published)", ["outcome"], registry=r,
+        )

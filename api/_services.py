@@ -8,6 +8,7 @@
     │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
+          ├── .gap-repair      missing batches -> ``resend`` to their gateway (api._repair)
           └── .alerts          staleness tick every second, rules reload every 30 s
 
 Start order: database, InfluxDB client, warm-up from InfluxDB, then the broker (so a fresh
@@ -36,6 +37,7 @@ from api._influx import InfluxClient
 from api._influxql import quote_ident
 from api._live import Inventory, Latest, LiveState, completeness_of, iso
 from api._metrics import ApiMetrics
+from api._repair import GapRepair
 from api._settings import ApiSettings
 from ingest import BOOKKEEPING_MEASUREMENT, completeness_query
 from telemetry import (
@@ -101,6 +103,15 @@ class Services:
         )
         self.influx = InfluxClient.from_settings(settings)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
+        self.repair: GapRepair | None = None
+        if settings.gap_repair:
+            self.repair = GapRepair(
+                settings,
+                influx=self.influx,
+                broker=self.broker,
+                inventory=self.inventory,
+                metrics=self.metrics,
+            )
         self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
         self.name = f"api[{settings.mqtt_client_id}]"
         self._stack = AsyncExitStack()
@@ -124,6 +135,10 @@ class Services:
                 group.create_task(self._alerts_loop(), name=f"{self.name}.alerts"),
                 group.create_task(self._history.run(), name=f"{self.name}.alert-history"),
             ]
+            if self.repair is not None:
+                self._tasks.append(
+                    group.create_task(self.repair.run(), name=f"{self.name}.gap-repair")
+                )
             self._stack = stack.pop_all()
         log.info(
             "api services started",

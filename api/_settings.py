@@ -118,6 +118,14 @@ class ApiSettings(BaseSettings):
     #: half-way (their seqs would show as missing). Later batches count from a later round.
     completeness_settle_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     completeness_refresh_s: _Positive = 30.0
+    #: Gap repair: this often, ask every online gateway whose batches are missing from the
+    #: completeness window (ingest bookkeeping) to publish them again (``resend`` command).
+    gap_repair: bool = True
+    gap_repair_interval_s: _Positive = 60.0
+    #: Most seqs asked of one gateway per round (the newest missing ones first).
+    gap_repair_max_seqs: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    #: A seq already asked for is not asked again for this many rounds.
+    gap_repair_reask_rounds: Annotated[int, Field(ge=1, le=1000)] = 5
 
     # Behaviour -----------------------------------------------------------------------------
     #: Most points one history answer may hold; beyond it the request is refused with 400.
