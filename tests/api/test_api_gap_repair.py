@@ -11,6 +11,7 @@ still holds them (``spool.keep_delivered_s``), and InfluxDB ends up holding ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -121,6 +122,18 @@ def test_batches_acked_without_ingest_are_refilled(
             assert influxd.count(database, "GapTest", "v") == 0
             # Phase 2: ingest starts and gets only what comes next.
             await asyncio.to_thread(ingest.start)
+            seen_missing = 0.0
+
+            async def watch_gap() -> None:  # what the repair rounds see missing
+                nonlocal seen_missing
+                while True:
+                    value = services.metrics.registry.get_sample_value(
+                        "smartcity_api_gap_repair_missing_batches"
+                    )
+                    seen_missing = max(seen_missing, value or 0.0)
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch_gap(), name="test.watch-gap")
             for b in range(lost_batches, lost_batches + later_batches):
                 feed(agent, t0, b * PER_BATCH, PER_BATCH)
                 await asyncio.sleep(0.3)
@@ -128,6 +141,11 @@ def test_batches_acked_without_ingest_are_refilled(
                 lambda: influxd.count(database, "GapTest", "v") == total, 30,
                 "every reading in InfluxDB",
             )
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            # the bookkeeping showed the hole: seqs 0..lost-1, before the first stored one
+            assert seen_missing >= lost
             await await_until(lambda: metric("smartcity_api_gap_repair_seqs_total", "found")
                               >= lost, 10, "the resend answer")
             assert agent.uplink.stats.resent_batches >= lost
