@@ -181,6 +181,7 @@ class ModbusPoller:
         self._meter_ok = True
         self._buffer = ReadingBuffer(self.name, config.max_pending_readings)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._bus: ModbusBus | None = None
         self._handle = -1
         self._used = False
@@ -222,10 +223,16 @@ class ModbusPoller:
         tb: types.TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
-            task.cancel()
+            # On Python 3.11 a cancel that arrives as a request's asyncio.timeout expires is
+            # turned into TimeoutError and lost (fixed in 3.12); the schedule then carries on.
+            # So cancel until the task is done, and the schedule also stops on _stopping.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                task.result()
         bus, self._bus = self._bus, None
         if bus is not None:
             await release_bus(bus, self._handle)
@@ -332,7 +339,7 @@ class ModbusPoller:
         loop = asyncio.get_running_loop()
         due = [loop.time()] * len(groups)
         failures = 0
-        while True:
+        while not self._stopping:
             await bus.wait_up()
             i = min(range(len(groups)), key=due.__getitem__)
             delay = due[i] - loop.time()
