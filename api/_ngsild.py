@@ -232,14 +232,21 @@ def parse_entity_id(text: str) -> list[EntityRef]:
     if not NAME_RE.fullmatch(type_) or not rest:
         return []
     segments = rest.split(":")
-    ids = [s for s in segments if "=" not in s]
-    tag_segments = segments[len(ids):]
-    if len(ids) < 2 or any("=" not in s for s in tag_segments) or segments[: len(ids)] != ids:
+    first_tag = next((i for i, s in enumerate(segments) if "=" in s), len(segments))
+    ids = segments[:first_tag]
+    if len(ids) < 2:
         return []
+    # ``=`` is always escaped inside keys and values, so a segment without one continues the
+    # previous tag's value (a ``:`` in it arrived decoded).
+    raw: list[list[str]] = []
+    for segment in segments[first_tag:]:
+        if "=" in segment:
+            raw.append(list(segment.partition("=")[::2]))
+        else:
+            raw[-1][1] += ":" + segment
     tags: list[tuple[str, str]] = []
-    for segment in tag_segments:
-        key, _, value = segment.partition("=")
-        key, value = unquote(key), unquote(value)
+    for raw_key, raw_value in raw:
+        key, value = unquote(raw_key), unquote(raw_value)
         if not NAME_RE.fullmatch(key) or not value:
             return []
         tags.append((key, value))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import statistics
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +166,27 @@ def agent_command(how: str) -> list[str]:
     return [sys.executable, "-m", "edge_agent"]
 
 
+@contextlib.contextmanager
+def telemetry_sink(broker: Mosquitto, root: str) -> Iterator[None]:
+    """A QoS 0 subscriber to every gateway's telemetry. Without one the broker acknowledges
+    batches with 0x10 (no subscriber) and the agent keeps and resends them, as it should."""
+    sink = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sink-{root}")
+    subscribed = threading.Event()
+    sink.on_subscribe = lambda *_a: subscribed.set()
+    sink.connect("127.0.0.1", broker.port)
+    sink.subscribe(f"{root}/v1/+/telemetry", qos=0)
+    sink.loop_start()
+    try:
+        if not subscribed.wait(10):
+            raise RuntimeError("telemetry sink did not subscribe")
+        yield
+    finally:
+        sink.disconnect()
+        sink.loop_stop()
+
+
 def measure_rss(seconds: float, workdir: Path, how: str = "smartcity") -> float:
-    with Mosquitto(data_dir=workdir / "mq-rss") as broker:
+    with Mosquitto(data_dir=workdir / "mq-rss") as broker, telemetry_sink(broker, "benchrss"):
         root = "benchrss"
         cfg = {
             "gateway": {"id": "bench-rss", "state_dir": str(workdir / "rss-state")},
@@ -221,7 +242,7 @@ def measure_rss(seconds: float, workdir: Path, how: str = "smartcity") -> float:
 
 
 def measure_replay(workdir: Path, n_readings: int = 100_000, per_batch: int = 500) -> float:
-    with Mosquitto(data_dir=workdir / "mq-replay") as broker:
+    with Mosquitto(data_dir=workdir / "mq-replay") as broker, telemetry_sink(broker, "benchreplay"):
         state = workdir / "replay-state"
         cfg = parse_config(
             {
