@@ -410,32 +410,20 @@ class Uplink:
                 again = [b for b in self._resend[:free] if b.id not in busy]
                 self._resend = self._resend[free:]
                 for batch in again:
-                    info = client.publish(self._telemetry_topic, batch.payload, qos=1)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        conn.on_closed(f"publish failed: {info.rc}")
+                    if not self._send(client, conn, batch):
                         break
-                    self._inflight[info.mid] = batch
-                    self.stats.published_batches += 1
                     self.stats.resent_batches += 1
                 free = window - len(self._inflight)
             if self._unrouted and loop.time() >= self._retry_at and free > 0:
                 again, self._unrouted = self._unrouted[:free], self._unrouted[free:]
                 for batch in again:
-                    info = client.publish(self._telemetry_topic, batch.payload, qos=1)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        conn.on_closed(f"publish failed: {info.rc}")
+                    if not self._send(client, conn, batch):
                         break
-                    self._inflight[info.mid] = batch
-                    self.stats.published_batches += 1
                 free = window - len(self._inflight)
             if free > 0 and not self._stopping:
                 for batch, oldest_side in self._pick(boundary, cursor, free, live_turn):
-                    info = client.publish(self._telemetry_topic, batch.payload, qos=1)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        conn.on_closed(f"publish failed: {info.rc}")
+                    if not self._send(client, conn, batch):
                         break
-                    self._inflight[info.mid] = batch
-                    self.stats.published_batches += 1
                     if oldest_side:
                         cursor = max(cursor, batch.id)
                     live_turn = oldest_side
@@ -449,6 +437,17 @@ class Uplink:
             else:
                 await _first(self._wake, conn.closed)
         log.warning("uplink lost", extra={"broker": self._where(), "reason": conn.failure})
+
+    def _send(self, client: mqtt.Client, conn: _Connection, batch: SpooledBatch) -> bool:
+        """Hand ``batch`` to paho (QoS 1) and track it until its PUBACK; False if paho refused
+        (the connection is then treated as lost)."""
+        info = client.publish(self._telemetry_topic, batch.payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            conn.on_closed(f"publish failed: {info.rc}")
+            return False
+        self._inflight[info.mid] = batch
+        self.stats.published_batches += 1
+        return True
 
     def _pick(
         self, boundary: int, cursor: int, n: int, live_first: bool

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from smartcity._localstack import Influxd, Mosquitto, ServiceError
+from tests.tls_helpers import Pki, make_pki
 
 
 def _start(service: Mosquitto | Influxd) -> None:
@@ -39,6 +40,22 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="session")
 def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
     server = Influxd(data_dir=tmp_path_factory.mktemp("influxd"))
+    _start(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with server, client and rogue certificates (tests/tls_helpers.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def influxd_https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Influxd]:
+    """A private influxd serving HTTPS with ``pki``'s server certificate (per module: some
+    tests swap its certificate)."""
+    server = Influxd(data_dir=tmp_path_factory.mktemp("influxd-https"), tls=pki.influxd_tls())
     _start(server)
     yield server
     server.stop()

@@ -27,28 +27,12 @@ from api._errors import ConfigError, UpstreamUnavailable
 from api._influx import InfluxClient
 from api._settings import load_settings
 from api.cli import app as api_cli
-from smartcity._localstack import Influxd, Mosquitto, ServiceError
-from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
+from smartcity._localstack import Influxd, Mosquitto
+from tests.tls_helpers import MutualTlsProxy, Pki
 
 pytestmark = pytest.mark.integration
 
 _MIN = 60 * 10**9
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def influxd_https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Influxd]:
-    server = Influxd(data_dir=tmp_path_factory.mktemp("influxd-https"), tls=pki.influxd_tls())
-    try:
-        server.start()
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

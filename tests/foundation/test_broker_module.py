@@ -26,12 +26,7 @@ from smartcity.broker import (
     configure_client,
     is_loopback,
 )
-from tests.tls_helpers import Pki, make_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.tls_helpers import Pki
 
 
 def _check(**kwargs: Any) -> None:

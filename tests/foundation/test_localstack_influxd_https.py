@@ -5,32 +5,15 @@ from __future__ import annotations
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from smartcity import ServiceError, influxql
 from smartcity._localstack import Influxd, InfluxdTls
-from tests.tls_helpers import Pki, make_pki
+from tests.tls_helpers import Pki
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def influxd_https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Influxd]:
-    server = Influxd(data_dir=tmp_path_factory.mktemp("influxd-https"), tls=pki.influxd_tls())
-    try:
-        server.start()
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
 
 
 def test_influxd_serves_https_with_the_configured_certificate(

@@ -30,26 +30,12 @@ from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def _start(server: Influxd) -> Influxd:
     try:
         server.start()
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     return server
-
-
-@pytest.fixture(scope="module")
-def influxd_https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Influxd]:
-    server = _start(
-        Influxd(data_dir=tmp_path_factory.mktemp("influxd-https"), tls=pki.influxd_tls())
-    )
-    yield server
-    server.stop()
 
 
 @pytest.fixture

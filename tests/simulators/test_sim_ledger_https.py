@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,25 +19,9 @@ import sim_helpers as h
 
 from simulators import FleetConfig, GatewayFleet, InfluxHttp, LedgerError, compare_with_influx
 from smartcity._localstack import Influxd, Mosquitto, ServiceError
-from tests.tls_helpers import MutualTlsProxy, Pki, make_pki
+from tests.tls_helpers import MutualTlsProxy, Pki
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def influxd_https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Influxd]:
-    server = Influxd(data_dir=tmp_path_factory.mktemp("influxd-https"), tls=pki.influxd_tls())
-    try:
-        server.start()
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
 
 
 def test_ledger_check_over_https_finds_every_reading(
