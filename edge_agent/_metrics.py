@@ -26,119 +26,73 @@ class _AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         a = self.agent
         st = a.spool.stats()
+        up = a.uplink.stats
+        ck = a.checkpoints
         gw = a.gateway
-        g = GaugeMetricFamily(
-            "edge_spool_batches", "Batches in the spool waiting to be sent", labels=["gateway"]
-        )
-        g.add_metric([gw], st.batches)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_spool_readings", "Readings in the spool waiting to be sent", labels=["gateway"]
-        )
-        g.add_metric([gw], st.readings)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_spool_bytes", "Payload bytes in the spool waiting to be sent",
-            labels=["gateway"],
-        )
-        g.add_metric([gw], st.bytes)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_spool_delivered_batches",
-            "Acknowledged batches kept for resend requests (spool.keep_delivered_s)",
-            labels=["gateway"],
-        )
-        g.add_metric([gw], st.delivered_batches)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_spool_delivered_bytes", "Payload bytes of the kept acknowledged batches",
-            labels=["gateway"],
-        )
-        g.add_metric([gw], st.delivered_bytes)
-        yield g
-        c = CounterMetricFamily(
-            "edge_spool_delivered_evicted",
-            "Kept acknowledged batches deleted early to make room (budget)", labels=["gateway"],
-        )
-        c.add_metric([gw], st.delivered_evicted)
-        yield c
-        c = CounterMetricFamily(
-            "edge_batches_resent", "Batches published again on a resend command",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], a.uplink.stats.resent_batches)
-        yield c
-        g = GaugeMetricFamily(
-            "edge_spool_oldest_age_seconds", "Age of the oldest spooled batch", labels=["gateway"]
-        )
-        g.add_metric([gw], st.oldest_age_s or 0.0)
-        yield g
-        c = CounterMetricFamily(
-            "edge_spool_dropped_readings", "Readings dropped by the spool budget",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], st.dropped_readings)
-        yield c
-        c = CounterMetricFamily(
-            "edge_readings_submitted", "Readings from inputs", labels=["gateway"]
-        )
-        c.add_metric([gw], a.submitted)
-        yield c
-        c = CounterMetricFamily("edge_batches_acked", "Batches acknowledged", labels=["gateway"])
-        c.add_metric([gw], a.uplink.stats.acked_batches)
-        yield c
-        c = CounterMetricFamily(
-            "edge_batches_unrouted",
-            "Batches the broker acknowledged with 0x10 (no subscriber) and that were kept",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], a.uplink.stats.unrouted_batches)
-        yield c
+        # (gauge or counter, name, help, value), one sample per gateway.
+        simple: list[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, float]] = [
+            (_G, "edge_spool_batches", "Batches in the spool waiting to be sent", st.batches),
+            (_G, "edge_spool_readings", "Readings in the spool waiting to be sent",
+             st.readings),
+            (_G, "edge_spool_bytes", "Payload bytes in the spool waiting to be sent", st.bytes),
+            (_G, "edge_spool_delivered_batches",
+             "Acknowledged batches kept for resend requests (spool.keep_delivered_s)",
+             st.delivered_batches),
+            (_G, "edge_spool_delivered_bytes", "Payload bytes of the kept acknowledged batches",
+             st.delivered_bytes),
+            (_C, "edge_spool_delivered_evicted",
+             "Kept acknowledged batches deleted early to make room (budget)",
+             st.delivered_evicted),
+            (_C, "edge_batches_resent", "Batches published again on a resend command",
+             up.resent_batches),
+            (_G, "edge_spool_oldest_age_seconds", "Age of the oldest spooled batch",
+             st.oldest_age_s or 0.0),
+            (_C, "edge_spool_dropped_readings", "Readings dropped by the spool budget",
+             st.dropped_readings),
+            (_C, "edge_readings_submitted", "Readings from inputs", a.submitted),
+            (_C, "edge_batches_acked", "Batches acknowledged", up.acked_batches),
+            (_C, "edge_batches_unrouted",
+             "Batches the broker acknowledged with 0x10 (no subscriber) and that were kept",
+             up.unrouted_batches),
+        ]
+        for family, name, doc, value in simple:
+            yield _one(family, name, doc, gw, value)
         c = CounterMetricFamily(
             "edge_stage_dropped", "Samples dropped per processor stage", labels=["gateway", "stage"]
         )
         for stage, per in a.pipeline.dropped().items():
             c.add_metric([gw, stage], sum(per.values()))
         yield c
-        ck = a.checkpoints
-        c = CounterMetricFamily(
-            "edge_checkpoints_written",
-            "Processor checkpoints committed to the spool",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], ck.written)
-        yield c
-        c = CounterMetricFamily(
-            "edge_checkpoint_ignored",
-            "Saved checkpoints ignored at start (corrupt or incompatible)",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], ck.ignored)
-        yield c
-        c = CounterMetricFamily(
-            "edge_checkpoint_windows_closed_early",
-            "Open aggregation windows closed early because the processor config changed",
-            labels=["gateway"],
-        )
-        c.add_metric([gw], ck.closed_windows)
-        yield c
-        g = GaugeMetricFamily(
-            "edge_checkpoint_bytes", "Size of the last processor checkpoint", labels=["gateway"]
-        )
-        g.add_metric([gw], ck.last_bytes)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_checkpoint_seconds",
-            "Time to encode and commit the last checkpoint (with its batches)",
-            labels=["gateway"],
-        )
-        g.add_metric([gw], ck.last_ms / 1000)
-        yield g
-        g = GaugeMetricFamily(
-            "edge_uplink_up", "1 when connected to the broker", labels=["gateway"]
-        )
-        g.add_metric([gw], 1.0 if a.uplink.connected else 0.0)
-        yield g
+        for family, name, doc, value in [
+            (_C, "edge_checkpoints_written", "Processor checkpoints committed to the spool",
+             ck.written),
+            (_C, "edge_checkpoint_ignored",
+             "Saved checkpoints ignored at start (corrupt or incompatible)", ck.ignored),
+            (_C, "edge_checkpoint_windows_closed_early",
+             "Open aggregation windows closed early because the processor config changed",
+             ck.closed_windows),
+            (_G, "edge_checkpoint_bytes", "Size of the last processor checkpoint",
+             ck.last_bytes),
+            (_G, "edge_checkpoint_seconds",
+             "Time to encode and commit the last checkpoint (with its batches)",
+             ck.last_ms / 1000),
+            (_G, "edge_uplink_up", "1 when connected to the broker",
+             1.0 if a.uplink.connected else 0.0),
+        ]:
+            yield _one(family, name, doc, gw, value)
+
+
+_G = GaugeMetricFamily
+_C = CounterMetricFamily
+
+
+def _one(
+    family: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str, gateway: str,
+    value: float,
+) -> Metric:
+    metric = family(name, doc, labels=["gateway"])
+    metric.add_metric([gateway], value)
+    return metric
 
 
 class MetricsServer:
