@@ -362,15 +362,21 @@ async def retrieve_entity(
     return _respond(request, body, media)
 
 
+def _present(services: Services, latest: Latest) -> dict[str, str]:
+    """The attributes one entity shows: name -> attribute type."""
+    present = dict.fromkeys(ld.attribute_values(latest), "Property")
+    if ld.has_location(latest, _location(services, latest)):
+        present["location"] = "GeoProperty"
+    return present
+
+
 def _catalogue(services: Services) -> dict[str, dict[str, set[str]]]:
     """type -> attribute -> attribute types, over the live state."""
     out: dict[str, dict[str, set[str]]] = {}
     for latest in _all_series(services, None):
         attributes = out.setdefault(latest.measurement, {})
-        for name in ld.attribute_values(latest):
-            attributes.setdefault(name, set()).add("Property")
-        if ld.has_location(latest, _location(services, latest)):
-            attributes.setdefault("location", set()).add("GeoProperty")
+        for name, kind in _present(services, latest).items():
+            attributes.setdefault(name, set()).add(kind)
     return out
 
 
@@ -428,10 +434,7 @@ def _attribute_index(services: Services) -> dict[str, tuple[set[str], set[str], 
     """attribute -> (attribute types, entity types, entity count)."""
     index: dict[str, tuple[set[str], set[str], int]] = {}
     for latest in _all_series(services, None):
-        present = dict.fromkeys(ld.attribute_values(latest), "Property")
-        if ld.has_location(latest, _location(services, latest)):
-            present["location"] = "GeoProperty"
-        for name, kind in present.items():
+        for name, kind in _present(services, latest).items():
             kinds, types, n = index.get(name, (set(), set(), 0))
             kinds.add(kind)
             types.add(latest.measurement)
