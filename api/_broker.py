@@ -15,7 +15,7 @@ paho reconnects by itself with a capped backoff; on every connect the subscripti
 again. Answers to the API's own commands (gap repair's ``resend``) come on
 ``{root}/v1/+/cmd/response/{client id}``, subscribed when a response handler is set, and go
 to that handler with their correlation data. Credentials and TLS (``mqtt_tls_*``, client
-certificate) are set up by :func:`smartcity.broker.configure_client`, as for every other
+certificate) are set up by :func:`foundation._broker.configure_client`, as for every other
 client of the platform.
 """
 
@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from api._errors import ConfigError, UpstreamUnavailable
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings
-from smartcity.broker import BrokerSetupError, configure_client
+from foundation import BrokerSetupError, configure_client
 from telemetry import TopicKind, Topics
 
 __all__ = ["BrokerLink"]

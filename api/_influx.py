@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from api._errors import ConfigError, UpstreamUnavailable
-from smartcity.broker import BrokerSetupError, BrokerTls
+from foundation import BrokerSetupError, BrokerTls
 
 if TYPE_CHECKING:
     from api._settings import ApiSettings

@@ -38,12 +38,13 @@ from api._influx import InfluxClient
 from api._live import Inventory
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings
-from ingest import BOOKKEEPING_MEASUREMENT, completeness_query
 from telemetry import (
+    BOOKKEEPING_MEASUREMENT,
     ID_RE,
     CommandRequest,
     CommandResponse,
     PayloadError,
+    completeness_query,
     decode_message,
     encode_message,
 )

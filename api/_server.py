@@ -72,7 +72,7 @@ class ApiServer:
 
     def __init__(self, settings: ApiSettings, *, db: Database | None = None) -> None:
         if settings.port == 0:
-            from smartcity._localstack import free_port
+            from foundation import free_port
 
             settings = settings.model_copy(update={"port": free_port(settings.host)})
         self.settings = settings

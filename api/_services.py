@@ -39,8 +39,8 @@ from api._live import Inventory, Latest, LiveState, completeness_of, iso
 from api._metrics import ApiMetrics
 from api._repair import GapRepair
 from api._settings import ApiSettings
-from ingest import BOOKKEEPING_MEASUREMENT, completeness_query
 from telemetry import (
+    BOOKKEEPING_MEASUREMENT,
     ID_RE,
     MEASUREMENTS,
     NAME_RE,
@@ -49,6 +49,7 @@ from telemetry import (
     PayloadError,
     TopicError,
     TopicKind,
+    completeness_query,
     decode_batch_partial,
     decode_message,
     decode_status,

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api._errors import ConfigError
-from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security, is_loopback
+from foundation import BrokerAccess, BrokerTls, check_broker_security, is_loopback
 
 __all__ = ["ApiSettings", "load_settings"]
 
@@ -208,7 +208,7 @@ class ApiSettings(BaseSettings):
 
     @property
     def mqtt_access(self) -> BrokerAccess:
-        """The broker credentials and TLS as the shared model (:mod:`smartcity.broker`)."""
+        """The broker credentials and TLS as the shared model (:mod:`foundation._broker`)."""
         files = {
             "ca_file": self.mqtt_tls_ca_file,
             "cert_file": self.mqtt_tls_cert_file,

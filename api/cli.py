@@ -143,7 +143,7 @@ def run(
     )
     from api._errors import ApiError
     from api._server import serve
-    from smartcity._logging import configure_logging
+    from foundation import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     try:

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from simulators._chaos import ChaosConfig, run_chaos
+from smartcity._chaos import ChaosConfig, run_chaos
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -37,7 +37,7 @@ from pydantic import (
 
 from edge_agent._errors import ConfigError, ConfigIssue
 from edge_agent._processors import STAGES, AggregateConfig, StageSpec
-from smartcity.broker import BrokerAccess, check_broker_security
+from foundation import BrokerAccess, check_broker_security
 from telemetry import (
     ID_RE,
     MAX_PAYLOAD_BYTES,
@@ -108,7 +108,7 @@ class GatewayConfig(_Model):
 
 class BrokerConfig(BrokerAccess):
     """The central broker. ``username``, ``password`` / ``password_file`` and ``tls``
-    (:class:`smartcity.broker.BrokerTls`) come from :class:`smartcity.broker.BrokerAccess`."""
+    (:class:`foundation._broker.BrokerTls`) come from :class:`foundation._broker.BrokerAccess`."""
 
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
@@ -242,7 +242,7 @@ class MqttSubscription(_Model):
 class MqttInputConfig(BrokerAccess):
     """Subscriptions on the gateway's local broker (QoS 1, persistent session, acked only
     once the readings are in the spool). Credentials and ``tls`` as for the uplink
-    (:class:`smartcity.broker.BrokerAccess`), with the same rules."""
+    (:class:`foundation._broker.BrokerAccess`), with the same rules."""
 
     type: Literal["mqtt"]
     name: _Id

@@ -36,7 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent._config import MqttInputConfig, MqttSubscription, SimulatedInputConfig
 from edge_agent._errors import InputError
-from smartcity.broker import BrokerSetupError, configure_client
+from foundation import BrokerSetupError, configure_client
 from telemetry import TS_MAX_NS, TS_MIN_NS, Reading
 
 __all__ = ["INPUTS", "Input", "MqttInput", "SimulatedInput", "Sink", "build_input"]

@@ -63,7 +63,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent._config import BrokerConfig
 from edge_agent._errors import UplinkError
 from edge_agent._spool import Spool, SpooledBatch
-from smartcity.broker import BrokerSetupError, configure_client
+from foundation import BrokerSetupError, configure_client
 from telemetry import Death, Topics, encode_message
 
 __all__ = ["ControlMessage", "Uplink", "UplinkStats"]

@@ -77,7 +77,7 @@ def run(
     from edge_agent._agent import run_agent
     from edge_agent._config import load_config
     from edge_agent._errors import ConfigError, EdgeError
-    from smartcity._logging import configure_logging
+    from foundation import configure_logging
 
     _limit_malloc_arenas()
     if log_format not in (None, "json", "console"):

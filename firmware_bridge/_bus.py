@@ -40,9 +40,9 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from firmware_bridge._config import Backoff
 from firmware_bridge._errors import ConfigError, ModbusError
 from firmware_bridge._transport import LinkState
+from foundation import Backoff
 
 __all__ = [
     "BusDown",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from firmware_bridge._errors import ConfigError
+from foundation import Backoff
 from telemetry import ID_RE, NAME_RE
 
 __all__ = ["Backoff", "FirmwareLinkConfig", "NmeaLinkConfig", "SerialConfig"]
@@ -20,38 +20,6 @@ _BYTESIZES: Final = (5, 6, 7, 8)
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(key, f"must be > 0, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter for reconnects.
-
-    Attempt ``n`` (from 0) waits ``min(maximum, initial * multiplier**n)`` scaled by a
-    random factor in ``[1 - jitter, 1]``, so a fleet of gateways that lost the same
-    substation does not retry in lock-step.
-    """
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        _positive("backoff.initial", self.initial)
-        _positive("backoff.maximum", self.maximum)
-        if self.maximum < self.initial:
-            raise ConfigError("backoff.maximum", "must be >= backoff.initial")
-        if self.multiplier < 1:
-            raise ConfigError("backoff.multiplier", f"must be >= 1, got {self.multiplier!r}")
-        if not 0 <= self.jitter <= 1:
-            raise ConfigError("backoff.jitter", f"must be within [0, 1], got {self.jitter!r}")
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
-        exp = min(attempt, 64)
-        base = min(self.maximum, self.initial * self.multiplier**exp)
-        u = (rng or random).random()
-        return base * (1.0 - self.jitter * u)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

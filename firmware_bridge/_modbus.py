@@ -40,10 +40,10 @@ from firmware_bridge._bus import (
     attach_serial_bus,
     release_bus,
 )
-from firmware_bridge._config import Backoff
 from firmware_bridge._errors import ConfigError, ModbusError
 from firmware_bridge._registers import RegisterGroup, RegisterMap, decode_registers
 from firmware_bridge._transport import LinkState
+from foundation import Backoff
 from telemetry import ID_RE, MAX_TAGS, NAME_RE, Reading
 
 __all__ = ["ModbusPoller", "ModbusPollerConfig", "ModbusSerialTarget", "ModbusTcpTarget"]

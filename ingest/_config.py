@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from foundation import BrokerAccess, BrokerTls, check_broker_security, is_loopback
 from ingest._errors import ConfigError
-from smartcity.broker import BrokerAccess, BrokerTls, check_broker_security, is_loopback
 
 __all__ = [
     "BatchConfig",
@@ -47,7 +47,7 @@ TlsConfig = BrokerTls
 
 class MqttConfig(BrokerAccess):
     """The broker and the shared subscription. ``username``, ``password`` /
-    ``password_file`` and ``tls`` come from :class:`smartcity.broker.BrokerAccess`."""
+    ``password_file`` and ``tls`` come from :class:`foundation._broker.BrokerAccess`."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883

@@ -28,9 +28,9 @@ from typing import Any, Final, Protocol, cast
 
 import httpx
 
+from foundation import BrokerSetupError, BrokerTls
 from ingest._config import InfluxConfig
 from ingest._errors import ConfigError, SchemaError, WriteRejected, WriteRetryable
-from smartcity.broker import BrokerSetupError, BrokerTls
 
 __all__ = ["InfluxV1Sink", "InfluxV2Sink", "Sink", "make_sink", "parse_retry_after"]
 

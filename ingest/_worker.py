@@ -51,6 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from foundation import BrokerSetupError, configure_client
 from ingest._bookkeeping import GatewayBook, bookkeeping_line
 from ingest._config import IngestConfig
 from ingest._deadletter import DeadLetter, RejectedItem, encode_deadletter, payload_field
@@ -63,7 +64,6 @@ from ingest._errors import (
 )
 from ingest._metrics import IngestMetrics, MetricsServer
 from ingest._sink import Sink, make_sink
-from smartcity.broker import BrokerSetupError, configure_client
 from telemetry import (
     LineProtocolEncoder,
     PayloadError,

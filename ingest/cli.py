@@ -97,9 +97,9 @@ def run(
             log_format=log_format,
         ),
     )
+    from foundation import configure_logging
     from ingest._errors import IngestError
     from ingest._run import run_worker
-    from smartcity._logging import configure_logging
 
     configure_logging(cfg.log_level, cfg.log_format)
     try:

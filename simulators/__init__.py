@@ -6,8 +6,6 @@
 - :class:`GatewayFleet` / :class:`FleetConfig`: whole gateways publishing the wire contract
   (spool, seq, birth and will) onto a broker, with a :class:`Ledger` of what was emitted and
   :func:`compare_with_influx` to check it against InfluxDB;
-- :func:`run_chaos` / :class:`ChaosConfig`: a fleet against local mosquitto, influxd and
-  ingest workers while all of them fail on a seeded schedule, then ledger against InfluxDB;
 - :class:`DeviceCity`: the city as devices (ptys with the firmware protocol and NMEA, Modbus
   TCP meters, local MQTT sensors) for real edge agents;
 - ``simulators.devices``: the reference devices themselves.
@@ -16,16 +14,6 @@ Errors: :class:`SimulatorError` and its subclasses (hierarchy in ``simulators._e
 ``docs/simulators.md`` is the guide.
 """
 
-from simulators._chaos import (
-    CHAOS_KINDS,
-    ChaosConfig,
-    ChaosEvent,
-    ChaosKind,
-    ChaosReport,
-    plan_chaos,
-    run_chaos,
-    scaled_scenario,
-)
 from simulators._city import KIND_SPECS, City, Frame, KindFrame, Layout, build_layout
 from simulators._devicemode import DeviceCity, DeviceEndpoints
 from simulators._errors import (
@@ -63,17 +51,12 @@ from simulators._scenario import (
 from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 
 __all__ = [
-    "CHAOS_KINDS",
     "DEVICE_KINDS",
     "FAULT_TYPES",
     "KIND_SPECS",
     "ActiveFault",
     "BrokerError",
     "BrokerUrl",
-    "ChaosConfig",
-    "ChaosEvent",
-    "ChaosKind",
-    "ChaosReport",
     "City",
     "CityGrid",
     "CitySpec",
@@ -108,8 +91,5 @@ __all__ = [
     "compare_with_influx",
     "load_scenario",
     "packaged_scenarios",
-    "plan_chaos",
-    "run_chaos",
-    "scaled_scenario",
     "scenario_from_dict",
 ]

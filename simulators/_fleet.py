@@ -56,19 +56,19 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
 
-from simulators._city import City, Layout, build_layout
-from simulators._errors import BrokerError, ScenarioError
-from simulators._faults import ActiveFault, FaultPlan
-from simulators._ledger import Ledger
-from simulators._scenario import DEVICE_KINDS, DeviceKind, FaultSpec, Scenario
-from simulators._wire import GatewayBatch, WireEncoder, batch_payload
-from smartcity.broker import (
+from foundation import (
     BrokerAccess,
     BrokerSetupError,
     BrokerTls,
     check_broker_security,
     configure_client,
 )
+from simulators._city import City, Layout, build_layout
+from simulators._errors import BrokerError, ScenarioError
+from simulators._faults import ActiveFault, FaultPlan
+from simulators._ledger import Ledger
+from simulators._scenario import DEVICE_KINDS, DeviceKind, FaultSpec, Scenario
+from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 from telemetry import (
     Birth,
     Death,
@@ -133,7 +133,7 @@ class FleetConfig:
     password: str | None = None
     #: A file holding the password (first line), read when the fleet starts.
     password_file: Path | None = None
-    #: TLS to the broker (:class:`smartcity.broker.BrokerTls`): CA, client certificate.
+    #: TLS to the broker (:class:`foundation._broker.BrokerTls`): CA, client certificate.
     tls: BrokerTls | None = None
     #: Development only: permits ``tls.insecure`` and a password over plain TCP to a broker
     #: that is not on loopback.
@@ -157,7 +157,7 @@ class FleetConfig:
 
     def broker_access(self) -> BrokerAccess:
         """Credentials and TLS as the shared model; :class:`ValueError` when the platform's
-        rules refuse them (:func:`smartcity.broker.check_broker_security`)."""
+        rules refuse them (:func:`foundation._broker.check_broker_security`)."""
         access = BrokerAccess(
             username=self.username,
             password=None if self.password is None else SecretStr(self.password),

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from foundation import BrokerSetupError, BrokerTls, InfluxQueryError, influxql, is_loopback
 from simulators._errors import LedgerError
-from smartcity import ServiceError, influxql
-from smartcity.broker import BrokerSetupError, BrokerTls, is_loopback
 
 __all__ = [
     "GatewayCheck",
@@ -266,8 +265,8 @@ def _call(influx: InfluxQuerier, q: str, database: str) -> dict[str, Any]:
         return influx.query(q, db=database)
     except LedgerError:
         raise
-    except (ServiceError, OSError, ValueError) as exc:
-        # smartcity.influxql (behind Influxd and InfluxHttp) raises ServiceError; another
+    except (InfluxQueryError, OSError, ValueError) as exc:
+        # foundation.influxql (behind Influxd and InfluxHttp) raises InfluxQueryError; another
         # querier may raise OSError or ValueError.
         raise LedgerError(f"InfluxDB query failed: {exc}") from exc
 

@@ -9,7 +9,7 @@ and a gateway install does not need server packages to show it.
     smartcity sim check --scenario city                  validate and summarise a scenario
     smartcity sim run --scenario city --broker mqtts://broker:8883 --ca-file ca.pem
     smartcity sim devices --scenario small --dir /tmp/sim   ptys, Modbus TCP, local MQTT
-    smartcity sim chaos --gateways 200 --minutes 5          everything failing at once
+    smartcity sim chaos --gateways 200 --minutes 5          (added by smartcity: the whole stack)
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ def _tls(
     insecure: bool,
 ) -> Any:
     """The ``BrokerTls`` of ``sim run``'s flags, or ``None`` when TLS is not asked for."""
+    from foundation import BrokerTls
     from simulators._errors import BrokerError
-    from smartcity.broker import BrokerTls
 
     if not (scheme_tls or ca_file or cert or key or insecure):
         return None
@@ -258,54 +258,3 @@ def devices(
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-
-
-@app.command("chaos")
-def chaos(
-    gateways: Annotated[int, typer.Option(help="Gateways in the fleet.")] = 200,
-    minutes: Annotated[float, typer.Option(help="Length of the chaos phase.")] = 5.0,
-    seed: Annotated[int, typer.Option(help="Seed of the schedule and the city.")] = 1,
-    scenario: Annotated[
-        str, typer.Option(help="Scenario whose gateway mix is scaled to --gateways.")
-    ] = "load-1000",
-    speed: Annotated[
-        float, typer.Option(help="Simulated seconds per wall second (the offered load).")
-    ] = 20.0,
-    reference: Annotated[
-        float, typer.Option(help="Seconds of the fault-free reference phase.")
-    ] = 30.0,
-    directory: Annotated[
-        Path | None,
-        typer.Option("--dir", help="Keep data and logs here (default: a temporary directory)."),
-    ] = None,
-) -> None:
-    """Run a fleet against local mosquitto, influxd and two ingest workers while all of them
-    fail (seeded), then compare the ledger with InfluxDB; the last line is a JSON report.
-    Exit 1 when a reading was lost or doubled."""
-    from simulators._chaos import ChaosConfig, run_chaos
-    from simulators._errors import SimulatorError
-    from smartcity._localstack import ServiceError
-
-    duration = minutes * 60
-    try:
-        config = ChaosConfig(
-            gateways=gateways, scenario=scenario, speed=speed, seed=seed,
-            reference_s=reference, duration_s=duration, quiet_s=max(30.0, 0.15 * duration),
-            data_dir=directory,
-        )  # fmt: skip
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
-
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt  # unwinds through run_chaos: every process is stopped
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        report = run_chaos(config, say=typer.echo)
-    except (SimulatorError, ServiceError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
-    typer.echo(json.dumps(report.to_dict()))
-    if not report.ok:
-        raise typer.Exit(code=1)

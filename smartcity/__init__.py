@@ -1,4 +1,5 @@
-"""The ``smartcity`` command line, and the local stack of real services for tests and the demo.
+"""The top layer: the ``smartcity`` command line, the demo, the chaos run, and the local stack
+of real services (mosquitto, influxd) for tests, benchmarks and the demo.
 
 The local stack (child processes, an HTTP client) is imported on first use only: every
 ``smartcity edge run`` imports this package, and a gateway never needs it.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from smartcity._logging import ConsoleFormatter, JsonFormatter, LogFormat, configure_logging
-
 if TYPE_CHECKING:
     from smartcity._localstack import (
         Influxd,
@@ -20,29 +19,21 @@ if TYPE_CHECKING:
         MosquittoTls,
         ServiceError,
         find_binary,
-        free_port,
-        influxql,
     )
 
 _LOCALSTACK = frozenset(
     {"Influxd", "InfluxdTls", "LocalService", "Mosquitto", "MosquittoTls", "ServiceError",
-     "find_binary", "free_port", "influxql"}
+     "find_binary"}
 )  # fmt: skip
 
 __all__ = [
-    "ConsoleFormatter",
     "Influxd",
     "InfluxdTls",
-    "JsonFormatter",
     "LocalService",
-    "LogFormat",
     "Mosquitto",
     "MosquittoTls",
     "ServiceError",
-    "configure_logging",
     "find_binary",
-    "free_port",
-    "influxql",
 ]
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from types import FrameType
 
 from api import ApiServer, ApiSettings
+from foundation import configure_logging
 from simulators import DeviceCity, FleetConfig, GatewayFleet, load_scenario
 from smartcity._demo_edge import EDGE_PREFIX, edge_configs, write_configs
 from smartcity._localstack import Influxd, Mosquitto, ServiceError, free_port
-from smartcity._logging import configure_logging
 
 __all__ = ["run_demo"]
 

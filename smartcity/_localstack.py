@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
+
+from foundation import InfluxQueryError, free_port, influxql
 
 __all__ = [
     "Influxd",
@@ -54,12 +55,9 @@ class ServiceError(RuntimeError):
     """A local service could not be found, started or reached."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+class InfluxdQueryError(ServiceError, InfluxQueryError):
+    """A query to a local influxd failed: both a :class:`ServiceError` of the local stack and
+    the :class:`foundation.InfluxQueryError` that any InfluxDB query raises."""
 
 
 def find_binary(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> str:
@@ -71,40 +69,6 @@ def find_binary(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> str:
         hint = INSTALL_HINT.get(name, f"sudo apt-get install -y {name}")
         raise ServiceError(f"{name} is not installed; install it with: {hint}")
     return found
-
-
-def influxql(
-    url: str,
-    q: str,
-    *,
-    db: str | None = None,
-    epoch: str = "ns",
-    username: str | None = None,
-    password: str | None = None,
-    context: ssl.SSLContext | None = None,
-) -> dict[str, Any]:
-    """Run InfluxQL against any InfluxDB v1 ``/query`` endpoint; return the decoded answer.
-
-    ``context``: how an ``https://`` server is verified (``None``: the system's CA store).
-    Raises :class:`ServiceError` when the server cannot be reached or answers an error.
-    """
-    params = {"q": q, "epoch": epoch}
-    if db:
-        params["db"] = db
-    if username:
-        params["u"] = username
-        params["p"] = password or ""
-    data = urllib.parse.urlencode(params).encode()
-    req = urllib.request.Request(f"{url.rstrip('/')}/query", data=data, method="POST")  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=30, context=context) as resp:  # noqa: S310
-            answer: dict[str, Any] = json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        raise ServiceError(f"query to {url} failed: {exc}") from exc
-    for result in answer.get("results", []):
-        if "error" in result:
-            raise ServiceError(f"InfluxQL error: {result['error']} in {q!r}")
-    return answer
 
 
 class LocalService:
@@ -414,7 +378,10 @@ bind-address = "{self.host}:{self.rpc_port}"
     # -- small v1 HTTP helpers for tests, benchmarks and the demo ---------------------------
     def query(self, q: str, *, db: str | None = None, epoch: str = "ns") -> dict[str, Any]:
         """Run InfluxQL and return the decoded JSON answer; raise on an error result."""
-        return influxql(self.url, q, db=db, epoch=epoch, context=self.ssl_context())
+        try:
+            return influxql(self.url, q, db=db, epoch=epoch, context=self.ssl_context())
+        except InfluxQueryError as exc:
+            raise InfluxdQueryError(str(exc)) from exc
 
     def write(self, db: str, body: bytes, *, precision: str = "ns") -> None:
         """Write line protocol; raise :class:`ServiceError` with InfluxDB's message on failure."""

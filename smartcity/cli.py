@@ -6,13 +6,18 @@
     smartcity ingest  ...   MQTT -> InfluxDB workers   (ingest/cli.py)
     smartcity api     ...   HTTP API and dashboard     (api/cli.py)
     smartcity sim     ...   simulated city and fleets  (simulators/cli.py)
+    smartcity sim chaos     the whole stack failing    (smartcity/_chaos.py)
     smartcity demo          everything on one machine  (smartcity/_demo.py)
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import signal
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -26,7 +31,8 @@ _SERVICES = {
     "sim": ("simulators.cli", "sim"),
 }
 _OWN_PACKAGES = frozenset(
-    {"telemetry", "smartcity", "edge_agent", "ingest", "api", "simulators", "firmware_bridge"}
+    {"telemetry", "foundation", "smartcity", "edge_agent", "ingest", "api", "simulators",
+     "firmware_bridge"}
 )
 
 
@@ -83,6 +89,10 @@ class _LazyServices(TyperGroup):
             if exc.name is None or exc.name.split(".")[0] in _OWN_PACKAGES:
                 raise
             return _missing_extra(cmd_name, extra, exc.name)
+        # The chaos run drives the whole stack (local services, ingest workers, a fleet), so
+        # it lives here, in the top layer, and joins the simulators' commands.
+        if cmd_name == "sim" and not any(c.name == "chaos" for c in sub.registered_commands):
+            sub.command("chaos")(chaos)
         return _as_command(sub, cmd_name)
 
 
@@ -133,6 +143,56 @@ def demo(
     raise typer.Exit(
         code=run_demo(var_dir=var_dir, duration=duration, scenario=scenario, api_port=api_port)
     )
+
+
+def chaos(
+    gateways: Annotated[int, typer.Option(help="Gateways in the fleet.")] = 200,
+    minutes: Annotated[float, typer.Option(help="Length of the chaos phase.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed of the schedule and the city.")] = 1,
+    scenario: Annotated[
+        str, typer.Option(help="Scenario whose gateway mix is scaled to --gateways.")
+    ] = "load-1000",
+    speed: Annotated[
+        float, typer.Option(help="Simulated seconds per wall second (the offered load).")
+    ] = 20.0,
+    reference: Annotated[
+        float, typer.Option(help="Seconds of the fault-free reference phase.")
+    ] = 30.0,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Keep data and logs here (default: a temporary directory)."),
+    ] = None,
+) -> None:
+    """Run a fleet against local mosquitto, influxd and two ingest workers while all of them
+    fail (seeded), then compare the ledger with InfluxDB; the last line is a JSON report.
+    Exit 1 when a reading was lost or doubled."""
+    from simulators import SimulatorError
+    from smartcity._chaos import ChaosConfig, run_chaos
+    from smartcity._localstack import ServiceError
+
+    duration = minutes * 60
+    try:
+        config = ChaosConfig(
+            gateways=gateways, scenario=scenario, speed=speed, seed=seed,
+            reference_s=reference, duration_s=duration, quiet_s=max(30.0, 0.15 * duration),
+            data_dir=directory,
+        )  # fmt: skip
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # unwinds through run_chaos: every process is stopped
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        report = run_chaos(config, say=typer.echo)
+    except (SimulatorError, ServiceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(report.to_dict()))
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -5,9 +5,17 @@
 - :class:`Topics`: the versioned MQTT topic namespace;
 - :class:`Birth`, :class:`Death`, :class:`Health`, config and command messages;
 - :class:`LineProtocolEncoder`: readings to InfluxDB line protocol;
-- :data:`MEASUREMENTS`: the Smart Data Models vocabulary the platform knows.
+- :data:`MEASUREMENTS`: the Smart Data Models vocabulary the platform knows;
+- :func:`bookkeeping_line`, :func:`completeness_query`: the per-batch bookkeeping points that
+  ingest writes and the API and the chaos run read.
 """
 
+from telemetry._bookkeeping import (
+    BOOKKEEPING_MEASUREMENT,
+    bookkeeping_line,
+    bookkeeping_ts,
+    completeness_query,
+)
 from telemetry._codec import (
     DecodedBatch,
     RejectedReading,
@@ -70,6 +78,7 @@ from telemetry._topics import DEFAULT_ROOT, TOPIC_VERSION, TopicKind, Topics
 from telemetry._vocabulary import MEASUREMENTS, FieldSpec, MeasurementSpec, float_fields
 
 __all__ = [
+    "BOOKKEEPING_MEASUREMENT",
     "DEFAULT_ROOT",
     "ID_RE",
     "MAX_FIELDS",
@@ -116,6 +125,9 @@ __all__ = [
     "TopicKind",
     "Topics",
     "UnsupportedVersion",
+    "bookkeeping_line",
+    "bookkeeping_ts",
+    "completeness_query",
     "decode_batch",
     "decode_batch_partial",
     "decode_message",

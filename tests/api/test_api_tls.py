@@ -21,9 +21,9 @@ from api_helpers import start_stack, wait_until
 from typer.testing import CliRunner
 
 from api.cli import app as api_cli
+from foundation import BrokerTls
 from simulators import FleetConfig, GatewayFleet
 from smartcity._localstack import Influxd, Mosquitto
-from smartcity.broker import BrokerTls
 from tests.tls_helpers import Pki, make_pki, password_file
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""``smartcity.broker``: the one TLS and credentials model every MQTT client uses, its rules,
+"""``foundation._broker``: the one TLS and credentials model every MQTT client uses, its rules,
 and how each service's config refuses the same things with its own key names."""
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from api import ApiSettings
-from ingest import ConfigError as IngestConfigError
-from ingest import load_config as load_ingest_config
-from simulators import BrokerError, FleetConfig, GatewayFleet
-from smartcity.broker import (
+from foundation import (
     BrokerAccess,
     BrokerSetupError,
     BrokerTls,
@@ -26,6 +23,9 @@ from smartcity.broker import (
     configure_client,
     is_loopback,
 )
+from ingest import ConfigError as IngestConfigError
+from ingest import load_config as load_ingest_config
+from simulators import BrokerError, FleetConfig, GatewayFleet
 from tests.tls_helpers import Pki
 
 
@@ -142,7 +142,7 @@ def test_configure_client_applies_tls_and_credentials(pki: Pki) -> None:
 
 def test_the_module_imports_no_server_package() -> None:
     code = (
-        "import sys, smartcity.broker\n"
+        "import sys, foundation._broker\n"
         "server = {'fastapi', 'uvicorn', 'starlette', 'httpx', 'sqlalchemy', 'pydantic_settings',"
         " 'influxdb_client', 'numpy', 'yaml'}\n"
         "print(sorted(server & {m.split('.')[0] for m in sys.modules}))\n"

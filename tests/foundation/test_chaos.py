@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators import CHAOS_KINDS, ChaosConfig, plan_chaos, run_chaos, scaled_scenario
+from smartcity._chaos import CHAOS_KINDS, ChaosConfig, plan_chaos, run_chaos, scaled_scenario
 
 #: ~30 gateways, 75 s of chaos with a 20 s quiet tail: about 2 minutes in all.
 SHORT = ChaosConfig(

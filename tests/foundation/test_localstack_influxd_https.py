@@ -1,4 +1,4 @@
-"""influxd serving HTTPS (``Influxd(tls=...)``) and ``smartcity.influxql`` verifying it."""
+"""influxd serving HTTPS (``Influxd(tls=...)``) and ``foundation.influxql`` verifying it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from smartcity import ServiceError, influxql
+from foundation import InfluxQueryError, influxql
+from smartcity import ServiceError
 from smartcity._localstack import Influxd, InfluxdTls
 from tests.tls_helpers import Pki
 
@@ -43,7 +44,7 @@ def test_influxql_verifies_the_server_against_the_given_ca(
     answer = influxql(influxd_https.url, "SHOW DATABASES", context=good)
     assert answer["results"][0]["series"][0]["name"] == "databases"
     for context in (None, ssl.create_default_context(cafile=str(pki.rogue_ca))):
-        with pytest.raises(ServiceError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(InfluxQueryError, match="CERTIFICATE_VERIFY_FAILED"):
             influxql(influxd_https.url, "SHOW DATABASES", context=context)
 
 

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from smartcity import ConsoleFormatter, JsonFormatter
+from foundation import ConsoleFormatter, JsonFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -39,7 +39,7 @@ def test_console_lines_are_key_value() -> None:
 
 def test_logging_does_not_load_a_rich_text_stack() -> None:
     code = (
-        "import sys\nfrom smartcity import configure_logging\n"
+        "import sys\nfrom foundation import configure_logging\n"
         "configure_logging('INFO', 'json')\n"
         "print('rich' in sys.modules or 'pygments' in sys.modules)\n"
     )

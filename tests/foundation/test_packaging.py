@@ -87,7 +87,7 @@ def test_register_maps_and_typing_markers_are_package_data() -> None:
 def test_the_edge_command_does_not_load_the_local_stack() -> None:
     result = _gateway_python(
         "import sys\nimport smartcity.cli, edge_agent.cli\n"
-        "from smartcity import configure_logging\n"
+        "from foundation import configure_logging\n"
         "print('smartcity._localstack' in sys.modules)\n"
     )
     assert result.returncode == 0, result.stderr

@@ -54,11 +54,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from simulators._errors import SimulatorError
-from simulators._fleet import FleetConfig, GatewayFleet
-from simulators._ledger import compare_with_influx
-from simulators._scenario import FaultSpec, GatewayProfile, Scenario, load_scenario
-from smartcity._localstack import Influxd, Mosquitto, ServiceError, free_port
+from foundation import free_port
+from simulators import (
+    FaultSpec,
+    FleetConfig,
+    GatewayFleet,
+    GatewayProfile,
+    Scenario,
+    SimulatorError,
+    compare_with_influx,
+    load_scenario,
+)
+from smartcity._localstack import Influxd, Mosquitto, ServiceError
+from telemetry import BOOKKEEPING_MEASUREMENT
 
 __all__ = [
     "CHAOS_KINDS",
@@ -79,7 +87,7 @@ CHAOS_KINDS: Final[tuple[ChaosKind, ...]] = (
     "uplink_loss",
     "reboot",
 )
-BOOKKEEPING: Final = "ingest_batch"
+BOOKKEEPING: Final = BOOKKEEPING_MEASUREMENT
 _POLL_S: Final = 1.0
 
 
