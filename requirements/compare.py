@@ -11,18 +11,27 @@ import re
 import sys
 from pathlib import Path
 
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+))?")
 
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _applies(marker: str | None) -> bool:
+    """Whether an environment marker holds for the running interpreter."""
+    if not marker:
+        return True
+    from packaging.markers import Marker
+
+    return bool(Marker(marker.strip()).evaluate())
+
+
 def _pins(lines: list[str]) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in lines:
         match = _PIN.match(line.strip())
-        if match is not None:
+        if match is not None and _applies(match.group(3)):
             # A lock may pin one package twice under different markers; keep the first.
             pins.setdefault(_canonical(match.group(1)), match.group(2))
     return pins
