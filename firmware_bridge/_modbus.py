@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 import types
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -194,6 +195,7 @@ class ModbusPoller:
                 "connects",
                 "connect_failed",
                 "invalid_values",
+                "bad_responses",
             ),
             0,
         )
@@ -308,7 +310,13 @@ class ModbusPoller:
             raise ModbusError(self.name, f"group {group.name}: {exc.reason}") from exc
         except BusDown as exc:
             raise ModbusError(self.name, f"group {group.name}: {exc.reason}") from exc
-        fields, invalid = decode_registers(cfg.register_map, group, registers)
+        try:
+            fields, invalid = decode_registers(cfg.register_map, group, registers)
+        except (ValueError, struct.error) as exc:
+            # A meter that answers the wrong register count (broken firmware, a wrong map, a
+            # hostile device) gave a bad answer: this meter's failure, not the poller's end.
+            self.counters["bad_responses"] += 1
+            raise ModbusError(self.name, f"group {group.name}: bad answer: {exc}") from exc
         self.counters["polls"] += 1
         self.counters["invalid_values"] += len(invalid)
         if not fields:

@@ -176,3 +176,64 @@ def test_rtu_poller_reads_meters_through_a_serial_url() -> None:
     flow = {k: v for r in water for k, v in r.fields.items()}
     assert flow["flow"] == 42.75
     assert flow["consumption"] == pytest.approx(98765.432)
+
+
+class _ShortAnswers:
+    """A Modbus TCP device whose first ``short`` answers hold one register too few (a broken
+    or hostile meter), then correct answers of zeros."""
+
+    def __init__(self, short: int) -> None:
+        self.short = short
+        self.answered = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _ShortAnswers:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(7)
+                tid, _proto, length, unit = struct.unpack(">HHHB", header)
+                pdu = await reader.readexactly(length - 1)
+                fc, _start, count = struct.unpack(">BHH", pdu[:5])
+                if self.answered < self.short:
+                    count -= 1
+                self.answered += 1
+                data = bytes(2 * count)
+                body = struct.pack(">BBB", unit, fc, len(data)) + data
+                writer.write(struct.pack(">HHH", tid, 0, len(body)) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def test_a_meter_answering_the_wrong_register_count_is_counted_not_fatal() -> None:
+    """A wrong register count is this meter's bad answer: counted, backed off, polled again;
+    it never ends the poller (and with it the agent)."""
+    mag = load_register_map("generic-magflow")
+
+    async def main() -> tuple[list[Reading], dict[str, int]]:
+        async with _ShortAnswers(short=3) as device:
+            config = ModbusPollerConfig(
+                device="short-meter",
+                target=ModbusTcpTarget(host="127.0.0.1", port=device.port),
+                register_map=mag,
+                backoff=FAST,
+            )
+            async with ModbusPoller(config) as poller:
+                got = await first(poller, 1)
+                return got, dict(poller.counters)
+
+    readings, counters = asyncio.run(main())
+    assert counters["bad_responses"] >= 1
+    assert counters["poll_errors"] >= 1
+    assert readings[0].device == "short-meter"
