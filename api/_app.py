@@ -2,99 +2,37 @@
 
 ``create_app(settings)`` builds an app whose lifespan owns a :class:`Services` (broker
 subscription, InfluxDB client, state, alert engine, background tasks). Every error leaves as
-RFC 9457 ``application/problem+json`` naming the offending parameter.
+RFC 9457 ``application/problem+json`` naming the offending parameter (:mod:`api._errors`).
+
+Routers, in the order the OpenAPI document lists them: the platform's own (:mod:`api.routes`)
+with the standards (:mod:`api.standards`) beside them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import (
-    _routes_admin,
-    _routes_alerts,
-    _routes_history,
-    _routes_inventory,
-    _routes_ngsild,
-    _routes_resources,
-    _routes_stream,
-    _routes_transport,
-)
+from api import routes, standards
 from api._auth import Role
-from api._db import Database
 from api._encoding import components
-from api._errors import ProblemError
+from api._errors import add_problem_handlers
 from api._metrics import ApiMetrics
 from api._services import Services
 from api._settings import ApiSettings
 from api.dashboard import mount_dashboard
+from api.storage import Database
 
 __all__ = ["create_app"]
-
-log = logging.getLogger("api")
-
-_PROBLEM = "application/problem+json"
-_TITLES = {400: "Invalid parameter", 401: "Authentication required", 403: "Role not allowed",
-           404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
-           413: "Payload too large", 415: "Unsupported media type", 429: "Too many requests"}
-
-
-def _problem(status: int, title: str, detail: str, instance: str, slug: str,
-             parameter: str | None = None, errors: list[dict[str, Any]] | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": f"urn:smartcity:problem:{slug}", "title": title,
-                            "status": status, "detail": detail, "instance": instance}
-    if parameter is not None:
-        body["parameter"] = parameter
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=_PROBLEM, headers=headers)
-
-
-async def _on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)
-    return JSONResponse(exc.to_problem(request.url.path), status_code=exc.status_code,
-                        media_type=_PROBLEM, headers=exc.headers or None)
-
-
-async def _on_validation(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
-        where = loc[0] if loc else "request"
-        name = ".".join(loc[1:]) or where
-        errors.append({"parameter": name, "in": where, "detail": str(err.get("msg", ""))})
-    first = errors[0] if errors else {"parameter": "request", "detail": "invalid request"}
-    return _problem(400, "Invalid parameter", f"{first['parameter']}: {first['detail']}",
-                    request.url.path, "invalid-parameter", first["parameter"], errors)
-
-
-async def _on_http(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    title = _TITLES.get(exc.status_code, "HTTP error")
-    return _problem(exc.status_code, title, str(exc.detail), request.url.path,
-                    title.lower().replace(" ", "-"),
-                    headers=dict(exc.headers) if exc.headers else None)
-
-
-async def _on_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    return _problem(500, "Internal error", "the server failed; the error is logged",
-                    request.url.path, "internal")
 
 
 class _MetricsMiddleware:
@@ -145,13 +83,11 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
-    app.add_exception_handler(ProblemError, _on_problem)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_error)
-    for module in (_routes_inventory, _routes_history, _routes_transport, _routes_resources,
-                   _routes_stream, _routes_alerts, _routes_admin, _routes_ngsild):
-        app.include_router(module.router)
+    add_problem_handlers(app)
+    for router in (routes.inventory, routes.history, routes.transport, standards.gtfs_rt,
+                   routes.resources, routes.stream, routes.alerts, routes.admin, routes.meta,
+                   *standards.ngsild):
+        app.include_router(router)
     mount_dashboard(app, settings)  # the operator dashboard (api/dashboard/)
     app.add_middleware(_MetricsMiddleware, metrics=services.metrics)
     if settings.cors_origins:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from api._db import KEY_PREFIX, Database, hash_key
+from api.storage import KEY_PREFIX, Database, hash_key
 
 __all__ = ["KeyVerifier", "Principal", "RateLimiter", "Role"]
 

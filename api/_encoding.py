@@ -13,25 +13,13 @@ from typing import Any, Final
 import msgspec
 from starlette.responses import Response
 
-__all__ = ["PROBLEM", "components", "doc", "json_response"]
+from api._errors import PROBLEM_MEDIA, PROBLEM_SCHEMA
+
+__all__ = ["components", "doc", "json_response"]
 
 _REF: Final = "#/components/schemas/{name}"
 _REGISTRY: list[Any] = []
 _encoder: Final = msgspec.json.Encoder()
-
-#: The problem+json body, for ``responses=`` of error statuses.
-PROBLEM: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "parameter": {"type": "string"},
-    },
-    "required": ["type", "title", "status"],
-}
 
 
 def doc(type_: Any, description: str = "OK", status: int = 200) -> dict[int | str, Any]:
@@ -39,7 +27,7 @@ def doc(type_: Any, description: str = "OK", status: int = 200) -> dict[int | st
     if type_ not in _REGISTRY:
         _REGISTRY.append(type_)
     (schema,), _ = msgspec.json.schema_components([type_], ref_template=_REF)
-    problem = {"application/problem+json": {"schema": PROBLEM}}
+    problem = {PROBLEM_MEDIA: {"schema": PROBLEM_SCHEMA}}
     return {
         status: {"description": description, "content": {"application/json": {"schema": schema}}},
         400: {"description": "Invalid parameter", "content": problem},

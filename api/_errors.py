@@ -13,18 +13,30 @@
     │   └── UpstreamUnavailable   502/503  InfluxDB or the broker failed or timed out
     └── ConfigError               invalid settings, refused at start-up
 
-Problems are rendered as ``application/problem+json``::
+Problems are rendered as ``application/problem+json`` by :func:`problem_body`, the one
+renderer of the package: REST errors, request validation, HTTP errors, unhandled errors and
+the NGSI-LD ProblemDetails (``api.standards``, which change only ``type``) all go through it::
 
     {"type": "urn:smartcity:problem:invalid-parameter", "title": "Invalid parameter",
-     "status": 400, "detail": "window must match ...", "parameter": "window",
-     "instance": "/v1/history"}
+     "status": 400, "detail": "window must match ...", "instance": "/v1/history",
+     "parameter": "window", "errors": [{"parameter": "window", "in": "query", ...}]}
+
+:func:`add_problem_handlers` installs the exception handlers that answer with it.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import logging
+from typing import Any, ClassVar, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
 
 __all__ = [
+    "PROBLEM_MEDIA",
+    "PROBLEM_SCHEMA",
     "ApiError",
     "BadParameter",
     "ConfigError",
@@ -34,7 +46,54 @@ __all__ = [
     "RateLimited",
     "Unauthorized",
     "UpstreamUnavailable",
+    "add_problem_handlers",
+    "problem_body",
+    "problem_response",
 ]
+
+log = logging.getLogger("api")
+
+PROBLEM_MEDIA: Final = "application/problem+json"
+#: The problem+json body, for ``responses=`` of error statuses in the OpenAPI document.
+PROBLEM_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "parameter": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+_URN: Final = "urn:smartcity:problem:"
+
+
+def problem_body(
+    *,
+    type: str,
+    title: str,
+    status: int,
+    detail: str,
+    instance: str,
+    parameter: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 problem document; ``parameter`` and ``errors`` only when given."""
+    body: dict[str, Any] = {
+        "type": type, "title": title, "status": status, "detail": detail, "instance": instance,
+    }
+    if parameter is not None:
+        body["parameter"] = parameter
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_MEDIA,
+                        headers=headers or None)
 
 
 class ApiError(Exception):
@@ -68,21 +127,23 @@ class ProblemError(ApiError):
         self.headers = headers or {}
         self.status_code = status or self.status
 
+    @property
+    def type_uri(self) -> str:
+        """The problem's ``type``."""
+        return _URN + self.slug
+
+    def problem_errors(self) -> list[dict[str, Any]] | None:
+        """The ``errors`` member: the offending parameter, where it was and why."""
+        if self.parameter is None:
+            return None
+        return [{"parameter": self.parameter, "in": self.location or "query",
+                 "detail": self.detail}]
+
     def to_problem(self, instance: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": f"urn:smartcity:problem:{self.slug}",
-            "title": self.title,
-            "status": self.status_code,
-            "detail": self.detail,
-            "instance": instance,
-        }
-        if self.parameter is not None:
-            body["parameter"] = self.parameter
-            body["errors"] = [
-                {"parameter": self.parameter, "in": self.location or "query",
-                 "detail": self.detail}
-            ]
-        return body
+        return problem_body(
+            type=self.type_uri, title=self.title, status=self.status_code, detail=self.detail,
+            instance=instance, parameter=self.parameter, errors=self.problem_errors(),
+        )
 
 
 class BadParameter(ProblemError):
@@ -119,3 +180,59 @@ class UpstreamUnavailable(ProblemError):
     status = 503
     slug = "upstream-unavailable"
     title = "Upstream service unavailable"
+
+
+# -- exception handlers: every error leaves as problem+json -----------------------------------
+
+_TITLES: Final = {
+    400: "Invalid parameter", 401: "Authentication required", 403: "Role not allowed",
+    404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
+    413: "Payload too large", 415: "Unsupported media type", 429: "Too many requests",
+}
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc.to_problem(request.url.path), exc.headers)
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        where = loc[0] if loc else "request"
+        name = ".".join(loc[1:]) or where
+        errors.append({"parameter": name, "in": where, "detail": str(err.get("msg", ""))})
+    first = errors[0] if errors else {"parameter": "request", "detail": "invalid request"}
+    return problem_response(problem_body(
+        type=_URN + "invalid-parameter", title="Invalid parameter", status=400,
+        detail=f"{first['parameter']}: {first['detail']}", instance=request.url.path,
+        parameter=first["parameter"], errors=errors,
+    ))
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    title = _TITLES.get(exc.status_code, "HTTP error")
+    body = problem_body(
+        type=_URN + title.lower().replace(" ", "-"), title=title, status=exc.status_code,
+        detail=str(exc.detail), instance=request.url.path,
+    )
+    return problem_response(body, dict(exc.headers) if exc.headers else None)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return problem_response(problem_body(
+        type=_URN + "internal", title="Internal error", status=500,
+        detail="the server failed; the error is logged", instance=request.url.path,
+    ))
+
+
+def add_problem_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` as problem+json (ours, validation, HTTP, unhandled)."""
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_error)

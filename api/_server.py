@@ -14,10 +14,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from api._app import create_app
-from api._db import Database
 from api._errors import ApiError
 from api._services import Services
 from api._settings import ApiSettings
+from api.storage import Database
 
 __all__ = ["ApiServer", "base_url", "serve", "uvicorn_config"]
 

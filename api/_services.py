@@ -8,7 +8,7 @@
     │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
-          ├── .gap-repair      missing batches -> ``resend`` to their gateway (api._repair)
+          ├── .gap-repair      missing batches -> ``resend`` to their gateway (api.state)
           └── .alerts          staleness tick every second, rules reload every 30 s
 
 Start order: database, InfluxDB client, warm-up from InfluxDB, then the broker (so a fresh
@@ -27,18 +27,34 @@ from typing import Any, Final, Self
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from api._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
 from api._auth import KeyVerifier, RateLimiter
-from api._broker import BrokerLink
-from api._db import Database
 from api._errors import UpstreamUnavailable
-from api._hub import MEASUREMENT_KIND, Event, Hub
-from api._influx import InfluxClient
-from api._influxql import quote_ident
-from api._live import Inventory, Latest, LiveState, completeness_of, iso
 from api._metrics import ApiMetrics
-from api._repair import GapRepair
+from api._params import iso
 from api._settings import ApiSettings
+from api.state import (
+    MEASUREMENT_KIND,
+    Alert,
+    AlertEngine,
+    AlertHistory,
+    AlertTransition,
+    BrokerLink,
+    Event,
+    GapRepair,
+    Hub,
+    Inventory,
+    Latest,
+    LiveState,
+    Rule,
+    completeness_of,
+)
+from api.storage import (
+    Database,
+    InfluxClient,
+    select_completeness,
+    select_latest,
+    show_measurements,
+)
 from telemetry import (
     BOOKKEEPING_MEASUREMENT,
     ID_RE,
@@ -49,7 +65,6 @@ from telemetry import (
     PayloadError,
     TopicError,
     TopicKind,
-    completeness_query,
     decode_batch_partial,
     decode_message,
     decode_status,
@@ -258,17 +273,13 @@ class Services:
     async def warm(self) -> int:
         """Load the latest point of every series of the last ``warm_window`` into the state."""
         names = set(MEASUREMENTS)
-        for series in await self.influx.query("SHOW MEASUREMENTS"):
+        for series in await self.influx.query(show_measurements()):
             names.update(str(row[0]) for row in series.values)
         names.discard(BOOKKEEPING_MEASUREMENT)
         loaded = 0
         window = self.settings.warm_window
         for name in sorted(n for n in names if NAME_RE.fullmatch(n)):
-            q = (
-                f"SELECT * FROM {quote_ident(name)} WHERE time > now() - {window} "  # noqa: S608
-                "GROUP BY * ORDER BY time DESC LIMIT 1"
-            )
-            for series in await self.influx.query(q):
+            for series in await self.influx.query(select_latest(name, window)):
                 tags = dict(series.tags)
                 gateway, device = tags.pop("gateway", ""), tags.pop("device", "")
                 if not (ID_RE.fullmatch(gateway) and ID_RE.fullmatch(device)) or not series.values:
@@ -297,8 +308,7 @@ class Services:
         """Per-gateway completeness from ingest's bookkeeping; torn rows are read again
         (up to ``attempts`` reads) and otherwise keep the gateway's previous value."""
         window = self.settings.completeness_window
-        settle = f"{round(self.settings.completeness_settle_s * 1000)}ms"
-        query = completeness_query(since=f"now() - {window}", until=f"now() - {settle}")
+        query = select_completeness(window, self.settings.completeness_settle_s)
         pending: set[str] | None = None  # gateways still to settle; None: all
         for _ in range(attempts):
             torn: set[str] = set()

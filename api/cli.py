@@ -154,8 +154,8 @@ def run(
 
 
 def _database(config: Path | None, database_url: str | None) -> Any:
-    from api._db import Database
     from api._errors import ConfigError
+    from api.storage import Database
 
     settings = _settings(config, database_url=database_url)
     try:

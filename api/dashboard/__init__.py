@@ -1,10 +1,8 @@
 """The operator dashboard: static ES modules served by the API, no build step.
 
-:func:`mount_dashboard` mounts the files of this package at ``/dashboard/`` (and redirects
-``/`` there). The page signs in with an API key kept in ``sessionStorage`` only and reads
-everything through the public API (REST and the ``/v1/stream/ws`` WebSocket). The assets
-contain no secrets, so they are served without a key, with a strict Content-Security-Policy.
-``docs/dashboard.md`` is the guide.
+:func:`mount_dashboard` serves this folder at ``/dashboard/`` (third-party files in
+``vendor/``) with a strict Content-Security-Policy; the page reads everything through the
+public API with a key kept in ``sessionStorage`` only. ``docs/dashboard.md`` is the guide.
 """
 
 from api.dashboard._mount import (

@@ -91,9 +91,9 @@ export class BaseMap {
 export async function attachBaseMap(cityMap, tiles) {
   const css = document.createElement("link");
   css.rel = "stylesheet";
-  css.href = "leaflet.css";
+  css.href = "vendor/leaflet.css";
   document.head.append(css);
-  const L = await import("./leaflet.esm.js");
+  const L = await import("./vendor/leaflet.esm.js");
   const base = new BaseMap(L, cityMap.host, tiles);
   cityMap.onView = (centre, unitsPerPx, lat0) => base.follow(centre, unitsPerPx, lat0);
   cityMap.notifyView();

@@ -1,6 +1,6 @@
-// History charts with the vendored uPlot (uPlot.esm.js, MIT).
+// History charts with the vendored uPlot (vendor/uPlot.esm.js, MIT).
 
-import uPlot from "./uPlot.esm.js";
+import uPlot from "./vendor/uPlot.esm.js";
 import { el, clear, fmtNumber } from "./util.js";
 
 /** Ranges offered, with the aggregation window that keeps each under a few hundred points. */

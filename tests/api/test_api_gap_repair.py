@@ -28,11 +28,9 @@ from paho.mqtt.properties import Properties
 sys.path.insert(0, str(Path(__file__).parents[1] / "edge_agent"))
 from edge_helpers import await_until, base_config, make_config, running
 
-from api._broker import BrokerLink
-from api._influx import InfluxClient
-from api._live import Inventory
 from api._metrics import ApiMetrics
-from api._repair import GapRepair
+from api.state import BrokerLink, GapRepair, Inventory
+from api.storage import InfluxClient
 from edge_agent import EdgeAgent
 from edge_agent._agent import parse_resend_args
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread, bookkeeping_line

@@ -12,7 +12,7 @@ from api_helpers import ApiStack, Publisher, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import quote_string
+from api.storage import quote_string
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
 from telemetry import Reading
 

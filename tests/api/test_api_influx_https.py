@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from api import ApiSettings
 from api._errors import ConfigError, UpstreamUnavailable
-from api._influx import InfluxClient
 from api._settings import load_settings
 from api.cli import app as api_cli
+from api.storage import InfluxClient
 from smartcity._localstack import Influxd, Mosquitto
 from tests.tls_helpers import MutualTlsProxy, Pki
 

@@ -21,8 +21,9 @@ from api_helpers import ApiStack, Publisher, device, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api import _ngsild as ngsild
-from api._live import iso
+from api._params import iso
+from api.standards import _ngsild as ngsild
+from api.standards import _ngsild_query as ngsild_query
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
 from telemetry import Reading
 
@@ -461,9 +462,9 @@ def test_entity_ids_are_urns_and_parse_back(gateway: str, device: str,
 @given(st.text(max_size=80))
 @settings(max_examples=500, deadline=None)
 def test_q_accept_and_georel_parsers_answer_or_refuse_cleanly(text: str) -> None:
-    for parse in (ngsild.parse_q, ngsild.negotiate,
-                  lambda t: ngsild.parse_georel(t, "Point", "[1,1]"),
-                  lambda t: ngsild.parse_georel("near;maxDistance==1", "Point", t),
+    for parse in (ngsild_query.parse_q, ngsild.negotiate,
+                  lambda t: ngsild_query.parse_georel(t, "Point", "[1,1]"),
+                  lambda t: ngsild_query.parse_georel("near;maxDistance==1", "Point", t),
                   ngsild.parse_entity_id):
         status = 200
         try:

@@ -10,20 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api import (
+from api._auth import RateLimiter
+from api._params import iso
+from api.standards import aqi_band
+from api.state import (
     AlertEngine,
     Event,
     Hub,
+    Inventory,
+    Latest,
     Rule,
-    SeriesQuery,
     StreamFilter,
-    aqi_band,
-    quote_ident,
-    quote_string,
+    completeness_of,
+    congestion_level,
 )
-from api._auth import RateLimiter
-from api._live import Inventory, Latest, completeness_of, iso
-from api._routes_transport import congestion_level
+from api.storage import SeriesQuery, quote_ident, quote_string
 
 _UNQUOTED_QUOTE = re.compile(r"(?<!\\)(?:\\\\)*'")
 
@@ -178,8 +179,8 @@ def test_alert_history_survives_a_database_that_fails_and_bounds_its_buffer() ->
     import asyncio
 
     from api import Database
-    from api._alerts import Alert, AlertHistory
     from api._metrics import ApiMetrics
+    from api.state import Alert, AlertHistory
 
     db = Database("sqlite://")  # no schema yet: every write fails
     metrics = ApiMetrics()

@@ -32,19 +32,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
-from api._broker import BrokerLink
 from api._errors import UpstreamUnavailable
-from api._influx import InfluxClient
-from api._live import Inventory
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings
+from api.state._broker import BrokerLink
+from api.state._live import Inventory
+from api.storage import (
+    InfluxClient,
+    select_completeness,
+    select_present_seqs,
+    select_previous_max_seq,
+)
 from telemetry import (
-    BOOKKEEPING_MEASUREMENT,
     ID_RE,
     CommandRequest,
     CommandResponse,
     PayloadError,
-    completeness_query,
     decode_message,
     encode_message,
 )
@@ -52,8 +55,6 @@ from telemetry import (
 __all__ = ["GapRepair", "RepairRound", "seq_ranges"]
 
 log: Final = logging.getLogger("api.repair")
-
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(slots=True)
@@ -85,10 +86,6 @@ def seq_ranges(seqs: list[int]) -> list[list[int]]:
         else:
             out.append([s, s])
     return out
-
-
-def _seconds(duration: str) -> int:
-    return int(duration[:-1]) * _UNITS[duration[-1]]
 
 
 class GapRepair:
@@ -138,12 +135,9 @@ class GapRepair:
         if not online:
             self.metrics.gap_repair_missing.set(0)
             return summary
-        window = s.completeness_window
-        since = f"now() - {window}"
-        until = f"now() - {round(s.completeness_settle_s * 1000)}ms"
-        before = f"now() - {2 * _seconds(window)}s"
+        window, settle = s.completeness_window, s.completeness_settle_s
         ranges: dict[str, tuple[int, int, int]] = {}
-        for series in await self.influx.query(completeness_query(since=since, until=until)):
+        for series in await self.influx.query(select_completeness(window, settle)):
             gw = series.tags.get("gateway", "")
             if gw not in online or not series.values:
                 continue
@@ -152,11 +146,7 @@ class GapRepair:
                 continue
             ranges[gw] = (int(row["min_seq"]), int(row["max_seq"]), int(row.get("received") or 0))
         previous: dict[str, int] = {}
-        q = (
-            f'SELECT max("seq") AS "max_seq" FROM "{BOOKKEEPING_MEASUREMENT}" '  # noqa: S608
-            f'WHERE time >= {before} AND time < {since} GROUP BY "gateway"'
-        )
-        for series in await self.influx.query(q):
+        for series in await self.influx.query(select_previous_max_seq(window)):
             gw = series.tags.get("gateway", "")
             if gw in ranges and series.values and series.values[0][1] is not None:
                 previous[gw] = int(series.values[0][1])
@@ -167,7 +157,7 @@ class GapRepair:
             start = max(min(start, lo), lo - cap)
             if received >= hi - start + 1 or not ID_RE.fullmatch(gw):
                 continue
-            missing = await self._missing(gw, start, hi, since, until)
+            missing = await self._missing(gw, start, hi)
             if not missing:
                 continue
             summary.with_gaps += 1
@@ -206,12 +196,9 @@ class GapRepair:
             )
         return summary
 
-    async def _missing(self, gw: str, start: int, hi: int, since: str, until: str) -> list[int]:
-        # Not injectable: ``gw`` matched ID_RE; since/until are built from validated settings.
-        q = (
-            f'SELECT distinct("seq") FROM "{BOOKKEEPING_MEASUREMENT}" '  # noqa: S608
-            f"WHERE time >= {since} AND time < {until} AND \"gateway\" = '{gw}'"
-        )
+    async def _missing(self, gw: str, start: int, hi: int) -> list[int]:
+        s = self.settings
+        q = select_present_seqs(gw, s.completeness_window, s.completeness_settle_s)
         present: set[int] = set()
         for series in await self.influx.query(q):
             col = series.columns.index("distinct") if "distinct" in series.columns else 1

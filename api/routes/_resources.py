@@ -8,21 +8,26 @@ import msgspec
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from api._aqi import BANDS, AqiBand, aqi_band
 from api._deps import ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import BadParameter
-from api._live import Latest
-from api._params import NAME_PATTERN, AreaQuery, DeviceQuery, GatewayQuery, Limit, Offset
-from api._routes_history import (
+from api._params import (
+    NAME_PATTERN,
     AggregateQuery,
+    AreaQuery,
+    DeviceQuery,
     EndQuery,
-    HistoryOut,
+    GatewayQuery,
+    Limit,
+    Offset,
+    Page,
     StartQuery,
     WindowQuery,
-    run_series,
     time_range,
 )
+from api.standards import BANDS, AqiBand, aqi_band
+from api.state import Latest
+from api.storage import HistoryOut, read_series
 
 __all__ = ["RESOURCES", "router"]
 
@@ -50,12 +55,8 @@ class ResourceReading(msgspec.Struct):
     aqi_pollutants: dict[str, AqiBand] | None = None
 
 
-class ResourcePage(msgspec.Struct):
-    items: list[ResourceReading]
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
+class ResourcePage(Page[ResourceReading]):
+    pass
 
 
 class AreaSummary(msgspec.Struct):
@@ -90,8 +91,7 @@ async def latest(
         _reading(kind, r) for r in services.live.measurement(RESOURCES[kind])
         if area is None or r.area == area
     ]
-    nxt = offset + limit if offset + limit < len(rows) else None
-    return json_response(ResourcePage(rows[offset : offset + limit], len(rows), offset, limit, nxt))
+    return json_response(ResourcePage.of(rows, offset, limit))
 
 
 @router.get("/{kind}/areas", response_model=None, responses=doc(AreaList),
@@ -132,7 +132,8 @@ async def history(
     aggregate: AggregateQuery = None,
 ) -> Response:
     measurement = RESOURCES[kind]
-    start_ns, end_ns = time_range(services, start, end)
+    settings = services.settings
+    start_ns, end_ns = time_range(start, end, max_days=settings.max_range_days)
     if device is not None:
         devices: list[tuple[str | None, str]] = [(gateway, device)]
     else:
@@ -151,8 +152,9 @@ async def history(
             )
         if window is None:
             window = "1h"
-    out = await run_series(
-        services, measurement=measurement, field=field, devices=devices, start_ns=start_ns,
-        end_ns=end_ns, window=window, aggregate=aggregate,
+    out = await read_series(
+        services.influx, max_points=settings.max_points, measurement=measurement,
+        field=field, devices=devices, start_ns=start_ns, end_ns=end_ns, window=window,
+        aggregate=aggregate,
     )
     return json_response(out)

@@ -1,4 +1,4 @@
-"""Key management (admin), health, readiness, metrics and the vocabulary."""
+"""Key management (admin) and the calling key's own permissions (``/v1/me``)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import logging
 from typing import Annotated, Literal
 
 import msgspec
-from fastapi import APIRouter, Body, Path, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api._aqi import BANDS, BREAKPOINTS
 from api._auth import Role
-from api._db import ApiKey
-from api._deps import Admin, Caller, ServicesDep, Viewer, authenticate_key
+from api._deps import Admin, Caller, ServicesDep
 from api._encoding import doc, json_response
-from telemetry import MEASUREMENTS
+from api.storage import ApiKey
 
 __all__ = ["router"]
 
@@ -114,84 +111,4 @@ async def me(caller: Caller) -> Response:
     return json_response(
         Me(caller.key_id, caller.name, caller.role.name,
            {action: caller.role >= least for action, least in _ACTIONS.items()})
-    )
-
-
-class Health(msgspec.Struct):
-    status: str
-
-
-class Ready(msgspec.Struct):
-    status: str
-    broker: bool
-    influxdb: bool
-    warmed_series: int
-
-
-@router.get("/healthz", response_model=None, responses={200: {"description": "Alive"}},
-            tags=["meta"], summary="Liveness (no key needed)")
-async def healthz() -> Response:
-    return json_response(Health("ok"))
-
-
-@router.get("/readyz", response_model=None, tags=["meta"],
-            responses={200: {"description": "Ready"}, 503: {"description": "Not ready"}},
-            summary="Readiness: broker subscribed and InfluxDB answering (no key needed)")
-async def readyz(services: ServicesDep) -> Response:
-    influx = await services.influx.ping()
-    ok = influx and services.broker.connected
-    return json_response(
-        Ready("ok" if ok else "degraded", services.broker.connected, influx, services.warmed),
-        status=200 if ok else 503,
-    )
-
-
-@router.get("/metrics", response_model=None, tags=["meta"],
-            responses={200: {"description": "Prometheus text format"}},
-            summary="Prometheus metrics (viewer key unless metrics_public)")
-async def metrics(request: Request, services: ServicesDep) -> Response:
-    if not services.settings.metrics_public:
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if key is None and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
-        await authenticate_key(services, key, request.client.host if request.client else "")
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class FieldOut(msgspec.Struct):
-    type: str
-    unit: str
-    description: str
-
-
-class MeasurementOut(msgspec.Struct):
-    domain: str
-    description: str
-    fields: dict[str, FieldOut]
-    tags: list[str]
-
-
-class Vocabulary(msgspec.Struct):
-    measurements: dict[str, MeasurementOut]
-    aqi_bands: list[str]
-    aqi_breakpoints: dict[str, list[float]]
-
-
-@router.get("/v1/vocabulary", response_model=None, responses=doc(Vocabulary), tags=["meta"],
-            summary="Known measurements, fields and units; EAQI band breakpoints")
-async def vocabulary(_caller: Viewer) -> Response:
-    return json_response(
-        Vocabulary(
-            {
-                name: MeasurementOut(
-                    spec.domain, spec.description,
-                    {f: FieldOut(s.type, s.unit, s.description) for f, s in spec.fields.items()},
-                    list(spec.tags),
-                )
-                for name, spec in MEASUREMENTS.items()
-            },
-            list(BANDS),
-            {k: list(v) for k, v in BREAKPOINTS.items()},
-        )
     )

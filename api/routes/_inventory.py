@@ -14,7 +14,6 @@ from starlette.responses import Response
 from api._deps import Engineer, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
-from api._live import Completeness, DeviceState, GatewayState, Latest, iso
 from api._params import (
     NAME_PATTERN,
     AreaQuery,
@@ -24,8 +23,11 @@ from api._params import (
     GatewayQuery,
     Limit,
     Offset,
+    Page,
+    iso,
 )
 from api._services import Services
+from api.state import Completeness, DeviceState, GatewayState, Latest
 from telemetry import ConfigDesired, SpoolHealth, encode_message
 
 __all__ = ["router"]
@@ -82,28 +84,16 @@ class GatewayDetail(GatewaySummary):
     device_list: list[DeviceOut] = []
 
 
-class GatewayPage(msgspec.Struct):
-    items: list[GatewaySummary]
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
+class GatewayPage(Page[GatewaySummary]):
+    pass
 
 
-class DevicePage(msgspec.Struct):
-    items: list[DeviceOut]
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
+class DevicePage(Page[DeviceOut]):
+    pass
 
 
-class LatestPage(msgspec.Struct):
-    items: list[Latest]
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
+class LatestPage(Page[Latest]):
+    pass
 
 
 class DeviceLatest(msgspec.Struct):
@@ -171,10 +161,6 @@ def device_out(services: Services, gw: GatewayState, dev: DeviceState, now_ns: i
     )
 
 
-def _page(total: int, offset: int, limit: int) -> int | None:
-    return offset + limit if offset + limit < total else None
-
-
 @router.get("/gateways", response_model=None, responses=doc(GatewayPage),
             summary="Gateways with presence, last seen and data completeness")
 async def list_gateways(
@@ -192,10 +178,7 @@ async def list_gateways(
         if (state is None or gw.state == state)
         and (area is None or (gw.location is not None and gw.location.area == area))
     ]
-    return json_response(
-        GatewayPage(rows[offset : offset + limit], len(rows), offset, limit,
-                    _page(len(rows), offset, limit))
-    )
+    return json_response(GatewayPage.of(rows, offset, limit))
 
 
 @router.get("/gateways/{gateway}", response_model=None, responses=doc(GatewayDetail),
@@ -246,10 +229,7 @@ async def list_devices(
         if online is not None and out.online != online:
             continue
         rows.append(out)
-    return json_response(
-        DevicePage(rows[offset : offset + limit], len(rows), offset, limit,
-                   _page(len(rows), offset, limit))
-    )
+    return json_response(DevicePage.of(rows, offset, limit))
 
 
 @router.get("/devices/{gateway}/{device}", response_model=None, responses=doc(DeviceOut),
@@ -288,10 +268,7 @@ async def list_live(
         and (device is None or r.device == device)
         and (area is None or r.area == area)
     ]
-    return json_response(
-        LatestPage(rows[offset : offset + limit], len(rows), offset, limit,
-                   _page(len(rows), offset, limit))
-    )
+    return json_response(LatestPage.of(rows, offset, limit))
 
 
 @router.get("/live/{gateway}/{device}", response_model=None, responses=doc(DeviceLatest),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -23,17 +23,9 @@ __all__ = [
     "Inventory",
     "Latest",
     "LiveState",
-    "iso",
+    "completeness_of",
     "series_key",
 ]
-
-_NS: Final = 1_000_000_000
-
-
-def iso(ns: int) -> str:
-    """RFC 3339 UTC with milliseconds from integer nanoseconds."""
-    seconds, rest = divmod(ns, _NS)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
 
 
 def series_key(measurement: str, tags: Mapping[str, str]) -> str:
@@ -70,7 +62,7 @@ class Completeness(msgspec.Struct, frozen=True):
 def completeness_of(
     columns: list[str], values: list[Any], window: str
 ) -> Completeness | None:
-    """Completeness from one row of :func:`ingest.completeness_query`; ``None`` for a torn row.
+    """Completeness from one row of :func:`api.storage.completeness`; ``None`` for a torn row.
 
     InfluxDB 1.x builds one iterator per aggregate, so a row read while a gateway's batches
     are being written can mix two moments: ``count(distinct(seq))`` already counting a batch

@@ -11,13 +11,21 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
-from api._alerts import Alert
-from api._db import AlertEvent, AlertRule
 from api._deps import Operator, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
-from api._params import NAME_PATTERN, GatewayQuery, Limit, Offset
-from api._routes_history import EndQuery, StartQuery, time_range
+from api._params import (
+    NAME_PATTERN,
+    EndQuery,
+    GatewayQuery,
+    Limit,
+    Offset,
+    Page,
+    StartQuery,
+    time_range,
+)
+from api.state import Alert, Rule
+from api.storage import AlertEvent
 
 __all__ = ["router"]
 
@@ -33,29 +41,14 @@ class AlertList(msgspec.Struct):
     total: int
 
 
-class RuleOut(msgspec.Struct):
-    id: int
-    name: str
-    kind: str
-    measurement: str | None
-    field: str | None
-    op: str | None
-    threshold: float | None
-    ratio: float | None
-    duration_s: float
-    severity: str
-    enabled: bool
+# The fields are the engine's rule's, declared once (api.state.Rule); the subclass keeps the
+# name the OpenAPI document has always used.
+class RuleOut(Rule, frozen=True, kw_only=True):
+    pass
 
 
 class RuleList(msgspec.Struct):
     items: list[RuleOut]
-
-
-def _rule_out(row: AlertRule) -> RuleOut:
-    return RuleOut(
-        row.id, row.name, row.kind, row.measurement, row.field, row.op, row.threshold,
-        row.ratio, row.duration_s, row.severity, row.enabled,
-    )
 
 
 @router.get("/alerts", response_model=None, responses=doc(AlertList),
@@ -106,12 +99,7 @@ class AlertEventOut(msgspec.Struct):
     note: str | None
 
 
-class AlertHistoryPage(msgspec.Struct):
-    items: list[AlertEventOut]
-    total: int
-    offset: int
-    limit: int
-    next_offset: int | None
+class AlertHistoryPage(Page[AlertEventOut]):
     start: str
     end: str
 
@@ -147,7 +135,7 @@ async def alert_history(
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> Response:
-    start_ns, end_ns = time_range(services, start, end)
+    start_ns, end_ns = time_range(start, end, max_days=services.settings.max_range_days)
     since = dt.datetime.fromtimestamp(start_ns / 1e9, dt.UTC)
     until = dt.datetime.fromtimestamp(end_ns / 1e9, dt.UTC)
     rows, total = await asyncio.to_thread(
@@ -222,7 +210,7 @@ class RuleBody(BaseModel):
             summary="Alert rules")
 async def list_rules(services: ServicesDep, _caller: Viewer) -> Response:
     rows = await asyncio.to_thread(services.db.list_rules)
-    return json_response(RuleList([_rule_out(r) for r in rows]))
+    return json_response(RuleList([RuleOut.from_row(r) for r in rows]))
 
 
 @router.post("/alert-rules", response_model=None, status_code=201,
@@ -236,7 +224,7 @@ async def add_rule(
         values["field"] = values["field"] or "averageVehicleSpeed"
     row = await asyncio.to_thread(services.db.add_rule, **values)
     await services.reload_rules()
-    return json_response(_rule_out(row), status=201)
+    return json_response(RuleOut.from_row(row), status=201)
 
 
 @router.put("/alert-rules/{rule_id}", response_model=None, responses=doc(RuleOut),
@@ -247,7 +235,7 @@ async def replace_rule(
 ) -> Response:
     row = await asyncio.to_thread(services.db.update_rule, rule_id, **body.model_dump())
     await services.reload_rules()
-    return json_response(_rule_out(row))
+    return json_response(RuleOut.from_row(row))
 
 
 @router.delete("/alert-rules/{rule_id}", status_code=204, response_model=None,

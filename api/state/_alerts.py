@@ -28,15 +28,15 @@ import logging
 import operator
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from api._db import AlertRule, Database
-from api._live import GatewayState, Inventory, Latest, iso
 from api._metrics import ApiMetrics
+from api._params import iso
+from api.state._live import GatewayState, Inventory, Latest
+from api.storage import AlertRule, Database
 
 __all__ = ["Alert", "AlertEngine", "AlertHistory", "AlertTransition", "Rule"]
 
@@ -47,8 +47,9 @@ _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
 AlertTransition = Literal["raised", "resolved", "acknowledged"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rule:
+class Rule(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert rule as the engine evaluates it (and as ``/v1/alert-rules`` shows it)."""
+
     id: int
     name: str
     kind: str
@@ -62,12 +63,8 @@ class Rule:
     enabled: bool
 
     @classmethod
-    def from_row(cls, row: AlertRule) -> Rule:
-        return cls(
-            id=row.id, name=row.name, kind=row.kind, measurement=row.measurement,
-            field=row.field, op=row.op, threshold=row.threshold, ratio=row.ratio,
-            duration_s=row.duration_s, severity=row.severity, enabled=row.enabled,
-        )
+    def from_row(cls, row: AlertRule) -> Self:
+        return cls(**{name: getattr(row, name) for name in cls.__struct_fields__})
 
 
 class Alert(msgspec.Struct, kw_only=True):

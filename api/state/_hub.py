@@ -24,7 +24,16 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["KINDS", "Event", "Hub", "StreamFilter", "Subscriber"]
+__all__ = [
+    "EXTRA_KINDS",
+    "KINDS",
+    "MEASUREMENT_KIND",
+    "Event",
+    "Hub",
+    "StreamFilter",
+    "Subscriber",
+    "parse_filter",
+]
 
 #: Stream kinds: reading aliases for the known measurements, plus alerts and gateway status.
 KINDS: Final = {

@@ -10,8 +10,9 @@ Both transports carry the same JSON events, one per message::
     {"type": "heartbeat", "time": "..."}
 
 Filters (query parameters, repeated or comma-separated): ``kind`` (vehicle, traffic, parking,
-air, noise, water, energy, other, alert, gateway), ``device``, ``area``. See ``_hub.py`` for
-the slow-client policy (drop oldest, notify, disconnect after ``stream_send_timeout_s``).
+air, noise, water, energy, other, alert, gateway), ``device``, ``area``. See
+``api/state/_hub.py`` for the slow-client policy (drop oldest, notify, disconnect after
+``stream_send_timeout_s``).
 
 Authentication: ``X-API-Key`` / ``Authorization: Bearer`` headers, or, for browsers (which
 cannot set headers on WebSocket or EventSource), the ``key`` query parameter; a WebSocket may
@@ -35,10 +36,9 @@ from starlette.types import Receive, Scope, Send
 from api._auth import Principal
 from api._deps import ServicesDep, authenticate_key
 from api._errors import BadParameter, ProblemError
-from api._hub import EXTRA_KINDS, KINDS, StreamFilter, Subscriber, parse_filter
-from api._live import iso
-from api._params import AREA_PATTERN, ID_PATTERN
+from api._params import AREA_PATTERN, ID_PATTERN, iso
 from api._services import Services
+from api.state import EXTRA_KINDS, KINDS, StreamFilter, Subscriber, parse_filter
 
 __all__ = ["router"]
 

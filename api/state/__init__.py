@@ -1,0 +1,76 @@
+"""State: what the API holds in memory, and the background work that keeps it current.
+
+The broker link (paho thread handed over to the event loop), the live state and inventory
+it feeds, the live-push hub, the alert engine and its history, transport views of the live
+state, and gap repair (missing batches asked of their gateways again).
+"""
+
+from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
+from api.state._broker import BrokerLink
+from api.state._hub import (
+    EXTRA_KINDS,
+    KINDS,
+    MEASUREMENT_KIND,
+    Event,
+    Hub,
+    StreamFilter,
+    Subscriber,
+    parse_filter,
+)
+from api.state._live import (
+    Completeness,
+    DeviceState,
+    GatewayState,
+    Inventory,
+    Latest,
+    LiveState,
+    completeness_of,
+    series_key,
+)
+from api.state._repair import GapRepair, RepairRound, seq_ranges
+from api.state._transport import (
+    Congestion,
+    GeoPoint,
+    VehicleOut,
+    as_float,
+    as_int,
+    as_str,
+    congestion_level,
+    vehicles,
+)
+
+__all__ = [
+    "EXTRA_KINDS",
+    "KINDS",
+    "MEASUREMENT_KIND",
+    "Alert",
+    "AlertEngine",
+    "AlertHistory",
+    "AlertTransition",
+    "BrokerLink",
+    "Completeness",
+    "Congestion",
+    "DeviceState",
+    "Event",
+    "GapRepair",
+    "GatewayState",
+    "GeoPoint",
+    "Hub",
+    "Inventory",
+    "Latest",
+    "LiveState",
+    "RepairRound",
+    "Rule",
+    "StreamFilter",
+    "Subscriber",
+    "VehicleOut",
+    "as_float",
+    "as_int",
+    "as_str",
+    "completeness_of",
+    "congestion_level",
+    "parse_filter",
+    "seq_ranges",
+    "series_key",
+    "vehicles",
+]

@@ -1,0 +1,55 @@
+"""Storage: what the API reads from InfluxDB and keeps in its operator database.
+
+The InfluxDB v1 client, every InfluxQL statement of the API (built from validated values
+only, in one module), the bounded history answers, and the operator database (API keys,
+alert rules, acknowledgements, alert history; SQLAlchemy).
+"""
+
+from api.storage._db import (
+    KEY_PREFIX,
+    AlertAck,
+    AlertEvent,
+    AlertRule,
+    ApiKey,
+    Database,
+    hash_key,
+    new_key,
+)
+from api.storage._history import HistoryOut, Point, read_series
+from api.storage._influx import InfluxClient, Series
+from api.storage._queries import (
+    SeriesQuery,
+    quote_ident,
+    quote_string,
+    select_completeness,
+    select_entity_history,
+    select_latest,
+    select_present_seqs,
+    select_previous_max_seq,
+    show_measurements,
+)
+
+__all__ = [
+    "KEY_PREFIX",
+    "AlertAck",
+    "AlertEvent",
+    "AlertRule",
+    "ApiKey",
+    "Database",
+    "HistoryOut",
+    "InfluxClient",
+    "Point",
+    "Series",
+    "SeriesQuery",
+    "hash_key",
+    "new_key",
+    "quote_ident",
+    "quote_string",
+    "read_series",
+    "select_completeness",
+    "select_entity_history",
+    "select_latest",
+    "select_present_seqs",
+    "select_previous_max_seq",
+    "show_measurements",
+]
