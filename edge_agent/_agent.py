@@ -20,52 +20,50 @@ inputs stop (what they deliver meanwhile is left unacked, the local broker redel
 last tick, a seal and a commit (open aggregation windows stay open, in the checkpoint: the
 next start continues them), then the retained death message.
 
-Remote config (``config/desired``) is validated with the same models as the file, must keep
-the broker/spool/metrics sections, is persisted to ``<state_dir>/remote-config.json`` and
-applied by swapping inputs and processors; processor chains whose rule did not change keep
-their state, the others are flushed (open windows close early). The
-outcome goes to ``config/reported``. Commands (``cmd``, MQTT v5 request/response): ``ping``,
-``reannounce``, ``health``, ``resend`` (publish held batches again by seq: the platform's gap
-repair; at most ``MAX_RESEND_SEQS`` seqs per request).
+Remote config (``config/desired``, :mod:`edge_agent._remote`) is validated with the same
+models as the file, must keep the broker/spool/metrics sections, is persisted and applied by
+swapping inputs and processors; processor chains whose rule did not change keep their state,
+the others are flushed (open windows close early). The outcome goes to ``config/reported``.
+Commands: :mod:`edge_agent._commands`. State for the health message and ``/metrics``: one
+:meth:`EdgeAgent.snapshot` (:mod:`edge_agent._snapshot`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from edge_agent._config import AgentConfig, parse_config, remote_change_issues
-from edge_agent._errors import CommandError, ConfigError, ConfigIssue, EdgeError, SpoolError
-from edge_agent._inputs import Input, build_input
-from edge_agent._pipeline import (
-    KEY_PENDING,
-    STATE_KEYS,
-    Batcher,
-    ChannelPipeline,
-    CheckpointError,
-    RestoreReport,
+from edge_agent._batcher import Batcher
+from edge_agent._checkpoint import KEY_PENDING, STATE_KEYS, CheckpointError
+from edge_agent._commands import MAX_RESEND_SEQS, Commands, parse_resend_args, resend
+from edge_agent._config import AgentConfig
+from edge_agent._errors import ConfigError, ConfigIssue, EdgeError
+from edge_agent._pipeline import ChannelPipeline, RestoreReport
+from edge_agent._remote import load_persisted, persist, validate_remote
+from edge_agent._snapshot import (
+    AgentSnapshot,
+    CheckpointStats,
+    CpuMeter,
+    UplinkSnapshot,
+    health_message,
+    process_cpu_s,
+    process_rss_bytes,
 )
 from edge_agent._spool import Spool
 from edge_agent._uplink import ControlMessage, Uplink
+from edge_agent.inputs import Input, build_input
 from telemetry import (
     Birth,
-    CommandRequest,
-    CommandResponse,
     ConfigDesired,
     ConfigReported,
     Health,
     PayloadError,
     Reading,
-    SpoolHealth,
     TopicError,
     TopicKind,
     Topics,
@@ -73,62 +71,12 @@ from telemetry import (
     encode_message,
 )
 
+# parse_resend_args and MAX_RESEND_SEQS are re-exported: tests/api imports them from here.
 __all__ = ["AGENT_NAME", "MAX_RESEND_SEQS", "EdgeAgent", "parse_resend_args", "run_agent"]
 
 log: Final = logging.getLogger("edge_agent")
 AGENT_NAME: Final = "smartcity-edge/0.1"
-_REMOTE_FILE: Final = "remote-config.json"
-_ANSWERED_KEPT: Final = 256
-#: Most seqs one ``resend`` request may name (seqs and ranges together).
-MAX_RESEND_SEQS: Final = 10_000
 _PRUNE_INTERVAL_S: Final = 60.0
-
-
-class _ProcessProbe:
-    """CPU use since the previous call and the current RSS of this process, from
-    ``os.times()`` and ``/proc/self/statm`` (psutil would cost ~1.3 MB of RSS for two numbers).
-    """
-
-    _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def __init__(self) -> None:
-        self._last = (time.monotonic(), self._cpu_s())
-
-    @staticmethod
-    def _cpu_s() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    def cpu_percent(self) -> float:
-        """Percent of one CPU used since the previous call (can exceed 100 with threads)."""
-        now, cpu = time.monotonic(), self._cpu_s()
-        (t0, c0), self._last = self._last, (now, cpu)
-        return 0.0 if now <= t0 else round(100.0 * (cpu - c0) / (now - t0), 1)
-
-    def rss_bytes(self) -> int:
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                return int(f.read().split()[1]) * self._PAGE
-        except (OSError, ValueError, IndexError):
-            import resource  # not Linux: the peak is the best the stdlib offers
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return peak if sys.platform == "darwin" else peak * 1024
-
-
-@dataclass(slots=True)
-class CheckpointStats:
-    """Checkpoints written this run and saved ones that could not be used."""
-
-    written: int = 0
-    #: Saved checkpoints (or parts) ignored because they were corrupt or did not fit.
-    ignored: int = 0
-    last_bytes: int = 0
-    last_ms: float = 0.0
-    restored_channels: int = 0
-    restored_windows: int = 0
-    #: Windows closed early because the processor config changed (restart or remote).
-    closed_windows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +100,7 @@ class EdgeAgent:
         self.gateway = config.gateway.id
         self.topics = Topics(config.broker.topic_root)
         self.file_config = config
-        cfg, version = self._load_remote(config)
+        cfg, version = load_persisted(config)
         self._runtime = self._build(cfg, version)
         self.spool = Spool(
             config.spool_path,
@@ -170,6 +118,7 @@ class EdgeAgent:
             birth=self._birth_payload,
             on_control=self._on_control,
         )
+        self._commands = Commands(self, self.uplink)
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._swap = asyncio.Event()
@@ -179,10 +128,9 @@ class EdgeAgent:
         #: While set, messages from inputs with acks are refused unacked (stop, swap).
         self._closing = False
         self.checkpoints = CheckpointStats()
-        self._extra_drops: dict[str, dict[str, int]] = {}
-        #: (response topic, correlation) of recently answered commands, oldest first.
-        self._answered: dict[tuple[str, bytes], None] = {}
-        self._proc = _ProcessProbe()
+        #: Drops the inputs count (``input_parse``): stage -> channel -> n.
+        self._input_drops: dict[str, dict[str, int]] = {}
+        self._cpu = CpuMeter()
         self.submitted = 0
         self.ready = asyncio.Event()
 
@@ -210,9 +158,9 @@ class EdgeAgent:
         try:
             self._restore()
             if self.file_config.metrics.port is not None:
-                from edge_agent._metrics import MetricsServer
+                from edge_agent._metrics import MetricsServer  # prometheus_client only if used
 
-                metrics = MetricsServer(self, self.file_config.metrics)
+                metrics = MetricsServer(self.snapshot, self.file_config.metrics)
                 metrics.start()
             async with asyncio.TaskGroup() as tg:
                 gw = self.gateway
@@ -259,7 +207,7 @@ class EdgeAgent:
             self._acks_waiting.append(ack)
 
     def count_drop(self, stage: str, channel: str, n: int = 1) -> None:
-        per = self._extra_drops.setdefault(stage, {})
+        per = self._input_drops.setdefault(stage, {})
         per[channel] = per.get(channel, 0) + n
 
     # -- loops -----------------------------------------------------------------------------------
@@ -304,9 +252,12 @@ class EdgeAgent:
         state = pipeline.checkpoint()
         sealed = self.batcher.commit(state)
         ck = self.checkpoints
-        ck.written += 1
-        ck.last_ms = (time.perf_counter() - t) * 1000
-        ck.last_bytes = sum(len(b) for b in state.values())
+        self.checkpoints = replace(
+            ck,
+            written=ck.written + 1,
+            last_ms=(time.perf_counter() - t) * 1000,
+            last_bytes=sum(len(b) for b in state.values()),
+        )
         return sealed
 
     def _restore(self) -> None:
@@ -335,7 +286,7 @@ class EdgeAgent:
         self.uplink.notify()
 
     def _ignored(self, what: str, exc: CheckpointError) -> None:
-        self.checkpoints.ignored += 1
+        self.checkpoints = replace(self.checkpoints, ignored=self.checkpoints.ignored + 1)
         log.warning(
             f"saved {what} ignored, starting without it: {exc}",
             extra={"gateway": self.gateway, "reason": str(exc)},
@@ -343,9 +294,12 @@ class EdgeAgent:
 
     def _log_restore(self, report: RestoreReport, when: str, pending: int = 0) -> None:
         ck = self.checkpoints
-        ck.restored_channels += report.channels
-        ck.restored_windows += report.open_windows
-        ck.closed_windows += report.closed_windows
+        self.checkpoints = replace(
+            ck,
+            restored_channels=ck.restored_channels + report.channels,
+            restored_windows=ck.restored_windows + report.open_windows,
+            closed_windows=ck.closed_windows + report.closed_windows,
+        )
         log.info(
             f"processor state restored ({when}): {report.channels} channels, "
             f"{report.open_windows} open windows continue, {pending} unsealed readings",
@@ -403,35 +357,33 @@ class EdgeAgent:
             finally:
                 self._closing = False
 
-    # -- health and birth ------------------------------------------------------------------------
-    def health(self) -> Health:
-        st = self.spool.stats()
-        dropped = self._runtime.pipeline.dropped()
-        for stage, per in self._extra_drops.items():
-            dropped.setdefault(stage, {}).update(per)
-        links = {inp.name: inp.state for inp in self._runtime.inputs}
-        links["uplink"] = self.uplink.stats.state
-        cpu = self._proc.cpu_percent()
-        rss = self._proc.rss_bytes()
-        return Health(
-            gw=self.gateway,
+    # -- state: one snapshot for every view ------------------------------------------------------
+    def snapshot(self) -> AgentSnapshot:
+        """The agent's state now (health message, ``/metrics``; safe from the scrape thread)."""
+        rt = self._runtime
+        dropped = rt.pipeline.dropped()
+        for stage, per in list(self._input_drops.items()):
+            dropped.setdefault(stage, {}).update(per)  # dict copies are atomic under the GIL
+        return AgentSnapshot(
+            gateway=self.gateway,
             ts=time.time_ns(),
-            uptime_s=round(time.monotonic() - self._started, 3),
-            next_seq=st.next_seq,
-            spool=SpoolHealth(
-                batches=st.batches,
-                readings=st.readings,
-                bytes=st.bytes,
-                budget_bytes=st.budget_bytes,
-                oldest_age_s=st.oldest_age_s,
-                dropped_batches=st.dropped_batches,
-                dropped_readings=st.dropped_readings,
-            ),
+            monotonic=(now := time.monotonic()),
+            uptime_s=round(now - self._started, 3),
+            config_version=rt.version,
+            inputs={inp.name: inp.state for inp in rt.inputs},
+            uplink=UplinkSnapshot.of(self.uplink.stats, connected=self.uplink.connected),
+            spool=self.spool.stats(),
             dropped=dropped,
-            links=links,
-            cpu_percent=cpu,
-            rss_bytes=rss,
+            submitted=self.submitted,
+            checkpoints=self.checkpoints,
+            cpu_s=process_cpu_s(),
+            rss_bytes=process_rss_bytes(),
         )
+
+    def health(self) -> Health:
+        """The health message: the :meth:`snapshot`, with CPU use since the previous one."""
+        snap = self.snapshot()
+        return health_message(snap, cpu_percent=self._cpu.percent(snap))
 
     def birth(self) -> Birth:
         cfg = self.config
@@ -452,6 +404,19 @@ class EdgeAgent:
             self.topics.status(self.gateway), self._birth_payload(), qos=1, retain=True
         )
 
+    # -- commands (edge_agent._commands calls these) ---------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "ts": time.time_ns(),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "config_version": self.config_version,
+        }
+
+    def resend(self, seqs: list[int]) -> dict[str, Any]:
+        """Publish again the held batches with these seqs (the ``resend`` command)."""
+        return resend(self.spool, self.uplink, seqs)
+
     # -- control plane ---------------------------------------------------------------------------
     def _on_control(self, msg: ControlMessage) -> None:
         try:
@@ -461,7 +426,7 @@ class EdgeAgent:
         if kind is TopicKind.CONFIG_DESIRED:
             self._on_config(msg.payload)
         elif kind is TopicKind.COMMAND:
-            self._on_command(msg)
+            self._commands.handle(msg)
 
     def _report(self, version: int, status: str, reason: str | None = None) -> None:
         report = ConfigReported(
@@ -498,19 +463,16 @@ class EdgeAgent:
             )
             self._report(desired.version, "rejected", exc.reason)
             return
-        self._persist(desired)
+        persist(self.file_config, desired)
         self._pending_swap = runtime
         self._swap.set()
 
     def _prepare(self, data: dict[str, Any], version: int) -> _Runtime:
-        source = f"remote config version {version}"
-        cfg = parse_config(data, source=source)
-        issues = remote_change_issues(self.file_config, cfg)
-        if issues:
-            raise ConfigError(source, issues)
+        cfg = validate_remote(self.file_config, data, version)
         try:
             return self._build(cfg, version)
         except (EdgeError, ValueError) as exc:
+            source = f"remote config version {version}"
             raise ConfigError(source, [ConfigIssue("", str(exc))]) from exc
 
     def _build(self, cfg: AgentConfig, version: int) -> _Runtime:
@@ -543,136 +505,6 @@ class EdgeAgent:
         log.info("remote config applied", extra={"version": new.version})
         self._report(new.version, "applied")
         self.reannounce()
-
-    def _remote_path(self) -> Path:
-        return self.file_config.gateway.state_dir / _REMOTE_FILE
-
-    def _persist(self, desired: ConfigDesired) -> None:
-        path = self._remote_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump({"version": desired.version, "config": desired.config}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-
-    def _load_remote(self, file_cfg: AgentConfig) -> tuple[AgentConfig, int]:
-        path = file_cfg.gateway.state_dir / _REMOTE_FILE
-        if not path.exists():
-            return file_cfg, 0
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            version = int(stored["version"])
-            cfg = parse_config(stored["config"], source=str(path))
-        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
-            log.warning("persisted remote config ignored", extra={"reason": str(exc)})
-            return file_cfg, 0
-        if remote_change_issues(file_cfg, cfg):
-            log.warning("persisted remote config ignored: it changes fixed sections")
-            return file_cfg, 0
-        return cfg, version
-
-    def _on_command(self, msg: ControlMessage) -> None:
-        if msg.response_topic is None:
-            log.warning("command without a response topic ignored")
-            return
-        # The persistent session may redeliver a command whose PUBACK was lost with the
-        # connection (DUP set): answer each request once.
-        if msg.correlation is not None:
-            key = (msg.response_topic, msg.correlation)
-            if msg.redelivered and key in self._answered:
-                log.info("redelivered command already answered", extra={"topic": msg.topic})
-                return
-            self._answered[key] = None
-            if len(self._answered) > _ANSWERED_KEPT:
-                del self._answered[next(iter(self._answered))]
-        try:
-            req = decode_message(msg.payload, CommandRequest)
-            result = self._command(req)
-            resp = CommandResponse(ok=True, result=result)
-        except (PayloadError, CommandError) as exc:
-            resp = CommandResponse(ok=False, error=str(exc))
-        self.uplink.publish_control(
-            msg.response_topic, encode_message(resp), correlation=msg.correlation
-        )
-
-    def _command(self, req: CommandRequest) -> dict[str, Any]:
-        if req.cmd == "ping":
-            return {
-                "pong": True,
-                "ts": time.time_ns(),
-                "uptime_s": round(time.monotonic() - self._started, 3),
-                "config_version": self.config_version,
-            }
-        if req.cmd == "reannounce":
-            return {"published": self.reannounce()}
-        if req.cmd == "health":
-            import msgspec
-
-            result: dict[str, Any] = msgspec.to_builtins(self.health())
-            return result
-        if req.cmd == "resend":
-            return self.resend(parse_resend_args(req.args))
-        raise CommandError(
-            f"unknown command {req.cmd!r} (known: ping, reannounce, health, resend)"
-        )
-
-    def resend(self, seqs: list[int]) -> dict[str, Any]:
-        """Publish again the held batches with these seqs (the ``resend`` command)."""
-        try:
-            found = self.spool.redeliver(seqs)
-        except SpoolError as exc:
-            raise CommandError(f"cannot read the spool: {exc}") from exc
-        self.uplink.resend(found.requeued)
-        log.info(
-            "resend requested",
-            extra={
-                "requested": len(seqs),
-                "requeued": len(found.requeued),
-                "waiting": found.waiting,
-                "missing": len(found.missing),
-            },
-        )
-        return {
-            "found": found.found,
-            "missing": found.missing,
-            "requeued": len(found.requeued),
-            "waiting": found.waiting,
-        }
-
-
-def parse_resend_args(args: dict[str, Any]) -> list[int]:
-    """The distinct seqs of a ``resend`` request: ``{"seqs": [3, 7], "ranges": [[10, 20]]}``
-    (ranges inclusive, either key optional, at most :data:`MAX_RESEND_SEQS` in all)."""
-    unknown = set(args) - {"seqs", "ranges"}
-    if unknown:
-        raise CommandError(f"resend: unknown argument(s) {sorted(unknown)} (known: seqs, ranges)")
-    seqs_arg = args.get("seqs", [])
-    ranges_arg = args.get("ranges", [])
-    if not isinstance(seqs_arg, list) or not isinstance(ranges_arg, list):
-        raise CommandError("resend: seqs and ranges must be lists")
-    if not seqs_arg and not ranges_arg:
-        raise CommandError("resend: give seqs and/or ranges")
-
-    def seq(v: object, where: str) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CommandError(f"resend: {where} must be a non-negative integer, not {v!r}")
-        return v
-
-    out: set[int] = {seq(v, f"seqs[{i}]") for i, v in enumerate(seqs_arg)}
-    if len(out) > MAX_RESEND_SEQS:
-        raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
-    for i, r in enumerate(ranges_arg):
-        if not isinstance(r, list) or len(r) != 2:
-            raise CommandError(f"resend: ranges[{i}] must be [from, to]")
-        lo, hi = seq(r[0], f"ranges[{i}][0]"), seq(r[1], f"ranges[{i}][1]")
-        if lo > hi:
-            raise CommandError(f"resend: ranges[{i}] goes backwards ({lo} > {hi})")
-        if hi - lo + 1 + len(out) > MAX_RESEND_SEQS:
-            raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
-        out.update(range(lo, hi + 1))
-    return sorted(out)
 
 
 async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> None:

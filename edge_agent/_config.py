@@ -9,80 +9,49 @@
     health:    interval_s                         periodic health message
     metrics:   port, host                         optional Prometheus endpoint
     devices:   [...]                              inventory announced in the birth message
-    inputs:    [{type: mqtt, ...}, ...]           input plugins (by ``type``)
-    processors: [{match: {...}, stages: [...]}]   per-channel processor chains
+    inputs:    [{type: mqtt, ...}, ...]           input plugins, by ``type`` (edge_agent.inputs)
+    processors: [{match: {...}, stages: [...]}]   per-channel chains (edge_agent.processors)
 
 Every model forbids unknown keys, so a typo fails at start-up. :func:`load_config` reports
 every problem with the file, the dotted key path and the reason (:class:`ConfigError`).
+The inputs' and stages' models live with their plugins; their unions come from the
+registries (:data:`edge_agent.inputs.INPUTS`, :data:`edge_agent.processors.STAGES`).
 ``docs/gateway-install.md`` is the reference.
 """
 
+# ruff: noqa: RUF012 - pydantic copies mutable defaults per instance; ruff cannot see that
+# FrozenModel (edge_agent._model) is a pydantic BaseModel.
 from __future__ import annotations
 
-import fnmatch
-import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ByteSize,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
 from edge_agent._errors import ConfigError, ConfigIssue
-from edge_agent._processors import STAGES, AggregateConfig, StageSpec
+from edge_agent._model import FrozenModel, Id, Name
+from edge_agent.inputs import INPUTS, InputSpec, check_inputs
+from edge_agent.processors import STAGES, ProcessorRule
 from foundation import BrokerAccess, check_broker_security
-from telemetry import (
-    ID_RE,
-    MAX_PAYLOAD_BYTES,
-    MAX_READINGS,
-    NAME_RE,
-    DeviceInfo,
-    Location,
-    TopicError,
-    Topics,
-)
+from telemetry import MAX_PAYLOAD_BYTES, MAX_READINGS, DeviceInfo, Location, TopicError, Topics
 
 __all__ = [
     "AgentConfig",
     "BatchConfig",
     "BrokerConfig",
     "DeviceConfig",
-    "FirmwareInputConfig",
     "GatewayConfig",
     "HealthConfig",
-    "InputSpec",
     "LocationConfig",
-    "MatchConfig",
     "MetricsConfig",
-    "ModbusInputConfig",
-    "MqttInputConfig",
-    "MqttSubscription",
-    "NmeaInputConfig",
-    "ProcessorRule",
     "SpoolConfig",
     "load_config",
     "parse_config",
-    "remote_change_issues",
 ]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-# pydantic searches a pattern; anchor it so the whole value must match.
-_Id = Annotated[str, Field(pattern=rf"^(?:{ID_RE.pattern})$", max_length=64)]
-_Name = Annotated[str, Field(pattern=rf"^(?:{NAME_RE.pattern})$")]
-
-
-class LocationConfig(_Model):
+class LocationConfig(FrozenModel):
     lat: Annotated[float, Field(ge=-90, le=90)]
     lon: Annotated[float, Field(ge=-180, le=180)]
     alt: float | None = None
@@ -92,8 +61,8 @@ class LocationConfig(_Model):
         return Location(lat=self.lat, lon=self.lon, alt=self.alt, area=self.area)
 
 
-class GatewayConfig(_Model):
-    id: _Id
+class GatewayConfig(FrozenModel):
+    id: Id
     location: LocationConfig | None = None
     #: Spool, persisted remote config. Relative paths are relative to the config file.
     state_dir: Path = Path("/var/lib/smartcity-edge")
@@ -113,7 +82,7 @@ class BrokerConfig(BrokerAccess):
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     topic_root: str = "sc"
-    client_id: _Id | None = None
+    client_id: Id | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     #: MQTT v5 Session Expiry Interval. The uplink connects with clean start off, so config
     #: and commands published while the gateway is offline for less than this are queued by
@@ -150,7 +119,7 @@ class BrokerConfig(BrokerAccess):
         return self
 
 
-class SpoolConfig(_Model):
+class SpoolConfig(FrozenModel):
     #: Default: ``<state_dir>/spool.sqlite3``.
     path: Path | None = None
     #: Payload bytes kept at most; past it the oldest batches are dropped (counted).
@@ -168,26 +137,26 @@ class SpoolConfig(_Model):
     keep_delivered_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
 
 
-class BatchConfig(_Model):
+class BatchConfig(FrozenModel):
     max_readings: Annotated[int, Field(ge=1, le=MAX_READINGS)] = 500
     max_bytes: Annotated[int, Field(ge=1024, le=MAX_PAYLOAD_BYTES - 1024)] = 64 * 1024
     max_age_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
 
 
-class HealthConfig(_Model):
+class HealthConfig(FrozenModel):
     interval_s: Annotated[float, Field(gt=0)] = 30.0
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(FrozenModel):
     port: Annotated[int, Field(ge=0, le=65535)] | None = None
     host: str = "127.0.0.1"
 
 
-class DeviceConfig(_Model):
-    id: _Id
+class DeviceConfig(FrozenModel):
+    id: Id
     kind: Annotated[str, Field(min_length=1)]
     #: measurement -> field -> unit
-    measurements: dict[_Name, dict[_Name, str]] = {}
+    measurements: dict[Name, dict[Name, str]] = {}
     location: LocationConfig | None = None
     meta: dict[str, str] = {}
 
@@ -201,252 +170,7 @@ class DeviceConfig(_Model):
         )
 
 
-# -- inputs --------------------------------------------------------------------------------
-
-_TEMPLATE_RE: Final = re.compile(r"\{(\d+)\}")
-
-
-class MqttSubscription(_Model):
-    """One topic filter on the local broker and how its messages become readings.
-
-    ``device`` and tag values may hold ``{N}``: the N-th level (0-based) of the topic.
-    ``format: json`` takes each field from a JSON path (``$.a.b[0]``); ``format: number``
-    reads the whole payload as one number into ``field``.
-    """
-
-    topic: Annotated[str, Field(min_length=1)]
-    device: Annotated[str, Field(min_length=1)]
-    measurement: _Name
-    format: Literal["json", "number"] = "json"
-    fields: dict[_Name, str] = {}
-    field: _Name | None = None
-    timestamp: str | None = None
-    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ns"
-    tags: dict[_Name, str] = {}
-
-    @model_validator(mode="after")
-    def _shape(self) -> Self:
-        if self.format == "json" and not self.fields:
-            raise ValueError("format json needs fields (name: JSON path)")
-        if self.format == "number" and self.field is None:
-            raise ValueError("format number needs field")
-        if self.format == "number" and self.timestamp is not None:
-            raise ValueError("format number has no timestamp path")
-        if "#" in self.topic[:-1] or any(
-            ("+" in lvl or "#" in lvl) and len(lvl) > 1 for lvl in self.topic.split("/")
-        ):
-            raise ValueError(f"topic filter {self.topic!r} is not valid")
-        return self
-
-
-class MqttInputConfig(BrokerAccess):
-    """Subscriptions on the gateway's local broker (QoS 1, persistent session, acked only
-    once the readings are in the spool). Credentials and ``tls`` as for the uplink
-    (:class:`foundation._broker.BrokerAccess`), with the same rules."""
-
-    type: Literal["mqtt"]
-    name: _Id
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: _Id | None = None
-    #: Development only: permits ``tls.insecure`` and passwords over plain TCP to non-local hosts.
-    allow_insecure: bool = False
-    subscriptions: Annotated[list[MqttSubscription], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _secure(self) -> Self:
-        check_broker_security(
-            host=self.host,
-            tls=self.tls,
-            has_password=self.has_password,
-            allow_insecure=self.allow_insecure,
-        )
-        return self
-
-
-class SimulatedInputConfig(_Model):
-    """Synthetic readings (sine + noise) for bench tests and demos without hardware."""
-
-    type: Literal["simulated"]
-    name: _Id
-    devices: Annotated[int, Field(ge=1)] = 1
-    device_prefix: str = "sim"
-    measurement: _Name = "Simulated"
-    fields: Annotated[list[_Name], Field(min_length=1)] = ["value"]
-    rate_hz: Annotated[float, Field(gt=0)] = 1.0
-
-
-class SerialLine(_Model):
-    """A serial link: a tty, a pty, or any pyserial URL (``socket://``, ``rfc2217://``)."""
-
-    url: Annotated[str, Field(min_length=1)]
-    baudrate: Annotated[int, Field(gt=0)] = 115200
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-
-
-class FirmwareInputConfig(_Model):
-    """Devices speaking the project firmware protocol on one serial link (firmware_bridge)."""
-
-    type: Literal["firmware"]
-    name: _Id
-    serial: SerialLine
-    #: firmware device id -> device name (others are ``fw-<id as 8 hex digits>``)
-    device_names: dict[int, _Id] = {}
-    max_pending_readings: Annotated[int, Field(ge=1)] = 10_000
-
-    @model_validator(mode="after")
-    def _bridge(self) -> Self:
-        self.to_bridge()  # firmware_bridge.ConfigError is a ValueError: reported with the path
-        return self
-
-    def to_bridge(self) -> Any:
-        from firmware_bridge import FirmwareLinkConfig
-
-        return FirmwareLinkConfig(
-            serial=_serial(self.serial, self.name),
-            device_names=dict(self.device_names),
-            max_pending_readings=self.max_pending_readings,
-        )
-
-
-class NmeaInputConfig(_Model):
-    """A GPS receiver (NMEA 0183) on a serial link; one ``Vehicle`` reading per fix."""
-
-    type: Literal["nmea"]
-    name: _Id
-    serial: SerialLine
-    device: _Id
-    measurement: _Name = "Vehicle"
-
-    @model_validator(mode="after")
-    def _bridge(self) -> Self:
-        self.to_bridge()
-        return self
-
-    def to_bridge(self) -> Any:
-        from firmware_bridge import NmeaLinkConfig
-
-        return NmeaLinkConfig(
-            serial=_serial(self.serial, self.name),
-            device=self.device,
-            measurement=self.measurement,
-        )
-
-
-class ModbusTcp(_Model):
-    host: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 502
-
-
-class ModbusInputConfig(_Model):
-    """One Modbus meter (TCP or RTU) polled per register group (firmware_bridge maps)."""
-
-    type: Literal["modbus"]
-    name: _Id
-    device: _Id
-    tcp: ModbusTcp | None = None
-    rtu: SerialLine | None = None
-    #: A shipped map name (``eastron-sdm630``) or a path to a map file.
-    register_map: Annotated[str, Field(min_length=1)]
-    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    timeout_s: Annotated[float, Field(gt=0)] = 1.0
-    #: Poll interval overrides per register group name, in seconds.
-    intervals: dict[str, Annotated[float, Field(gt=0)]] = {}
-    tags: dict[_Name, str] = {}
-
-    @model_validator(mode="after")
-    def _bridge(self) -> Self:
-        if (self.tcp is None) == (self.rtu is None):
-            raise ValueError("set exactly one of tcp and rtu")
-        self.to_bridge()
-        return self
-
-    def to_bridge(self) -> Any:
-        from firmware_bridge import (
-            ModbusPollerConfig,
-            ModbusSerialTarget,
-            ModbusTcpTarget,
-            load_register_map,
-        )
-
-        target: Any
-        if self.tcp is not None:
-            target = ModbusTcpTarget(host=self.tcp.host, port=self.tcp.port)
-        elif self.rtu is not None:
-            target = ModbusSerialTarget(
-                port=self.rtu.url,
-                baudrate=self.rtu.baudrate,
-                parity=self.rtu.parity,
-                stopbits=self.rtu.stopbits,
-            )
-        else:
-            raise ValueError("set exactly one of tcp and rtu")
-        return ModbusPollerConfig(
-            device=self.device,
-            target=target,
-            register_map=load_register_map(self.register_map),
-            unit_id=self.unit_id,
-            timeout=self.timeout_s,
-            intervals=dict(self.intervals),
-            tags=dict(self.tags),
-        )
-
-
-def _serial(line: SerialLine, name: str) -> Any:
-    from firmware_bridge import SerialConfig
-
-    return SerialConfig(
-        url=line.url,
-        baudrate=line.baudrate,
-        parity=line.parity,
-        stopbits=float(line.stopbits),
-        name=name,
-    )
-
-
-InputSpec = Annotated[
-    MqttInputConfig
-    | SimulatedInputConfig
-    | FirmwareInputConfig
-    | NmeaInputConfig
-    | ModbusInputConfig,
-    Field(discriminator="type"),
-]
-INPUT_TYPES: Final = frozenset({"mqtt", "simulated", "firmware", "nmea", "modbus"})
-
-
-# -- processors ------------------------------------------------------------------------------
-
-
-class MatchConfig(_Model):
-    """Which channels a rule takes (shell-style globs)."""
-
-    device: str = "*"
-    measurement: str = "*"
-    field: str = "*"
-
-    def matches(self, device: str, measurement: str, field: str) -> bool:
-        return (
-            fnmatch.fnmatchcase(device, self.device)
-            and fnmatch.fnmatchcase(measurement, self.measurement)
-            and fnmatch.fnmatchcase(field, self.field)
-        )
-
-
-class ProcessorRule(_Model):
-    match: MatchConfig = MatchConfig()
-    stages: Annotated[list[StageSpec], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _aggregate_last(self) -> Self:
-        for i, st in enumerate(self.stages[:-1]):
-            if isinstance(st, AggregateConfig):
-                raise ValueError(f"aggregate (stage {i}) must be the last stage")
-        return self
-
-
-class AgentConfig(_Model):
+class AgentConfig(FrozenModel):
     gateway: GatewayConfig
     broker: BrokerConfig
     spool: SpoolConfig = SpoolConfig()
@@ -475,36 +199,8 @@ class AgentConfig(_Model):
         dupes = sorted({n for n in ids if ids.count(n) > 1})
         if dupes:
             raise ValueError(f"device ids must be unique: {', '.join(dupes)}")
-        self._shared_lines()
+        check_inputs(self.inputs)  # e.g. serial ports: only Modbus meters share one
         return self
-
-    def _shared_lines(self) -> None:
-        """Several Modbus meters may share an RS-485 port (one bus); nothing else may."""
-        owners: dict[str, tuple[str, str, SerialLine]] = {}  # url -> (kind, input, line)
-        for spec in self.inputs:
-            if isinstance(spec, ModbusInputConfig) and spec.rtu is not None:
-                kind, line = "modbus", spec.rtu
-            elif isinstance(spec, FirmwareInputConfig | NmeaInputConfig):
-                kind, line = spec.type, spec.serial
-            else:
-                continue
-            first = owners.setdefault(line.url, (kind, spec.name, line))
-            if first[1] == spec.name:
-                continue
-            if kind != "modbus" or first[0] != "modbus":
-                raise ValueError(
-                    f"inputs {first[1]!r} and {spec.name!r} both use serial port {line.url!r}: "
-                    "only Modbus meters can share a port (one RS-485 bus)"
-                )
-            theirs = first[2]
-            if (line.baudrate, line.parity, line.stopbits) != (
-                theirs.baudrate, theirs.parity, theirs.stopbits
-            ):
-                raise ValueError(
-                    f"inputs {first[1]!r} and {spec.name!r} share RS-485 port {line.url!r} "
-                    f"with different settings ({theirs.baudrate} {theirs.parity} "
-                    f"{theirs.stopbits} vs {line.baudrate} {line.parity} {line.stopbits})"
-                )
 
     @property
     def spool_path(self) -> Path:
@@ -515,7 +211,11 @@ class AgentConfig(_Model):
         return self.broker.client_id or f"edge-{self.gateway.id}"
 
 
-_TAGS: Final = frozenset(STAGES) | INPUT_TYPES
+_TAGS: Final = frozenset(STAGES) | frozenset(INPUTS)
+#: Input types whose config is broker access (credential and TLS file paths to resolve).
+_BROKER_INPUTS: Final = frozenset(
+    name for name, plugin in INPUTS.items() if issubclass(plugin.config, BrokerAccess)
+)
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
@@ -557,7 +257,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     sections = [data.get("broker")]
     inputs = data.get("inputs")
     if isinstance(inputs, list):
-        sections += [i for i in inputs if isinstance(i, dict) and i.get("type") == "mqtt"]
+        sections += [i for i in inputs if isinstance(i, dict) and i.get("type") in _BROKER_INPUTS]
     for section in sections:
         fix(section, "password_file")
         if isinstance(section, dict):
@@ -594,21 +294,3 @@ def load_config(path: str | Path) -> AgentConfig:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigIssue(where, f"not valid YAML: {problem}")]) from exc
     return parse_config(data, source=source, base_dir=p.resolve().parent)
-
-
-#: Sections a remote config cannot change: they would cut the uplink or move the spool.
-_FIXED_SECTIONS: Final = ("broker", "spool", "metrics")
-
-
-def remote_change_issues(running: AgentConfig, desired: AgentConfig) -> list[ConfigIssue]:
-    """Why ``desired`` cannot replace ``running`` remotely (empty when it can)."""
-    issues = [
-        ConfigIssue(section, "cannot be changed remotely; edit the file on the gateway")
-        for section in _FIXED_SECTIONS
-        if getattr(running, section) != getattr(desired, section)
-    ]
-    if running.gateway.id != desired.gateway.id:
-        issues.append(ConfigIssue("gateway.id", "cannot be changed remotely"))
-    if running.gateway.state_dir != desired.gateway.state_dir:
-        issues.append(ConfigIssue("gateway.state_dir", "cannot be changed remotely"))
-    return issues

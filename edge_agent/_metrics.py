@@ -1,10 +1,13 @@
-"""Prometheus endpoint: values are read from the agent at scrape time (no hot-path cost)."""
+"""Prometheus endpoint: each scrape renders one :class:`AgentSnapshot` (no hot-path cost).
+
+The collector is given a function returning a snapshot, not the agent: it reads what the
+health message reads, and nothing else.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -12,23 +15,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edge_agent._config import MetricsConfig
+from edge_agent._snapshot import AgentSnapshot
 
-if TYPE_CHECKING:
-    from edge_agent._agent import EdgeAgent
-
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "SnapshotCollector"]
 
 
-class _AgentCollector(Collector):
-    def __init__(self, agent: EdgeAgent) -> None:
-        self.agent = agent
+class SnapshotCollector(Collector):
+    """Renders the snapshot ``snapshot()`` returns at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], AgentSnapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        a = self.agent
-        st = a.spool.stats()
-        up = a.uplink.stats
-        ck = a.checkpoints
-        gw = a.gateway
+        snap = self.snapshot()
+        st = snap.spool
+        up = snap.uplink
+        ck = snap.checkpoints
+        gw = snap.gateway
         # (gauge or counter, name, help, value), one sample per gateway.
         simple: list[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, float]] = [
             (_G, "edge_spool_batches", "Batches in the spool waiting to be sent", st.batches),
@@ -49,7 +52,7 @@ class _AgentCollector(Collector):
              st.oldest_age_s or 0.0),
             (_C, "edge_spool_dropped_readings", "Readings dropped by the spool budget",
              st.dropped_readings),
-            (_C, "edge_readings_submitted", "Readings from inputs", a.submitted),
+            (_C, "edge_readings_submitted", "Readings from inputs", snap.submitted),
             (_C, "edge_batches_acked", "Batches acknowledged", up.acked_batches),
             (_C, "edge_batches_unrouted",
              "Batches the broker acknowledged with 0x10 (no subscriber) and that were kept",
@@ -58,9 +61,12 @@ class _AgentCollector(Collector):
         for family, name, doc, value in simple:
             yield _one(family, name, doc, gw, value)
         c = CounterMetricFamily(
-            "edge_stage_dropped", "Samples dropped per processor stage", labels=["gateway", "stage"]
+            "edge_stage_dropped",
+            "Samples dropped per stage (processor stages, and input_parse: payloads an input "
+            "could not parse)",
+            labels=["gateway", "stage"],
         )
-        for stage, per in a.pipeline.dropped().items():
+        for stage, per in snap.dropped.items():
             c.add_metric([gw, stage], sum(per.values()))
         yield c
         for family, name, doc, value in [
@@ -77,7 +83,7 @@ class _AgentCollector(Collector):
              "Time to encode and commit the last checkpoint (with its batches)",
              ck.last_ms / 1000),
             (_G, "edge_uplink_up", "1 when connected to the broker",
-             1.0 if a.uplink.connected else 0.0),
+             1.0 if up.connected else 0.0),
         ]:
             yield _one(family, name, doc, gw, value)
 
@@ -98,10 +104,10 @@ def _one(
 class MetricsServer:
     """``/metrics`` on ``host:port`` in a daemon thread, with its own registry."""
 
-    def __init__(self, agent: EdgeAgent, cfg: MetricsConfig) -> None:
+    def __init__(self, snapshot: Callable[[], AgentSnapshot], cfg: MetricsConfig) -> None:
         self.cfg = cfg
         self.registry = CollectorRegistry()
-        self.registry.register(_AgentCollector(agent))
+        self.registry.register(SnapshotCollector(snapshot))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

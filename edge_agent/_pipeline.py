@@ -1,4 +1,4 @@
-"""From readings to sealed batches: channel routing, processor chains, batching.
+"""From readings to processed readings: channel routing and processor chains.
 
 ::
 
@@ -26,130 +26,36 @@ from the saved rule and force-flushed instead (open windows close early, filters
 
 from __future__ import annotations
 
-import hashlib
-import time
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
 
 import msgspec
 import numpy as np
-from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from edge_agent._config import BatchConfig, ProcessorRule
-from edge_agent._errors import EdgeError
-from edge_agent._processors import Chain, ChainOutput, StageConfig, StateMismatch
-from edge_agent._spool import Spool
-from telemetry import Batch, FieldValue, PayloadTooLarge, Reading, encode_batch
+from edge_agent._checkpoint import (
+    KEY_ARRAYS,
+    KEY_LAYOUT,
+    STATE_VERSION,
+    ArraysBlob,
+    ChannelBlob,
+    CheckpointError,
+    LayoutBlob,
+    arrays_decoder,
+    layout_decoder,
+    open_blob,
+    pack_array,
+    packed_sealed,
+    rules_fingerprint,
+    unpack_array,
+)
+from edge_agent.processors import Chain, ChainOutput, ProcessorRule, StageConfig, StateMismatch
+from telemetry import FieldValue, Reading
 
-__all__ = [
-    "STATE_KEYS",
-    "Batcher",
-    "ChannelKey",
-    "ChannelPipeline",
-    "CheckpointError",
-    "RestoreReport",
-]
+__all__ = ["ChannelKey", "ChannelPipeline", "RestoreReport"]
 
 #: (device, measurement, tags as a tuple of items, field)
 ChannelKey = tuple[str, str, tuple[tuple[str, str], ...], str]
-
-_enc: Final = msgspec.json.Encoder()
-
-#: Bump when the checkpoint layout changes: older blobs are then ignored (counted, logged).
-_STATE_VERSION: Final = 1
-KEY_LAYOUT: Final = "processors.layout"
-KEY_ARRAYS: Final = "processors.arrays"
-KEY_PENDING: Final = "batcher.pending"
-#: The spool state keys this module writes.
-STATE_KEYS: Final = (KEY_LAYOUT, KEY_ARRAYS, KEY_PENDING)
-
-
-class CheckpointError(EdgeError):
-    """A saved checkpoint that cannot be used (corrupt, other version, does not fit)."""
-
-
-class _Array(msgspec.Struct, array_like=True, frozen=True):
-    dtype: str
-    shape: list[int]
-    data: bytes
-
-
-class _Channel(msgspec.Struct, array_like=True, frozen=True):
-    device: str
-    measurement: str
-    tags: list[tuple[str, str]]
-    field: str
-    clock: str
-
-
-class _Layout(msgspec.Struct, frozen=True):
-    version: int
-    fingerprint: str
-    rules: list[str]
-    channels: list[list[_Channel]]
-
-
-class _Arrays(msgspec.Struct, frozen=True):
-    version: int
-    fingerprint: str
-    chains: list[list[dict[str, _Array]]]
-
-
-_layout_dec: Final = msgspec.msgpack.Decoder(_Layout)
-_arrays_dec: Final = msgspec.msgpack.Decoder(_Arrays)
-_pending_dec: Final = msgspec.json.Decoder(list[Reading])
-_pack: Final = msgspec.msgpack.Encoder()
-
-
-def seal_blob(payload: bytes) -> bytes:
-    """``crc32 (4 bytes, big endian) + payload``: SQLite keeps no page checksums."""
-    return zlib.crc32(payload).to_bytes(4, "big") + payload
-
-
-def _packed_sealed(obj: object) -> bytearray:
-    """:func:`seal_blob` of the msgpack of ``obj``, encoded in place (one buffer, no copy)."""
-    buf = bytearray(4)
-    _pack.encode_into(obj, buf, 4)
-    buf[:4] = zlib.crc32(memoryview(buf)[4:]).to_bytes(4, "big")
-    return buf
-
-
-def open_blob(blob: bytes | bytearray) -> bytes | bytearray:
-    """The payload of a :func:`seal_blob`; :class:`CheckpointError` if it was damaged."""
-    if len(blob) < 4 or zlib.crc32(blob[4:]).to_bytes(4, "big") != blob[:4]:
-        raise CheckpointError("checkpoint blob fails its checksum")
-    return blob[4:]
-
-
-def _pack_array(a: NDArray[np.generic]) -> _Array:
-    # The array's own buffer (rows [:n] of a C-ordered array are contiguous): msgspec writes
-    # it straight into the blob, no intermediate copy.
-    data = a.data if a.flags.c_contiguous else a.tobytes()
-    return _Array(a.dtype.str, list(a.shape), data)  # type: ignore[arg-type]
-
-
-#: dtypes stage state may have (numpy parses other dtype strings with ``ast``: never trust them)
-_DTYPES: Final = frozenset(
-    np.dtype(t).str for t in (np.float64, np.int64, np.int32, np.intp, np.bool_)
-)
-
-
-def _unpack_array(a: _Array) -> NDArray[np.generic]:
-    if a.dtype not in _DTYPES:
-        raise CheckpointError(f"unexpected dtype {a.dtype!r}")
-    try:
-        out: NDArray[np.generic] = np.frombuffer(a.data, dtype=np.dtype(a.dtype)).reshape(a.shape)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"bad array {a.dtype}{a.shape}: {exc}") from exc
-    return out
-
-
-def rules_fingerprint(rules_json: list[str]) -> str:
-    """Short hash of the processor rules (their canonical JSON, in order)."""
-    return hashlib.sha256("\n".join(rules_json).encode()).hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -288,30 +194,30 @@ class ChannelPipeline:
         if self._out or any(st.chan for st in self._staged):
             raise CheckpointError("checkpoint with staged samples: tick first")
         self.dirty = False
-        arrays = _Arrays(
-            _STATE_VERSION,
+        arrays = ArraysBlob(
+            STATE_VERSION,
             self.fingerprint,
             [
-                [{k: _pack_array(a) for k, a in part.items()} for part in chain.state()]
+                [{k: pack_array(a) for k, a in part.items()} for part in chain.state()]
                 for chain in self.chains
             ],
         )
-        blobs: dict[str, bytes | bytearray] = {KEY_ARRAYS: _packed_sealed(arrays)}
+        blobs: dict[str, bytes | bytearray] = {KEY_ARRAYS: packed_sealed(arrays)}
         if self._layout_dirty or full:
             self._layout_dirty = False
-            layout = _Layout(
-                _STATE_VERSION,
+            layout = LayoutBlob(
+                STATE_VERSION,
                 self.fingerprint,
                 self.rules_json,
                 [
                     [
-                        _Channel(m.device, m.measurement, list(m.tags.items()), m.field, m.clock)
+                        ChannelBlob(m.device, m.measurement, list(m.tags.items()), m.field, m.clock)
                         for m in meta
                     ]
                     for meta in self._meta
                 ],
             )
-            blobs[KEY_LAYOUT] = _packed_sealed(layout)
+            blobs[KEY_LAYOUT] = packed_sealed(layout)
         return blobs
 
     def restore(self, blobs: Mapping[str, bytes | bytearray], now_ns: int) -> RestoreReport:
@@ -327,16 +233,16 @@ class ChannelPipeline:
         if self.channels or self._out or any(st.chan for st in self._staged):
             raise CheckpointError("restore into a pipeline that already has channels")
         try:
-            layout = _layout_dec.decode(open_blob(blobs[KEY_LAYOUT]))
-            arrays = _arrays_dec.decode(open_blob(blobs[KEY_ARRAYS]))
+            layout = layout_decoder.decode(open_blob(blobs[KEY_LAYOUT]))
+            arrays = arrays_decoder.decode(open_blob(blobs[KEY_ARRAYS]))
         except KeyError as exc:
             raise CheckpointError(f"checkpoint lacks {exc}") from exc
         except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
             raise CheckpointError(f"corrupt checkpoint: {exc!r}") from exc
-        if layout.version != _STATE_VERSION or arrays.version != _STATE_VERSION:
+        if layout.version != STATE_VERSION or arrays.version != STATE_VERSION:
             raise CheckpointError(
                 f"checkpoint version {layout.version}/{arrays.version}, this agent writes "
-                f"{_STATE_VERSION}"
+                f"{STATE_VERSION}"
             )
         if (
             layout.fingerprint != arrays.fingerprint
@@ -367,7 +273,7 @@ class ChannelPipeline:
             chain = Chain(list[StageConfig]((self.rules[i] if same else rule).stages))
             try:
                 chain.load_state(
-                    [{k: _unpack_array(a) for k, a in part.items()} for part in arrays.chains[i]],
+                    [{k: unpack_array(a) for k, a in part.items()} for part in arrays.chains[i]],
                     len(metas),
                 )
             except StateMismatch as exc:
@@ -445,120 +351,3 @@ class ChannelPipeline:
                     per = out.setdefault(stage, {})
                     per[label] = per.get(label, 0) + int(counts[row])
         return out
-
-
-class Batcher:
-    """Collects readings and seals them into numbered batches; :meth:`commit` writes them.
-
-    A batch is sealed when it reaches ``max_readings`` or ``max_bytes`` (estimated from the
-    readings' encoded sizes) or when its first reading waited ``max_age_s``. Sealed batches
-    wait in memory for :meth:`commit`, which writes them to the spool in one transaction
-    together with the state blobs it is given (and the readings still pending, so that they
-    survive a crash too).
-    """
-
-    _ENVELOPE: Final = 96  # bytes of {"v":..,"gw":..,"seq":..,"r":[]} around the readings
-
-    def __init__(self, gateway: str, cfg: BatchConfig, spool: Spool) -> None:
-        self.gateway = gateway
-        self.cfg = cfg
-        self.spool = spool
-        self._pending: list[Reading] = []
-        self._encoded: list[bytes] = []  # JSON of each pending reading (size estimate, state)
-        self._bytes = self._ENVELOPE
-        self._since: float | None = None
-        self._sealed: list[tuple[int, bytes, int]] = []
-        self._pending_changed = False
-        self.sealed_batches = 0
-        self.sealed_readings = 0
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    @property
-    def uncommitted(self) -> bool:
-        """Sealed batches or changed pending readings not yet committed."""
-        return bool(self._sealed) or self._pending_changed
-
-    @property
-    def sealed_waiting(self) -> bool:
-        """Sealed batches not yet committed (they are committed on the tick they seal)."""
-        return bool(self._sealed)
-
-    def add(self, readings: list[Reading]) -> int:
-        """Queue readings; seal full batches. Returns the number of batches sealed."""
-        sealed = 0
-        limit_n, limit_b = self.cfg.max_readings, self.cfg.max_bytes
-        for r in readings:
-            enc = _enc.encode(r)
-            size = len(enc) + 1
-            if self._pending and (
-                len(self._pending) >= limit_n or self._bytes + size > limit_b
-            ):
-                sealed += self.seal()
-            if self._since is None:
-                self._since = time.monotonic()
-            self._pending.append(r)
-            self._encoded.append(enc)
-            self._bytes += size
-        if readings:
-            self._pending_changed = True
-        if len(self._pending) >= limit_n:
-            sealed += self.seal()
-        return sealed
-
-    def due(self, now_mono: float) -> bool:
-        return self._since is not None and now_mono - self._since >= self.cfg.max_age_s
-
-    def seal(self) -> int:
-        """Seal everything pending into batches (written by the next :meth:`commit`)."""
-        pending, self._pending = self._pending, []
-        self._encoded = []
-        self._bytes = self._ENVELOPE
-        self._since = None
-        if not pending:
-            return 0
-        self._pending_changed = True
-        return self._seal(pending)
-
-    def _seal(self, readings: list[Reading]) -> int:
-        seq = self.spool.next_seq + len(self._sealed)
-        try:
-            payload = encode_batch(Batch(gateway=self.gateway, seq=seq, readings=readings))
-        except PayloadTooLarge:
-            # The size estimate was off (it is per reading); split rather than fail.
-            half = len(readings) // 2
-            if half == 0:
-                raise
-            return self._seal(readings[:half]) + self._seal(readings[half:])
-        self._sealed.append((seq, payload, len(readings)))
-        return 1
-
-    def pending_blob(self) -> bytes:
-        """The pending readings as a JSON array (see :meth:`restore`)."""
-        return b"[" + b",".join(self._encoded) + b"]"
-
-    def restore(self, blob: bytes) -> int:
-        """Queue the readings of a :meth:`pending_blob`; returns how many."""
-        try:
-            readings = _pending_dec.decode(blob)
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise CheckpointError(f"corrupt pending readings: {exc!r}") from exc
-        self.add(readings)
-        return len(readings)
-
-    def commit(self, state: Mapping[str, bytes | bytearray] | None = None) -> int:
-        """Write sealed batches, ``state`` and the pending readings in one transaction;
-        returns the number of batches written."""
-        blobs: dict[str, bytes | bytearray | None] = dict(state or {})
-        blobs[KEY_PENDING] = self.pending_blob()
-        sealed, self._sealed = self._sealed, []
-        try:
-            self.spool.commit(sealed, blobs)
-        except BaseException:
-            self._sealed = sealed + self._sealed
-            raise
-        self._pending_changed = False
-        self.sealed_batches += len(sealed)
-        self.sealed_readings += sum(n for _, _, n in sealed)
-        return len(sealed)

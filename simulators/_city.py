@@ -31,6 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from simulators._scenario import DEVICE_KINDS, DeviceKind, Scenario
+from telemetry import MEASUREMENTS
+from telemetry import FieldSpec as VocabField
 
 __all__ = [
     "KIND_SPECS",
@@ -58,10 +60,22 @@ _OCC_JAM: Final = 0.95
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
+    """A field the simulator emits: its entry in the platform vocabulary
+    (:data:`telemetry.MEASUREMENTS`: name, type, unit) plus how the simulator rounds it."""
+
     name: str
-    type: str  # "f" float, "i" int, "s" string
-    decimals: int = 2
-    unit: str = "1"
+    vocab: VocabField
+    decimals: int = 0
+
+    @property
+    def type(self) -> str:
+        """``float``, ``int``, ``bool`` or ``string`` (the vocabulary's field types)."""
+        return self.vocab.type
+
+    @property
+    def unit(self) -> str:
+        """The vocabulary's unit; ``-`` for fields without one (strings)."""
+        return self.vocab.unit or "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,91 +86,60 @@ class KindSpec:
     device_kind: str  # DeviceInfo.kind in births
 
     def numeric(self) -> tuple[FieldSpec, ...]:
-        return tuple(f for f in self.fields if f.type != "s")
+        return tuple(f for f in self.fields if f.type != "string")
 
 
+def _kind(measurement: str, decimals: dict[str, int], primary: str, device_kind: str) -> KindSpec:
+    """A device kind emitting every field of ``measurement`` in vocabulary order; ``decimals``
+    names the rounding of each float field (ints and strings are not rounded)."""
+    vocab = MEASUREMENTS[measurement].fields
+    unknown = set(decimals) - set(vocab)
+    missing = {n for n, f in vocab.items() if f.type == "float"} - set(decimals)
+    if unknown or missing or primary not in vocab:
+        raise ValueError(
+            f"{measurement}: decimals for fields not in the vocabulary {sorted(unknown)}, "
+            f"float fields without decimals {sorted(missing)}, primary {primary!r}"
+        )
+    fields = tuple(FieldSpec(n, f, decimals.get(n, 0)) for n, f in vocab.items())
+    return KindSpec(measurement, fields, primary, device_kind)
+
+
+#: Per device kind: the measurement it emits (names, types and units from the vocabulary)
+#: and the decimals the simulator rounds each float field to.
 KIND_SPECS: Final[dict[DeviceKind, KindSpec]] = {
-    "loop": KindSpec(
+    "loop": _kind(
         "TrafficFlowObserved",
-        (
-            FieldSpec("intensity", "f", 1, "veh/h"),
-            FieldSpec("averageVehicleSpeed", "f", 1, "km/h"),
-            FieldSpec("occupancy", "f", 4, "1"),
-            FieldSpec("averageHeadwayTime", "f", 2, "s"),
-            FieldSpec("vehicleCount", "i", 0, "1"),
-        ),
+        {"intensity": 1, "averageVehicleSpeed": 1, "occupancy": 4, "averageHeadwayTime": 2},
         "intensity",
         "loop-detector",
     ),
-    "bus": KindSpec(
+    "bus": _kind(
         "Vehicle",
-        (
-            FieldSpec("latitude", "f", 6, "deg"),
-            FieldSpec("longitude", "f", 6, "deg"),
-            FieldSpec("speed", "f", 1, "km/h"),
-            FieldSpec("heading", "f", 1, "deg"),
-            FieldSpec("passengerCount", "i", 0, "1"),
-            FieldSpec("routeId", "s", 0, "-"),
-            FieldSpec("tripId", "s", 0, "-"),
-        ),
+        {"latitude": 6, "longitude": 6, "speed": 1, "heading": 1},
         "speed",
         "bus-gps",
     ),
-    "parking": KindSpec(
-        "OffStreetParking",
-        (
-            FieldSpec("availableSpotNumber", "i", 0, "1"),
-            FieldSpec("totalSpotNumber", "i", 0, "1"),
-            FieldSpec("occupancy", "f", 4, "1"),
-        ),
-        "occupancy",
-        "car-park",
-    ),
-    "air": KindSpec(
+    "parking": _kind("OffStreetParking", {"occupancy": 4}, "occupancy", "car-park"),
+    "air": _kind(
         "AirQualityObserved",
-        (
-            FieldSpec("pm25", "f", 2, "ug/m3"),
-            FieldSpec("pm10", "f", 2, "ug/m3"),
-            FieldSpec("no2", "f", 2, "ug/m3"),
-            FieldSpec("o3", "f", 2, "ug/m3"),
-            FieldSpec("co", "f", 3, "mg/m3"),
-            FieldSpec("temperature", "f", 2, "Cel"),
-            FieldSpec("relativeHumidity", "f", 3, "1"),
-        ),
+        {"pm25": 2, "pm10": 2, "no2": 2, "o3": 2, "co": 3, "temperature": 2,
+         "relativeHumidity": 3},
         "pm25",
         "air-quality",
     ),
-    "noise": KindSpec(
-        "NoiseLevelObserved",
-        (
-            FieldSpec("LAeq", "f", 1, "dB(A)"),
-            FieldSpec("LAmax", "f", 1, "dB(A)"),
-            FieldSpec("LA90", "f", 1, "dB(A)"),
-        ),
-        "LAeq",
-        "sound-level-meter",
+    "noise": _kind(
+        "NoiseLevelObserved", {"LAeq": 1, "LAmax": 1, "LA90": 1}, "LAeq", "sound-level-meter"
     ),
-    "water": KindSpec(
+    "water": _kind(
         "WaterConsumptionObserved",
-        (
-            FieldSpec("flow", "f", 3, "m3/h"),
-            FieldSpec("pressure", "f", 3, "bar"),
-            FieldSpec("consumption", "f", 3, "m3"),
-        ),
+        {"flow": 3, "pressure": 3, "consumption": 3},
         "flow",
         "water-meter",
     ),
-    "energy": KindSpec(
+    "energy": _kind(
         "ThreePhaseAcMeasurement",
-        (
-            FieldSpec("activePower", "f", 1, "W"),
-            FieldSpec("reactivePower", "f", 1, "var"),
-            FieldSpec("totalActiveEnergyImport", "f", 3, "kWh"),
-            FieldSpec("voltage", "f", 2, "V"),
-            FieldSpec("current", "f", 3, "A"),
-            FieldSpec("frequency", "f", 3, "Hz"),
-            FieldSpec("powerFactor", "f", 3, "1"),
-        ),
+        {"activePower": 1, "reactivePower": 1, "totalActiveEnergyImport": 3, "voltage": 2,
+         "current": 3, "frequency": 3, "powerFactor": 3},
         "activePower",
         "energy-meter",
     ),

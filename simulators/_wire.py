@@ -51,7 +51,7 @@ class WireEncoder:
         for kind, k in layout.kinds.items():
             parts = []
             for f in k.spec.fields:
-                slot = {"f": "%r", "i": "%d", "s": '"%s"'}[f.type]
+                slot = {"float": "%r", "int": "%d", "string": '"%s"'}[f.type]
                 parts.append(f'"{f.name}":{slot}')
             fields = ",".join(parts)
             templates = []
@@ -79,13 +79,13 @@ class WireEncoder:
             take = idx
         columns: list[list[object]] = [kf.ts[take].tolist()]
         for f in layout.spec.fields:
-            if f.type == "s":
+            if f.type == "string":
                 strings = kf.strings[f.name]
                 picked: list[object] = (
                     list(strings) if isinstance(take, slice) else [strings[i] for i in idx.tolist()]
                 )
                 columns.append(picked)
-            elif f.type == "i":
+            elif f.type == "int":
                 columns.append(np.asarray(kf.values[f.name][take], dtype=np.int64).tolist())
             else:
                 columns.append(np.round(kf.values[f.name][take], f.decimals).tolist())

@@ -12,9 +12,9 @@ import pytest
 from edge_helpers import Central, Requester, await_until, base_config, make_config, running
 
 from edge_agent import EdgeAgent
-from edge_agent._agent import MAX_RESEND_SEQS, parse_resend_args
+from edge_agent._commands import MAX_RESEND_SEQS, parse_resend_args
 from edge_agent._errors import CommandError
-from edge_agent._metrics import _AgentCollector
+from edge_agent._metrics import SnapshotCollector
 from edge_agent._spool import Spool
 from smartcity._localstack import Mosquitto
 from telemetry import Reading
@@ -186,9 +186,8 @@ def test_resend_command_republishes_held_batches(
             assert agent.uplink.stats.resent_batches == 3
             st = agent.spool.stats()
             assert st.delivered_batches == n
-            metrics = {
-                m.name: m.samples[0].value for m in _AgentCollector(agent).collect() if m.samples
-            }
+            collector = SnapshotCollector(agent.snapshot)
+            metrics = {m.name: m.samples[0].value for m in collector.collect() if m.samples}
             assert metrics["edge_batches_resent"] == 3
             assert metrics["edge_spool_delivered_batches"] == n
             assert metrics["edge_spool_batches"] == 0

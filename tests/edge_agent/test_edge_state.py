@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import BatchConfig, Batcher, ChannelPipeline, ProcessorRule, Spool
-from edge_agent._pipeline import (
+from edge_agent._checkpoint import (
     KEY_ARRAYS,
     KEY_LAYOUT,
     KEY_PENDING,
@@ -221,7 +221,7 @@ def test_unusable_checkpoint_raises_and_leaves_the_pipeline_untouched(damage: st
 
 
 def _fingerprint(rules: list[str]) -> str:
-    from edge_agent._pipeline import rules_fingerprint
+    from edge_agent._checkpoint import rules_fingerprint
 
     return rules_fingerprint(rules)
 

@@ -1,18 +1,17 @@
-"""Input plugins: where readings come from.
+"""``mqtt``: subscriptions on the gateway's local broker, acknowledged once spooled.
 
-An input is built from its typed config (:data:`INPUTS` maps config ``type`` to the class)
-and runs as one task in the agent's input task group until cancelled::
+QoS 1, persistent session (clean start off, session expiry one week) and *manual*
+acknowledgement: a message is acked only once its readings are in the spool, so a crash
+of the agent makes the local broker deliver it again. A payload that does not parse is
+counted (stage ``input_parse``, channel ``<input>:<topic>``) and acked: it does not become
+good by redelivery.
 
-    class Input:
-        name: str
-        state: str                      # "starting" | "up" | "down" | "retrying"
-        async def run(self, sink: Sink) -> None
-
-It hands readings to ``sink.submit(readings, ack)``; ``ack`` (if given) is called once those
-readings are safely in the spool, which lets an input with acknowledgements (local MQTT
-QoS 1, manual ack) keep the guarantee end to end across a crash of the agent.
+The paho client lifecycle here is the input's own until the shared session layer
+(``foundation.mqtt``) takes it over.
 """
 
+# ruff: noqa: RUF012 - pydantic copies mutable defaults per instance; ruff cannot see that
+# FrozenModel (edge_agent._model) is a pydantic BaseModel.
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +22,8 @@ import random
 import re
 import ssl
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Annotated, Any, Final, Literal, Self
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -33,36 +31,78 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import Field, model_validator
 
-from edge_agent._config import MqttInputConfig, MqttSubscription, SimulatedInputConfig
 from edge_agent._errors import InputError
-from foundation import BrokerSetupError, configure_client
+from edge_agent._model import FrozenModel, Id, Name
+from edge_agent.inputs._base import Input, Sink
+from foundation import BrokerAccess, BrokerSetupError, check_broker_security, configure_client
 from telemetry import TS_MAX_NS, TS_MIN_NS, Reading
 
-__all__ = ["INPUTS", "Input", "MqttInput", "SimulatedInput", "Sink", "build_input"]
+__all__ = ["MqttInput", "MqttInputConfig", "MqttSubscription", "compile_path"]
 
 log: Final = logging.getLogger("edge_agent.inputs")
 
 
-class Sink(Protocol):
-    def submit(self, readings: list[Reading], ack: Callable[[], None] | None) -> None: ...
+class MqttSubscription(FrozenModel):
+    """One topic filter on the local broker and how its messages become readings.
 
-    def count_drop(self, stage: str, channel: str, n: int = 1) -> None: ...
+    ``device`` and tag values may hold ``{N}``: the N-th level (0-based) of the topic.
+    ``format: json`` takes each field from a JSON path (``$.a.b[0]``); ``format: number``
+    reads the whole payload as one number into ``field``.
+    """
+
+    topic: Annotated[str, Field(min_length=1)]
+    device: Annotated[str, Field(min_length=1)]
+    measurement: Name
+    format: Literal["json", "number"] = "json"
+    fields: dict[Name, str] = {}
+    field: Name | None = None
+    timestamp: str | None = None
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ns"
+    tags: dict[Name, str] = {}
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        if self.format == "json" and not self.fields:
+            raise ValueError("format json needs fields (name: JSON path)")
+        if self.format == "number" and self.field is None:
+            raise ValueError("format number needs field")
+        if self.format == "number" and self.timestamp is not None:
+            raise ValueError("format number has no timestamp path")
+        if "#" in self.topic[:-1] or any(
+            ("+" in lvl or "#" in lvl) and len(lvl) > 1 for lvl in self.topic.split("/")
+        ):
+            raise ValueError(f"topic filter {self.topic!r} is not valid")
+        return self
 
 
-class Input(ABC):
-    """Base of input plugins."""
+class MqttInputConfig(BrokerAccess):
+    """Subscriptions on the gateway's local broker (QoS 1, persistent session, acked only
+    once the readings are in the spool). Credentials and ``tls`` as for the uplink
+    (:class:`foundation._broker.BrokerAccess`), with the same rules."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.state = "starting"
+    type: Literal["mqtt"]
+    name: Id
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: Id | None = None
+    #: Development only: permits ``tls.insecure`` and passwords over plain TCP to non-local hosts.
+    allow_insecure: bool = False
+    subscriptions: Annotated[list[MqttSubscription], Field(min_length=1)]
 
-    @abstractmethod
-    async def run(self, sink: Sink) -> None:
-        """Produce readings into ``sink`` until cancelled."""
+    @model_validator(mode="after")
+    def _secure(self) -> Self:
+        check_broker_security(
+            host=self.host,
+            tls=self.tls,
+            has_password=self.has_password,
+            allow_insecure=self.allow_insecure,
+        )
+        return self
 
 
-# -- local MQTT ------------------------------------------------------------------------------
+# -- payload → reading -----------------------------------------------------------------------
 
 _PATH_RE: Final = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 _TS_SCALE: Final = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -166,6 +206,9 @@ class _Parser:
             )
         except msgspec.ValidationError as exc:
             raise InputError(f"reading does not fit the contract: {exc}") from exc
+
+
+# -- the input -------------------------------------------------------------------------------
 
 
 class MqttInput(Input):
@@ -306,69 +349,3 @@ class MqttInput(Input):
                 sink.submit([reading], ack)
                 return
         ack()
-
-
-# -- simulated -------------------------------------------------------------------------------
-
-
-class SimulatedInput(Input):
-    """Sine waves with noise for ``devices`` devices at ``rate_hz`` each (bench and demo)."""
-
-    def __init__(self, cfg: SimulatedInputConfig, *, gateway: str) -> None:
-        super().__init__(cfg.name)
-        self.cfg = cfg
-        self.devices = [f"{cfg.device_prefix}-{i}" for i in range(cfg.devices)]
-
-    async def run(self, sink: Sink) -> None:
-        self.state = "up"
-        period = 1.0 / self.cfg.rate_hz
-        rng = random.Random(self.name)
-        next_t = time.monotonic()
-        while True:
-            ts = time.time_ns()
-            phase = ts / 1e9 / 60.0
-            readings = [
-                Reading(
-                    device=d,
-                    measurement=self.cfg.measurement,
-                    ts=ts,
-                    fields={
-                        f: 10.0 * math.sin(phase + i + j) + rng.gauss(0.0, 0.1)
-                        for j, f in enumerate(self.cfg.fields)
-                    },
-                    clock="gateway",
-                )
-                for i, d in enumerate(self.devices)
-            ]
-            sink.submit(readings, None)
-            next_t += period
-            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
-
-
-def _bridge(kind: str) -> Callable[..., Input]:
-    """Factory that imports the firmware bridge plugins only when a config uses them."""
-
-    def make(cfg: Any, *, gateway: str) -> Input:
-        from edge_agent import _bridge_inputs
-
-        cls: Callable[..., Input] = getattr(_bridge_inputs, kind)
-        return cls(cfg, gateway=gateway)
-
-    return make
-
-
-#: Input registry: config ``type`` -> factory(config, gateway=...).
-INPUTS: Final[dict[str, Callable[..., Input]]] = {
-    "mqtt": MqttInput,
-    "simulated": SimulatedInput,
-    "firmware": _bridge("FirmwareInput"),
-    "nmea": _bridge("NmeaInput"),
-    "modbus": _bridge("ModbusInput"),
-}
-
-
-def build_input(cfg: Any, *, gateway: str) -> Input:
-    factory = INPUTS.get(cfg.type)
-    if factory is None:
-        raise InputError(f"no input plugin of type {cfg.type!r}")
-    return factory(cfg, gateway=gateway)

@@ -1,0 +1,152 @@
+"""Commands (``<root>/v1/<gw>/cmd``, MQTT v5 request/response): ``ping``, ``reannounce``,
+``health``, ``resend``.
+
+A request carries a response topic and correlation data; the answer goes to that topic with
+the same correlation. The persistent session may redeliver a request whose PUBACK was lost
+with the connection (DUP set): each (response topic, correlation) is answered once (the last
+:data:`_ANSWERED_KEPT` are remembered). ``resend`` publishes held batches again by seq (the
+platform's gap repair), at most :data:`MAX_RESEND_SEQS` seqs per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, Protocol
+
+from edge_agent._errors import CommandError, SpoolError
+from edge_agent._spool import Spool
+from edge_agent._uplink import ControlMessage, Uplink
+from telemetry import (
+    CommandRequest,
+    CommandResponse,
+    Health,
+    PayloadError,
+    decode_message,
+    encode_message,
+)
+
+__all__ = ["MAX_RESEND_SEQS", "CommandTarget", "Commands", "parse_resend_args", "resend"]
+
+log: Final = logging.getLogger("edge_agent")
+_ANSWERED_KEPT: Final = 256
+#: Most seqs one ``resend`` request may name (seqs and ranges together).
+MAX_RESEND_SEQS: Final = 10_000
+
+
+class CommandTarget(Protocol):
+    """What the commands act on (the agent)."""
+
+    def ping(self) -> dict[str, Any]: ...
+
+    def reannounce(self) -> bool: ...
+
+    def health(self) -> Health: ...
+
+    def resend(self, seqs: list[int]) -> dict[str, Any]: ...
+
+
+class Commands:
+    """Answers command requests arriving on the uplink, each once."""
+
+    def __init__(self, target: CommandTarget, uplink: Uplink) -> None:
+        self.target = target
+        self.uplink = uplink
+        #: (response topic, correlation) of recently answered commands, oldest first.
+        self._answered: dict[tuple[str, bytes], None] = {}
+
+    def handle(self, msg: ControlMessage) -> None:
+        if msg.response_topic is None:
+            log.warning("command without a response topic ignored")
+            return
+        # The persistent session may redeliver a command whose PUBACK was lost with the
+        # connection (DUP set): answer each request once.
+        if msg.correlation is not None:
+            key = (msg.response_topic, msg.correlation)
+            if msg.redelivered and key in self._answered:
+                log.info("redelivered command already answered", extra={"topic": msg.topic})
+                return
+            self._answered[key] = None
+            if len(self._answered) > _ANSWERED_KEPT:
+                del self._answered[next(iter(self._answered))]
+        try:
+            req = decode_message(msg.payload, CommandRequest)
+            result = self._run(req)
+            resp = CommandResponse(ok=True, result=result)
+        except (PayloadError, CommandError) as exc:
+            resp = CommandResponse(ok=False, error=str(exc))
+        self.uplink.publish_control(
+            msg.response_topic, encode_message(resp), correlation=msg.correlation
+        )
+
+    def _run(self, req: CommandRequest) -> dict[str, Any]:
+        if req.cmd == "ping":
+            return self.target.ping()
+        if req.cmd == "reannounce":
+            return {"published": self.target.reannounce()}
+        if req.cmd == "health":
+            import msgspec
+
+            result: dict[str, Any] = msgspec.to_builtins(self.target.health())
+            return result
+        if req.cmd == "resend":
+            return self.target.resend(parse_resend_args(req.args))
+        raise CommandError(
+            f"unknown command {req.cmd!r} (known: ping, reannounce, health, resend)"
+        )
+
+
+def resend(spool: Spool, uplink: Uplink, seqs: list[int]) -> dict[str, Any]:
+    """Publish again the held batches with these seqs (the ``resend`` command)."""
+    try:
+        found = spool.redeliver(seqs)
+    except SpoolError as exc:
+        raise CommandError(f"cannot read the spool: {exc}") from exc
+    uplink.resend(found.requeued)
+    log.info(
+        "resend requested",
+        extra={
+            "requested": len(seqs),
+            "requeued": len(found.requeued),
+            "waiting": found.waiting,
+            "missing": len(found.missing),
+        },
+    )
+    return {
+        "found": found.found,
+        "missing": found.missing,
+        "requeued": len(found.requeued),
+        "waiting": found.waiting,
+    }
+
+
+def parse_resend_args(args: dict[str, Any]) -> list[int]:
+    """The distinct seqs of a ``resend`` request: ``{"seqs": [3, 7], "ranges": [[10, 20]]}``
+    (ranges inclusive, either key optional, at most :data:`MAX_RESEND_SEQS` in all)."""
+    unknown = set(args) - {"seqs", "ranges"}
+    if unknown:
+        raise CommandError(f"resend: unknown argument(s) {sorted(unknown)} (known: seqs, ranges)")
+    seqs_arg = args.get("seqs", [])
+    ranges_arg = args.get("ranges", [])
+    if not isinstance(seqs_arg, list) or not isinstance(ranges_arg, list):
+        raise CommandError("resend: seqs and ranges must be lists")
+    if not seqs_arg and not ranges_arg:
+        raise CommandError("resend: give seqs and/or ranges")
+
+    def seq(v: object, where: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CommandError(f"resend: {where} must be a non-negative integer, not {v!r}")
+        return v
+
+    out: set[int] = {seq(v, f"seqs[{i}]") for i, v in enumerate(seqs_arg)}
+    if len(out) > MAX_RESEND_SEQS:
+        raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
+    for i, r in enumerate(ranges_arg):
+        if not isinstance(r, list) or len(r) != 2:
+            raise CommandError(f"resend: ranges[{i}] must be [from, to]")
+        lo, hi = seq(r[0], f"ranges[{i}][0]"), seq(r[1], f"ranges[{i}][1]")
+        if lo > hi:
+            raise CommandError(f"resend: ranges[{i}] goes backwards ({lo} > {hi})")
+        if hi - lo + 1 + len(out) > MAX_RESEND_SEQS:
+            raise CommandError(f"resend: more than {MAX_RESEND_SEQS} seqs in one request")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
