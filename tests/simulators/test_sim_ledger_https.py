@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import sim_helpers as h
 
+from foundation import InfluxQueryError
 from simulators import FleetConfig, GatewayFleet, InfluxHttp, LedgerError, compare_with_influx
-from smartcity._localstack import Influxd, Mosquitto, ServiceError
+from smartcity._localstack import Influxd, Mosquitto
 from tests.tls_helpers import MutualTlsProxy, Pki
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def test_influx_http_presents_a_client_certificate_to_a_proxy_that_requires_one(
     influxd: Influxd, pki: Pki
 ) -> None:
     with MutualTlsProxy(pki, (influxd.host, influxd.port)) as proxy:
-        with pytest.raises(ServiceError):
+        with pytest.raises(InfluxQueryError):
             InfluxHttp(proxy.url, ca_file=pki.ca).query("SHOW DATABASES")
         assert proxy.accepted == 0
         client = InfluxHttp(
