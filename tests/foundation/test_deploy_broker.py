@@ -1,21 +1,28 @@
-"""The shipped production broker config (deploy/mosquitto/) on a real mosquitto: TLS only
-for remote clients, no anonymous access, and a gateway confined to its own topics by the
-shipped ACL, while ingest, the API and a real edge agent work end to end through it.
+"""The shipped production broker (deploy/mosquitto/) on a real mosquitto: TLS only for remote
+clients, no anonymous access, users and topic rights in the dynamic-security plugin as
+`deploy/mosquitto/provision.sh` creates them, a gateway confined to its own topics, while
+ingest, the API and a real edge agent work end to end through it.
 
 The config file is used as shipped except for its ports, certificate and data paths; the
-ACL file is used unmodified.
+users are made by running the shipped provisioning script against the test's broker.
+Hostile gateways: tests/adversarial/.
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
+import json
+import os
 import re
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,61 +33,114 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from smartcity._localstack import Mosquitto, free_port
-from tests.tls_helpers import Pki, make_pki, password_file
+from tests.tls_helpers import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
-USERS = {"gw-a": "pw-a", "gw-b": "pw-b", "_ingest": "pw-ingest", "_api": "pw-api"}
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "mosquitto"
+PROVISION = DEPLOY / "provision.sh"
+SERVICES = {"_ingest": "pw-ingest", "_api": "pw-api"}
+GATEWAYS = {"gw-a": "pw-a", "gw-b": "pw-b"}
+USERS = {**GATEWAYS, **SERVICES}
 NOT_AUTHORIZED = 0x87
 
 
-class ShippedBroker(Mosquitto):
-    """mosquitto running deploy/mosquitto/smartcity.conf with test ports and paths."""
+def gateway_client_id(gateway: str) -> str:
+    """The one client id provision.sh lets a gateway use (the edge agent's default)."""
+    return f"edge-{gateway}"
 
-    def __init__(self, data_dir: Path, pki: Pki, passwd: Path) -> None:
+
+class ShippedBroker(Mosquitto):
+    """mosquitto running deploy/mosquitto/smartcity.conf with test ports and paths; its
+    dynamic-security file is made by ``provision.sh init`` before the first start."""
+
+    def __init__(self, data_dir: Path, pki: Pki) -> None:
         super().__init__(data_dir=data_dir)
         self.pki = pki
-        self.passwd = passwd
         self.tls_port = free_port()
+        self.dynsec_file = self.data_dir / "dynamic-security.json"
+        self.admin_options = self.data_dir / "dynsec-admin"
 
     def config_text(self) -> str:
         text = (DEPLOY / "smartcity.conf").read_text()
-        swaps = {
+        swaps = {  # whole lines
             "listener 1883 127.0.0.1": f"listener {self.port} 127.0.0.1",
             "listener 8883": f"listener {self.tls_port} 127.0.0.1",
-            "/etc/mosquitto/certs/ca.pem": str(self.pki.ca),
-            "/etc/mosquitto/certs/broker.pem": str(self.pki.server_cert),
-            "/etc/mosquitto/certs/broker.key": str(self.pki.server_key),
-            "/etc/mosquitto/smartcity.passwd": str(self.passwd),
-            "/etc/mosquitto/smartcity.acl": str(DEPLOY / "smartcity.acl"),
-            "/var/lib/mosquitto/": f"{self.data_dir}/",
+            "cafile /etc/mosquitto/certs/ca.pem": f"cafile {self.pki.ca}",
+            "certfile /etc/mosquitto/certs/broker.pem": f"certfile {self.pki.server_cert}",
+            "keyfile /etc/mosquitto/certs/broker.key": f"keyfile {self.pki.server_key}",
+            "plugin_opt_config_file /var/lib/mosquitto/dynamic-security.json":
+                f"plugin_opt_config_file {self.dynsec_file}",
+            "persistence_location /var/lib/mosquitto/": f"persistence_location {self.data_dir}/",
             "log_dest syslog": f"log_dest file {self.log_path}",
         }
         for old, new in swaps.items():
-            assert text.count(old) == 1, old
-            text = text.replace(old, new)
+            text, n = re.subn(rf"^{re.escape(old)}$", lambda _m, new=new: new, text, flags=re.M)
+            assert n == 1, old
         # The test runs as whoever runs it; the packaged broker drops to `mosquitto`.
         return text + f"\nuser {getpass.getuser()}\n"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not self.dynsec_file.exists():
+            self.provision("init", str(self.dynsec_file))
+        super().start(timeout)
+
+    def provision(self, *args: str, password: str | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run deploy/mosquitto/provision.sh against this broker (password on stdin)."""
+        env = {**os.environ, "SMARTCITY_DYNSEC_ADMIN": str(self.admin_options),
+               "SMARTCITY_BROKER_PORT": str(self.port)}
+        done = subprocess.run(
+            ["bash", str(PROVISION), *args], input="" if password is None else password + "\n",
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        if check:
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done
+
+    def provision_users(self, gateways: dict[str, str]) -> None:
+        self.provision("add-service", "ingest", password=SERVICES["_ingest"])
+        self.provision("add-service", "api", password=SERVICES["_api"])
+        for gateway, password in gateways.items():
+            self.provision("add-gateway", gateway, password=password)
+
+
+def shipped_broker(directory: Path, gateways: dict[str, str]) -> ShippedBroker:
+    """A started shipped broker with the services and ``gateways`` provisioned."""
+    broker = ShippedBroker(directory / "data", make_pki(directory / "pki"))
+    broker.start()
+    try:
+        broker.provision_users(gateways)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedBroker]:
-    d = tmp_path_factory.mktemp("deploy-broker")
-    pki = make_pki(d / "pki")
-    passwd = password_file(d / "passwd", USERS)
-    with ShippedBroker(d / "data", pki, passwd) as b:
-        yield b
+    b = shipped_broker(tmp_path_factory.mktemp("deploy-broker"), GATEWAYS)
+    yield b
+    b.stop()
 
 
 class Client:
-    """A paho MQTT v5 client over the TLS listener that records what the broker answers."""
+    """A paho MQTT v5 client over the TLS listener that records what the broker answers.
+
+    A gateway (a user whose name does not start with `_`) connects with the client id
+    provision.sh gave it unless ``client_id`` says otherwise; services get a unique one.
+    """
 
     def __init__(self, broker: ShippedBroker, user: str | None, password: str | None = None,
-                 *, tls: bool = True, will: tuple[str, bytes] | None = None) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"{user or 'anon'}-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
+                 *, tls: bool = True, will: tuple[str, bytes] | None = None,
+                 client_id: str | None = None, session_expiry: int = 0,
+                 protocol: int = mqtt.MQTTv5) -> None:
+        if client_id is None:
+            client_id = (gateway_client_id(user) if user and not user.startswith("_")
+                         else f"{user or 'anon'}-{uuid.uuid4().hex[:6]}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=protocol)
         if tls:
             ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
             self.client.tls_set_context(ctx)
@@ -89,19 +149,34 @@ class Client:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.connack: int | None = None
+        self.session_present: bool | None = None
+        self.disconnects = 0
         self.suback: list[int] = []
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         port = broker.tls_port if tls else broker.port
-        self.client.connect("127.0.0.1", port)
+        props = None
+        if protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+            self.client.connect("127.0.0.1", port, clean_start=True, properties=props)
+        else:
+            self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, rc: Any, _p: Any = None) -> None:
         with self._cond:
             self.connack = int(rc.value)
+            self.session_present = bool(flags.session_present)
+            self._cond.notify_all()
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        with self._cond:
+            self.disconnects += 1
             self._cond.notify_all()
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
@@ -114,11 +189,12 @@ class Client:
             self.messages.append((msg.topic, msg.payload))
             self._cond.notify_all()
 
-    def wait(self, check: Any, timeout: float = 10.0) -> None:
+    def wait(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
         with self._cond:
             assert self._cond.wait_for(check, timeout), "timed out"
 
     def connected(self) -> int:
+        """The first CONNACK's reason code (MQTT 3.1.1: its return code)."""
         self.wait(lambda: self.connack is not None)
         assert self.connack is not None
         return self.connack
@@ -144,33 +220,108 @@ class Client:
         assert done.wait(10), "no PUBACK"
         return codes[0]
 
+    def drop(self) -> None:
+        """Lose the connection without DISCONNECT (a crash, a cut uplink)."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        assert sock is not None
+        sock.close()
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class IngestProcess:
+    """A real ingest worker, ``python -m ingest run``, as the shipped broker's `_ingest` user
+    over TLS (the password in the environment, as deploy/ingest.yaml advises)."""
+
+    def __init__(self, broker: ShippedBroker, influx_url: str, database: str, workdir: Path,
+                 *, client_id: str = "ingest-0", group: str = "ingest") -> None:
+        self.metrics_port = free_port()
+        self.config_path = workdir / f"ingest-{client_id}.yaml"
+        self.log_path = workdir / f"ingest-{client_id}.log"
+        self.config_path.write_text(json.dumps({
+            "mqtt": {"host": "127.0.0.1", "port": broker.tls_port, "topic_root": "sc",
+                     "client_id": client_id, "group": group, "keepalive": 10,
+                     "username": "_ingest", "tls": {"ca_file": str(broker.pki.ca)}},
+            "influx": {"url": influx_url, "database": database},
+            "batch": {"max_age": 0.05, "retry": {"initial_delay": 0.1, "max_delay": 1.0}},
+            "metrics_host": "127.0.0.1",
+            "metrics_port": self.metrics_port,
+            "log_level": "INFO",
+        }))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def connected(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as resp:
+                text: str = resp.read().decode()
+        except OSError:
+            return False
+        return "smartcity_ingest_broker_connected 1.0" in text
+
+    def start(self) -> None:
+        env = {**os.environ, "SMARTCITY_INGEST_MQTT__PASSWORD": SERVICES["_ingest"]}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest", "run", "--config", str(self.config_path)],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )
+        proc = self._proc
+        wait_until(lambda: proc.poll() is not None or self.connected(), 30,
+                   "the ingest worker to connect")
+        assert proc.poll() is None, self.log_path.read_text()
+
+    def stop(self) -> None:
+        """SIGTERM: the worker writes and acks what it holds; its session stays."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> IngestProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
 def test_no_anonymous_clients_and_wrong_passwords_are_refused(broker: ShippedBroker) -> None:
-    for user, password in ((None, None), ("gw-a", "wrong"), ("nobody", "x")):
+    for user, password in ((None, None), ("gw-a", "wrong"), ("nobody", "x"), ("_admin", "x")):
         client = Client(broker, user, password)
         try:
-            assert client.connected() in (0x86, 0x87, 0x05, 0x04), (user, client.connack)
+            assert client.connected() in (0x86, 0x87), (user, client.connack)
         finally:
             client.close()
     # A last will on another gateway's status topic would be a forged death notice: the
     # broker accepts the connection but never publishes that will.
     api = Client(broker, "_api")
-    forger = Client(broker, "gw-a", will=("sc/v1/gw-b/status", b"forged-death"))
-    honest = Client(broker, "gw-a", will=("sc/v1/gw-a/status", b"death"))
     try:
         assert api.connected() == 0
         assert api.subscribe("sc/v1/+/status") == [1]
+        forger = Client(broker, "gw-a", will=("sc/v1/gw-b/status", b"forged-death"))
         assert forger.connected() == 0
+        forger.drop()
+        honest = Client(broker, "gw-a", will=("sc/v1/gw-a/status", b"death"))
         assert honest.connected() == 0
-        for client in (forger, honest):  # drop the connections without DISCONNECT
-            client.client.loop_stop()
-            sock = client.client.socket()
-            assert sock is not None
-            sock.close()
+        honest.drop()
         api.wait(lambda: ("sc/v1/gw-a/status", b"death") in api.messages)
         time.sleep(0.5)
         assert ("sc/v1/gw-b/status", b"forged-death") not in api.messages
@@ -178,6 +329,11 @@ def test_no_anonymous_clients_and_wrong_passwords_are_refused(broker: ShippedBro
         api.close()
     # Plain MQTT listens on loopback only (and authenticates too).
     assert re.search(r"^listener \d+ 127\.0\.0\.1$", broker.config_text(), re.M)
+    plain = Client(broker, None, tls=False)
+    try:
+        assert plain.connected() == NOT_AUTHORIZED
+    finally:
+        plain.close()
 
 
 def test_a_gateway_is_confined_to_its_own_topics(broker: ShippedBroker) -> None:
@@ -195,10 +351,9 @@ def test_a_gateway_is_confined_to_its_own_topics(broker: ShippedBroker) -> None:
         assert gw_a.publish("sc/v1/gw-b/telemetry", b"forged") == NOT_AUTHORIZED
         assert gw_a.publish("sc/v1/_sys/deadletter/ingest", b"x") == NOT_AUTHORIZED
         assert gw_a.publish("sc/v1/gw-a/config/desired", b"{}") == NOT_AUTHORIZED
-        # Listening to others: mosquitto grants the subscription, but the read ACL lets
-        # nothing through to it; the gateway the message is for gets it.
-        for topic in ("sc/v1/gw-b/cmd", "sc/v1/+/telemetry", "sc/#"):
-            gw_a.subscribe(topic)
+        # Listening to others is refused when subscribing (SUBACK 0x87), not per message.
+        for topic in ("sc/v1/gw-b/cmd", "sc/v1/+/telemetry", "sc/#", "#"):
+            assert gw_a.subscribe(topic) == [NOT_AUTHORIZED], topic
         assert gw_b.subscribe("sc/v1/gw-b/cmd") == [1]
         assert gw_a.subscribe("sc/v1/gw-a/cmd") == [1]
         assert api.publish("sc/v1/gw-b/cmd", b"for-b") == 0
@@ -208,14 +363,23 @@ def test_a_gateway_is_confined_to_its_own_topics(broker: ShippedBroker) -> None:
         ingest.wait(lambda: ("sc/v1/gw-b/telemetry", b"from-b") in ingest.messages)
         gw_a.wait(lambda: ("sc/v1/gw-a/cmd", b"for-a") in gw_a.messages)
         time.sleep(0.3)
-        # (twice: "sc/#" and its own subscription overlap)
-        assert set(gw_a.messages) == {("sc/v1/gw-a/cmd", b"for-a")}, gw_a.messages
+        assert gw_a.messages == [("sc/v1/gw-a/cmd", b"for-a")], gw_a.messages
         # Its own control topics and command responses: allowed.
+        assert api.subscribe("sc/v1/+/cmd/response/#") == [1]
         assert gw_a.publish("sc/v1/gw-a/cmd/response/ops-1", b"ok") == 0
+        api.wait(lambda: ("sc/v1/gw-a/cmd/response/ops-1", b"ok") in api.messages)
         assert ("sc/v1/gw-b/telemetry", b"forged") not in ingest.messages
-        # Ingest reads telemetry only and writes only its dead letters.
-        assert ingest.publish("sc/v1/gw-a/cmd", b"x") == NOT_AUTHORIZED
+        # Ingest reads telemetry only, through its share group only, and writes only its
+        # dead letters.
+        for topic in ("sc/v1/+/telemetry", "sc/v1/+/status",
+                      "$share/other/sc/v1/+/telemetry"):
+            assert ingest.subscribe(topic) == [NOT_AUTHORIZED], topic
+        for topic in ("sc/v1/gw-a/cmd", "sc/v1/gw-a/config/desired", "sc/v1/gw-a/telemetry",
+                      "sc/v1/gw-a/status"):
+            assert ingest.publish(topic, b"x") == NOT_AUTHORIZED, topic
+        assert api.subscribe("sc/v1/_sys/#") == [1]
         assert ingest.publish("sc/v1/_sys/deadletter/ingest", b"dl") == 0
+        api.wait(lambda: ("sc/v1/_sys/deadletter/ingest", b"dl") in api.messages)
     finally:
         for client in (gw_b, gw_a, api, ingest):
             client.close()
@@ -228,8 +392,10 @@ def test_the_api_pushes_config_and_reads_what_gateways_report(broker: ShippedBro
         assert api.connected() == 0
         assert gw_b.connected() == 0
         for topic in ("sc/v1/+/status", "sc/v1/+/health", "sc/v1/+/config/reported",
-                      "sc/v1/+/cmd/response/#"):
+                      "sc/v1/+/telemetry", "sc/v1/+/cmd/response/#", "sc/v1/_sys/#"):
             assert api.subscribe(topic) == [1], topic
+        # The API is no member of ingest's share group either.
+        assert api.subscribe("$share/ingest/sc/v1/+/telemetry") == [NOT_AUTHORIZED]
         assert gw_b.subscribe("sc/v1/gw-b/config/desired") == [1]
         assert api.publish("sc/v1/gw-b/config/desired", b'{"v": 1}', retain=True) == 0
         gw_b.wait(lambda: ("sc/v1/gw-b/config/desired", b'{"v": 1}') in gw_b.messages)
@@ -237,63 +403,118 @@ def test_the_api_pushes_config_and_reads_what_gateways_report(broker: ShippedBro
         api.wait(lambda: ("sc/v1/gw-b/config/reported", b"applied") in api.messages)
         assert api.publish("sc/v1/gw-b/config/desired", b"", retain=True) == 0
         assert api.publish("sc/v1/gw-b/telemetry", b"forged") == NOT_AUTHORIZED
+        assert api.publish("sc/v1/_sys/deadletter/ingest", b"forged") == NOT_AUTHORIZED
     finally:
         gw_b.close()
         api.close()
 
 
+def test_provision_refuses_bad_input_and_reports_broker_errors(broker: ShippedBroker) -> None:
+    """provision.sh fails loudly (mosquitto_ctrl 2.0.11 itself exits 0 on most errors)."""
+    cases = [
+        (("add-gateway", "_gw"), "pw", "must match"),        # ids never start with `_`
+        (("add-gateway", "a/b"), "pw", "must match"),        # one topic level
+        (("add-gateway", "gw+"), "pw", "must match"),
+        (("add-gateway", "gw-x", "ingest-0"), "pw", "reserved"),
+        (("add-gateway", "gw-x", "api-1"), "pw", "reserved"),
+        (("add-gateway", "gw-x"), "", "empty password"),
+        (("add-gateway", "gw-a"), "pw", "already exists"),   # no silent overwrite
+        (("remove-gateway", "gw-nobody"), None, "not found"),
+        (("set-password", "nobody"), "pw", "not found"),
+        (("add-service", "ingest"), "pw", "already exists"),
+    ]
+    for args, password, message in cases:
+        done = broker.provision(*args, password=password, check=False)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr)
+    done = broker.provision("init", str(broker.dynsec_file), check=False)
+    assert done.returncode != 0
+    assert "exists" in done.stderr
+    # A wrong admin password: mosquitto_ctrl says "Not authorized" and exits 0; we do not.
+    wrong = broker.data_dir / "wrong-admin"
+    wrong.write_text(re.sub(r"(?m)^-P .*$", "-P wrong", broker.admin_options.read_text()))
+    env = {**os.environ, "SMARTCITY_DYNSEC_ADMIN": str(wrong)}
+    done = subprocess.run(["bash", str(PROVISION), "remove-gateway", "gw-a"], input="",
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "Not authorized" in done.stderr
+    # Deny by default: only what a role grants (unsubscribing aside).
+    access = json.loads(broker.dynsec_file.read_text())["defaultACLAccess"]
+    assert access == {"publishClientSend": False, "publishClientReceive": False,
+                      "subscribe": False, "unsubscribe": True}
+    assert broker.admin_options.stat().st_mode & 0o077 == 0
+
+
+def test_a_gateway_is_revoked_and_its_password_changed_at_once(broker: ShippedBroker) -> None:
+    broker.provision("add-gateway", "gw-c", password="pw-c")
+    gw_c = Client(broker, "gw-c", "pw-c", client_id="edge-gw-c")
+    try:
+        assert gw_c.connected() == 0
+        broker.provision("set-password", "gw-c", password="pw-c2")
+        gw_c.wait(lambda: gw_c.disconnects >= 1)  # dropped at once ...
+        gw_c.wait(lambda: gw_c.connack == NOT_AUTHORIZED)  # ... and its old password refused
+    finally:
+        gw_c.close()
+    gw_c = Client(broker, "gw-c", "pw-c2", client_id="edge-gw-c")
+    try:
+        assert gw_c.connected() == 0
+        broker.provision("remove-gateway", "gw-c")
+        gw_c.wait(lambda: gw_c.disconnects >= 1)
+        gw_c.wait(lambda: gw_c.connack == NOT_AUTHORIZED)
+    finally:
+        gw_c.close()
+
+
 def test_a_real_edge_agent_reaches_influxdb_through_the_shipped_broker(
     broker: ShippedBroker, influxd: Any, influx_db: str, tmp_path: Path
 ) -> None:
-    from edge_agent import EdgeAgent
-    from edge_agent._config import parse_config
-    from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
-
-    cfg = parse_config({
+    """Both as their own processes, configured as the install guides say."""
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text(GATEWAYS["gw-a"] + "\n")
+    agent_config = tmp_path / "edge.yaml"
+    agent_config.write_text(json.dumps({
         "gateway": {"id": "gw-a", "state_dir": str(tmp_path / "state")},
+        # no client_id: the agent's default, edge-gw-a, is the one provisioned
         "broker": {"host": "127.0.0.1", "port": broker.tls_port, "topic_root": "sc",
-                   "client_id": f"gw-a-{uuid.uuid4().hex[:6]}", "username": "gw-a",
-                   "password": USERS["gw-a"], "tls": {"ca_file": str(broker.pki.ca)}},
+                   "username": "gw-a", "password_file": str(password_file),
+                   "tls": {"ca_file": str(broker.pki.ca)}},
         "inputs": [{"type": "simulated", "name": "sim", "devices": 2, "device_prefix": "aq",
                     "measurement": "AirQualityObserved", "fields": ["pm25"], "rate_hz": 20}],
         "tick_s": 0.05,
         "batch": {"max_age_s": 0.2},
-    }, source="test")
-    worker = WorkerThread(IngestConfig(
-        mqtt=MqttConfig(host="127.0.0.1", port=broker.tls_port, topic_root="sc",
-                        client_id=f"ingest-{uuid.uuid4().hex[:6]}", group="ingest",
-                        username="_ingest", password=USERS["_ingest"],
-                        tls={"ca_file": str(broker.pki.ca)}),
-        influx=InfluxConfig(url=influxd.url, database=influx_db),
-    ))
+    }))
 
-    async def run_agent() -> None:
-        agent = EdgeAgent(cfg)
-        task = asyncio.create_task(agent.run())
-        await asyncio.sleep(3.0)
-        agent.stop()
-        await task
+    def count() -> int:
+        answer = influxd.query('SELECT count("pm25") FROM "AirQualityObserved" '
+                               "WHERE \"gateway\" = 'gw-a'", db=influx_db)
+        series = answer["results"][0].get("series")
+        return int(series[0]["values"][0][1]) if series else 0
 
-    with worker:
-        asyncio.run(run_agent())
-        deadline = time.monotonic() + 20
-        count = 0
-        while time.monotonic() < deadline:
-            answer = influxd.query('SELECT count("pm25") FROM "AirQualityObserved" '
-                                   "WHERE \"gateway\" = 'gw-a'", db=influx_db)
-            series = answer["results"][0].get("series")
-            count = series[0]["values"][0][1] if series else 0
-            if count >= 40:
-                break
-            time.sleep(0.2)
-    assert count >= 40
+    with IngestProcess(broker, influxd.url, influx_db, tmp_path,
+                       client_id=f"ingest-{uuid.uuid4().hex[:6]}"):
+        with (tmp_path / "edge.log").open("ab") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(agent_config)],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+            )
+        try:
+            wait_until(lambda: count() >= 40 or agent.poll() is not None, 30,
+                       "40 readings from the edge agent in InfluxDB")
+            assert agent.poll() is None, (tmp_path / "edge.log").read_text()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+    assert count() >= 40
 
 
 def test_the_shipped_api_and_ingest_settings_load(tmp_path: Path) -> None:
     """deploy/api.yaml and deploy/ingest.yaml validate (the API's with test files standing
     in for its certificates and password file, which must exist)."""
     from api import load_settings
-    from ingest._config import load_config as load_ingest
 
     pki = make_pki(tmp_path / "pki")
     secret = tmp_path / "api.mqtt-password"
@@ -312,4 +533,14 @@ def test_the_shipped_api_and_ingest_settings_load(tmp_path: Path) -> None:
     assert settings.mqtt_port == 8883
     assert settings.tls_cert_file == pki.server_cert
     assert not settings.demo
-    assert load_ingest(DEPLOY.parent / "ingest.yaml").mqtt.client_id == "ingest-0"
+    # The API's client id is not a gateway's (gateways connect as edge-<id>).
+    assert not settings.mqtt_client_id.startswith("edge-")
+    checked = subprocess.run(
+        [sys.executable, "-m", "ingest", "check-config", "--config",
+         str(DEPLOY.parent / "ingest.yaml")],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    mqtt_settings = json.loads(checked.stdout)["mqtt"]
+    assert mqtt_settings["client_id"] == "ingest-0"
+    assert mqtt_settings["group"] == "ingest"  # the share group the ingest role allows
