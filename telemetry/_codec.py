@@ -10,15 +10,32 @@ Decoding runs in two layers:
 typed error. :func:`decode_batch_partial` is for the platform's intake: a valid envelope
 with some bad readings yields the good readings plus a list of rejects with reasons, so that
 one bad reading never takes the good ones with it and nothing is dropped silently.
+
+The error guarantee, for any input bytes and every supported msgspec version: the decoders
+return or raise a :class:`PayloadError` (the tree in ``telemetry._errors``), nothing else.
+Whatever msgspec raises is translated at the boundary (``telemetry._decoding``) with the
+library error as ``__cause__``. Bad UTF-8 anywhere, unknown keys included, is
+:class:`MalformedPayload`; :func:`decode_batch_partial` refuses exactly the readings holding
+it (by index, with the reason) and keeps the others. What is refused whole there: a payload
+too large, an envelope that breaks the contract (bad UTF-8 outside the readings included),
+and a payload msgspec cannot split into readings at all (broken JSON syntax, a lone
+surrogate escape such as ``"\\ud800"``, nesting deeper than the recursion limit).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import msgspec
 
+from telemetry._decoding import (
+    LIBRARY_ERRORS,
+    bad_utf8_bytes,
+    check_size,
+    check_utf8,
+    translate,
+    utf8_error,
+)
 from telemetry._errors import (
     InvalidPayload,
     MalformedPayload,
@@ -91,7 +108,9 @@ _ok_names: set[str] = set()
 _ok_field_names: set[str] = set()
 _ok_tags: set[tuple[str, str]] = set()
 
-_MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+_probe_decoder: Final = msgspec.json.Decoder(_Probe)
+_envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -104,13 +123,12 @@ def encode_batch(batch: Batch) -> bytes:
 
 def decode_batch(payload: bytes | bytearray | memoryview) -> Batch:
     """Decode and validate a whole batch; any defect raises one :class:`PayloadError`."""
-    _check_size(payload)
+    check_size(payload)
+    check_utf8(payload)
     try:
         batch = _batch_decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except LIBRARY_ERRORS as exc:
         raise _diagnose(payload, exc) from exc
-    except UnicodeDecodeError as exc:
-        raise MalformedPayload(f"not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     if batch.version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersion(batch.version, SUPPORTED_VERSIONS)
     _check_batch_names(batch)
@@ -122,85 +140,75 @@ def decode_batch_partial(payload: bytes | bytearray | memoryview) -> DecodedBatc
 
     The envelope (version, gateway, seq, readings list) must be valid, otherwise the whole
     payload is refused with a :class:`PayloadError`. The returned batch may hold no
-    readings when all of them were refused.
+    readings when all of them were refused. Every reading is either in the batch or in
+    ``rejected``, so a caller can account for all of them.
     """
     try:
         return DecodedBatch(batch=decode_batch(payload), rejected=[])
     except (InvalidPayload, MalformedPayload) as exc:
         first_error = exc
     try:
-        envelope = msgspec.json.decode(payload, type=_Envelope)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # Readings stay raw bytes: skipped, not decoded, so one bad reading cannot fail this.
+        envelope = _envelope_decoder.decode(payload)
+    except LIBRARY_ERRORS:
         raise first_error from None
+    if envelope.version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(envelope.version, SUPPORTED_VERSIONS)
     if not 1 <= len(envelope.r) <= MAX_READINGS:
         raise first_error
     if not ID_RE.fullmatch(envelope.gateway) or not 0 <= envelope.seq <= 2**63 - 1:
         raise first_error
     good: list[Reading] = []
     rejected: list[RejectedReading] = []
+    bad_bytes_in_readings = 0
     for index, raw in enumerate(envelope.r):
-        try:
-            reading = _reading_decoder.decode(raw)
-            _check_reading_names(reading, index)
-        except msgspec.ValidationError as exc:
-            reason, path = _split_msgspec_message(str(exc))
-            rejected.append(
-                RejectedReading(
-                    index=index,
-                    reason=reason,
-                    path=path.replace("$", f"$.r[{index}]", 1),
-                    raw=bytes(raw),
-                )
-            )
-        except UnicodeDecodeError as exc:
-            rejected.append(
-                RejectedReading(
-                    index=index,
-                    reason=f"not valid UTF-8: {exc.reason}",
-                    path=f"$.r[{index}]",
-                    raw=bytes(raw),
-                )
-            )
-        except InvalidPayload as exc:
-            rejected.append(
-                RejectedReading(
-                    index=index, reason=exc.reason, path=exc.path or "", raw=bytes(raw)
-                )
-            )
+        outcome = _triage_reading(raw, index)
+        if isinstance(outcome, Reading):
+            good.append(outcome)
         else:
-            good.append(reading)
+            rejected.append(outcome)
+            bad_bytes_in_readings += bad_utf8_bytes(outcome.raw)
+    # The whole batch failed, so something is wrong; if no reading is, it is the envelope.
+    # Bad UTF-8 outside the readings (an unknown key, a second "r") is the envelope's too.
+    if not rejected or bad_utf8_bytes(payload) > bad_bytes_in_readings:
+        raise first_error
     batch = Batch(
         version=envelope.version, gateway=envelope.gateway, seq=envelope.seq, readings=good
     )
     return DecodedBatch(batch=batch, rejected=rejected)
 
 
-def _check_size(payload: bytes | bytearray | memoryview) -> None:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
-
-
-def _split_msgspec_message(message: str) -> tuple[str, str]:
-    match = _MSGSPEC_PATH.search(message)
-    if match is None:
-        return message, "$"
-    return message[: match.start()], match.group(1)
-
-
-def _diagnose(
-    payload: bytes | bytearray | memoryview, exc: msgspec.ValidationError | msgspec.DecodeError
-) -> PayloadError:
-    """Turn a msgspec failure into the most precise contract error."""
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return MalformedPayload(f"not valid JSON: {exc}")
+def _triage_reading(raw: msgspec.Raw, index: int) -> Reading | RejectedReading:
+    """Decode one raw reading of a batch, or say why it is refused."""
+    at = f"$.r[{index}]"
+    data = bytes(raw)
+    bad_utf8 = utf8_error(data)
+    if bad_utf8 is not None:
+        reason = f"not valid UTF-8: {bad_utf8.reason} at byte {bad_utf8.start} of the reading"
+        return RejectedReading(index=index, reason=reason, path=at, raw=data)
     try:
-        probe = msgspec.json.decode(payload, type=_Probe)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        reading = _reading_decoder.decode(data)
+        _check_reading_names(reading, index)
+    except LIBRARY_ERRORS as exc:
+        error = translate(exc)
+        path = (error.path or "$").replace("$", at, 1)
+        return RejectedReading(index=index, reason=error.reason, path=path, raw=data)
+    except InvalidPayload as exc:
+        return RejectedReading(index=index, reason=exc.reason, path=exc.path or at, raw=data)
+    return reading
+
+
+def _diagnose(payload: bytes | bytearray | memoryview, exc: BaseException) -> PayloadError:
+    """Turn a msgspec failure into the most precise contract error."""
+    if not isinstance(exc, msgspec.ValidationError):
+        return translate(exc)
+    try:
+        probe = _probe_decoder.decode(payload)
+    except LIBRARY_ERRORS:
         probe = _Probe()
     if probe.v is not msgspec.UNSET and probe.v not in SUPPORTED_VERSIONS:
         return UnsupportedVersion(probe.v, SUPPORTED_VERSIONS)
-    reason, path = _split_msgspec_message(str(exc))
-    return InvalidPayload(reason, path=path)
+    return translate(exc)
 
 
 def _remember(cache: set[str] | set[tuple[str, str]]) -> None:

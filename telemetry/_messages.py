@@ -12,8 +12,9 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from telemetry._errors import InvalidPayload, MalformedPayload, PayloadTooLarge
-from telemetry._model import MAX_PAYLOAD_BYTES, WIRE_VERSION
+from telemetry._decoding import LIBRARY_ERRORS, check_size, check_utf8, translate
+from telemetry._errors import InvalidPayload, PayloadError
+from telemetry._model import WIRE_VERSION
 
 __all__ = [
     "Birth",
@@ -153,25 +154,31 @@ def encode_message(message: msgspec.Struct) -> bytes:
 
 
 def decode_message(payload: bytes | bytearray | memoryview, kind: type[M]) -> M:
-    """Decode a control-plane message strictly into ``kind``."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+    """Decode a control-plane message strictly into ``kind``.
+
+    Like the batch decoders, it raises only :class:`PayloadError` subclasses, for any input.
+    """
+    check_size(payload)
+    check_utf8(payload)
     try:
         return msgspec.json.decode(payload, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidPayload(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedPayload(f"not valid JSON: {exc}") from exc
+    except LIBRARY_ERRORS as exc:
+        raise _translate(exc) from exc
 
 
 def decode_status(payload: bytes | bytearray | memoryview) -> Birth | Death:
     """Decode a retained status message (birth or death, told apart by ``state``)."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(len(payload), MAX_PAYLOAD_BYTES)
+    check_size(payload)
+    check_utf8(payload)
     try:
         status: Birth | Death = _status_decoder.decode(payload)
-        return status
-    except msgspec.ValidationError as exc:
-        raise InvalidPayload(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedPayload(f"not valid JSON: {exc}") from exc
+    except LIBRARY_ERRORS as exc:
+        raise _translate(exc) from exc
+    return status
+
+
+def _translate(exc: BaseException) -> PayloadError:
+    # Control-plane errors keep msgspec's whole message (path included) as their reason.
+    if isinstance(exc, msgspec.ValidationError):
+        return InvalidPayload(str(exc))
+    return translate(exc)

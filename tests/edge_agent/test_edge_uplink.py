@@ -43,10 +43,17 @@ def test_readings_arrive_with_birth_health_and_death(
             agent.submit(readings(0, 250), None)
             await await_until(lambda: len(central.readings()) == 250, 10, "250 readings")
             await await_until(lambda: bool(central.on(agent.topics.health("gw-test"))), 5)
+        # The death is published as the agent stops; it reaches the central subscriber
+        # through the broker some time later.
+        await await_until(died, 10, "the death after the birth on the status topic")
+
+    def died() -> bool:
+        seen = central.on(status)
+        return len(seen) > 1 and isinstance(decode_status(seen[-1]), Death)
 
     asyncio.run(main())
-    await_until_sync = [decode_status(p) for p in central.on(status)]
-    birth = await_until_sync[0]
+    statuses = [decode_status(p) for p in central.on(status)]
+    birth = statuses[0]
     assert isinstance(birth, Birth)
     assert birth.devices[0].id == "dev-1"
     health = decode_message(central.on(agent.topics.health("gw-test"))[-1], Health)
@@ -54,7 +61,8 @@ def test_readings_arrive_with_birth_health_and_death(
     assert health.spool.dropped_readings == 0
     seqs = sorted(b.seq for b in central.batches)
     assert seqs == list(range(len(seqs)))
-    last = decode_status(central.on(status)[-1]) if len(central.on(status)) > 1 else None
+    last = statuses[-1]
+    assert len(statuses) > 1
     assert isinstance(last, Death)
     assert last.reason == "shutdown"
 
