@@ -10,7 +10,9 @@
        speed, occupancy, count                  ModbusMeterServer per energy meter
        + serial noise / CRC errors (faults)       (asyncio loop thread; eastron-sdm630 map)
        + clock drift (device clock offset)      local MQTT sensors: JSON per step
-                                                  (paho network thread)
+                                                  (foundation.mqtt session)
+    one asyncio loop thread (sim-devices.loop) runs the Modbus TCP servers and the MQTT
+    session; the city thread hands it each step's sensor documents (call_soon_threadsafe)
 
 Devices stamp readings with their own clocks (wall time), so device mode runs at real
 time by default; a ``speed`` above 1 only fast-forwards the values (rush hour in minutes).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -99,10 +102,12 @@ class DeviceCity:
         self._thread: threading.Thread | None = None
         self._devices: list[Any] = []
         self._ports: list[Any] = []
-        self._modbus_loop: asyncio.AbstractEventLoop | None = None
-        self._modbus_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._modbus_servers: list[Any] = []
-        self._mqtt: Any = None
+        self._mqtt: Any = None  # foundation.mqtt.MqttSession, imported only when used
+        self._mqtt_stop: asyncio.Event | None = None
+        self._mqtt_task: concurrent.futures.Future[None] | None = None
         self._mqtt_rows: list[tuple[str, str, int]] = []
         self.errors: list[BaseException] = []
 
@@ -127,6 +132,9 @@ class DeviceCity:
             self._start_nmea()
             self._start_modbus()
             self._start_mqtt()
+        except DeviceModeError:
+            self.stop()
+            raise
         except (OSError, ImportError) as exc:
             self.stop()
             raise DeviceModeError(f"device mode failed to start: {exc}") from exc
@@ -144,19 +152,23 @@ class DeviceCity:
             port.unplug()
         self._devices.clear()
         self._ports.clear()
-        if self._modbus_loop is not None:
-            loop = self._modbus_loop
+        if self._loop is not None:
+            loop = self._loop
+            if self._mqtt_stop is not None and self._mqtt_task is not None:
+                from foundation.mqtt import MqttError
+
+                loop.call_soon_threadsafe(self._mqtt_stop.set)
+                # A failure to connect was reported by start() already.
+                with contextlib.suppress(concurrent.futures.TimeoutError, MqttError):
+                    self._mqtt_task.result(10)
+            self._mqtt = self._mqtt_stop = self._mqtt_task = None
             fut = asyncio.run_coroutine_threadsafe(self._close_modbus(), loop)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(concurrent.futures.TimeoutError):
                 fut.result(10)
             loop.call_soon_threadsafe(loop.stop)
-            if self._modbus_thread is not None:
-                self._modbus_thread.join(5)
-            self._modbus_loop = None
-        if self._mqtt is not None:
-            self._mqtt.disconnect()
-            self._mqtt.loop_stop()
-            self._mqtt = None
+            if self._loop_thread is not None:
+                self._loop_thread.join(5)
+            self._loop = self._loop_thread = None
 
     # -- the city thread -------------------------------------------------------------------
     def _step(self) -> None:
@@ -298,19 +310,7 @@ class DeviceCity:
         from simulators.devices import ModbusMeterServer
 
         regmap = load_register_map("eastron-sdm630")
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            loop.close()
-
-        self._modbus_thread = threading.Thread(target=serve, name="sim-devices.modbus", daemon=True)
-        self._modbus_thread.start()
-        ready.wait(5)
-        self._modbus_loop = loop
+        loop = self._event_loop()
         assert energy is not None
         for i in range(n):
             server = ModbusMeterServer({1: regmap}, values=self._meter_values(i))
@@ -326,6 +326,25 @@ class DeviceCity:
                 "unit": 1,
                 "map": "eastron-sdm630",
             }
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop thread of the Modbus servers and the MQTT session, started once."""
+        if self._loop is not None:
+            return self._loop
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+            loop.close()
+
+        self._loop_thread = threading.Thread(target=serve, name="sim-devices.loop", daemon=True)
+        self._loop_thread.start()
+        ready.wait(5)
+        self._loop = loop
+        return loop
 
     async def _close_modbus(self) -> None:
         for server in self._modbus_servers:
@@ -356,9 +375,7 @@ class DeviceCity:
     def _start_mqtt(self) -> None:
         if self.mqtt_url is None or self.scenario.devices.mqtt_sensors == 0:
             return
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+        from foundation.mqtt import MqttError, MqttSession, SessionConfig
         from simulators._fleet import BrokerUrl
 
         url = BrokerUrl.parse(self.mqtt_url)
@@ -368,15 +385,36 @@ class DeviceCity:
             if k is not None:
                 rows += [(kind, k.device_ids[i], i) for i in range(k.sensors)]
         rows = rows[: self.scenario.devices.mqtt_sensors]
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"sim-sensors-{self.scenario.name}"
+        session = MqttSession(
+            SessionConfig(
+                host=url.host,
+                port=url.port,
+                client_id=f"sim-sensors-{self.scenario.name}",
+                # Every sensor's reading of one step may wait for its PUBACK at once.
+                max_inflight=max(20, 2 * len(rows)),
+            )
         )
+        loop = self._event_loop()
+        stop = asyncio.Event()
+        up: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def hold() -> None:
+            try:
+                async with session:
+                    up.set_result(None)
+                    await stop.wait()
+            except BaseException as exc:
+                if not up.done():
+                    up.set_exception(exc)
+                raise
+
+        self._mqtt_task = asyncio.run_coroutine_threadsafe(hold(), loop)
+        self._mqtt_stop = stop
         try:
-            client.connect(url.host, url.port)
-        except OSError as exc:
+            up.result(15)
+        except (MqttError, concurrent.futures.TimeoutError) as exc:
             raise DeviceModeError(f"local broker {self.mqtt_url}: {exc}") from exc
-        client.loop_start()  # paho's network thread: publishes are handed to it
-        self._mqtt = client
+        self._mqtt = session
         self._mqtt_rows = rows
         self.endpoints.mqtt_broker = self.mqtt_url
         topic = self.scenario.devices.mqtt_topic
@@ -385,11 +423,13 @@ class DeviceCity:
         self._publish_mqtt()
 
     def _publish_mqtt(self) -> None:
-        client = self._mqtt
-        if client is None:
+        """Hand this step's sensor documents to the loop thread (called by the city thread)."""
+        session, loop = self._mqtt, self._loop
+        if session is None or loop is None:
             return
         topic = self.scenario.devices.mqtt_topic
         now_ms = time.time_ns() // 1_000_000
+        docs: list[tuple[str, bytes]] = []
         for kind, device, i in self._mqtt_rows:
             snap = self.snapshot.get(kind)
             if not snap or not snap["_valid"][i]:
@@ -399,7 +439,9 @@ class DeviceCity:
                 if not name.startswith("_"):
                     v = col[i]
                     doc[name] = round(v, 4) if isinstance(v, float) else v
-            client.publish(f"{topic}/{kind}/{device}", json.dumps(doc), qos=1)
+            docs.append((f"{topic}/{kind}/{device}", json.dumps(doc).encode()))
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the step is lost
+            loop.call_soon_threadsafe(_publish_all, session, docs)
 
     # -- serial faults ---------------------------------------------------------------------
     def _device_faults(self) -> None:
@@ -429,6 +471,23 @@ class DeviceCity:
             dev.clock_offset_ms = (
                 0 if drift is None else int((t - self.start_ns) / 1e6 * drift.ppm * 1e-6)
             )
+
+
+def _publish_all(session: Any, docs: list[tuple[str, bytes]]) -> None:
+    """In the loop thread: publish QoS 1 without waiting. A sensor offline (session
+    reconnecting) or with its window full loses that reading, as a real one would."""
+    from foundation.mqtt import MqttError
+
+    for topic, payload in docs:
+        try:
+            session.publish_nowait(topic, payload, qos=1).add_done_callback(_retrieve)
+        except MqttError:
+            return
+
+
+def _retrieve(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _bad_crc_frame(device_id: int) -> bytes:

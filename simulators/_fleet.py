@@ -1,16 +1,20 @@
 """Whole simulated gateways publishing straight onto a broker with the wire contract.
 
-One process, one thread, many gateways. Each gateway has its **own MQTT connection** (so its
-retained birth and its last will are its own, as on a real gateway), and all connections are
-driven by one ``selectors`` loop through paho's external-loop API (``loop_read``,
-``loop_write``, ``loop_misc``): no paho network threads, so nothing to hand off::
+One process, one event loop, many gateways. Each gateway has its **own MQTT session**
+(:class:`foundation.mqtt.MqttSession`, so its retained birth and its last will are its own,
+as on a real gateway); the session layer drives paho inside the loop, so there are no paho
+network threads and nothing to hand off::
 
-     fleet thread (run) ─────────────────────────────────────────────────────────────────
-       every tick:  City.step ─▶ FaultPlan.apply ─▶ WireEncoder.batches
-                      └─▶ per gateway: seq += 1, payload into the spool, Ledger.created
-       always:      selector.select ─▶ loop_read (CONNACK, PUBACK) / loop_write
-                      PUBACK ─▶ spool.pop(seq), Ledger.acked ─▶ fill the in-flight window
-     other threads:  stop(), inject(fault)  ── queue.SimpleQueue / Event ──▶ fleet thread
+     event loop (run() -> asyncio.run) ─────────────────────────────────────────────────
+       main task:  every tick: City.step ─▶ FaultPlan.apply ─▶ WireEncoder.batches
+                     └─▶ per gateway: seq += 1, payload into the spool, Ledger.created
+                   fill windows: spool ─▶ session.publish_nowait (future per batch)
+       task fleet[<gw>].uplink (one per gateway, in one TaskGroup):
+                   enter the session (birth on every connect) ─▶ hold it until a fault cuts
+                   it (abort: no DISCONNECT, the broker publishes the will) or the fleet
+                   stops (death "shutdown", DISCONNECT); the session reconnects by itself
+       PUBACK future ─▶ spool.pop(seq), Ledger.acked ─▶ fill the in-flight window again
+     other threads:  stop(), inject(fault)  ── queue.SimpleQueue / Event ──▶ main task
 
 **Spool semantics** (as ``edge_agent``): a batch is numbered and spooled before it is
 published and leaves the spool only on PUBACK. The spool is the session: each connection is
@@ -26,21 +30,20 @@ subscribers** when nobody subscribes to the topic, and drops the message. With
 again after a short hold (capped backoff per gateway), like a refused one. It happens for
 real: mosquitto 2.0.11 does not restore the shared subscriptions of offline persistent
 sessions when it restarts, so until the first ingest worker has reconnected and subscribed
-again, telemetry goes to nobody (found by the chaos run, ``simulators._chaos``;
+again, telemetry goes to nobody (found by the chaos run, ``smartcity._chaos``;
 docs/operations.md). Off by default, so that load runs against a bare broker, where nobody
 subscribes, still count what the broker took.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import math
 import queue
 import random
-import selectors
-import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -51,17 +54,23 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
 
 from foundation import (
+    Backoff,
     BrokerAccess,
     BrokerSetupError,
     BrokerTls,
     check_broker_security,
-    configure_client,
+)
+from foundation.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    MqttConnectError,
+    MqttError,
+    MqttSession,
+    Outgoing,
+    SessionConfig,
+    SessionStatus,
 )
 from simulators._city import City, Layout, build_layout
 from simulators._errors import BrokerError, ScenarioError
@@ -85,8 +94,11 @@ __all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet"]
 
 AGENT: Final = "smartcity-sim 0.1.0"
 _MISC_EVERY_S: Final = 1.0
-#: MQTT v5 reason code of a PUBACK for a message the broker delivered to nobody.
-NO_MATCHING_SUBSCRIBERS: Final = 0x10
+#: Sessions entering (TCP + TLS + CONNECT in the executor) at the same time.
+_CONNECTS_AT_ONCE: Final = 64
+#: The reconnect schedule of a gateway: full jitter, 0.5 s doubling up to 30 s.
+_RECONNECT: Final = Backoff(initial=0.5, maximum=30.0, multiplier=2.0, jitter=1.0)
+_SHUTDOWN_S: Final = 5.0
 _HOLD_MIN_S: Final = 0.2
 _HOLD_MAX_S: Final = 5.0
 
@@ -224,22 +236,24 @@ class _Gateway:
     topic: str
     status_topic: str
     health_topic: str
-    client: mqtt.Client | None = None
+    session: MqttSession | None = None
     state: Literal["down", "connecting", "up"] = "down"
+    #: The session epoch of the connection the in-flight batches went out on.
+    epoch: int = 0
     spool: OrderedDict[int, _Spooled] = field(default_factory=OrderedDict)
     unsent: deque[int] = field(default_factory=deque)
-    inflight: dict[int, int] = field(default_factory=dict)
-    control_mids: set[int] = field(default_factory=set)
+    inflight: set[int] = field(default_factory=set)
     next_seq: int = 0
-    retry_at: float = 0.0
-    backoff: float = 0.5
     uplink_lost: bool = False
     rebooting: bool = False
-    writing: bool = False
     boot_mono: float = 0.0
     #: No publishing before this (monotonic): the broker said nobody subscribes.
     hold_until: float = 0.0
     hold_backoff: float = 0.0
+    #: Connect failures and refusals of the session already counted in FleetStats.
+    failures_seen: int = 0
+    #: Set to make the gateway's task look at its state (fault, stop).
+    wake: asyncio.Event | None = None
 
 
 class GatewayFleet:
@@ -287,18 +301,19 @@ class GatewayFleet:
         ]
         self._stop = threading.Event()
         self._commands: queue.SimpleQueue[FaultSpec] = queue.SimpleQueue()
-        self._selector: selectors.BaseSelector | None = None
-        self._tls_context: ssl.SSLContext | None = None
+        self._run_access: BrokerAccess | None = None
+        self._ssl: Any = None
         try:
             self._access = self.config.broker_access()
         except ValueError as exc:
             raise BrokerError(f"broker settings: {_reason(exc)}") from exc
-        self._password: str | None = None
         self._jitter = random.Random(self.scenario.seed)
         self._tick = 0
         self._dirty: set[_Gateway] = set()
         self._running = False
-        self._refused_tcp = False
+        self._closing = False
+        self._shutdown_at = math.inf
+        self._main_wake: asyncio.Event | None = None
 
     # -- public, any thread -----------------------------------------------------------------
     @property
@@ -417,36 +432,73 @@ class GatewayFleet:
         seconds, ``ticks`` steps or the scenario's ``duration_s`` (simulated), whichever first.
 
         On the way out: stop producing, drain the spools (``drain_timeout_s``), publish each
-        gateway's death (``reason: shutdown``) and disconnect. Not re-entrant. ``progress`` is
-        called from this thread every ``progress_every_s`` wall seconds.
+        gateway's death (``reason: shutdown``) and disconnect. Not re-entrant. Runs its own
+        event loop (``asyncio.run``) in the calling thread; ``progress`` is called from it
+        every ``progress_every_s`` wall seconds.
         """
         if self._running:
             raise RuntimeError("GatewayFleet.run is already running")
         # Certificates and the password file are read once per run, before any connect.
         try:
-            if self._access.tls is not None:
-                self._tls_context = self._access.tls.ssl_context()
-            self._password = self._access.read_password()
+            self._ssl = None if self._access.tls is None else self._access.tls.ssl_context()
+            password = self._access.read_password()
         except BrokerSetupError as exc:
             raise BrokerError(f"broker settings: {exc}") from exc
+        self._run_access = self._access.model_copy(
+            update={
+                "password": None if password is None else SecretStr(password),
+                "password_file": None,
+            }
+        )
         self._running = True
-        self._selector = selectors.DefaultSelector()
+        self._closing = False
+        self._shutdown_at = math.inf
         self.stats.started_at = time.monotonic()
         try:
-            self._connect_first()
-            for gw in self._gws[1:]:
-                self._connect(gw)
-                self._pump(0.0)
-            self._main_loop(duration_s, ticks, progress, progress_every_s)
-            self._drain()
+            asyncio.run(self._run(duration_s, ticks, progress, progress_every_s))
         finally:
-            self._shutdown()
-            self._selector.close()
-            self._selector = None
             self._running = False
+            self._main_wake = None
+            for gw in self._gws:
+                gw.wake = None
         return self.stats
 
-    def _main_loop(
+    async def _run(
+        self,
+        duration_s: float | None,
+        ticks: int | None,
+        progress: Callable[[FleetStats], None] | None,
+        progress_every_s: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._main_wake = asyncio.Event()
+        self._connect_slots = asyncio.Semaphore(_CONNECTS_AT_ONCE)
+        for gw in self._gws:
+            gw.wake = asyncio.Event()
+        error: BrokerError | None = None
+        async with asyncio.TaskGroup() as tg:
+            try:
+                # One gateway first, waiting for its CONNACK: fail fast on a wrong broker.
+                first: asyncio.Future[None] = loop.create_future()
+                gw0 = self._gws[0]
+                tg.create_task(self._uplink(gw0, first), name=f"fleet[{gw0.id}].uplink")
+                try:
+                    async with asyncio.timeout(self.config.connect_timeout_s + 1.0):
+                        await first
+                except (MqttConnectError, TimeoutError) as exc:
+                    url = f"{self.config.host}:{self.config.port}"
+                    error = BrokerError(str(exc) or "no CONNACK in time", url=url)
+                if error is None:
+                    for gw in self._gws[1:]:
+                        tg.create_task(self._uplink(gw, None), name=f"fleet[{gw.id}].uplink")
+                    await self._main_loop(duration_s, ticks, progress, progress_every_s)
+                    await self._drain()
+            finally:
+                self._begin_shutdown()
+        if error is not None:
+            raise error
+
+    async def _main_loop(
         self,
         duration_s: float | None,
         ticks: int | None,
@@ -485,16 +537,30 @@ class GatewayFleet:
                 timeout = 0.0
             else:
                 timeout = max(0.0, min(due_at - now, 0.05)) if speed > 0 else 0.01
-            self._pump(timeout)
+            await self._io(timeout)
             if now >= next_misc:
                 next_misc = now + _MISC_EVERY_S
-                self._misc(now)
+                self._release_holds(now)
             if now >= next_health:
                 next_health = now + health_every
                 self._publish_health(now)
             if progress is not None and now >= next_progress:
                 next_progress = now + progress_every_s
                 progress(self.stats)
+
+    async def _io(self, at_most_s: float) -> None:
+        """Let the loop run network I/O for up to ``at_most_s`` (less when a gateway came up
+        or has new batches to send)."""
+        wake = self._main_wake
+        assert wake is not None
+        if at_most_s <= 0 or wake.is_set():
+            await asyncio.sleep(0)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(at_most_s):
+                    await wake.wait()
+        wake.clear()
+        self._fill_dirty()
 
     def _backlog(self) -> int:
         return sum(len(g.unsent) + len(g.inflight) for g in self._gws if g.state == "up")
@@ -517,147 +583,160 @@ class GatewayFleet:
             gw.uplink_lost, gw.rebooting = bool(lost[i]), bool(rebooting[i])
             if down[i]:
                 self._cut(gw)
-            else:
-                if was_rebooting:
-                    gw.boot_mono = time.monotonic()
-                gw.retry_at = 0.0
-                gw.backoff = 0.5
-                self._connect(gw)
+            elif was_rebooting:
+                gw.boot_mono = time.monotonic()
+            self._wake(gw)
 
     # -- network ------------------------------------------------------------------------------
-    def _new_client(self, gw: _Gateway) -> mqtt.Client:
+    def _session_config(self, gw: _Gateway) -> SessionConfig:
         cfg = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{cfg.client_prefix}-{gw.id}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-            userdata=gw,
-        )
+        access = self._run_access
+        assert access is not None
         window = self.scenario.publish.inflight_window
-        client.max_inflight_messages_set(window + 8)
-        client.max_queued_messages_set(0)
-        client.will_set(
-            gw.status_topic, encode_message(Death(gw=gw.id, reason="lost")), qos=1, retain=True
+        index = gw.index
+        return SessionConfig(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=f"{cfg.client_prefix}-{gw.id}",
+            access=access,
+            ssl_context=self._ssl,
+            keepalive_s=self.scenario.publish.keepalive_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            clean_start=True,
+            # The batches' window plus room for the birth, the death and health reports.
+            max_inflight=window + 8,
+            will=Outgoing(
+                topic=gw.status_topic,
+                payload=encode_message(Death(gw=gw.id, reason="lost")),
+                retain=True,
+            ),
+            birth=lambda: Outgoing(
+                topic=gw.status_topic, payload=encode_message(self.birth(index)), retain=True
+            ),
+            backoff=_RECONNECT,
+            name=f"fleet[{gw.id}].mqtt",
         )
-        configure_client(client, self._access, context=self._tls_context, password=self._password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_socket_close = self._on_socket_close
-        return client
 
-    def _connect(self, gw: _Gateway) -> None:
-        if gw.state != "down" or gw.uplink_lost or gw.rebooting or self._selector is None:
-            return
-        client = self._new_client(gw)
-        cfg = self.config
-        try:
-            client.connect(
-                cfg.host, cfg.port, keepalive=self.scenario.publish.keepalive_s, clean_start=True
+    async def _uplink(self, gw: _Gateway, first: asyncio.Future[None] | None) -> None:
+        """One gateway's connection: up while neither cut by a fault nor stopped."""
+        attempt = 0
+        while not self._closing:
+            if gw.uplink_lost or gw.rebooting:
+                attempt = 0
+                await self._wait(gw)
+                continue
+            session = MqttSession(
+                self._session_config(gw),
+                on_connect=functools.partial(self._on_up, gw),
+                on_disconnect=functools.partial(self._on_down, gw),
             )
-        except (OSError, ValueError) as exc:
-            self.stats.connect_errors += 1
-            self.stats.last_error = f"{gw.id}: {exc}"
-            self._schedule_retry(gw)
-            if isinstance(exc, ConnectionRefusedError) and self.stats.connects == 0:
-                self._refused_tcp = True
-            return
-        sock = client.socket()
-        if sock is None:
-            self._schedule_retry(gw)
-            return
-        gw.client = client
-        gw.state = "connecting"
-        gw.writing = False
-        self._selector.register(sock, selectors.EVENT_READ, gw)
-        self._flush(gw)
+            gw.state = "connecting"
+            gw.session = session  # _on_up (inside __aenter__) fills the window already
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    async with self._connect_slots:
+                        await stack.enter_async_context(session)
+                    attempt = 0
+                    if first is not None:
+                        first.set_result(None)
+                        first = None
+                    await self._hold(gw, session)
+            except MqttConnectError as exc:
+                self.stats.connect_errors += 1
+                self.stats.refused += exc.reason_code is not None
+                self.stats.last_error = f"{gw.id}: {exc}"
+                if first is not None:
+                    first.set_exception(exc)
+                    return
+                gw.state = "down"
+                delay = _RECONNECT.delay(attempt, self._jitter)
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wait(gw)
+            finally:
+                gw.session = None
+                gw.state = "down"
 
-    def _connect_first(self) -> None:
-        """Connect one gateway and wait for its CONNACK: fail fast on a wrong broker."""
-        gw = self._gws[0]
-        self._connect(gw)
-        deadline = time.monotonic() + self.config.connect_timeout_s
-        while gw.state != "up" and time.monotonic() < deadline:
-            if gw.state == "down" and (self.stats.refused or self._refused_tcp):
-                break  # nothing listens there, or the broker said no: fail fast
-            if gw.state == "down" and time.monotonic() >= gw.retry_at:
-                self._connect(gw)
-            self._pump(0.05)
-        if gw.state != "up":
-            url = f"{self.config.host}:{self.config.port}"
-            raise BrokerError(self.stats.last_error or "no CONNACK in time", url=url)
+    async def _hold(self, gw: _Gateway, session: MqttSession) -> None:
+        """Keep the session until a fault cuts it or the fleet stops."""
+        while True:
+            if gw.uplink_lost or gw.rebooting:
+                session.abort()  # no DISCONNECT: the broker publishes the will
+                return
+            if self._closing:
+                await self._goodbye(gw, session)
+                return
+            await self._wait(gw)
 
-    def _schedule_retry(self, gw: _Gateway) -> None:
-        gw.state = "down"
-        gw.retry_at = time.monotonic() + self._jitter.uniform(0, gw.backoff)
-        gw.backoff = min(gw.backoff * 2, 30.0)
+    async def _goodbye(self, gw: _Gateway, session: MqttSession) -> None:
+        """Publish the death (``shutdown``) and wait for its PUBACK; DISCONNECT follows."""
+        if not session.connected:
+            return
+        death = Death(gw=gw.id, ts=self.sim_time_ns, reason="shutdown")
+        with contextlib.suppress(MqttError, TimeoutError):
+            async with asyncio.timeout(max(0.0, self._shutdown_at - time.monotonic())):
+                await session.publish(gw.status_topic, encode_message(death), retain=True)
+
+    @staticmethod
+    async def _wait(gw: _Gateway) -> None:
+        wake = gw.wake
+        assert wake is not None
+        await wake.wait()
+        wake.clear()
+
+    @staticmethod
+    def _wake(gw: _Gateway) -> None:
+        if gw.wake is not None:
+            gw.wake.set()
 
     def _cut(self, gw: _Gateway) -> None:
         """Lose the uplink abruptly: no DISCONNECT, so the broker publishes the will."""
-        client = gw.client
-        if client is None:
-            gw.state = "down"
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        client.loop_read()  # sees EOF: paho closes the socket and calls on_disconnect
-        if gw.client is client:  # paho did not report it (already closing): finish here
-            self._lost(gw, "uplink cut")
+        if gw.session is not None:
+            gw.session.abort()
 
-    def _lost(self, gw: _Gateway, why: str) -> None:
-        if gw.client is not None:
-            sock = gw.client.socket()
-            if sock is not None and self._selector is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(sock)
-        if gw.state == "up":
-            self.stats.online -= 1
-            self.stats.connection_losses += 1
-        gw.client = None
-        gw.inflight.clear()
-        gw.control_mids.clear()
-        gw.unsent.clear()
-        self.stats.last_error = f"{gw.id}: {why}"
-        self._dirty.discard(gw)
-        self._schedule_retry(gw)
+    def _count_failures(self, gw: _Gateway, status: SessionStatus) -> None:
+        """Failed reconnects inside the session since we last looked."""
+        new = status.connect_failures - gw.failures_seen
+        if new > 0:
+            gw.failures_seen = status.connect_failures
+            self.stats.connect_errors += new
+            err = status.last_error
+            if isinstance(err, MqttConnectError) and err.reason_code is not None:
+                self.stats.refused += 1
 
-    def _on_socket_close(self, _client: mqtt.Client, gw: _Gateway, sock: Any) -> None:
-        if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(sock)
-
-    def _on_connect(
-        self, client: mqtt.Client, gw: _Gateway, _flags: Any, rc: ReasonCode, _props: Any
-    ) -> None:
-        if rc.is_failure:
-            self.stats.refused += 1
-            self.stats.last_error = f"{gw.id}: broker refused: {rc}"
-            return  # the broker closes the connection; on_disconnect follows
+    def _on_up(self, gw: _Gateway, status: SessionStatus) -> None:
+        """Connected (the session published the birth): replay the spool, oldest first."""
+        self._count_failures(gw, status)
         gw.state = "up"
+        gw.epoch = status.epoch
         self.stats.connects += 1
         self.stats.online += 1
-        info = client.publish(gw.status_topic, encode_message(self.birth(gw.index)), 1, True)
-        gw.control_mids.add(info.mid)
-        # The spool is the session: replay everything unacknowledged, oldest first.
+        gw.inflight.clear()
         gw.unsent = deque(gw.spool.keys())
         self._dirty.add(gw)
+        if self._main_wake is not None:
+            self._main_wake.set()
 
-    def _on_disconnect(
-        self, client: mqtt.Client, gw: _Gateway, _flags: Any, rc: ReasonCode, _props: Any
-    ) -> None:
-        if gw.client is client:
-            self._lost(gw, f"connection lost: {rc}")
+    def _on_down(self, gw: _Gateway, status: SessionStatus) -> None:
+        self._count_failures(gw, status)
+        if gw.state == "up":
+            self.stats.online -= 1
+            if not self._closing:
+                self.stats.connection_losses += 1
+        gw.state = "connecting"
+        gw.inflight.clear()
+        gw.unsent.clear()
+        self._dirty.discard(gw)
+        if status.last_error is not None:
+            self.stats.last_error = f"{gw.id}: {status.last_error}"
 
-    def _on_publish(
-        self, _client: mqtt.Client, gw: _Gateway, mid: int, rc: ReasonCode, _props: Any
-    ) -> None:
-        seq = gw.inflight.pop(mid, None)
-        if seq is None:
-            gw.control_mids.discard(mid)
-            return
-        unrouted = rc.value == NO_MATCHING_SUBSCRIBERS
+    def _on_puback(self, gw: _Gateway, seq: int, epoch: int, fut: asyncio.Future[int]) -> None:
+        if epoch != gw.epoch or fut.cancelled() or fut.exception() is not None:
+            return  # that connection is gone: the spool replays the batch on the next one
+        gw.inflight.discard(seq)
+        rc = fut.result()
+        unrouted = rc == NO_MATCHING_SUBSCRIBERS
         self.stats.no_subscribers += unrouted
         if unrouted and self.config.retry_unrouted:
             # Acked, but delivered to nobody (no ingest subscription): not stored anywhere.
@@ -667,7 +746,7 @@ class GatewayFleet:
             gw.hold_until = time.monotonic() + self._jitter.uniform(
                 gw.hold_backoff / 2, gw.hold_backoff
             )
-        elif rc.is_failure:
+        elif rc >= 0x80:
             # The broker refused this publish: put it back at the front, it is retried.
             gw.unsent.appendleft(seq)
         else:
@@ -675,94 +754,44 @@ class GatewayFleet:
             entry = gw.spool.pop(seq, None)
             if entry is not None:
                 self.ledger.acked(gw.id, entry.readings)
-        self._dirty.add(gw)
+        self._fill(gw)
 
     def _fill(self, gw: _Gateway) -> None:
-        client = gw.client
-        if client is None or gw.state != "up":
+        session = gw.session
+        if session is None or gw.state != "up":
             return
-        window = self.scenario.publish.inflight_window
         if gw.hold_until and time.monotonic() < gw.hold_until:
-            self._flush(gw)
-            return  # _misc picks it up again after the hold
+            return  # _release_holds picks it up again after the hold
+        window = self.scenario.publish.inflight_window
         while gw.unsent and len(gw.inflight) < window:
             seq = gw.unsent.popleft()
             entry = gw.spool.get(seq)
             if entry is None:
                 continue
-            info = client.publish(gw.topic, entry.payload, qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                gw.unsent.appendleft(seq)
+            try:
+                fut = session.publish_nowait(gw.topic, entry.payload, qos=1)
+            except MqttError:
+                gw.unsent.appendleft(seq)  # lost meanwhile: _on_down/_on_up take it from here
                 break
-            gw.inflight[info.mid] = seq
+            gw.inflight.add(seq)
+            fut.add_done_callback(functools.partial(self._on_puback, gw, seq, gw.epoch))
             self.ledger.published(gw.id, replay=entry.sent > 0)
             entry.sent += 1
-        self._flush(gw)
 
     def _fill_dirty(self) -> None:
         while self._dirty:
             self._fill(self._dirty.pop())
 
-    def _flush(self, gw: _Gateway) -> None:
-        """Write what paho queued; watch for writability only while something is left."""
-        client = gw.client
-        if client is None or self._selector is None:
-            return
-        if client.want_write():
-            client.loop_write()
-        client = gw.client  # loop_write may have lost the connection
-        if client is None:
-            return
-        want = client.want_write()
-        if want != gw.writing:
-            sock = client.socket()
-            if sock is None:
-                return
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.modify(sock, events, gw)
-                gw.writing = want
-
-    def _pump(self, timeout: float) -> None:
-        """One round of network I/O for every connection."""
-        selector = self._selector
-        if selector is None:
-            return
-        if not selector.get_map():
-            time.sleep(timeout)
-            return
-        for key, events in selector.select(timeout):
-            gw: _Gateway = key.data
-            client = gw.client
-            if client is None:
-                continue
-            if events & selectors.EVENT_READ:
-                client.loop_read()
-                if self._tls_context is not None:
-                    sock = client.socket()
-                    while (
-                        gw.client is client and isinstance(sock, ssl.SSLSocket) and sock.pending()
-                    ):
-                        client.loop_read()
-            if gw.client is client and events & selectors.EVENT_WRITE:
-                client.loop_write()
-            self._dirty.add(gw)
-        self._fill_dirty()
-
-    def _misc(self, now: float) -> None:
+    def _release_holds(self, now: float) -> None:
         for gw in self._gws:
-            if gw.client is not None:
-                gw.client.loop_misc()
-                if gw.hold_until and now >= gw.hold_until:
-                    gw.hold_until = 0.0
-                    self._fill(gw)
-                self._flush(gw)
-            elif gw.state == "down" and now >= gw.retry_at:
-                self._connect(gw)
+            if gw.hold_until and now >= gw.hold_until:
+                gw.hold_until = 0.0
+                self._fill(gw)
 
     def _publish_health(self, now: float) -> None:
         for gw in self._gws:
-            if gw.client is None or gw.state != "up":
+            session = gw.session
+            if session is None or gw.state != "up":
                 continue
             spool = gw.spool
             health = Health(
@@ -780,56 +809,26 @@ class GatewayFleet:
                     dropped_readings=0,
                 ),
             )
-            gw.client.publish(gw.health_topic, encode_message(health), qos=0)
-            self._flush(gw)
+            with contextlib.suppress(MqttError):  # lost meanwhile: the next report goes
+                session.publish_nowait(gw.health_topic, encode_message(health), qos=0)
 
     # -- the way out --------------------------------------------------------------------------
-    def _drain(self) -> None:
+    async def _drain(self) -> None:
         deadline = time.monotonic() + self.config.drain_timeout_s
         while time.monotonic() < deadline:
             pending = [g for g in self._gws if g.spool and not (g.uplink_lost or g.rebooting)]
             if not pending:
                 return
-            now = time.monotonic()
-            for gw in pending:
-                if gw.state == "down" and now >= gw.retry_at:
-                    self._connect(gw)
-                elif gw.hold_until and now >= gw.hold_until:
-                    gw.hold_until = 0.0
-                    self._fill(gw)
-            self._pump(0.05)
+            self._release_holds(time.monotonic())
+            await self._io(0.05)
 
-    def _shutdown(self) -> None:
-        """Publish each connected gateway's death (shutdown), wait for PUBACKs, disconnect."""
-        deadline = time.monotonic() + 5.0
+    def _begin_shutdown(self) -> None:
+        """Every gateway task publishes its death (``shutdown``), waits for the PUBACK (at
+        most ``_SHUTDOWN_S`` in all) and disconnects; the task group waits for them."""
+        self._closing = True
+        self._shutdown_at = time.monotonic() + _SHUTDOWN_S
         for gw in self._gws:
-            if gw.client is not None and gw.state == "up":
-                death = Death(gw=gw.id, ts=self.sim_time_ns, reason="shutdown")
-                info = gw.client.publish(gw.status_topic, encode_message(death), 1, True)
-                gw.control_mids.add(info.mid)
-                self._flush(gw)
-        while time.monotonic() < deadline and any(
-            g.control_mids for g in self._gws if g.client is not None
-        ):
-            self._pump(0.05)
-        for gw in self._gws:
-            client = gw.client
-            if client is None:
-                continue
-            gw.client = None
-            if gw.state == "up":
-                self.stats.online -= 1
-            gw.state = "down"
-            client.disconnect()
-            with contextlib.suppress(OSError):
-                client.loop_write()
-            sock = client.socket()
-            if sock is not None and self._selector is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(sock)
-            with contextlib.suppress(OSError):
-                if sock is not None:
-                    sock.close()
+            self._wake(gw)
 
 
 def _reason(exc: ValueError) -> str:
