@@ -6,18 +6,16 @@
 - :class:`IngestConfig` and its sections, :func:`load_config` (YAML + env + overrides);
 - :class:`IngestMetrics`: the Prometheus metrics of a worker;
 - :func:`completeness_query`: InfluxQL for per-gateway completeness from the bookkeeping
-  measurement :data:`BOOKKEEPING_MEASUREMENT`;
+  measurement :data:`BOOKKEEPING_MEASUREMENT` (:func:`bookkeeping_line` writes its points);
+- :class:`DeadLetter`, :class:`RejectedItem`: the records on the dead-letter topic;
 - errors: :class:`IngestError` and its subclasses.
 
-``docs/ingest.md`` describes the delivery guarantee, the schema and operations.
+The parts of a worker (session, batcher, writer, ack ledger, dead letters) are private
+modules; ``docs/ingest.md`` ("Inside a worker") draws them, and describes the delivery
+guarantee, the schema and operations. Other services never import this package.
 """
 
-from ingest._bookkeeping import (
-    BOOKKEEPING_MEASUREMENT,
-    GatewayBook,
-    bookkeeping_line,
-    completeness_query,
-)
+from ingest._bookkeeping import BOOKKEEPING_MEASUREMENT, bookkeeping_line, completeness_query
 from ingest._config import (
     BatchConfig,
     InfluxConfig,
@@ -39,9 +37,8 @@ from ingest._errors import (
     WriteRetryable,
 )
 from ingest._metrics import IngestMetrics
-from ingest._run import run_worker
-from ingest._sink import InfluxV1Sink, InfluxV2Sink, Sink, make_sink
-from ingest._worker import IngestWorker, WorkerStats, WorkerThread
+from ingest._run import WorkerThread, run_worker
+from ingest._worker import IngestWorker, WorkerStats
 
 __all__ = [
     "BOOKKEEPING_MEASUREMENT",
@@ -49,10 +46,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "DeadLetter",
-    "GatewayBook",
     "InfluxConfig",
-    "InfluxV1Sink",
-    "InfluxV2Sink",
     "IngestConfig",
     "IngestError",
     "IngestMetrics",
@@ -62,7 +56,6 @@ __all__ = [
     "RetentionConfig",
     "RetryConfig",
     "SchemaError",
-    "Sink",
     "TlsConfig",
     "WorkerStats",
     "WorkerThread",
@@ -72,6 +65,5 @@ __all__ = [
     "bookkeeping_line",
     "completeness_query",
     "load_config",
-    "make_sink",
     "run_worker",
 ]

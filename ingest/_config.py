@@ -141,7 +141,12 @@ class InfluxConfig(_Model):
 
 
 class RetryConfig(_Model):
-    """Capped, jittered exponential backoff for retryable write failures."""
+    """Capped, jittered exponential backoff for retryable write failures.
+
+    Retry ``n`` (from 0) waits between half and all of
+    ``min(max_delay, initial_delay * multiplier**n)`` (:class:`foundation.Backoff`), and at
+    least what a ``Retry-After`` header asks (up to 300 s).
+    """
 
     initial_delay: _Seconds = 0.2
     max_delay: _Seconds = 15.0
