@@ -75,8 +75,13 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
                 await _demo_keys(services)
             yield
 
+    # Swagger UI and ReDoc load their scripts from a CDN (no subresource integrity in
+    # FastAPI's pages): served only when asked for, by default in demo mode alone.
+    docs = settings.demo if settings.openapi_docs is None else settings.openapi_docs
     app = FastAPI(
         title="Smart-city telemetry API",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
         version="1.0.0",
         summary="Live and historical transport and resource data, live push, GTFS-Realtime.",
         description="See docs/api.md. Authenticate with `X-API-Key: sck_...` or a bearer token.",

@@ -50,7 +50,15 @@ async def authenticate_key(services: Services, key: str | None, client: str) -> 
             "send an API key as X-API-Key or Authorization: Bearer", parameter="X-API-Key",
             location="header", headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await services.keys.verify(key)
+    known, principal = services.keys.cached(key)
+    if not known:
+        # Out of failure budget: refused before any database work, unless the key verified
+        # before (then the lookup only re-checks it for revocation).
+        wait = services.auth_failures.peek(client)
+        if wait and not services.keys.known_valid(key):
+            services.metrics.auth_failures.labels("limited").inc()
+            raise _too_many_failures(wait)
+        principal = await services.keys.verify(key)
     if principal is None:
         _failed(services, client, "invalid")
         raise Unauthorized(
@@ -70,10 +78,14 @@ def _failed(services: Services, client: str, reason: str) -> None:
     services.metrics.auth_failures.labels(reason).inc()
     wait = services.auth_failures.take(client)
     if wait:
-        raise RateLimited(
-            "too many failed authentications from this address",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise _too_many_failures(wait)
+
+
+def _too_many_failures(wait: float) -> RateLimited:
+    return RateLimited(
+        "too many failed authentications from this address",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
 
 
 async def _authenticate(

@@ -88,3 +88,34 @@ class ApiMetrics:
             "resend commands: sent, answered, refused (error answer), unanswered, failed "
             "(not published)", ["outcome"], registry=r,
         )
+        self.gap_repair_resets = Counter(
+            "smartcity_api_gap_repair_resets",
+            "Gateways whose batch seq jumped by more than gap_repair_window (treated as a "
+            "restart of their numbering, not as a hole)", registry=r,
+        )
+        self.live_series_refused = Counter(
+            "smartcity_api_live_series_refused",
+            "Readings of new live series refused: their gateway holds "
+            "live_max_series_per_gateway series already", registry=r,
+        )
+        self.live_series_evicted = Counter(
+            "smartcity_api_live_series_evicted",
+            "Live series dropped after live_series_ttl_s without a reading", registry=r,
+        )
+        self.live_series = Gauge(
+            "smartcity_api_live_series", "Series held in the live state", registry=r
+        )
+        self.alert_transitions_held = Counter(
+            "smartcity_api_alert_raises_held",
+            "Alert raises postponed because the same rule and subject resolved less than "
+            "alert_min_hold_s ago", registry=r,
+        )
+        self.stream_refused = Counter(
+            "smartcity_api_stream_refused",
+            "Live push connections refused: the key holds stream_max_per_key streams",
+            registry=r,
+        )
+        self.key_lookups = Counter(
+            "smartcity_api_key_lookups",
+            "API keys looked up in the operator database (cache misses)", registry=r,
+        )

@@ -9,7 +9,8 @@
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
           ├── .gap-repair      missing batches -> ``resend`` to their gateway (api.state)
-          └── .alerts          staleness tick every second, rules reload every 30 s
+          └── .alerts          staleness tick every second, rules reload every 30 s, live
+                               series silent for live_series_ttl_s evicted every 60 s
 
 Start order: database, InfluxDB client, warm-up from InfluxDB, then the broker (so a fresh
 reading from the broker always lands after the warm value it supersedes).
@@ -75,6 +76,9 @@ __all__ = ["Services"]
 log = logging.getLogger("api")
 
 _RULES_RELOAD_S: Final = 30.0
+_EVICT_EVERY_S: Final = 60.0
+#: Warm-up reads no more measurements than this (names come from InfluxDB, i.e. from ingest).
+_WARM_MAX_MEASUREMENTS: Final = 1000
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -104,18 +108,22 @@ class Services:
         self.settings = settings
         self.metrics = ApiMetrics()
         self.db = db or Database(settings.database_url)
-        self.keys = KeyVerifier(self.db, ttl=settings.key_cache_s)
+        self.keys = KeyVerifier(
+            self.db, ttl=settings.key_cache_s, on_lookup=self.metrics.key_lookups.inc
+        )
         self.limiter = RateLimiter(rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
         self.auth_failures = RateLimiter(
             rate=settings.auth_failures_per_s, burst=settings.auth_failures_burst
         )
         self.inventory = Inventory()
-        self.live = LiveState()
+        self.live = LiveState(max_series_per_gateway=settings.live_max_series_per_gateway)
         self.hub = Hub(queue_size=settings.stream_queue)
         self.alerts = AlertEngine(
             inventory=self.inventory,
             free_flow_kmh=settings.free_flow_speed_kmh,
             on_change=self._alert_changed,
+            min_hold_s=settings.alert_min_hold_s,
+            on_held=self.metrics.alert_transitions_held.inc,
         )
         self.influx = InfluxClient.from_settings(settings)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
@@ -224,17 +232,20 @@ class Services:
         gw_state = inventory.gateway(gateway)
         gw_state.last_seen_ns = time.time_ns()
         applied = 0
+        refused = live.refused
         for r in batch.readings:
             device = gw_state.devices.get(r.device)
-            if device is None:
-                device = inventory.device(gateway, r.device)
-            area = device.area(gw_state)
+            area = device.area(gw_state) if device is not None else (
+                gw_state.location.area if gw_state.location is not None else None
+            )
             latest = Latest(
                 gateway, r.device, r.measurement, iso(r.ts), r.ts, dict(r.fields),
                 r.quality, dict(r.tags), area,
             )
             if not live.update(latest):
                 continue
+            if device is None:  # only a device with a live series enters the inventory
+                device = inventory.device(gateway, r.device)
             applied += 1
             if device.last_reading_ns is None or r.ts > device.last_reading_ns:
                 device.last_reading_ns = r.ts
@@ -245,6 +256,9 @@ class Services:
                     event = _ReadingEvent("reading", kind, latest)
                     self._push(kind, r.device, gateway, area, event)
         self.metrics.readings.inc(applied)
+        self.metrics.live_series.set(len(live))
+        if live.refused > refused:
+            self.metrics.live_series_refused.inc(live.refused - refused)
 
     def _push(
         self, kind: str, device: str | None, gateway: str | None, area: str | None,
@@ -277,9 +291,12 @@ class Services:
             names.update(str(row[0]) for row in series.values)
         names.discard(BOOKKEEPING_MEASUREMENT)
         loaded = 0
-        window = self.settings.warm_window
-        for name in sorted(n for n in names if NAME_RE.fullmatch(n)):
-            for series in await self.influx.query(select_latest(name, window)):
+        window, budget = self.settings.warm_window, self.settings.warm_max_series
+        for name in sorted(n for n in names if NAME_RE.fullmatch(n))[:_WARM_MAX_MEASUREMENTS]:
+            if loaded >= budget:
+                log.warning("warm-up stopped at warm_max_series", extra={"series": loaded})
+                break
+            for series in await self.influx.query(select_latest(name, window, budget - loaded)):
                 tags = dict(series.tags)
                 gateway, device = tags.pop("gateway", ""), tags.pop("device", "")
                 if not (ID_RE.fullmatch(gateway) and ID_RE.fullmatch(device)) or not series.values:
@@ -292,14 +309,15 @@ class Services:
                 if not fields:
                     continue
                 tags = {k: v for k, v in tags.items() if v}
-                device_state = self.inventory.device(gateway, device)
                 gw_state = self.inventory.gateway(gateway)
+                known = gw_state.devices.get(device)
                 latest = Latest(
                     gateway, device, name, iso(ts), ts, fields, quality, tags,
-                    device_state.area(gw_state),
+                    known.area(gw_state) if known is not None else None,
                 )
                 if self.live.update(latest):
                     loaded += 1
+                    device_state = self.inventory.device(gateway, device)
                     if device_state.last_reading_ns is None or ts > device_state.last_reading_ns:
                         device_state.last_reading_ns = ts
         return loaded
@@ -342,11 +360,26 @@ class Services:
         rows = await asyncio.to_thread(self.db.list_rules)
         self.alerts.set_rules(Rule.from_row(row) for row in rows)
 
+    def evict_live(self) -> None:
+        """Drop live series silent for ``live_series_ttl_s``, and the devices they leave
+        empty that no birth announced."""
+        before = len(self.live)
+        for gw, device in self.live.evict(self.settings.live_series_ttl_s):
+            gateway = self.inventory.gateways.get(gw)
+            state = gateway.devices.get(device) if gateway is not None else None
+            if gateway is not None and state is not None and not state.announced:
+                del gateway.devices[device]
+        self.metrics.live_series_evicted.inc(before - len(self.live))
+        self.metrics.live_series.set(len(self.live))
+
     async def _alerts_loop(self) -> None:
-        last_reload = time.monotonic()
+        last_reload = last_evict = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.alert_tick_s)
             self.alerts.tick(time.time_ns())
+            if time.monotonic() - last_evict >= _EVICT_EVERY_S:
+                last_evict = time.monotonic()
+                self.evict_live()
             if time.monotonic() - last_reload >= _RULES_RELOAD_S:
                 last_reload = time.monotonic()
                 try:

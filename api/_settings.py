@@ -63,6 +63,12 @@ class ApiSettings(BaseSettings):
     auth_failures_burst: Annotated[int, Field(ge=1)] = 20
     #: How long a verified key stays cached in memory (a revoked key works this long at most).
     key_cache_s: _Positive = 10.0
+    #: Live push: streams (WebSocket + SSE) one API key may hold open at once in one process;
+    #: the next is refused (429), the open ones keep working.
+    stream_max_per_key: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: Serve Swagger UI at ``/docs`` (it loads its script from a CDN, so it is off unless
+    #: asked for; ``None``: only in demo mode). ``/openapi.json`` is always served.
+    openapi_docs: bool | None = None
 
     # Broker --------------------------------------------------------------------------------
     mqtt_host: str = "127.0.0.1"
@@ -112,6 +118,9 @@ class ApiSettings(BaseSettings):
     influx_timeout_s: _Positive = 10.0
     #: Warm the live state from readings newer than this at start.
     warm_window: _Duration = "1d"
+    #: Warm-up reads at most this many series per measurement (the newest are not chosen:
+    #: InfluxDB's series order), so a flood of invented series cannot stall the start.
+    warm_max_series: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     #: Completeness (from ingest bookkeeping) over this window, refreshed this often.
     completeness_window: _Duration = "1h"
     #: Completeness windows end this long ago, so batches still being written are not read
@@ -126,6 +135,10 @@ class ApiSettings(BaseSettings):
     gap_repair_max_seqs: Annotated[int, Field(ge=1, le=10_000)] = 1000
     #: A seq already asked for is not asked again for this many rounds.
     gap_repair_reask_rounds: Annotated[int, Field(ge=1, le=1000)] = 5
+    #: Gap repair looks only at the newest this-many seqs of a gateway (below its highest
+    #: seq); a jump larger than this between two seqs is a reset (numbering starts again
+    #: there), not a hole. Bounds the work a gateway's seqs can cause.
+    gap_repair_window: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
     # Behaviour -----------------------------------------------------------------------------
     #: Most points one history answer may hold; beyond it the request is refused with 400.
@@ -144,6 +157,15 @@ class ApiSettings(BaseSettings):
     stream_heartbeat_s: _Positive = 15.0
     #: Alert engine: how often staleness and pending durations are re-evaluated.
     alert_tick_s: _Positive = 1.0
+    #: Alert engine: after an alert resolves, the same rule and subject is not raised again
+    #: for this long (API clock, so device timestamps cannot shorten it): at most one episode
+    #: per rule and subject per hold, however the readings flap. 0 turns the hold off.
+    alert_min_hold_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    #: Live state: most series (device, measurement, reading tags) held for one gateway;
+    #: readings of new series past it are refused and counted.
+    live_max_series_per_gateway: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    #: Live state: a series with no reading for this long is dropped (checked every minute).
+    live_series_ttl_s: Annotated[float, Field(ge=1)] = 86_400.0
     #: Alert history (raised, acknowledged, resolved) is kept this many days.
     alert_history_days: Annotated[int, Field(ge=1, le=3650)] = 90
 

@@ -273,7 +273,13 @@ export class AlertsPanel {
     this.history = root.querySelector("#alert-history");
     this.historyList = root.querySelector("#alert-history-list");
     this.historyStatus = root.querySelector("#alert-history-status");
-    this.history.addEventListener("toggle", () => { if (this.history.open) this.loadHistory(); });
+    // Opened just after an alert event (an acknowledgement, say), the stored history may not
+    // hold it yet (the API writes it about once a second): look again shortly after.
+    this.history.addEventListener("toggle", () => {
+      if (!this.history.open) return;
+      this.loadHistory();
+      setTimeout(() => this.loadHistory(), 1500);
+    });
   }
 
   /** The last 24 h of transitions (GET /v1/alerts/history), loaded when the list is open. */

@@ -14,9 +14,15 @@ air, noise, water, energy, other, alert, gateway), ``device``, ``area``. See
 ``api/state/_hub.py`` for the slow-client policy (drop oldest, notify, disconnect after
 ``stream_send_timeout_s``).
 
-Authentication: ``X-API-Key`` / ``Authorization: Bearer`` headers, or, for browsers (which
-cannot set headers on WebSocket or EventSource), the ``key`` query parameter; a WebSocket may
-also send ``{"type": "auth", "key": "..."}`` as its first message instead.
+Authentication: ``X-API-Key`` / ``Authorization: Bearer`` headers. A browser cannot set
+headers on a WebSocket, so a WebSocket may send ``{"type": "auth", "key": "..."}`` as its first
+message instead (the dashboard does); ``?key=`` is refused there (URLs land in proxy logs).
+SSE still accepts ``?key=`` because a browser's ``EventSource`` can send nothing else; clients
+that can set headers (curl, fetch streaming) should.
+
+At most ``stream_max_per_key`` streams per key are open at once in one process; the next one
+is refused (SSE: 429 problem+json; WebSocket: close 1008 with the reason) and the open ones
+carry on.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from starlette.types import Receive, Scope, Send
 
 from api._auth import Principal
 from api._deps import ServicesDep, authenticate_key
-from api._errors import BadParameter, ProblemError
+from api._errors import BadParameter, ProblemError, RateLimited
 from api._params import AREA_PATTERN, ID_PATTERN, iso
 from api._services import Services
 from api.state import EXTRA_KINDS, KINDS, StreamFilter, Subscriber, parse_filter
@@ -54,7 +60,14 @@ KindQuery = Annotated[list[str], Query(description="Event kinds (repeat or comma
 DevicesQuery = Annotated[list[str], Query(description="Device ids")]
 AreasQuery = Annotated[list[str], Query(description="Areas")]
 KeyQuery = Annotated[
-    str | None, Query(description="API key, for browsers that cannot send headers")
+    str | None,
+    Query(description="API key for a browser's EventSource, which cannot send headers "
+                      "(lands in proxy logs: prefer the X-API-Key header)"),
+]
+WsKeyQuery = Annotated[
+    str | None,
+    Query(description="Refused: send the key as a header or in the first message",
+          deprecated=True),
 ]
 
 
@@ -118,21 +131,26 @@ async def websocket_stream(
     kind: KindQuery = [],  # noqa: B006 - FastAPI copies defaults per request
     device: DevicesQuery = [],  # noqa: B006
     area: AreasQuery = [],  # noqa: B006
-    key: KeyQuery = None,
+    key: WsKeyQuery = None,
 ) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
+    if key is not None:
+        await websocket.close(code=1008, reason=_NO_URL_KEY)
+        return
     try:
         stream_filter = _filter(kind, device, area)
-        principal = await _ws_auth(services, websocket, key)
+        principal = await _ws_auth(services, websocket)
     except ProblemError as exc:
         await websocket.close(code=1008, reason=exc.detail[:120])
         return
     except (WebSocketDisconnect, TimeoutError, ValueError):
         await websocket.close(code=1008, reason="authentication required")
         return
-    del principal
-    sub = services.hub.subscribe(stream_filter)
+    sub = _subscribe(services, principal, stream_filter)
+    if sub is None:
+        await websocket.close(code=1008, reason=_too_many_streams(services)[:120])
+        return
     gauge = services.metrics.stream_clients.labels("websocket")
     gauge.inc()
     timeout = services.settings.stream_send_timeout_s
@@ -176,8 +194,27 @@ async def websocket_stream(
         gauge.dec()
 
 
-async def _ws_auth(services: Services, websocket: WebSocket, key: str | None) -> Principal:
-    presented = key or websocket.headers.get("x-api-key")
+_NO_URL_KEY: Final = "send the key as X-API-Key or in the first message, not in the URL"
+
+
+def _too_many_streams(services: Services) -> str:
+    return (f"this key holds {services.settings.stream_max_per_key} live streams already "
+            f"(stream_max_per_key); close one first")
+
+
+def _subscribe(
+    services: Services, principal: Principal, stream_filter: StreamFilter
+) -> Subscriber | None:
+    sub = services.hub.subscribe(
+        stream_filter, owner=principal.key_id, limit=services.settings.stream_max_per_key
+    )
+    if sub is None:
+        services.metrics.stream_refused.inc()
+    return sub
+
+
+async def _ws_auth(services: Services, websocket: WebSocket) -> Principal:
+    presented = websocket.headers.get("x-api-key")
     auth = websocket.headers.get("authorization", "")
     if presented is None and auth.lower().startswith("bearer "):
         presented = auth[7:].strip()
@@ -271,7 +308,9 @@ async def sse_stream(
     if presented is None and auth.lower().startswith("bearer "):
         presented = auth[7:].strip()
     client = request.client.host if request.client else "unknown"
-    await authenticate_key(services, presented, client)
+    principal = await authenticate_key(services, presented, client)
     stream_filter = _filter(kind, device, area)
-    sub = services.hub.subscribe(stream_filter)
+    sub = _subscribe(services, principal, stream_filter)
+    if sub is None:
+        raise RateLimited(_too_many_streams(services), headers={"Retry-After": "10"})
     return _EventStream(services, sub, _hello(services, stream_filter))

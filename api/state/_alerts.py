@@ -16,6 +16,11 @@
 
 An alert's id is stable for one episode (rule, subject, start time). Rules are stored in the
 operator database; each API replica evaluates them on its own subscription.
+
+Flapping is bounded: after an alert resolves, its rule and subject are not raised again for
+``min_hold_s`` by the API's clock (device timestamps cannot shorten it), so a condition that
+changes on every reading costs at most one raised and one resolved transition per hold (in
+the alert history and on the live streams), not two per reading.
 """
 
 from __future__ import annotations
@@ -102,8 +107,14 @@ class AlertEngine:
         inventory: Inventory,
         free_flow_kmh: float,
         on_change: Callable[[AlertTransition, Alert], None],
+        min_hold_s: float = 0.0,
+        on_held: Callable[[], None] = lambda: None,
     ) -> None:
         self._inventory = inventory
+        self._min_hold_s = min_hold_s
+        self._on_held = on_held
+        #: (rule id, subject) -> time.monotonic() its last alert resolved (within the hold)
+        self._resolved_at: dict[tuple[int, str], float] = {}
         self._free_flow = free_flow_kmh
         self._on_change = on_change
         self._by_measurement: dict[str, list[Rule]] = {}
@@ -197,7 +208,7 @@ class AlertEngine:
             alert = self.active[self._active_by_subject[key]]
             alert.value = value
             return
-        if latest.ts_ns - since >= rule.duration_s * _NS:
+        if latest.ts_ns - since >= rule.duration_s * _NS and self._may_raise(key):
             self._raise(
                 rule, subject, since,
                 gateway=latest.gateway, device=latest.device, measurement=latest.measurement,
@@ -205,8 +216,22 @@ class AlertEngine:
                 area=latest.area,
             )
 
+    def _may_raise(self, key: tuple[int, str]) -> bool:
+        """Whether ``key`` resolved long enough ago (``min_hold_s``) to be raised again."""
+        resolved = self._resolved_at.get(key)
+        if resolved is None:
+            return True
+        if time.monotonic() - resolved >= self._min_hold_s:
+            del self._resolved_at[key]
+            return True
+        self._on_held()
+        return False
+
     def tick(self, now_ns: int) -> None:
         """Evaluate staleness rules against the gateways' last signs of life."""
+        if self._resolved_at:
+            cutoff = time.monotonic() - self._min_hold_s
+            self._resolved_at = {k: t for k, t in self._resolved_at.items() if t > cutoff}
         for rule in self._staleness:
             for gateway in self._inventory.gateways.values():
                 self._stale(rule, gateway, now_ns)
@@ -216,7 +241,7 @@ class AlertEngine:
         since = gateway.since_ns if gateway.state == "offline" else gateway.last_seen_ns
         holds = now_ns - since >= rule.duration_s * _NS
         alert_id = self._active_by_subject.get(key)
-        if holds and alert_id is None:
+        if holds and alert_id is None and self._may_raise(key):
             what = "offline" if gateway.state == "offline" else "silent"
             self._raise(
                 rule, gateway.id, since, gateway=gateway.id,
@@ -246,6 +271,8 @@ class AlertEngine:
         self._active_by_subject.pop((rule_id, subject), None)
         alert = self.active.pop(alert_id, None)
         if alert is not None:
+            if self._min_hold_s > 0:
+                self._resolved_at[(rule_id, subject)] = time.monotonic()
             self._on_change("resolved", alert)
 
     def acknowledge(self, alert_id: str, *, by: str, at: str, note: str) -> Alert | None:

@@ -80,6 +80,7 @@ class StreamFilter:
 class Subscriber:
     filter: StreamFilter
     maxlen: int
+    owner: str | None = None
     queue: collections.deque[Event] = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
@@ -110,18 +111,38 @@ class Hub:
     def __init__(self, *, queue_size: int) -> None:
         self._queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
+        self._per_owner: dict[str, int] = {}
         self.dropped_total = 0
 
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, stream_filter: StreamFilter) -> Subscriber:
-        sub = Subscriber(stream_filter, self._queue_size)
+    def owned_by(self, owner: str) -> int:
+        return self._per_owner.get(owner, 0)
+
+    def subscribe(
+        self, stream_filter: StreamFilter, *, owner: str | None = None, limit: int | None = None
+    ) -> Subscriber | None:
+        """A new subscriber; ``None`` when ``owner`` (an API key) holds ``limit`` already."""
+        if owner is not None:
+            held = self._per_owner.get(owner, 0)
+            if limit is not None and held >= limit:
+                return None
+            self._per_owner[owner] = held + 1
+        sub = Subscriber(stream_filter, self._queue_size, owner)
         self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self._subscribers:
+            return
         self._subscribers.discard(sub)
+        if sub.owner is not None:
+            left = self._per_owner.get(sub.owner, 1) - 1
+            if left > 0:
+                self._per_owner[sub.owner] = left
+            else:
+                self._per_owner.pop(sub.owner, None)
 
     def wants(self, kind: str) -> bool:
         """Whether any subscriber could take an event of ``kind`` (skip encoding if not)."""

@@ -186,27 +186,76 @@ class Inventory:
 
 
 class LiveState:
-    """Latest reading per (gateway, device) and series key (measurement + reading tags)."""
+    """Latest reading per (gateway, device) and series key (measurement + reading tags).
 
-    def __init__(self) -> None:
+    Bounded against a gateway that invents devices and tag values: at most
+    ``max_series_per_gateway`` series per gateway (a reading of a new series past it is
+    refused and counted in :attr:`refused`), and :meth:`evict` drops series that had no
+    reading for a while (by the API's clock: device timestamps cannot keep a series alive).
+    """
+
+    def __init__(self, *, max_series_per_gateway: int = 1_000_000) -> None:
         self.by_device: dict[tuple[str, str], dict[str, Latest]] = {}
         self.by_measurement: dict[str, dict[tuple[str, str, str], Latest]] = {}
+        self.max_series_per_gateway = max_series_per_gateway
+        #: Readings of new series refused because their gateway was at the cap.
+        self.refused = 0
+        self._per_gateway: dict[str, int] = {}
+        #: (gateway, device, series key) -> time.monotonic() of its last update
+        self._seen: dict[tuple[str, str, str], float] = {}
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.by_device.values())
+        return len(self._seen)
+
+    def series_of(self, gateway: str) -> int:
+        return self._per_gateway.get(gateway, 0)
 
     def update(self, latest: Latest) -> bool:
-        """Keep ``latest`` if it is not older than what is held; return whether it was kept."""
+        """Keep ``latest`` if it is not older than what is held and its gateway has room for
+        a new series; return whether it was kept."""
         key = series_key(latest.measurement, latest.tags)
-        series = self.by_device.setdefault((latest.gateway, latest.device), {})
-        held = series.get(key)
+        gw = latest.gateway
+        series = self.by_device.get((gw, latest.device))
+        held = None if series is None else series.get(key)
         if held is not None and held.ts_ns > latest.ts_ns:
             return False
+        if held is None:
+            if self._per_gateway.get(gw, 0) >= self.max_series_per_gateway:
+                self.refused += 1
+                return False
+            self._per_gateway[gw] = self._per_gateway.get(gw, 0) + 1
+        if series is None:
+            series = self.by_device[(gw, latest.device)] = {}
         series[key] = latest
-        self.by_measurement.setdefault(latest.measurement, {})[
-            (latest.gateway, latest.device, key)
-        ] = latest
+        full_key = (gw, latest.device, key)
+        self.by_measurement.setdefault(latest.measurement, {})[full_key] = latest
+        self._seen[full_key] = time.monotonic()
         return True
+
+    def evict(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Drop series not updated for ``older_than_s``; return the (gateway, device) pairs
+        left without any series."""
+        cutoff = time.monotonic() - older_than_s
+        emptied: list[tuple[str, str]] = []
+        for full_key in [k for k, t in self._seen.items() if t < cutoff]:
+            gw, device, key = full_key
+            del self._seen[full_key]
+            series = self.by_device.get((gw, device), {})
+            latest = series.pop(key, None)
+            if latest is not None:
+                rows = self.by_measurement.get(latest.measurement, {})
+                rows.pop(full_key, None)
+                if not rows:
+                    self.by_measurement.pop(latest.measurement, None)
+            if not series:
+                self.by_device.pop((gw, device), None)
+                emptied.append((gw, device))
+            left = self._per_gateway.get(gw, 1) - 1
+            if left > 0:
+                self._per_gateway[gw] = left
+            else:
+                self._per_gateway.pop(gw, None)
+        return emptied
 
     def device(self, gateway: str, device: str) -> list[Latest]:
         series = self.by_device.get((gateway, device))

@@ -21,6 +21,11 @@ The window is the completeness window (``completeness_window`` ending
 ``completeness_settle_s`` ago). Where the hole starts: after the highest seq in the window
 before it, or at seq 0 (a gateway numbers its batches from 0) when that window holds none; a
 leading hole is bounded to ``gap_repair_max_seqs`` below the window's lowest seq.
+
+Bounded against any seqs a gateway sends (seq 0 then 2**62 are both valid): only the newest
+``gap_repair_window`` seqs below the highest are looked at, a jump larger than that between
+two seqs is a reset (counted in ``smartcity_api_gap_repair_resets_total``, nothing below it
+is asked for), and the missing seqs are walked lazily, newest first, never as a list.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -77,6 +83,27 @@ class _Pending:
     sent: float
 
 
+@dataclass(slots=True)
+class _Holes:
+    """The seqs of ``[start, hi]`` that are not in ``present`` (sorted), never materialised:
+    at most ``gap_repair_window`` of them."""
+
+    start: int
+    hi: int
+    present: list[int]
+
+    @property
+    def missing(self) -> int:
+        return self.hi - self.start + 1 - len(self.present)
+
+    def newest_first(self) -> Iterator[int]:
+        top = self.hi
+        for seq in reversed(self.present):
+            yield from range(top, seq, -1)
+            top = seq - 1
+        yield from range(top, self.start - 1, -1)
+
+
 def seq_ranges(seqs: list[int]) -> list[list[int]]:
     """Sorted distinct seqs as inclusive ``[from, to]`` ranges: [1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
     out: list[list[int]] = []
@@ -110,6 +137,8 @@ class GapRepair:
         #: gateway -> seqs the gateway said it does not hold any more
         self._gone: dict[str, set[int]] = {}
         self._pending: dict[bytes, _Pending] = {}
+        #: gateway -> the seq its numbering last restarted at (counted once)
+        self._resets: dict[str, int] = {}
         broker.on_response(self.on_response)
 
     @property
@@ -151,27 +180,29 @@ class GapRepair:
             if gw in ranges and series.values and series.values[0][1] is not None:
                 previous[gw] = int(series.values[0][1])
         summary.gateways = len(ranges)
+        self._resets = {gw: seq for gw, seq in self._resets.items() if gw in ranges}
         cap = s.gap_repair_max_seqs
         for gw, (lo, hi, received) in sorted(ranges.items()):
             start = previous[gw] + 1 if gw in previous else 0
             start = max(min(start, lo), lo - cap)
             if received >= hi - start + 1 or not ID_RE.fullmatch(gw):
                 continue
-            missing = await self._missing(gw, start, hi)
-            if not missing:
+            holes = await self._holes(gw, start, hi, previous.get(gw))
+            if holes.missing == 0:
                 continue
             summary.with_gaps += 1
-            summary.missing += len(missing)
+            summary.missing += holes.missing
             asked = self._asked.setdefault(gw, {})
             gone = self._gone.get(gw, set())
             wanted: list[int] = []
-            for seq in reversed(missing):  # newest first: the likeliest to be held still
+            for seq in holes.newest_first():  # the newest: the likeliest to be held still
                 if seq in gone:
                     summary.skipped_gone += 1
                 elif now - asked.get(seq, -1e18) < self.reask_s:
                     summary.skipped_recent += 1
                 elif len(wanted) < cap:
                     wanted.append(seq)
+            start = holes.start
             if gone:  # forget what is below the window: it cannot be asked again
                 self._gone[gw] = {q for q in gone if q >= start}
             if wanted:
@@ -196,14 +227,37 @@ class GapRepair:
             )
         return summary
 
-    async def _missing(self, gw: str, start: int, hi: int) -> list[int]:
+    async def _holes(self, gw: str, start: int, hi: int, previous: int | None) -> _Holes:
+        """The seqs missing from ``[start, hi]``, looking only at the newest
+        ``gap_repair_window`` seqs and starting after a reset (a jump larger than the window)."""
         s = self.settings
+        window = s.gap_repair_window
+        floor = max(start, hi - window + 1)
         q = select_present_seqs(gw, s.completeness_window, s.completeness_settle_s)
-        present: set[int] = set()
+        inside: set[int] = set()
+        below = previous if previous is not None and previous < floor else None
         for series in await self.influx.query(q):
             col = series.columns.index("distinct") if "distinct" in series.columns else 1
-            present.update(int(row[col]) for row in series.values if row[col] is not None)
-        return [seq for seq in range(start, hi + 1) if seq not in present]
+            for row in series.values:
+                if not isinstance(row[col], int | float):
+                    continue
+                seq = int(row[col])
+                if floor <= seq <= hi:
+                    inside.add(seq)
+                elif seq < floor and (below is None or seq > below):
+                    below = seq
+        first = min(inside, default=hi)
+        if below is not None and first - below > window:
+            # A jump no honest gateway makes between two batches: its numbering restarted
+            # (or it lies). Nothing below the jump is asked for.
+            if self._resets.get(gw) != first:
+                self._resets[gw] = first
+                self.metrics.gap_repair_resets.inc()
+                log.warning("gateway seq reset", extra={"gateway": gw, "from": below,
+                                                        "to": first})
+            floor = first
+        present = sorted(q for q in inside if q >= floor)
+        return _Holes(floor, hi, present)
 
     async def _ask(self, gw: str, seqs: list[int]) -> bool:
         corr = uuid.uuid4().bytes
@@ -265,6 +319,7 @@ class GapRepair:
         )
         if isinstance(found, int) and not isinstance(found, bool):
             self.metrics.gap_repair_seqs.labels("found").inc(max(0, found))
+        missing_seqs = missing_seqs[: pending.seqs]  # no more than were asked for
         self.metrics.gap_repair_seqs.labels("missing").inc(len(missing_seqs))
         if missing_seqs:
             self._gone.setdefault(pending.gateway, set()).update(missing_seqs)

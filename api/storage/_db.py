@@ -145,9 +145,11 @@ DEFAULT_RULES: Final = (
      "duration_s": 600.0, "severity": "warning"},
     {"name": "Gateway offline for 5 minutes", "kind": "staleness", "duration_s": 300.0,
      "severity": "critical"},
-    {"name": "Link speed under 30% of free flow", "kind": "congestion",
+    # Held for two minutes: one slow reading is not a jam, and a link hovering at the limit
+    # does not raise and resolve an alert on every reading.
+    {"name": "Link speed under 30% of free flow for 2 minutes", "kind": "congestion",
      "measurement": "TrafficFlowObserved", "field": "averageVehicleSpeed", "ratio": 0.3,
-     "duration_s": 0.0, "severity": "warning"},
+     "duration_s": 120.0, "severity": "warning"},
 )
 
 

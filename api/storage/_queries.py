@@ -17,7 +17,7 @@ values), hence the explicit quoting.
 
     statement                        used by                        reads
     show_measurements()              warm-up                        the measurement names
-    select_latest(m, window)         warm-up                        newest point per series
+    select_latest(m, window, n)      warm-up                        newest point per series
     SeriesQuery.render()             /v1/history, resources         one field, raw or windowed
     select_entity_history(...)       NGSI-LD temporal               fields of one series
     select_completeness(...)         completeness, gap repair       bookkeeping per gateway
@@ -78,6 +78,12 @@ def _seconds(duration: str) -> int:
     return int(_duration(duration)[:-1]) * _UNIT_S[duration[-1]]
 
 
+def _positive(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
 def _settle(settle_s: float) -> str:
     return f"{round(float(settle_s) * 1000)}ms"
 
@@ -105,12 +111,15 @@ def show_measurements() -> str:
     return "SHOW MEASUREMENTS"
 
 
-def select_latest(measurement: str, window: str) -> str:
-    """The newest point of every series of ``measurement`` newer than ``window``."""
+def select_latest(measurement: str, window: str, max_series: int | None = None) -> str:
+    """The newest point of every series of ``measurement`` newer than ``window`` (of at most
+    ``max_series`` series)."""
     _check(NAME_RE, measurement, "measurement")
+    slimit = "" if max_series is None else f" SLIMIT {_positive(max_series, 'max_series')}"
     return (
         f"SELECT * FROM {quote_ident(measurement)} "  # noqa: S608
         f"WHERE time > now() - {_duration(window)} GROUP BY * ORDER BY time DESC LIMIT 1"
+        f"{slimit}"
     )
 
 

@@ -144,8 +144,11 @@ def test_congestion_and_staleness_alerts(api_stack: ApiStack, publisher: Publish
     assert rule.status_code == 201, rule.text
     try:
         publisher.birth("jam-gw", [device("loop-j", "loop")])
-        publisher.reading("jam-gw", "loop-j", "TrafficFlowObserved",
-                          {"averageVehicleSpeed": 10.0}, tags={"lane": "2"})
+        # The default congestion rule wants the link slow for two minutes (device time).
+        now = time.time_ns()
+        for ts in (now - 121 * 10**9, now):
+            publisher.reading("jam-gw", "loop-j", "TrafficFlowObserved",
+                              {"averageVehicleSpeed": 10.0}, ts=ts, tags={"lane": "2"})
         congestion = wait_until(lambda: [
             a for a in api_stack.get("/v1/alerts", params={"gateway": "jam-gw"}).json()["items"]
             if a["kind"] == "congestion"])
