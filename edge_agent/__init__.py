@@ -32,6 +32,7 @@ from edge_agent._errors import (
     ConfigIssue,
     EdgeError,
     InputError,
+    PayloadRejected,
     SpoolError,
     UplinkError,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "MqttInput",
     "MqttInputConfig",
     "MqttSubscription",
+    "PayloadRejected",
     "ProcessorRule",
     "SimulatedInput",
     "Sink",

@@ -3,7 +3,7 @@
 ::
 
     ┌ agent[gw] TaskGroup ─────────────────────────────────────────────────────────────┐
-    │ inputs[gw].supervisor ── inner TaskGroup: input[<name>].run ...                 │
+    │ inputs[gw].supervisor ── inner TaskGroup: input[<name>].run, each supervised     │
     │ agent[gw].tick        ── every tick_s: pipeline.tick → batcher → spool → acks   │
     │ uplink[gw].connection ── paho client per connection, spool replay, control msgs │
     │ agent[gw].health      ── Health on the health topic every interval_s            │
@@ -20,8 +20,13 @@ inputs stop (what they deliver meanwhile is left unacked, the local broker redel
 last tick, a seal and a commit (open aggregation windows stay open, in the checkpoint: the
 next start continues them), then the retained death message.
 
+Each input runs supervised on its own (:mod:`edge_agent._supervisor`): a failed input is
+counted, shown as ``failed``/``restarting`` and restarted with backoff; it never stops the
+other inputs or the agent.
+
 Remote config (``config/desired``, :mod:`edge_agent._remote`) is validated with the same
-models as the file, must keep the broker/spool/metrics sections, is persisted and applied by
+models as the file, may not touch credentials, TLS, broker hosts, serial URLs, register-map
+files or the uplink/spool sections (the file stays authoritative), is persisted and applied by
 swapping inputs and processors; processor chains whose rule did not change keep their state,
 the others are flushed (open windows close early). The outcome goes to ``config/reported``.
 Commands: :mod:`edge_agent._commands`. State for the health message and ``/metrics``: one
@@ -55,6 +60,7 @@ from edge_agent._snapshot import (
     process_rss_bytes,
 )
 from edge_agent._spool import Spool
+from edge_agent._supervisor import InputCounters, supervise
 from edge_agent._uplink import ControlMessage, Uplink
 from edge_agent.inputs import Input, build_input
 from telemetry import (
@@ -128,8 +134,8 @@ class EdgeAgent:
         #: While set, messages from inputs with acks are refused unacked (stop, swap).
         self._closing = False
         self.checkpoints = CheckpointStats()
-        #: Drops the inputs count (``input_parse``): stage -> channel -> n.
-        self._input_drops: dict[str, dict[str, int]] = {}
+        #: What the inputs count (``input_parse`` drops, reasons) and their failures.
+        self.input_counters = InputCounters()
         self._cpu = CpuMeter()
         self.submitted = 0
         self.ready = asyncio.Event()
@@ -207,8 +213,10 @@ class EdgeAgent:
             self._acks_waiting.append(ack)
 
     def count_drop(self, stage: str, channel: str, n: int = 1) -> None:
-        per = self._input_drops.setdefault(stage, {})
-        per[channel] = per.get(channel, 0) + n
+        self.input_counters.count_drop(stage, channel, n)
+
+    def count_reject(self, input_name: str, reason: str, where: str) -> None:
+        self.input_counters.count_reject(input_name, reason, where)
 
     # -- loops -----------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -300,28 +308,7 @@ class EdgeAgent:
             restored_windows=ck.restored_windows + report.open_windows,
             closed_windows=ck.closed_windows + report.closed_windows,
         )
-        log.info(
-            f"processor state restored ({when}): {report.channels} channels, "
-            f"{report.open_windows} open windows continue, {pending} unsealed readings",
-            extra={
-                "gateway": self.gateway,
-                "chains": report.restored_chains,
-                "channels": report.channels,
-                "open_windows": report.open_windows,
-                "pending_readings": pending,
-            },
-        )
-        if report.flushed_chains:
-            log.warning(
-                f"processor config changed ({when}): state of rule(s) {report.flushed_chains} "
-                f"flushed, {report.closed_windows} open windows closed early with their "
-                "window-start timestamps, filters of those rules restart empty",
-                extra={
-                    "gateway": self.gateway,
-                    "flushed_chains": report.flushed_chains,
-                    "closed_windows": report.closed_windows,
-                },
-            )
+        report.log(log, gateway=self.gateway, when=when, pending=pending)
 
     async def _health_loop(self) -> None:
         while True:
@@ -342,7 +329,9 @@ class EdgeAgent:
             rt = self._runtime
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(inp.run(self), name=f"input[{inp.name}].run")
+                    tg.create_task(
+                        supervise(inp, self, self.input_counters), name=f"input[{inp.name}].run"
+                    )
                     for inp in rt.inputs
                 ]
                 await self._swap.wait()
@@ -362,7 +351,8 @@ class EdgeAgent:
         """The agent's state now (health message, ``/metrics``; safe from the scrape thread)."""
         rt = self._runtime
         dropped = rt.pipeline.dropped()
-        for stage, per in list(self._input_drops.items()):
+        counters = self.input_counters
+        for stage, per in list(counters.drops.items()):
             dropped.setdefault(stage, {}).update(per)  # dict copies are atomic under the GIL
         return AgentSnapshot(
             gateway=self.gateway,
@@ -374,6 +364,8 @@ class EdgeAgent:
             uplink=UplinkSnapshot.of(self.uplink.stats, connected=self.uplink.connected),
             spool=self.spool.stats(),
             dropped=dropped,
+            input_rejects={name: dict(per) for name, per in list(counters.rejects.items())},
+            input_failures=dict(counters.failures),
             submitted=self.submitted,
             checkpoints=self.checkpoints,
             cpu_s=process_cpu_s(),

@@ -144,7 +144,9 @@ class BatchConfig(FrozenModel):
 
 
 class HealthConfig(FrozenModel):
-    interval_s: Annotated[float, Field(gt=0)] = 30.0
+    #: At least 0.1 s: the health message goes over the uplink (a remote config could
+    #: otherwise turn it into a busy loop).
+    interval_s: Annotated[float, Field(ge=0.1, le=86400)] = 30.0
 
 
 class MetricsConfig(FrozenModel):
@@ -181,8 +183,8 @@ class AgentConfig(FrozenModel):
     inputs: list[InputSpec] = []
     #: First matching rule wins; channels no rule matches pass through unchanged.
     processors: list[ProcessorRule] = []
-    #: How often staged samples run through the processors.
-    tick_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+    #: How often staged samples run through the processors (at least 10 ms: no busy loop).
+    tick_s: Annotated[float, Field(ge=0.01, le=10)] = 0.1
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -258,6 +260,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     inputs = data.get("inputs")
     if isinstance(inputs, list):
         sections += [i for i in inputs if isinstance(i, dict) and i.get("type") in _BROKER_INPUTS]
+    if isinstance(inputs, list):
+        for i in inputs:
+            if (
+                isinstance(i, dict)
+                and i.get("type") == "modbus"
+                and isinstance(i.get("register_map"), str)
+                and i["register_map"].endswith((".yaml", ".yml"))
+            ):
+                fix(i, "register_map")  # a file path, not a shipped map name
     for section in sections:
         fix(section, "password_file")
         if isinstance(section, dict):

@@ -7,6 +7,7 @@ Hierarchy::
     ├── SpoolError                  the on-disk spool cannot be opened or written
     ├── UplinkError                 the central broker connection cannot be set up
     ├── InputError                  an input plugin cannot be built or has failed for good
+    │   └── PayloadRejected         one message an input cannot turn into readings (``reason``)
     └── CommandError                a remote command that cannot be carried out
 
 Errors carry their context as attributes (``ConfigError.source``, ``.issues``), and library
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigIssue",
     "EdgeError",
     "InputError",
+    "PayloadRejected",
     "SpoolError",
     "UplinkError",
 ]
@@ -69,6 +71,17 @@ class UplinkError(EdgeError):
 
 class InputError(EdgeError):
     """An input plugin cannot be built from its config or has failed for good."""
+
+
+class PayloadRejected(InputError):
+    """One message an input cannot turn into a reading: counted (stage ``input_parse``) and
+    acknowledged, never retried. ``reason`` is a short code from a fixed vocabulary (a metric
+    label): ``not_number``, ``not_json``, ``too_deep``, ``no_field``, ``contract``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 class CommandError(EdgeError):

@@ -69,6 +69,24 @@ class SnapshotCollector(Collector):
         for stage, per in snap.dropped.items():
             c.add_metric([gw, stage], sum(per.values()))
         yield c
+        c = CounterMetricFamily(
+            "edge_input_rejected",
+            "Messages an input could not turn into readings (counted, acked, skipped), "
+            "per reason",
+            labels=["gateway", "input", "reason"],
+        )
+        for name, reasons in snap.input_rejects.items():
+            for reason, n in reasons.items():
+                c.add_metric([gw, name, reason], n)
+        yield c
+        c = CounterMetricFamily(
+            "edge_input_failures",
+            "Times an input's task failed and was restarted with backoff",
+            labels=["gateway", "input"],
+        )
+        for name, n in snap.input_failures.items():
+            c.add_metric([gw, name], n)
+        yield c
         for family, name, doc, value in [
             (_C, "edge_checkpoints_written", "Processor checkpoints committed to the spool",
              ck.written),

@@ -26,6 +26,7 @@ from the saved rule and force-flushed instead (open windows close early, filters
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -73,6 +74,31 @@ class RestoreReport:
     #: Readings the force-flushed chains emitted (to be batched).
     readings: list[Reading] = field(default_factory=list)
     same_config: bool = True
+
+    def log(self, logger: logging.Logger, *, gateway: str, when: str, pending: int) -> None:
+        """Say what was restored (info) and what a config change flushed (warning)."""
+        logger.info(
+            f"processor state restored ({when}): {self.channels} channels, "
+            f"{self.open_windows} open windows continue, {pending} unsealed readings",
+            extra={
+                "gateway": gateway,
+                "chains": self.restored_chains,
+                "channels": self.channels,
+                "open_windows": self.open_windows,
+                "pending_readings": pending,
+            },
+        )
+        if self.flushed_chains:
+            logger.warning(
+                f"processor config changed ({when}): state of rule(s) {self.flushed_chains} "
+                f"flushed, {self.closed_windows} open windows closed early with their "
+                "window-start timestamps, filters of those rules restart empty",
+                extra={
+                    "gateway": gateway,
+                    "flushed_chains": self.flushed_chains,
+                    "closed_windows": self.closed_windows,
+                },
+            )
 
 
 @dataclass(slots=True)

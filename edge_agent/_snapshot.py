@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from edge_agent._spool import SpoolStats
@@ -126,6 +126,10 @@ class AgentSnapshot:
     checkpoints: CheckpointStats
     cpu_s: float
     rss_bytes: int
+    #: Input -> reason -> messages it could not turn into readings (``input_parse``).
+    input_rejects: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: Input -> times its task failed and was restarted (states ``failed``/``restarting``).
+    input_failures: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def links(self) -> dict[str, str]:

@@ -16,6 +16,8 @@ from edge_agent.inputs._bridge import (
     NmeaInput,
     NmeaInputConfig,
     SerialLine,
+    check_serial_url,
+    is_shipped_map_name,
 )
 from edge_agent.inputs._mqtt import MqttInput, MqttInputConfig, MqttSubscription
 from edge_agent.inputs._registry import INPUTS, InputPlugin, InputSpec, build_input, check_inputs
@@ -44,4 +46,6 @@ __all__ = [
     "Sink",
     "build_input",
     "check_inputs",
+    "check_serial_url",
+    "is_shipped_map_name",
 ]

@@ -4,15 +4,18 @@
 
     class Input:
         name: str
-        state: str                      # "starting" | "up" | "down" | "retrying"
+        state: str                      # "starting" | "up" | "down" | "retrying" ...
         async def run(self, sink: Sink) -> None
 
 An input is built from its typed config by its registered factory (``factory(cfg,
-gateway=...)``) and runs as one task in the agent's input task group until cancelled. It hands
-readings to ``sink.submit(readings, ack)``; ``ack`` (if given) is called once those readings
-are safely in the spool, which lets an input with acknowledgements (local MQTT QoS 1, manual
-ack) keep the guarantee end to end across a crash of the agent. What it cannot turn into a
-reading it counts with ``sink.count_drop(stage, channel)`` (health and ``/metrics`` show it).
+gateway=...)``) and runs as one task in the agent's input task group until cancelled; the
+agent supervises each input on its own (a task that fails is counted and restarted with
+backoff, the other inputs carry on). It hands readings to ``sink.submit(readings, ack)``;
+``ack`` (if given) is called once those readings are safely in the spool, which lets an input
+with acknowledgements (local MQTT QoS 1, manual ack) keep the guarantee end to end across a
+crash of the agent. A message it cannot turn into a reading it reports with
+``sink.count_reject(input, reason, where)`` (stage ``input_parse``: health and ``/metrics``
+show it), acknowledges, and carries on: one message never stops an input.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class Sink(Protocol):
     def submit(self, readings: list[Reading], ack: Callable[[], None] | None) -> None: ...
 
     def count_drop(self, stage: str, channel: str, n: int = 1) -> None: ...
+
+    def count_reject(self, input_name: str, reason: str, where: str) -> None:
+        """One message of ``input_name`` (from ``where``: a topic) could not become a
+        reading, for ``reason`` (a short code: a metric label)."""
+        ...
 
 
 class InputConfig(Protocol):
@@ -51,7 +59,10 @@ class Input(ABC):
 
     @abstractmethod
     async def run(self, sink: Sink) -> None:
-        """Produce readings into ``sink`` until cancelled."""
+        """Produce readings into ``sink`` until cancelled.
+
+        Reusable: after a failure the agent calls it again on the same object.
+        """
 
 
 class InputFactory(Protocol):

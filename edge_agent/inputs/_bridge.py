@@ -12,11 +12,16 @@ only with a Modbus input).
 # FrozenModel (edge_agent._model) is a pydantic BaseModel.
 from __future__ import annotations
 
+import os
+import re
+import stat
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated, Any, Literal, Protocol, Self
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Final, Literal, Protocol, Self
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge_agent._errors import InputError
 from edge_agent._model import FrozenModel, Id, Name
@@ -32,20 +37,85 @@ __all__ = [
     "NmeaInput",
     "NmeaInputConfig",
     "SerialLine",
+    "check_serial_url",
     "check_shared_lines",
+    "is_shipped_map_name",
 ]
 
 
 # -- configs ---------------------------------------------------------------------------------
 
 
-class SerialLine(FrozenModel):
-    """A serial link: a tty, a pty, or any pyserial URL (``socket://``, ``rfc2217://``)."""
+#: pyserial URL schemes an input may use, and the query options each may carry. Refused:
+#: ``spy://`` (its ``file=`` option writes, and truncates, any file the agent can write),
+#: ``alt://``, ``hwgrep://``, ``cp2110://``, and ``logging=`` (it reconfigures the root logger).
+SERIAL_SCHEMES: Final[dict[str, frozenset[str]]] = {
+    "socket": frozenset(),
+    "rfc2217": frozenset({"ign_set_control", "poll_modem", "timeout"}),
+    "loop": frozenset(),
+}
+_SHIPPED_MAP: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    url: Annotated[str, Field(min_length=1)]
-    baudrate: Annotated[int, Field(gt=0)] = 115200
+
+def check_serial_url(url: str) -> None:
+    """Refuse a serial URL outside the allowlist (:class:`ValueError`, the reason).
+
+    Allowed: an absolute device path (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``, a pty or
+    a link to one) that, if it exists, is a character device; ``socket://host:port``;
+    ``rfc2217://host:port`` (options ``ign_set_control``, ``poll_modem``, ``timeout``);
+    ``loop://``.
+    """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise ValueError("serial URL contains control characters")
+    if "://" not in url:
+        path = PurePosixPath(url)
+        if not path.is_absolute() or "?" in url:
+            raise ValueError(
+                f"serial port {url!r} is not an absolute device path (or a socket://, "
+                "rfc2217:// or loop:// URL)"
+            )
+        try:
+            mode = os.stat(url).st_mode
+        except OSError:
+            return  # not plugged in (yet): the link retries with backoff
+        if not stat.S_ISCHR(mode):
+            raise ValueError(f"serial port {url!r} is not a character device (tty)")
+        return
+    scheme = url.split("://", 1)[0].lower()  # pyserial picks the handler case-insensitively
+    allowed = SERIAL_SCHEMES.get(scheme)
+    if allowed is None:
+        raise ValueError(
+            f"serial URL scheme {scheme + '://'!r} is not allowed "
+            f"(allowed: a device path, {', '.join(s + '://' for s in SERIAL_SCHEMES)})"
+        )
+    options = set(parse_qs(urlsplit(url).query, keep_blank_values=True))
+    if options - allowed:
+        raise ValueError(
+            f"serial URL option(s) {', '.join(sorted(options - allowed))} not allowed "
+            f"for {scheme}://"
+            + (f" (allowed: {', '.join(sorted(allowed))})" if allowed else "")
+        )
+
+
+def is_shipped_map_name(ref: str) -> bool:
+    """``register_map`` names a map shipped with firmware_bridge (not a file path)."""
+    return _SHIPPED_MAP.fullmatch(ref) is not None and not ref.endswith((".yaml", ".yml"))
+
+
+class SerialLine(FrozenModel):
+    """A serial link: a tty or pty path, or a ``socket://``, ``rfc2217://`` or ``loop://``
+    URL (:func:`check_serial_url`)."""
+
+    url: Annotated[str, Field(min_length=1, max_length=512)]
+    baudrate: Annotated[int, Field(gt=0, le=4_000_000)] = 115200
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
+
+    @field_validator("url")
+    @classmethod
+    def _allowed(cls, v: str) -> str:
+        check_serial_url(v)
+        return v
 
 
 class FirmwareInputConfig(FrozenModel):
@@ -110,13 +180,25 @@ class ModbusInputConfig(FrozenModel):
     device: Id
     tcp: ModbusTcp | None = None
     rtu: SerialLine | None = None
-    #: A shipped map name (``eastron-sdm630``) or a path to a map file.
-    register_map: Annotated[str, Field(min_length=1)]
+    #: A shipped map name (``eastron-sdm630``) or a path to a map file (``.yaml``/``.yml``).
+    register_map: Annotated[str, Field(min_length=1, max_length=1024)]
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
     timeout_s: Annotated[float, Field(gt=0)] = 1.0
     #: Poll interval overrides per register group name, in seconds.
     intervals: dict[str, Annotated[float, Field(gt=0)]] = {}
     tags: dict[Name, str] = {}
+
+    @field_validator("register_map")
+    @classmethod
+    def _map_ref(cls, v: str) -> str:
+        if not is_shipped_map_name(v) and not (
+            v.endswith((".yaml", ".yml")) and PurePosixPath(v).is_absolute()
+        ):
+            raise ValueError(
+                f"register_map {v!r} is neither a shipped map name nor an absolute path to "
+                "a .yaml/.yml file"
+            )
+        return v
 
     @model_validator(mode="after")
     def _bridge(self) -> Self:

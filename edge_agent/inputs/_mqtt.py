@@ -3,8 +3,12 @@
 QoS 1, persistent session (clean start off, session expiry one week) and *manual*
 acknowledgement: a message is acked only once its readings are in the spool, so a crash
 of the agent makes the local broker deliver it again. A payload that does not parse is
-counted (stage ``input_parse``, channel ``<input>:<topic>``) and acked: it does not become
-good by redelivery.
+counted (stage ``input_parse``, channel ``<input>:<topic>``, and per reason) and acked: it
+does not become good by redelivery. Any payload: the parser raises only
+:class:`~edge_agent.PayloadRejected` (a hypothesis property feeds it arbitrary bytes), and
+:meth:`MqttInput._deliver` acks and counts even what a parser bug would raise, so one
+message can never hold back the acknowledgements (and stall the input once the local
+broker's in-flight window is full).
 
 The paho client lifecycle here is the input's own until the shared session layer
 (``foundation.mqtt``) takes it over.
@@ -33,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, model_validator
 
-from edge_agent._errors import InputError
+from edge_agent._errors import InputError, PayloadRejected
 from edge_agent._model import FrozenModel, Id, Name
 from edge_agent.inputs._base import Input, Sink
 from foundation import BrokerAccess, BrokerSetupError, check_broker_security, configure_client
@@ -170,13 +174,17 @@ class _Parser:
             try:
                 value = float(payload.decode("ascii").strip())
             except (UnicodeDecodeError, ValueError) as exc:
-                raise InputError(f"payload is not a number: {payload[:40]!r}") from exc
+                raise PayloadRejected(
+                    "not_number", f"payload is not a number: {payload[:40]!r}"
+                ) from exc
             fields[sub.field or "value"] = value
         else:
             try:
                 doc = msgspec.json.decode(payload)
             except msgspec.DecodeError as exc:
-                raise InputError(f"payload is not JSON: {exc}") from exc
+                raise PayloadRejected("not_json", f"payload is not JSON: {exc}") from exc
+            except RecursionError as exc:  # msgspec's guard against deep nesting
+                raise PayloadRejected("too_deep", "payload is nested too deeply") from exc
             for name, path in self.fields.items():
                 v = _lookup(doc, path)
                 if isinstance(v, bool | int | float | str) and not (
@@ -184,13 +192,11 @@ class _Parser:
                 ):
                     fields[name] = v
             if not fields:
-                raise InputError("no configured field found in the payload")
+                raise PayloadRejected("no_field", "no configured field found in the payload")
             if self.ts_path is not None:
-                raw = _lookup(doc, self.ts_path)
-                if isinstance(raw, int | float) and not isinstance(raw, bool):
-                    cand = int(raw * self.ts_scale)
-                    if TS_MIN_NS <= cand < TS_MAX_NS:
-                        ts, clock = cand, "device"
+                cand = _timestamp_ns(_lookup(doc, self.ts_path), self.ts_scale)
+                if cand is not None:
+                    ts, clock = cand, "device"
         tags = {k: _template(v, levels) for k, v in sub.tags.items()}
         try:
             return msgspec.convert(
@@ -205,7 +211,25 @@ class _Parser:
                 Reading,
             )
         except msgspec.ValidationError as exc:
-            raise InputError(f"reading does not fit the contract: {exc}") from exc
+            raise PayloadRejected(
+                "contract", f"reading does not fit the contract: {exc}"
+            ) from exc
+
+
+def _timestamp_ns(raw: object, scale: int) -> int | None:
+    """A device timestamp in ns, or ``None`` (use the gateway clock) when it is not a number
+    or outside the contract's range. Checked before converting: ``1e300`` seconds is
+    a float that ``int()`` cannot take once scaled to infinity (``OverflowError``)."""
+    if not isinstance(raw, int | float) or isinstance(raw, bool):
+        return None
+    if isinstance(raw, float):
+        scaled = raw * scale
+        if not (TS_MIN_NS <= scaled < TS_MAX_NS):  # also false for nan and inf
+            return None
+        cand = int(scaled)
+    else:
+        cand = raw * scale
+    return cand if TS_MIN_NS <= cand < TS_MAX_NS else None
 
 
 # -- the input -------------------------------------------------------------------------------
@@ -340,12 +364,26 @@ class MqttInput(Input):
             if _filter_matches(flt, topic):
                 try:
                     reading = parser.parse(topic, payload)
-                except InputError as exc:
-                    self.rejected += 1
-                    sink.count_drop("input_parse", f"{self.name}:{topic}")
-                    log.debug("payload refused", extra={"topic": topic, "reason": str(exc)})
+                    sink.submit([reading], ack)
+                except PayloadRejected as exc:
+                    self._refused(sink, topic, exc.reason, exc.detail)
                     ack()  # a bad payload does not become good by redelivery
-                    return
-                sink.submit([reading], ack)
+                # Not "log and carry on": a bug met by one payload is counted (reason
+                # ``internal``) and logged with its traceback; leaving the message unacked
+                # instead would stall the input once the broker's in-flight window is full.
+                except Exception as exc:  # noqa: BLE001
+                    self._refused(sink, topic, "internal", repr(exc), exc)
+                    ack()
                 return
         ack()
+
+    def _refused(
+        self, sink: Sink, topic: str, reason: str, detail: str, exc: Exception | None = None
+    ) -> None:
+        self.rejected += 1
+        sink.count_reject(self.name, reason, topic)
+        extra = {"input": self.name, "topic": topic[:200], "reason": reason, "detail": detail}
+        if exc is not None:
+            log.error("payload broke the parser", extra=extra, exc_info=exc)
+        else:
+            log.debug("payload refused", extra=extra)
