@@ -5,7 +5,8 @@ NGSI-LD).
   subscription, the InfluxDB client and the background tasks;
 - :func:`serve` runs it until SIGTERM (``smartcity api run``); :class:`ApiServer` runs it
   on a background thread (tests, benchmarks, the demo);
-- :func:`load_settings`: settings from YAML, the environment and flags, validated once;
+- :func:`load_settings`: settings from YAML, the environment and flags, validated once
+  (:class:`MqttSettings`: the ``mqtt`` block, the platform's broker-access model);
 - :class:`Database`: API keys, alert rules and acknowledgements (SQLAlchemy);
 - :class:`Role`, :class:`Principal`: who may do what;
 - errors: :class:`ApiError` and its subclasses.
@@ -31,7 +32,7 @@ from api._errors import (
     UpstreamUnavailable,
 )
 from api._server import ApiServer, serve
-from api._settings import ApiSettings, load_settings
+from api._settings import ApiSettings, MqttSettings, load_settings
 from api.storage import Database
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Database",
     "Forbidden",
+    "MqttSettings",
     "NotFound",
     "Principal",
     "ProblemError",

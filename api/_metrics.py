@@ -21,9 +21,12 @@ class ApiMetrics:
         self.mqtt_messages = Counter(
             "smartcity_api_mqtt_messages", "Broker messages received", ["kind"], registry=r
         )
-        self.mqtt_dropped = Counter(
-            "smartcity_api_mqtt_inbox_dropped",
-            "Broker messages dropped because the event loop fell behind", registry=r,
+        self.mqtt_reconnects = Counter(
+            "smartcity_api_mqtt_reconnects", "Broker connections made again after a loss",
+            registry=r,
+        )
+        self.mqtt_losses = Counter(
+            "smartcity_api_mqtt_connection_losses", "Broker connections lost", registry=r,
         )
         self.mqtt_invalid = Counter(
             "smartcity_api_mqtt_invalid", "Broker payloads that failed to decode", ["kind"],

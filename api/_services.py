@@ -4,7 +4,7 @@
 
     Services (async context manager, one per app)
     ├── InfluxClient           history, warm-up, completeness
-    ├── BrokerLink             paho thread ─▶ handle(topic, payload) on the loop
+    ├── BrokerLink             foundation.mqtt session ─▶ handle(topic, payload) (api.state)
     │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
@@ -48,10 +48,12 @@ from api.state import (
     LiveState,
     Rule,
     completeness_of,
+    prepare_broker,
 )
 from api.storage import (
     Database,
     InfluxClient,
+    influx_verify,
     select_completeness,
     select_latest,
     show_measurements,
@@ -71,7 +73,7 @@ from telemetry import (
     decode_status,
 )
 
-__all__ = ["Services"]
+__all__ = ["Services", "prepare_connections"]
 
 log = logging.getLogger("api")
 
@@ -99,6 +101,19 @@ class _GatewayEvent(msgspec.Struct):
     gateway: str
     state: str
     time: str
+
+
+def prepare_connections(settings: ApiSettings) -> None:
+    """Prepare every connection as start-up does before connecting: the broker's TLS context
+    and password file (``mqtt.*``), InfluxDB's TLS context (``influx_*``). Raise
+    :class:`ConfigError` naming the key and the file. ``api check-config`` runs it."""
+    prepare_broker(settings.mqtt)
+    influx_verify(
+        settings.influx_url,
+        ca_file=settings.influx_ca_file,
+        cert_file=settings.influx_cert_file,
+        key_file=settings.influx_key_file,
+    )
 
 
 class Services:
@@ -137,7 +152,7 @@ class Services:
                 metrics=self.metrics,
             )
         self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
-        self.name = f"api[{settings.mqtt_client_id}]"
+        self.name = f"api[{settings.mqtt.client_id}]"
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.warmed = 0

@@ -1,28 +1,35 @@
 """Typed settings of the API, validated once at start-up.
 
 Sources, highest priority first: keyword arguments (command-line flags), environment variables
-prefixed ``SMARTCITY_API_`` (``SMARTCITY_API_INFLUX_URL``), an optional YAML file given to
-:func:`load_settings`, the defaults below. Unknown keys are refused, so a typo fails at start-up
-with the key and the reason.
+prefixed ``SMARTCITY_API_`` (``SMARTCITY_API_INFLUX_URL``; nested keys joined by ``__``:
+``SMARTCITY_API_MQTT__TLS__CA_FILE``), an optional YAML file given to :func:`load_settings`,
+the defaults below. Unknown keys are refused, so a typo fails at start-up with the key and the
+reason. The broker is the ``mqtt`` block (:mod:`api._settings_mqtt`, whose flat ``mqtt_*``
+aliases are deprecated).
+
+Parsing never opens a file: certificates, keys and the broker password file are read when the
+connections are prepared at start-up (``api check-config`` runs the same preparation).
 """
 
 from __future__ import annotations
 
-import os
+import contextvars
 import re
-import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from api._errors import ConfigError
-from foundation import BrokerAccess, BrokerTls, check_broker_security, is_loopback
+from api._settings_mqtt import FoldedSource, LegacyEnvSource, MqttSettings
+from foundation import BrokerTls, is_loopback
 
-__all__ = ["ApiSettings", "load_settings"]
+__all__ = ["ApiSettings", "MqttSettings", "load_settings"]
 
 _Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,5}[smhdw]$")]
 _Positive = Annotated[float, Field(gt=0)]
@@ -33,7 +40,11 @@ class ApiSettings(BaseSettings):
     """Everything an API process needs; build it with :func:`load_settings` or directly."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SMARTCITY_API_", extra="forbid", frozen=True, validate_default=True
+        env_prefix="SMARTCITY_API_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
     )
 
     # HTTP ----------------------------------------------------------------------------------
@@ -70,34 +81,13 @@ class ApiSettings(BaseSettings):
     #: asked for; ``None``: only in demo mode). ``/openapi.json`` is always served.
     openapi_docs: bool | None = None
 
-    # Broker --------------------------------------------------------------------------------
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    mqtt_username: str | None = None
-    mqtt_password: SecretStr | None = None
-    #: A file holding the broker password (first line), read when the API connects.
-    mqtt_password_file: Path | None = None
-    #: TLS to the broker; on by itself when any ``mqtt_tls_*`` file is set. Without
-    #: ``mqtt_tls_ca_file`` the system's CA store verifies the broker.
-    mqtt_tls: bool = False
-    mqtt_tls_ca_file: Path | None = None
-    #: Client certificate and key (together) for brokers that require one.
-    mqtt_tls_cert_file: Path | None = None
-    mqtt_tls_key_file: Path | None = None
-    #: Skip the broker's hostname verification; refused unless ``mqtt_allow_insecure``.
-    mqtt_tls_insecure: bool = False
-    #: Development only: permits ``mqtt_tls_insecure`` and a password over plain TCP to a
-    #: broker that is not on loopback.
-    mqtt_allow_insecure: bool = False
-    #: Client id; every replica needs its own (the default adds a random suffix).
-    mqtt_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")] = (
-        Field(default_factory=lambda: f"api-{secrets.token_hex(4)}")
-    )
+    # Broker ------------------------------------------------------------------------------
+    #: The broker and how the API gets in (:class:`api._settings_mqtt.MqttSettings`: host,
+    #: port, username, password | password_file, tls {ca_file, cert_file, key_file,
+    #: insecure}, client_id, connect_timeout_s, max_buffered, allow_insecure). The flat
+    #: ``mqtt_*`` keys are deprecated aliases of these.
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
     topic_root: str = "sc"
-    #: How long the lifespan waits for the first broker connection before serving anyway.
-    mqtt_connect_timeout_s: _Positive = 10.0
-    #: Messages handed from the MQTT thread to the event loop and not yet processed.
-    mqtt_inbox: Annotated[int, Field(ge=100)] = 100_000
 
     # InfluxDB ------------------------------------------------------------------------------
     influx_url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
@@ -198,26 +188,6 @@ class ApiSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _broker_access(self) -> ApiSettings:
-        if self.mqtt_password is not None and self.mqtt_password_file is not None:
-            raise ValueError("set mqtt_password or mqtt_password_file, not both")
-        if (self.mqtt_tls_cert_file is None) != (self.mqtt_tls_key_file is None):
-            raise ValueError("mqtt_tls_cert_file and mqtt_tls_key_file go together")
-        access = self.mqtt_access
-        check_broker_security(
-            host=self.mqtt_host,
-            tls=access.tls,
-            has_password=access.has_password,
-            allow_insecure=self.mqtt_allow_insecure,
-            tls_key="mqtt_tls",
-            insecure_key="mqtt_tls_insecure",
-            allow_key="mqtt_allow_insecure",
-        )
-        if access.tls is not None:
-            access.tls.check_files("mqtt_tls_")
-        return self
-
-    @model_validator(mode="after")
     def _https(self) -> ApiSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together (HTTPS)")
@@ -227,24 +197,6 @@ class ApiSettings(BaseSettings):
                 reason = "is not a file" if path.exists() else "file not found"
                 raise ValueError(f"{key}: {reason}: {path}")
         return self
-
-    @property
-    def mqtt_access(self) -> BrokerAccess:
-        """The broker credentials and TLS as the shared model (:mod:`foundation._broker`)."""
-        files = {
-            "ca_file": self.mqtt_tls_ca_file,
-            "cert_file": self.mqtt_tls_cert_file,
-            "key_file": self.mqtt_tls_key_file,
-        }
-        tls = None
-        if self.mqtt_tls or self.mqtt_tls_insecure or any(files.values()):
-            tls = BrokerTls(insecure=self.mqtt_tls_insecure, **files)
-        return BrokerAccess(
-            username=self.mqtt_username,
-            password=self.mqtt_password,
-            password_file=self.mqtt_password_file,
-            tls=tls,
-        )
 
     @model_validator(mode="after")
     def _influx_access(self) -> ApiSettings:
@@ -257,8 +209,6 @@ class ApiSettings(BaseSettings):
                 f"influx_ca_file, influx_cert_file and influx_key_file need an https:// "
                 f"influx_url, not {self.influx_url}"
             )
-        if tls is not None:
-            tls.check_files("influx_")
         host = urlsplit(self.influx_url).hostname or ""
         if (
             self.influx_password is not None
@@ -307,6 +257,58 @@ class ApiSettings(BaseSettings):
         """The CSP source the browser may load tiles from (``https://*.host`` with ``{s}``)."""
         return None if self.map_tiles_url is None else _tile_origin(self.map_tiles_url)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            FoldedSource(init_settings),
+            env_settings,
+            LegacyEnvSource(settings_cls),
+            FoldedSource(_FileSource(settings_cls)),
+        )
+
+    # Deprecated flat names, read-only (``settings.mqtt.*`` is the model).
+    @property
+    def mqtt_host(self) -> str:
+        """Deprecated: ``mqtt.host``."""
+        return self.mqtt.host
+
+    @property
+    def mqtt_port(self) -> int:
+        """Deprecated: ``mqtt.port``."""
+        return self.mqtt.port
+
+    @property
+    def mqtt_username(self) -> str | None:
+        """Deprecated: ``mqtt.username``."""
+        return self.mqtt.username
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """Deprecated: ``mqtt.client_id``."""
+        return self.mqtt.client_id
+
+
+_file_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "api_settings_file_data", default=None
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file given to :func:`load_settings`, below the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
 
 _TEMPLATE_KEYS = frozenset({"z", "x", "y", "s", "r"})
 
@@ -341,8 +343,22 @@ def _tile_origin(template: str) -> str:
     return f"{parts.scheme}://{host}{port}"
 
 
+def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            cleaned = _without_none(value)
+            if value and not cleaned:
+                continue  # a block whose every flag was left out
+            value = cleaned
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def load_settings(path: Path | None = None, /, **overrides: Any) -> ApiSettings:
-    """Settings from an optional YAML file, the environment and ``overrides``.
+    """Settings from an optional YAML file, the environment and ``overrides`` (flags; ``None``
+    values, and nested blocks left empty by them, are ignored).
 
     Raise :class:`ConfigError` naming the file, the key and the reason.
     """
@@ -355,20 +371,17 @@ def load_settings(path: Path | None = None, /, **overrides: Any) -> ApiSettings:
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data.update(loaded or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    where = f"{path}: " if path is not None else ""
+    token = _file_data.set(data)
     try:
-        # Keyword arguments beat the environment; the file is passed as keywords too, so
-        # drop file keys that the environment sets (the environment wins over the file).
-        env_keys = {
-            k[len("SMARTCITY_API_") :].lower() for k in os.environ if k.startswith("SMARTCITY_API_")
-        }
-        for key in env_keys - set(overrides):
-            data.pop(key, None)
-        return ApiSettings(**data)
+        return ApiSettings(**_without_none(overrides))
     except ValidationError as exc:
-        where = f"{path}: " if path is not None else ""
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{where}{problems}") from exc
+    except ValueError as exc:  # a deprecated alias given beside its nested key
+        raise ConfigError(f"{where}{exc}") from exc
+    finally:
+        _file_data.reset(token)

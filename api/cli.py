@@ -48,6 +48,12 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
         raise typer.Exit(code=2) from exc
 
 
+def _tls_flags(on: bool, **files: Any) -> dict[str, Any] | None:
+    """The ``mqtt.tls`` block the flags ask for (``--mqtt-tls`` alone: ``{}``, system CAs)."""
+    given = {k: v for k, v in files.items() if v is not None}
+    return given if given or on else None
+
+
 @app.command("run")
 def run(
     config: ConfigOption = None,
@@ -60,7 +66,7 @@ def run(
         Path | None,
         typer.Option(
             dir_okay=False,
-            help="File holding the broker password (or SMARTCITY_API_MQTT_PASSWORD).",
+            help="File holding the broker password (or SMARTCITY_API_MQTT__PASSWORD).",
         ),
     ] = None,
     mqtt_tls: Annotated[
@@ -126,14 +132,21 @@ def run(
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = None,
     log_format: Annotated[str | None, typer.Option(help="json or console.")] = None,
 ) -> None:
-    """Serve the API until SIGTERM/SIGINT."""
+    """Serve the API until SIGTERM/SIGINT.
+
+    Exit 2: invalid settings; exit 1: start-up failed (a certificate, key or password file
+    the settings name is missing or unreadable, or the server did not start).
+    """
     settings = _settings(
-        config, host=host, port=port, mqtt_host=mqtt_host, mqtt_port=mqtt_port,
-        mqtt_username=mqtt_username, mqtt_password_file=mqtt_password_file,
-        mqtt_tls=mqtt_tls or None, mqtt_tls_ca_file=mqtt_tls_ca_file,
-        mqtt_tls_cert_file=mqtt_tls_cert_file, mqtt_tls_key_file=mqtt_tls_key_file,
-        mqtt_tls_insecure=mqtt_tls_insecure or None,
-        mqtt_allow_insecure=mqtt_allow_insecure or None,
+        config, host=host, port=port,
+        mqtt={
+            "host": mqtt_host, "port": mqtt_port, "username": mqtt_username,
+            "password_file": mqtt_password_file, "allow_insecure": mqtt_allow_insecure or None,
+            "tls": _tls_flags(
+                mqtt_tls, ca_file=mqtt_tls_ca_file, cert_file=mqtt_tls_cert_file,
+                key_file=mqtt_tls_key_file, insecure=mqtt_tls_insecure or None,
+            ),
+        },
         tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
         topic_root=topic_root, influx_url=influx_url, influx_database=database,
         influx_ca_file=influx_ca_file, influx_cert_file=influx_cert_file,
@@ -215,6 +228,19 @@ def revoke_key(
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate the settings and print them (secrets masked)."""
+    """Validate the settings, prepare the connections as start-up does (certificates, keys
+    and the broker password file read), and print the settings (secrets masked).
+
+    Exit 2: the settings are invalid; exit 1: start-up would fail (a file is missing or
+    unreadable), with the same message ``api run`` gives.
+    """
     settings = _settings(config)
+    from api._errors import ApiError
+    from api._services import prepare_connections
+
+    try:
+        prepare_connections(settings)
+    except ApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
     typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))

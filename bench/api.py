@@ -290,7 +290,7 @@ def main() -> None:
             env = {
                 **os.environ,
                 "SMARTCITY_API_PORT": str(port),
-                "SMARTCITY_API_MQTT_PORT": str(broker.port),
+                "SMARTCITY_API_MQTT__PORT": str(broker.port),
                 "SMARTCITY_API_TOPIC_ROOT": ROOT,
                 "SMARTCITY_API_INFLUX_URL": influxd.url,
                 "SMARTCITY_API_INFLUX_DATABASE": DATABASE,

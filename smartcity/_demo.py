@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from api import ApiServer, ApiSettings
+from api import ApiServer, ApiSettings, MqttSettings
 from foundation import configure_logging
 from simulators import DeviceCity, FleetConfig, GatewayFleet, load_scenario
 from smartcity._demo_edge import EDGE_PREFIX, edge_configs, write_configs
@@ -191,9 +191,9 @@ def run_demo(
                 ApiSettings(
                     demo=True,
                     port=api_port or free_port(),
-                    mqtt_host=mosquitto.host,
-                    mqtt_port=mosquitto.port,
-                    mqtt_client_id="api-demo",
+                    mqtt=MqttSettings(
+                        host=mosquitto.host, port=mosquitto.port, client_id="api-demo"
+                    ),
                     topic_root=TOPIC_ROOT,
                     influx_url=influxd.url,
                     influx_database=DATABASE,

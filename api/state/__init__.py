@@ -1,12 +1,12 @@
 """State: what the API holds in memory, and the background work that keeps it current.
 
-The broker link (paho thread handed over to the event loop), the live state and inventory
+The broker link (a ``foundation.mqtt`` session in the event loop), the live state and inventory
 it feeds, the live-push hub, the alert engine and its history, transport views of the live
 state, and gap repair (missing batches asked of their gateways again).
 """
 
 from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
-from api.state._broker import BrokerLink
+from api.state._broker import BrokerLink, prepare_broker
 from api.state._hub import (
     EXTRA_KINDS,
     KINDS,
@@ -70,6 +70,7 @@ __all__ = [
     "completeness_of",
     "congestion_level",
     "parse_filter",
+    "prepare_broker",
     "seq_ranges",
     "series_key",
     "vehicles",

@@ -1,47 +1,65 @@
-"""The API's own broker subscription: paho's network thread, handed over to the event loop.
+"""The API's own broker subscription, on the platform's one session layer (``foundation.mqtt``).
 
 ::
 
-    paho network thread                    event loop
-    ───────────────────                    ──────────
-    on_message ─▶ inbox (deque, bounded) ─▶ drain(): handler(topic, payload) for each
-                  schedule drain once         (decode, update state, alerts, push)
-                  (call_soon_threadsafe)
+    event loop (no thread, no hand-off: the MQTT engine runs inside the loop, in the session)
+    ──────────────────────────────────────────────────────────────────────────────
+    task api[<id>].broker
+      async with MqttSession ─ first connect fails: Backoff, enter again (serving meanwhile)
+        subscribe status, config/reported (QoS 1), telemetry, health (QoS 0),
+                  cmd/response/<id> (QoS 1, when a response handler is set)
+        async for msg in session.messages():
+            cmd/response/<id> ─▶ response handler(topic, correlation data, payload)
+            anything else     ─▶ handler(topic, payload)  (decode, state, alerts, push)
+    task api[<id>].mqtt.connection (the session's): reconnect with the Backoff, subscriptions
+                                   made again (clean start: the broker kept nothing)
+    publish() ─▶ session.publish ─▶ PUBACK reason code (>= 0x80: refused)
 
 The API subscribes without a persistent session (clean start): live state is a cache, and a
-restarted API warms it from InfluxDB and the retained status messages instead. Telemetry is
+restarted API warms it from InfluxDB and the retained status messages instead (the broker
+sends them again on every subscribe, so a reconnect refreshes the inventory). Telemetry is
 taken at QoS 0 (a dropped reading is replaced by the next one), status/config at QoS 1.
-paho reconnects by itself with a capped backoff; on every connect the subscriptions are made
-again. Answers to the API's own commands (gap repair's ``resend``) come on
-``{root}/v1/+/cmd/response/{client id}``, subscribed when a response handler is set, and go
-to that handler with their correlation data. Credentials and TLS (``mqtt_tls_*``, client
-certificate) are set up by :func:`foundation._broker.configure_client`, as for every other
-client of the platform.
+
+The layer fails fast when the *first* connect of a session fails; the API serves without the
+broker instead (``/readyz`` says so) and enters the session again with the same
+:class:`foundation.Backoff` the session uses for its reconnects. After that the session
+reconnects by itself. When the consumer falls ``mqtt.max_buffered`` messages behind, the
+session stops reading the socket (TCP pushes back on the broker) instead of dropping.
+
+Credentials and TLS (the ``mqtt`` block) are prepared once at start-up by
+:func:`prepare_broker`, which ``api check-config`` runs too: the TLS context is built (CA
+bundle, client certificate and key read) and the password file read, and a problem is a
+:class:`ConfigError` naming the key (``mqtt.tls.ca_file: file not found: ...``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import threading
+import ssl
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Final, Literal, Self
 
 from api._errors import ConfigError, UpstreamUnavailable
 from api._metrics import ApiMetrics
-from api._settings import ApiSettings
-from foundation import BrokerSetupError, configure_client
-from telemetry import TopicKind, Topics
+from api._settings import ApiSettings, MqttSettings
+from foundation import Backoff, BrokerSetupError
+from foundation.mqtt import (
+    Message,
+    MqttConfigError,
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+    MqttSession,
+    MqttSubscribeError,
+    SessionConfig,
+    SessionStatus,
+    publish_properties,
+)
+from telemetry import TopicError, TopicKind, Topics
 
-__all__ = ["BrokerLink"]
+__all__ = ["BrokerLink", "prepare_broker"]
 
 log = logging.getLogger("api.broker")
 
@@ -49,47 +67,69 @@ Handler = Callable[[str, bytes], None]
 #: (topic, correlation data or None, payload) of an answer to one of the API's commands.
 ResponseHandler = Callable[[str, bytes | None, bytes], None]
 
+#: The reconnect schedule: 1 s doubling up to 30 s, jittered (the session's and the first
+#: connect's).
+_BACKOFF: Final = Backoff(initial=1.0, maximum=30.0)
+#: Publishes waiting for their PUBACK at once (config pushes, gap repair's commands).
+_MAX_INFLIGHT: Final = 100
+_REFUSED: Final = 0x80
+
+
+def prepare_broker(mqtt: MqttSettings) -> ssl.SSLContext | None:
+    """What start-up does before the first connect: build the TLS context (reads the CA
+    bundle, the client certificate and key) and read the password file. Raise
+    :class:`ConfigError` naming the key and the file (``mqtt.tls.ca_file: file not found:
+    /etc/...``). ``api check-config`` calls it too, so it says what start-up would."""
+    try:
+        context = None if mqtt.tls is None else mqtt.tls.ssl_context("mqtt.tls.")
+        mqtt.read_password("mqtt.password_file")
+    except BrokerSetupError as exc:
+        raise ConfigError(str(exc)) from exc
+    return context
+
 
 class BrokerLink:
-    """Subscribes to telemetry, status, health and reported config of every gateway."""
+    """Subscribes to telemetry, status, health and reported config of every gateway;
+    publishes the API's config pushes and commands. An async context manager that owns its
+    task (``api[<client id>].broker``)."""
 
     def __init__(self, settings: ApiSettings, handler: Handler, metrics: ApiMetrics) -> None:
-        self._settings = settings
+        mqtt = settings.mqtt
         self._handler = handler
         self._metrics = metrics
         self.topics = Topics(settings.topic_root)
-        self._inbox: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._max = settings.mqtt_inbox
-        self._lock = threading.Lock()
-        self._scheduled = False
         self._responses: ResponseHandler | None = None
-        #: Where gateways answer this API's commands.
-        self.client_id = settings.mqtt_client_id
-        # mqtt_client_id is validated with the gateway id pattern: a valid topic level.
+        #: Where gateways answer this API's commands (a valid topic level: validated).
+        self.client_id = mqtt.client_id
+        self._response_suffix = f"/{TopicKind.COMMAND_RESPONSE.value}/{mqtt.client_id}"
         self._response_filter = (
-            f"{self.topics.all_gateways(TopicKind.COMMAND_RESPONSE)}/{settings.mqtt_client_id}"
+            f"{self.topics.all_gateways(TopicKind.COMMAND_RESPONSE)}/{mqtt.client_id}"
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = asyncio.Event()
-        self.connected = False
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
-            protocol=mqtt.MQTTv5,
+        self.tls = mqtt.tls is not None
+        self.name = f"api[{mqtt.client_id}]"
+        self._connect_timeout_s = mqtt.connect_timeout_s
+        self.session = MqttSession(
+            SessionConfig(
+                host=mqtt.host,
+                port=mqtt.port,
+                client_id=mqtt.client_id,
+                access=mqtt,
+                ssl_context=prepare_broker(mqtt),
+                version="5",
+                keepalive_s=30,
+                connect_timeout_s=mqtt.connect_timeout_s,
+                clean_start=True,
+                max_inflight=_MAX_INFLIGHT,
+                max_buffered=mqtt.max_buffered,
+                backoff=_BACKOFF,
+                name=f"{self.name}.mqtt",
+            ),
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
         )
-        # Certificates and the password file are read here, once: a missing file stops the
-        # API at start with the setting named.
-        access = settings.mqtt_access
-        try:
-            configure_client(self._client, access)
-        except BrokerSetupError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.tls = access.tls is not None
-        self._client.reconnect_delay_set(1, 30)
-        self._client.max_inflight_messages_set(1000)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._subscribed = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def on_response(self, handler: ResponseHandler) -> None:
         """Receive answers to this API's commands (set before entering)."""
@@ -98,22 +138,34 @@ class BrokerLink:
     def response_topic(self, gateway: str) -> str:
         return self.topics.command_response(gateway, self.client_id)
 
+    @property
+    def connected(self) -> bool:
+        """Connected and subscribed (what ``/readyz`` reports)."""
+        return self._subscribed.is_set() and self.session.connected
+
+    @property
+    def status(self) -> SessionStatus:
+        """The session's status: connected, reconnects, connect failures, last error..."""
+        return self.session.status
+
+    # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        self._loop = asyncio.get_running_loop()
-        self._client.connect_async(
-            self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30, clean_start=True
-        )
-        self._client.loop_start()
+        if self._group is not None:
+            raise RuntimeError("the broker link is not re-entrant")
+        self._subscribed = asyncio.Event()
+        group = asyncio.TaskGroup()
+        await group.__aenter__()
+        self._group = group
+        self._task = group.create_task(self._run(), name=f"{self.name}.broker")
         try:
-            async with asyncio.timeout(self._settings.mqtt_connect_timeout_s):
-                await self._connected.wait()
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._subscribed.wait()
         except TimeoutError:
             log.warning(
                 "broker not reachable yet; serving and retrying in the background",
                 extra={
-                    "host": self._settings.mqtt_host,
-                    "port": self._settings.mqtt_port,
-                    "tls": self.tls,
+                    "url": self.session.config.url,
+                    "error": str(self.session.status.last_error),
                 },
             )
         return self
@@ -124,91 +176,123 @@ class BrokerLink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
-        self._metrics.mqtt_connected.set(0)
+        group, task = self._group, self._task
+        self._group = self._task = None
+        try:
+            if task is not None:
+                task.cancel()  # the session's exit sends DISCONNECT
+            if group is not None:
+                await group.__aexit__(None, None, None)
+        finally:
+            self._subscribed.clear()
+            self._metrics.mqtt_connected.set(0)
 
-    # -- paho thread ------------------------------------------------------------------------
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-        _props: Any,
-    ) -> None:
-        if reason.is_failure:
-            log.warning("broker refused the connection", extra={"reason": str(reason)})
-            return
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self.session as session:
+                    attempt = 0
+                    await self._subscribe(session)
+                    await self._consume(session)
+                return  # the session ended (only when the link exits)
+            except (MqttConnectError, MqttConfigError) as exc:
+                # Only the first connect of a session raises; the session retries the rest.
+                delay = _BACKOFF.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "broker connect failed; retrying",
+                    extra={"url": self.session.config.url, "error": str(exc),
+                           "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                # A handler bug: the link stops (``/readyz`` answers 503) and says why; the
+                # error is raised again when the link exits.
+                log.critical("broker link stopped", exc_info=True)
+                raise
+
+    async def _subscribe(self, session: MqttSession) -> None:
         t = self.topics
-        subscriptions = [
+        filters: list[tuple[str, Literal[0, 1]]] = [
             (t.all_gateways(TopicKind.STATUS), 1),
             (t.all_gateways(TopicKind.CONFIG_REPORTED), 1),
             (t.all_gateways(TopicKind.TELEMETRY), 0),
             (t.all_gateways(TopicKind.HEALTH), 0),
         ]
         if self._responses is not None:
-            subscriptions.append((self._response_filter, 1))
-        client.subscribe(subscriptions)
-        self.connected = True
-        self._metrics.mqtt_connected.set(1)
-        log.info("subscribed to the broker", extra={"root": t.root, "tls": self.tls})
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._connected.set)
-
-    def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-        _props: Any,
-    ) -> None:
-        self.connected = False
-        self._metrics.mqtt_connected.set(0)
-        log.warning("broker connection lost", extra={"reason": str(reason)})
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self._responses is not None and mqtt.topic_matches_sub(
-            self._response_filter, msg.topic
-        ):
-            corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(
-                    self._responses, msg.topic, corr, bytes(msg.payload)
+            filters.append((self._response_filter, 1))
+        for topic, qos in filters:
+            try:
+                await session.subscribe(topic, qos)
+            except MqttSubscribeError as exc:
+                log.error(
+                    "broker refused a subscription",
+                    extra={"topic": topic, "reason_code": exc.reason_code},
                 )
-            return
-        if len(self._inbox) >= self._max:
-            self._metrics.mqtt_dropped.inc()
-            return
-        self._inbox.append((msg.topic, bytes(msg.payload)))
-        with self._lock:
-            if self._scheduled or self._loop is None:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self._drain)
+            except MqttDisconnected:
+                pass  # remembered: made when the session reconnects
+        self._subscribed.set()
+        self._metrics.mqtt_connected.set(1 if session.connected else 0)
+        log.info("subscribed to the broker", extra={"root": t.root, "tls": self.tls})
 
-    # -- event loop -------------------------------------------------------------------------
-    def _drain(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        inbox, handler = self._inbox, self._handler
-        while inbox:
-            topic, payload = inbox.popleft()
-            handler(topic, payload)
+    async def _consume(self, session: MqttSession) -> None:
+        handler, suffix = self._handler, self._response_suffix
+        async for msg in session.messages():
+            if msg.topic.endswith(suffix) and self._responses is not None:
+                self._response(msg)
+            else:
+                handler(msg.topic, msg.payload)
 
+    def _response(self, msg: Message) -> None:
+        assert self._responses is not None
+        try:
+            _gateway, kind = self.topics.parse(msg.topic)
+        except TopicError:
+            kind = None
+        if kind is TopicKind.COMMAND_RESPONSE:
+            self._responses(msg.topic, msg.correlation_data, msg.payload)
+        else:
+            self._handler(msg.topic, msg.payload)
+
+    # -- session hooks (event loop) ---------------------------------------------------------
+    def _on_connect(self, status: SessionStatus) -> None:
+        if self._subscribed.is_set():
+            self._metrics.mqtt_connected.set(1)
+        if status.reconnects:
+            self._metrics.mqtt_reconnects.inc()
+            log.info("broker connection restored", extra={"reconnects": status.reconnects})
+
+    def _on_disconnect(self, status: SessionStatus) -> None:
+        self._metrics.mqtt_connected.set(0)
+        self._metrics.mqtt_losses.inc()
+        log.warning("broker connection lost", extra={"reason": str(status.last_error)})
+
+    # -- publishing -------------------------------------------------------------------------
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+        self, topic: str, payload: bytes, *, qos: Literal[0, 1] = 1, retain: bool = False,
         wait_s: float = 10.0, response_topic: str | None = None,
         correlation: bytes | None = None,
-    ) -> None:
+    ) -> int:
         """Publish and wait up to ``wait_s`` for the broker's acknowledgement (MQTT v5
-        request/response: ``response_topic`` and ``correlation`` data, optional)."""
-        if not self.connected:
-            raise UpstreamUnavailable("not connected to the broker")
+        request/response: ``response_topic`` and ``correlation`` data, optional); return
+        the PUBACK reason code (0, or 0x10 when nobody subscribes). :class:`UpstreamUnavailable`
+        when not connected, lost, refused (>= 0x80) or not acknowledged in time."""
         props = None
         if response_topic is not None or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
-            if correlation is not None:
-                props.CorrelationData = correlation
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            props = publish_properties(response_topic=response_topic, correlation_data=correlation)
         try:
-            await asyncio.to_thread(info.wait_for_publish, wait_s)
-        except (RuntimeError, ValueError) as exc:
+            async with asyncio.timeout(wait_s):
+                reason = await self.session.publish(
+                    topic, payload, qos=qos, retain=retain, properties=props
+                )
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("broker did not acknowledge the message in time") from exc
+        except MqttDisconnected as exc:
+            raise UpstreamUnavailable(f"not connected to the broker: {exc}") from exc
+        except MqttError as exc:
             raise UpstreamUnavailable(f"broker did not accept the message: {exc}") from exc
-        if not info.is_published():
-            raise UpstreamUnavailable("broker did not acknowledge the message in time")
+        if reason >= _REFUSED:
+            raise UpstreamUnavailable(f"broker refused the message (reason code {reason:#04x})")
+        return reason
+

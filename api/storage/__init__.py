@@ -16,7 +16,7 @@ from api.storage._db import (
     new_key,
 )
 from api.storage._history import HistoryOut, Point, read_series
-from api.storage._influx import InfluxClient, Series
+from api.storage._influx import InfluxClient, Series, influx_verify
 from api.storage._queries import (
     SeriesQuery,
     quote_ident,
@@ -42,6 +42,7 @@ __all__ = [
     "Series",
     "SeriesQuery",
     "hash_key",
+    "influx_verify",
     "new_key",
     "quote_ident",
     "quote_string",

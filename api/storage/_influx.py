@@ -27,7 +27,7 @@ from foundation import BrokerSetupError, BrokerTls
 if TYPE_CHECKING:
     from api._settings import ApiSettings
 
-__all__ = ["InfluxClient", "Series"]
+__all__ = ["InfluxClient", "Series", "influx_verify"]
 
 log = logging.getLogger("api.influx")
 
@@ -55,6 +55,23 @@ class _Answer(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Answer)
 
 
+def influx_verify(
+    url: str, *, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext | bool:
+    """The TLS context for an ``https://`` InfluxDB (files read now), ``True`` for plain
+    http; :class:`ConfigError` naming the ``influx_*`` setting and the file. Start-up and
+    ``api check-config`` both call it."""
+    if url.lower().startswith("https://"):
+        tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        try:
+            return tls.ssl_context("influx_")
+        except BrokerSetupError as exc:
+            raise ConfigError(str(exc)) from exc
+    if ca_file or cert_file or key_file:
+        raise ConfigError(f"influx_ca_file and the client certificate need https://, not {url}")
+    return True
+
+
 class InfluxClient:
     """Async InfluxQL client for one database. Use as ``async with InfluxClient(...) as c``."""
 
@@ -78,15 +95,7 @@ class InfluxClient:
         self._timeout = timeout
         self._trust = f"influx_ca_file {ca_file}" if ca_file else "the system CA store"
         auth = httpx.BasicAuth(username, password or "") if username else None
-        verify: ssl.SSLContext | bool = True
-        if self.url.lower().startswith("https://"):
-            tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-            try:
-                verify = tls.ssl_context("influx_")
-            except BrokerSetupError as exc:
-                raise ConfigError(str(exc)) from exc
-        elif ca_file or cert_file or key_file:
-            raise ConfigError(f"influx_ca_file and the client certificate need https://, not {url}")
+        verify = influx_verify(self.url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             auth=auth,

@@ -82,8 +82,6 @@ def settings_for(
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
-        "mqtt_host": mosquitto.host,
-        "mqtt_port": mosquitto.port,
         "topic_root": root,
         "influx_url": influxd.url,
         "influx_database": database,
@@ -96,9 +94,14 @@ def settings_for(
         "stream_heartbeat_s": 1.0,
         "completeness_refresh_s": 0.5,
         "completeness_settle_s": 0.5,
-        "mqtt_client_id": f"api-test-{uuid.uuid4().hex[:8]}",
     }
-    values.update(overrides)
+    mqtt = {
+        "host": mosquitto.host,
+        "port": mosquitto.port,
+        "client_id": f"api-test-{uuid.uuid4().hex[:8]}",
+        **overrides.pop("mqtt", {}),
+    }
+    values.update(overrides, mqtt=mqtt)
     return ApiSettings(**values)
 
 

@@ -128,8 +128,10 @@ def test_api_warms_up_and_answers_history_over_https(
 def test_influx_tls_settings_refusals(tmp_path: Path, pki: Pki) -> None:
     https = "https://influx.city.example:8086"
     missing = tmp_path / "influx-ca.pem"
+    # Files are judged when the client is prepared (start-up, check-config), not parsed.
+    settings = load_settings(influx_url=https, influx_ca_file=missing)
     with pytest.raises(ConfigError, match="influx_ca_file: file not found"):
-        load_settings(influx_url=https, influx_ca_file=missing)
+        InfluxClient.from_settings(settings)
     with pytest.raises(ConfigError, match="need an https:// influx_url"):
         load_settings(influx_url="http://127.0.0.1:8086", influx_ca_file=pki.ca)
     with pytest.raises(ConfigError, match="influx_cert_file and influx_key_file go together"):
@@ -156,7 +158,15 @@ def test_cli_names_a_missing_influx_ca_file(tmp_path: Path) -> None:
         api_cli,
         ["run", "--influx-url", "https://127.0.0.1:8086", "--influx-ca-file", str(missing)],
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1, result.output
+    assert f"influx_ca_file: file not found: {missing}" in result.output
+    result = CliRunner().invoke(
+        api_cli,
+        ["check-config"],
+        env={"SMARTCITY_API_INFLUX_URL": "https://127.0.0.1:8086",
+             "SMARTCITY_API_INFLUX_CA_FILE": str(missing)},
+    )
+    assert result.exit_code == 1, result.output
     assert f"influx_ca_file: file not found: {missing}" in result.output
 
 

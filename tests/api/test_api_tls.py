@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import uuid
@@ -82,9 +83,41 @@ def test_https_settings_are_checked_before_anything_starts(tmp_path: Path, pki: 
     )
     assert result.exit_code == 2
     assert f"tls_key_file: file not found: {missing}" in result.output
-    result = runner.invoke(api_cli, ["run", "--mqtt-tls-ca-file", str(tmp_path / "ca.pem")])
+
+
+def test_broker_files_are_judged_at_start_up_and_by_check_config(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker certificate or password file that is missing does not make the settings
+    invalid (exit 2): preparing the connection fails, at start-up before anything serves and
+    in ``check-config`` alike, with exit 1 and the key and the file named."""
+    runner = CliRunner()
+    ca = tmp_path / "ca.pem"
+    result = runner.invoke(api_cli, ["run", "--mqtt-tls-ca-file", str(ca)])
+    assert result.exit_code == 1, result.output
+    assert f"mqtt.tls.ca_file: file not found: {ca}" in result.output
+    config = tmp_path / "api.yaml"
+    config.write_text(f"mqtt:\n  username: api\n  password_file: {tmp_path / 'pw'}\n")
+    result = runner.invoke(api_cli, ["check-config", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert f"mqtt.password_file: cannot read {tmp_path / 'pw'}" in result.output
+    # The deprecated environment spelling is judged the same way, on the same key.
+    monkeypatch.setenv("SMARTCITY_API_MQTT_TLS_CA_FILE", str(ca))
+    result = runner.invoke(api_cli, ["check-config"])
+    assert result.exit_code == 1, result.output
+    assert f"mqtt.tls.ca_file: file not found: {ca}" in result.output
+    monkeypatch.delenv("SMARTCITY_API_MQTT_TLS_CA_FILE")
+    (tmp_path / "pw").write_text("secret\n")
+    monkeypatch.setenv("SMARTCITY_API_MQTT__TLS__CA_FILE", str(pki.ca))
+    result = runner.invoke(api_cli, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["mqtt"]
+    assert shown["tls"]["ca_file"] == str(pki.ca)
+    assert (shown["username"], shown["password_file"]) == ("api", str(tmp_path / "pw"))
+    # Invalid settings are still refused when parsed (exit 2), with the key.
+    result = runner.invoke(api_cli, ["run", "--mqtt-tls-insecure"])
     assert result.exit_code == 2
-    assert "mqtt_tls_ca_file: file not found" in result.output
+    assert "mqtt.tls.insecure needs mqtt.allow_insecure" in result.output
 
 
 def test_live_subscription_over_tls_with_a_client_certificate(
@@ -101,9 +134,9 @@ def test_live_subscription_over_tls_with_a_client_certificate(
     root = f"t{uuid.uuid4().hex[:12]}"
     stack = start_stack(
         broker, influxd, root=root, database=influx_db, db_path=tmp_path / "api.sqlite3",
-        mqtt_port=broker.tls_port, mqtt_username="api", mqtt_password_file=secret,
-        mqtt_tls_ca_file=pki.ca, mqtt_tls_cert_file=pki.client_cert,
-        mqtt_tls_key_file=pki.client_key,
+        mqtt={"port": broker.tls_port, "username": "api", "password_file": secret,
+              "tls": {"ca_file": pki.ca, "cert_file": pki.client_cert,
+                      "key_file": pki.client_key}},
     )  # fmt: skip
     try:
         wait_until(lambda: stack.server.services.broker.connected, 15)
@@ -124,7 +157,7 @@ def test_live_subscription_over_tls_with_a_client_certificate(
             return {row["gateway"] for row in page["items"]}
 
         wait_until(lambda: gateways_live() == set(fleet.gateway_ids), 15)
-        client_id = stack.server.settings.mqtt_client_id
+        client_id = stack.server.settings.mqtt.client_id
     finally:
         stack.close()
     # The API logged in with its user name (password from the file) on the TLS listener.

@@ -176,7 +176,7 @@ def test_alert_history_keeps_each_transition_once_across_replicas(
     settings = settings_for(
         api_stack.mosquitto, api_stack.influxd, root=api_stack.root,
         database=api_stack.database, db_url=api_stack.server.settings.database_url,
-        mqtt_client_id=f"api-replica-{uuid.uuid4().hex[:8]}",
+        mqtt={"client_id": f"api-replica-{uuid.uuid4().hex[:8]}"},
     )
     with ApiServer(settings, db=Database(settings.database_url)) as replica, httpx.Client(
         base_url=replica.url, headers={"X-API-Key": api_stack.keys["viewer"]}, timeout=30

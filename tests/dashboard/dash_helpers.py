@@ -28,7 +28,7 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api import ApiError, ApiServer, ApiSettings, Database
+from api import ApiError, ApiServer, ApiSettings, Database, MqttSettings
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
 from simulators import FleetConfig, GatewayFleet, load_scenario
 from smartcity._localstack import Influxd, Mosquitto
@@ -259,10 +259,12 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
         keys = {role: db.create_key(name=f"dash-{role}", role=role)[1]
                 for role in ("viewer", "operator")}
         settings = ApiSettings(
-            host="127.0.0.1", port=0, mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
+            host="127.0.0.1", port=0,
+            mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port,
+                              client_id=f"api-dash-{uuid.uuid4().hex[:8]}"),
             topic_root=root, influx_url=influxd.url, influx_database=database,
             database_url=db_url, alert_tick_s=0.2, completeness_refresh_s=2.0,
-            stream_heartbeat_s=2.0, mqtt_client_id=f"api-dash-{uuid.uuid4().hex[:8]}",
+            stream_heartbeat_s=2.0,
         )
         server = ApiServer(settings, db=db)
         server.start()

@@ -37,7 +37,8 @@ def tiled_api(dash_stack: DashStack, tiles: TileServer) -> Iterator[ApiServer]:
     """A second API replica on the same broker and databases, with a tile source."""
     base = dash_stack.server.settings
     settings = ApiSettings(**{
-        **base.model_dump(), "port": 0, "mqtt_client_id": f"api-tiles-{uuid.uuid4().hex[:8]}",
+        **base.model_dump(), "port": 0,
+        "mqtt": {**base.mqtt.model_dump(), "client_id": f"api-tiles-{uuid.uuid4().hex[:8]}"},
         "map_tiles_url": tiles.template, "map_tiles_attribution": ATTRIBUTION,
         "map_tiles_max_zoom": 18,
     })

@@ -165,22 +165,48 @@ def test_ingest_config_applies_the_rules() -> None:
 
 
 def test_api_settings_apply_the_rules(tmp_path: Path, pki: Pki) -> None:
-    with pytest.raises(ValidationError, match="mqtt_tls_insecure needs mqtt_allow_insecure"):
-        ApiSettings(mqtt_tls_insecure=True)
+    """The API's ``mqtt`` block is the shared model with the shared rules; files are judged
+    when the connection is prepared (start-up, ``api check-config``), not when parsed; the
+    flat ``mqtt_*`` keys are deprecated aliases of the nested ones."""
+    from api import ConfigError as ApiConfigError
+    from api import MqttSettings
+    from api.state import prepare_broker
+
+    with pytest.raises(ValidationError, match=r"mqtt\.tls\.insecure needs mqtt\.allow_insecure"):
+        ApiSettings(mqtt={"tls": {"insecure": True}})
     with pytest.raises(ValidationError, match="password over plain TCP to a remote broker"):
-        ApiSettings(mqtt_host="10.1.2.3", mqtt_username="api", mqtt_password="pw")
-    with pytest.raises(ValidationError, match="mqtt_tls_cert_file and mqtt_tls_key_file go"):
-        ApiSettings(mqtt_tls_cert_file=pki.client_cert)
+        ApiSettings(mqtt={"host": "10.1.2.3", "username": "api", "password": "pw"})
+    with pytest.raises(ValidationError, match="cert_file and key_file go together"):
+        ApiSettings(mqtt={"tls": {"cert_file": pki.client_cert}})
+    with pytest.raises(ValidationError, match="set password or password_file, not both"):
+        ApiSettings(mqtt={"password": "pw", "password_file": tmp_path / "pw"})
+    # A missing file parses; preparing the connection names the key and the file.
     missing = tmp_path / "missing-ca.pem"
-    with pytest.raises(ValidationError, match=f"mqtt_tls_ca_file: file not found: {missing}"):
-        ApiSettings(mqtt_tls_ca_file=missing)
+    settings = ApiSettings(mqtt={"tls": {"ca_file": missing}})
+    assert isinstance(settings.mqtt, MqttSettings)
+    with pytest.raises(ApiConfigError, match=f"mqtt.tls.ca_file: file not found: {missing}"):
+        prepare_broker(settings.mqtt)
+    unreadable = ApiSettings(mqtt={"username": "api", "password_file": tmp_path / "no-pw"})
+    with pytest.raises(ApiConfigError, match=r"mqtt\.password_file: cannot read"):
+        prepare_broker(unreadable.mqtt)
     settings = ApiSettings(
+        mqtt={"host": "10.1.2.3", "username": "api", "password": "pw", "tls": {"ca_file": pki.ca}}
+    )
+    assert settings.mqtt.tls == BrokerTls(ca_file=pki.ca)
+    assert settings.mqtt.username == "api"
+    assert isinstance(prepare_broker(settings.mqtt), ssl.SSLContext)
+    assert ApiSettings(mqtt={"tls": {}}).mqtt.tls == BrokerTls()  # system CA store
+    # The deprecated flat keys land on the same model, with the same rules.
+    legacy = ApiSettings(
         mqtt_host="10.1.2.3", mqtt_username="api", mqtt_password="pw", mqtt_tls_ca_file=pki.ca
     )
-    access = settings.mqtt_access
-    assert access.tls == BrokerTls(ca_file=pki.ca)
-    assert access.username == "api"
-    assert ApiSettings(mqtt_tls=True).mqtt_access.tls == BrokerTls()  # system CA store
+    assert legacy.mqtt == settings.mqtt.model_copy(update={"client_id": legacy.mqtt.client_id})
+    assert (legacy.mqtt_host, legacy.mqtt_username) == ("10.1.2.3", "api")
+    assert ApiSettings(mqtt_tls=True).mqtt.tls == BrokerTls()
+    with pytest.raises(ValidationError, match=r"mqtt\.tls\.insecure needs mqtt\.allow_insecure"):
+        ApiSettings(mqtt_tls_insecure=True)
+    with pytest.raises(ValueError, match=r"mqtt_port is a deprecated alias of mqtt\.port"):
+        ApiSettings(mqtt_port=1884, mqtt={"port": 1885})
 
 
 def test_simulated_fleet_applies_the_rules(tmp_path: Path) -> None:
