@@ -59,10 +59,10 @@ from api.storage import (
     show_measurements,
 )
 from telemetry import (
-    BOOKKEEPING_MEASUREMENT,
     ID_RE,
     MEASUREMENTS,
     NAME_RE,
+    PLATFORM_MEASUREMENT_PREFIX,
     ConfigReported,
     Health,
     PayloadError,
@@ -304,7 +304,8 @@ class Services:
         names = set(MEASUREMENTS)
         for series in await self.influx.query(show_measurements()):
             names.update(str(row[0]) for row in series.values)
-        names.discard(BOOKKEEPING_MEASUREMENT)
+        # The platform's own measurements (bookkeeping, dead letters) are not readings.
+        names = {n for n in names if not n.startswith(PLATFORM_MEASUREMENT_PREFIX)}
         loaded = 0
         window, budget = self.settings.warm_window, self.settings.warm_max_series
         for name in sorted(n for n in names if NAME_RE.fullmatch(n))[:_WARM_MAX_MEASUREMENTS]:

@@ -7,7 +7,8 @@
 - :class:`IngestMetrics`: the Prometheus metrics of a worker;
 - :func:`completeness_query`: InfluxQL for per-gateway completeness from the bookkeeping
   measurement :data:`BOOKKEEPING_MEASUREMENT` (:func:`bookkeeping_line` writes its points);
-- :class:`DeadLetter`, :class:`RejectedItem`: the records on the dead-letter topic;
+- :class:`DeadLetter`, :class:`RejectedItem`: dead-letter records (InfluxDB `ingest_deadletter`
+  points, and notifications on the dead-letter topic);
 - errors: :class:`IngestError` and its subclasses.
 
 The parts of a worker (session, batcher, writer, ack ledger, dead letters) are private
@@ -20,6 +21,7 @@ from ingest._config import (
     BatchConfig,
     InfluxConfig,
     IngestConfig,
+    IntakeConfig,
     MqttConfig,
     RetentionConfig,
     RetryConfig,
@@ -51,6 +53,7 @@ __all__ = [
     "IngestError",
     "IngestMetrics",
     "IngestWorker",
+    "IntakeConfig",
     "MqttConfig",
     "RejectedItem",
     "RetentionConfig",

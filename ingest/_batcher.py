@@ -2,11 +2,17 @@
 
 ::
 
-    (topic, payload, dup) ──decode──▶ Chunk: the readings' line protocol + one bookkeeping line
-                             │          (ingest_batch, always the last line)
+    (topic, payload, dup) ──decode──▶ conform (telemetry.Conformer: vocabulary types,
+                             │           reserved measurements, clock skew, control chars)
+                             ├───────▶ Chunk: a list of lines, one per valid reading, then
+                             │          one bookkeeping line (ingest_batch)
                              └───────▶ Refusal: the whole message, or the refused readings
                                          (both may come out: one bad reading never drops
-                                         the good ones of its message)
+                                         the good ones of its message); an unexpected
+                                         exception is a Refusal too (stage "internal")
+
+Line protocol stays a list of lines from the encoder to the writer's bisection: nothing cuts
+a body at newlines again, so line ``i`` is always the ``i``-th point of its message.
 
     Chunk, Chunk, ... ──Batching──▶ Batch: flushed at max_readings readings, or max_messages
                                     messages, or when its first message is max_age old
@@ -21,11 +27,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from ingest._deadletter import Refusal, RejectedItem
+import msgspec
+
+from ingest._deadletter import Refusal, RejectedItem, internal_refusal
 from ingest._ledger import Entry
+from ingest._writer import RefusedPart
 from telemetry import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    Conformer,
     LineProtocolEncoder,
+    Nonconformity,
     PayloadError,
+    Reading,
     TopicError,
     Topics,
     bookkeeping_line,
@@ -35,18 +48,26 @@ from telemetry import (
 __all__ = ["Batch", "Batching", "Chunk", "MessageDecoder"]
 
 _HOUR_NS: Final = 3600 * 10**9
+_json: Final = msgspec.json.Encoder()
 
 
 class Chunk:
-    """The line protocol of one message, and what a dead-letter record of it needs."""
+    """The line protocol of one message, and what a dead-letter record of it needs.
+
+    ``lines`` (each without its newline): the valid readings' lines, in order, then the
+    bookkeeping line (``ingest_batch``, when the envelope was valid), then the dead-letter
+    line (``ingest_deadletter``, when part of the message was refused). Line ``i`` below
+    ``readings`` is always reading ``good_index[i]`` (or ``i``) of the payload.
+    """
 
     __slots__ = (
-        "body", "gateway", "good_index", "payload", "readings", "rejected", "seq", "topic",
+        "bookkeeping", "deadletter", "gateway", "good_index", "lines", "payload", "readings",
+        "refused_codes", "rejected", "seq", "topic",
     )
 
     def __init__(
         self,
-        body: bytes,
+        lines: list[bytes],
         readings: int,
         *,
         rejected: int,
@@ -55,40 +76,117 @@ class Chunk:
         gateway: str,
         seq: int,
         good_index: Sequence[int] | None,
+        bookkeeping: bool = True,
+        refused_codes: dict[str, int] | None = None,
     ) -> None:
-        #: readings' lines, then the bookkeeping line
-        self.body = body
-        #: valid readings (lines before the bookkeeping line)
+        self.lines = lines
+        #: valid readings (the first lines)
         self.readings = readings
-        #: readings the contract refused (dead-lettered at decode, not in ``body``)
+        #: readings refused at decode (contract or vocabulary; dead-lettered, not in lines)
         self.rejected = rejected
         self.topic = topic
         self.payload = payload
+        #: the topic's gateway ("" when the topic named none)
         self.gateway = gateway
+        #: the batch's seq (-1 when the envelope was refused)
         self.seq = seq
         #: original reading index of each line when some readings were refused at decode
         self.good_index = good_index
+        #: whether the line after the readings is the bookkeeping line
+        self.bookkeeping = bookkeeping
+        #: whether the last line is this message's dead-letter point
+        self.deadletter = False
+        #: refused readings per reason class (``contract``, ``field_type``...)
+        self.refused_codes = refused_codes or {}
+
+    @classmethod
+    def for_deadletter(
+        cls, line: bytes, *, topic: str, payload: bytes, refusal: Refusal
+    ) -> Chunk:
+        """A message refused whole: its only line is its dead-letter point."""
+        chunk = cls(
+            [line], 0, rejected=0, topic=topic, payload=payload,
+            gateway=refusal.gateway or "", seq=-1 if refusal.seq is None else refusal.seq,
+            good_index=None, bookkeeping=False,
+        )
+        chunk.deadletter = True
+        return chunk
+
+    def add_deadletter(self, line: bytes) -> None:
+        """Write this message's dead-letter point in the same request as its readings."""
+        self.lines.append(line)
+        self.deadletter = True
+
+    def classify(self, refused: RefusedPart) -> tuple[int, list[RejectedItem], bool]:
+        """InfluxDB refused lines of this chunk: (readings refused, the items to dead-letter,
+        whether its own dead-letter point was refused). The bookkeeping line is index -1."""
+        n_bad = 0
+        items: list[RejectedItem] = []
+        lost_deadletter = False
+        last = len(self.lines) - 1
+        good_index = self.good_index
+        for line in refused.lines:
+            if self.deadletter and line.index == last:
+                lost_deadletter = True
+                continue
+            if line.index < self.readings:
+                n_bad += 1
+                index = good_index[line.index] if good_index else line.index
+            else:
+                index = -1
+            items.append(RejectedItem(
+                index=index, reason=line.reason, line=line.line.decode("utf-8", "replace"),
+            ))
+        return n_bad, items, lost_deadletter
+
+
+def _item(index: int, why: Nonconformity, reading: Reading) -> RejectedItem:
+    path = why.path.replace("$", f"$.r[{index}]", 1)
+    return RejectedItem(
+        index=index, code=why.reason, reason=why.detail, path=path,
+        raw=_json.encode(reading).decode("utf-8", "replace"),
+    )
 
 
 class MessageDecoder:
-    """Validates a message against the telemetry contract and encodes its line protocol."""
+    """Validates a message against the telemetry contract and the vocabulary
+    (:class:`telemetry.Conformer`) and encodes its line protocol."""
 
-    __slots__ = ("_encoder", "_topics", "_worker")
+    __slots__ = ("_conformer", "_encoder", "_topics", "_worker")
 
-    def __init__(self, topics: Topics, *, worker: str) -> None:
+    def __init__(
+        self, topics: Topics, *, worker: str,
+        max_clock_skew: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+    ) -> None:
         self._topics = topics
         self._worker = worker
         self._encoder = LineProtocolEncoder()
+        self._conformer = Conformer(max_clock_skew_s=max_clock_skew)
 
     def decode(
         self, topic: str, payload: bytes, *, dup: bool, now: float
     ) -> tuple[Chunk | None, Refusal | None]:
         """The chunk to write and what to dead-letter; ``now`` is the ingest clock (Unix s).
 
-        ``(None, refusal)``: the whole message is refused (topic, envelope, gateway).
+        ``(None, refusal)``: the whole message is refused (topic, envelope, gateway), or
+        processing it raised an unexpected exception (``stage="internal"``).
         ``(chunk, refusal)``: some readings are refused, the others are in the chunk.
         ``(chunk, None)``: everything is valid.
         """
+        try:
+            return self._decode(topic, payload, dup=dup, now=now)
+        except Exception as exc:  # noqa: BLE001 - one message never stops a worker (design.md)
+            return None, internal_refusal(exc, gateway=self._gateway_of(topic))
+
+    def _gateway_of(self, topic: str) -> str | None:
+        try:
+            return self._topics.parse(topic)[0]
+        except TopicError:
+            return None
+
+    def _decode(
+        self, topic: str, payload: bytes, *, dup: bool, now: float
+    ) -> tuple[Chunk | None, Refusal | None]:
         try:
             gateway, _kind = self._topics.parse(topic)
         except TopicError as exc:
@@ -106,35 +204,46 @@ class MessageDecoder:
                 stage="decode", kind="invalid", path="$.gw", gateway=gateway,
                 reason=f"gateway {batch.gateway!r} in the payload differs from the topic's",
             )
-        rejected = decoded.rejected
-        readings = batch.readings
+        received_ns = int(now * 1e9)
+        total = len(batch.readings) + len(decoded.rejected)
+        items = [
+            RejectedItem(
+                index=r.index, code="contract", reason=r.reason, path=r.path,
+                raw=r.raw.decode("utf-8", "replace"),
+            )
+            for r in decoded.rejected
+        ]
+        bad = {r.index for r in decoded.rejected}
+        decoded_index = [i for i in range(total) if i not in bad] if bad else None
+        readings, nonconforming = self._conformer.conform_all(batch.readings, received_ns)
+        for n, why in nonconforming:
+            index = decoded_index[n] if decoded_index else n
+            items.append(_item(index, why, batch.readings[n]))
+            bad.add(index)
+        codes: dict[str, int] = {}
+        for item in items:
+            codes[item.code or "contract"] = codes.get(item.code or "contract", 0) + 1
         n_good = len(readings)
         refusal: Refusal | None = None
         good_index: list[int] | None = None
-        if rejected:
+        if items:
+            items.sort(key=lambda item: item.index)
             refusal = Refusal(
                 stage="decode", kind="invalid_readings", gateway=gateway, seq=batch.seq,
-                reason=f"{len(rejected)} of {n_good + len(rejected)} readings refused",
-                rejected=[
-                    RejectedItem(
-                        index=r.index, reason=r.reason, path=r.path,
-                        raw=r.raw.decode("utf-8", "replace"),
-                    )
-                    for r in rejected
-                ],
+                reason=f"{len(items)} of {total} readings refused",
+                rejected=items,
             )
-            bad = {r.index for r in rejected}
-            good_index = [i for i in range(n_good + len(rejected)) if i not in bad]
-        received_ns = int(now * 1e9)
+            good_index = [i for i in range(total) if i not in bad]
         # With no valid reading there is no device time: the ingest clock's hour it is.
         newest = max(r.ts for r in readings) if n_good else received_ns // _HOUR_NS * _HOUR_NS
-        body = self._encoder.encode(gateway, readings) + bookkeeping_line(
+        lines = self._encoder.line_list(gateway, readings)
+        lines.append(bookkeeping_line(
             gateway=gateway, seq=batch.seq, newest_ts=newest, readings=n_good,
-            rejected=len(rejected), dup=dup, worker=self._worker, received_ns=received_ns,
-        ).encode()
+            rejected=len(items), dup=dup, worker=self._worker, received_ns=received_ns,
+        )[:-1].encode())
         chunk = Chunk(
-            body, n_good, rejected=len(rejected), topic=topic, payload=payload,
-            gateway=gateway, seq=batch.seq, good_index=good_index,
+            lines, n_good, rejected=len(items), topic=topic, payload=payload,
+            gateway=gateway, seq=batch.seq, good_index=good_index, refused_codes=codes,
         )
         return chunk, refusal
 

@@ -26,6 +26,7 @@ __all__ = [
     "BatchConfig",
     "InfluxConfig",
     "IngestConfig",
+    "IntakeConfig",
     "MqttConfig",
     "RetentionConfig",
     "RetryConfig",
@@ -172,6 +173,16 @@ class BatchConfig(_Model):
     drain_timeout: _Seconds = 10.0
 
 
+class IntakeConfig(_Model):
+    """What a reading must satisfy before it is stored, beyond the wire contract."""
+
+    #: Seconds a reading's timestamp may be ahead of the ingest clock. Further ahead it is
+    #: refused (dead-lettered, ``readings_refused_total{reason="future_timestamp"}``): a
+    #: point in a future shard could fix a field's type there before any honest gateway
+    #: writes (docs/ingest.md, "What ingest refuses").
+    max_clock_skew: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300.0
+
+
 class IngestConfig(BaseSettings):
     """Everything a worker needs. Build it with :func:`load_config` or directly."""
 
@@ -185,9 +196,12 @@ class IngestConfig(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
     batch: BatchConfig = BatchConfig()
+    intake: IntakeConfig = IntakeConfig()
     #: Serve Prometheus metrics on this port (``None``: do not serve; 0: any free port).
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
-    metrics_host: str = "127.0.0.1"
+    #: Address ``/metrics`` binds to: loopback by default (the metrics name gateways and
+    #: their seqs); set an interface address (or ``0.0.0.0``) for a remote Prometheus.
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
     #: Allow TLS without verification and plain-text credentials to non-loopback hosts.

@@ -41,9 +41,21 @@ class IngestMetrics:
             ["stage"],
             registry=r,
         )
+        self.readings_refused = Counter(
+            f"{p}_readings_refused",
+            "Readings refused before storage, by reason (contract, field_type, "
+            "future_timestamp, reserved_measurement, control_character)",
+            ["reason"],
+            registry=r,
+        )
+        self.deadletters_unstored = Counter(
+            f"{p}_deadletters_unstored",
+            "Dead-letter points InfluxDB refused (kept only in the log and the notification)",
+            registry=r,
+        )
         self.messages_deadlettered = Counter(
             f"{p}_messages_deadlettered",
-            "Dead-letter records published, by kind of defect",
+            "Dead-letter records made, by kind of defect (internal_error: a bug)",
             ["kind"],
             registry=r,
         )

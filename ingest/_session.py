@@ -1,24 +1,55 @@
-"""The worker's MQTT session: one paho client, its network thread, and the hand-off to asyncio.
+"""The worker's MQTT session: the shared layer (:mod:`foundation.mqtt`) behind the few calls
+the worker makes. No paho here: the layer drives paho inside the event loop.
 
 ::
 
-    paho network thread                          event loop (the worker)
-    ───────────────────                          ───────────────────────
-    on_message ─▶ inbox (deque) ───────────────▶ inbox.popleft() ... make_room()
-                  past R messages: stop reading   wait_for_messages(timeout)
-                  the socket ≤ keepalive/2
-    on_disconnect: epoch += 1 ─┐
-                               ├─ ack lock ────── acknowledge(release): PUBACKs of the
-    PUBACK to the broker ◀─────┘                  current epoch only
-    on_publish(mid) ─────────────────────────────▶ on_published(mid)  (call_soon_threadsafe)
+    event loop (one thread; no network thread, no hand-off between threads)
+    ──────────────────────────────────────────────────────────────────────────────────────
+    foundation.mqtt.MqttSession      task ingest[<id>].connection (the layer's): connect,
+      │                              reconnect with foundation.Backoff, $share subscription
+      │                              made again on every connect, Receive Maximum R
+      ▼ PUBLISH
+    layer buffer  ≤ R/2 messages; full: the layer stops reading the socket (≤ keepalive/2)
+      │ task ingest[<id>].inbox: hands messages over while the inbox has room
+      ▼
+    inbox (deque) ≤ R/2 messages ─▶ batch loop: inbox.popleft(), make_room(),
+                                    wait_for_messages(timeout), wake()
+    PUBACK ◀── Message.ack() ◀───── acknowledge(ledger.release): the Message of every
+               (layer: receive        (mid) the ledger releases, if it came on the live
+                order, live            connection
+                connection only)
+    publish() ─▶ publish_nowait ─▶ PUBACK reason checked (dead-letter notifications: they
+                                   hold no ack; 0x10 and >= 0x80 count as not delivered)
 
-Connect: MQTT v5, clean start off, session expiry and Receive Maximum R announced in CONNECT,
-manual acknowledgement, shared subscription QoS 1; paho reconnects by itself. A connection
-loss bumps the epoch: every message not acknowledged by then is redelivered by the broker,
-so acks of the old epoch are never sent (their packet ids may name other messages now).
+Connect: MQTT v5, clean start off, session expiry and Receive Maximum R in CONNECT, manual
+acks, a stable client id, the shared subscription at QoS 1. ``resubscribe="always"``: the
+subscription is made again on every connect, because mosquitto 2.0.11 forgets the shared
+subscriptions of offline persistent sessions when it restarts (yet reports the session
+present). The layer reconnects by itself with ``Backoff(reconnect_min_delay,
+reconnect_max_delay)``.
 
-This module is the only one that knows paho: moving the worker to the shared asyncio
-session layer (:mod:`foundation.mqtt`) replaces this module behind the same few methods.
+Who decides what about acks (one job each, no decision taken twice):
+
+- **The ack ledger decides when** (``_ledger.py``): a message is done once InfluxDB confirmed
+  all its points; :meth:`AckLedger.release` pops done messages from the front only, so they
+  come out in receive order, and drops those of an older connection. It counts no epochs of
+  its own: ``Message.epoch`` and ``MqttSession.epoch`` are the layer's.
+- **The layer sends** (``Message.ack()``): it owns the packet ids, the order of PUBACKs on a
+  connection, and the one check that matters for correctness: an ack for a message whose
+  connection is gone is never sent (the broker redelivers it; its packet id may name another
+  message now). Because the ledger already releases in receive order, the layer's own
+  ordering never holds a PUBACK back; it is the safety net, not a second decision.
+- **This adapter only maps** a released ``mid`` back to its :class:`~foundation.mqtt.Message`:
+  ``_live`` holds the messages handed over on the live connection, by packet id, and is
+  emptied when that connection is lost. Packet ids are unique among a connection's
+  unacknowledged messages, and the broker reuses one only after our PUBACK, which follows
+  the pop. A message not found there (older connection, QoS 0) gets no ack: the broker
+  redelivers it.
+
+The alternative, acking each message the moment its last part is done and letting the layer
+order the PUBACKs, would need the ledger to report single entries (it reports a released
+prefix) and would still keep two receive-order queues; this way the ledger stays the one
+place that decides, and the epoch check stays in the layer.
 """
 
 from __future__ import annotations
@@ -26,21 +57,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
-import ssl
-import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Final, TypeAlias
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
-from foundation import BrokerSetupError, configure_client
+from foundation import Backoff, BrokerSetupError
+from foundation.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    Message,
+    MqttConfigError,
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+    MqttSubscribeError,
+    SessionConfig,
+    SessionStatus,
+)
+from foundation.mqtt import MqttSession as SharedSession
 from ingest._config import MqttConfig
 from ingest._errors import BrokerError, ConfigError
 from ingest._metrics import IngestMetrics
@@ -49,21 +84,14 @@ __all__ = ["Inbound", "MqttSession"]
 
 log = logging.getLogger("ingest")
 
-_CONNECT_TIMEOUT = 30.0
+#: A received message as the worker takes it: topic, payload, qos, dup, mid, epoch.
+Inbound: TypeAlias = Message
+
+_CONNECT_TIMEOUT: Final = 30.0
 #: CONNACK reason codes that reconnecting cannot fix: protocol version, client id, auth.
-_FATAL_REFUSALS = frozenset({0x84, 0x85, 0x86, 0x87, 0x8C})
-
-
-@dataclass(slots=True)
-class Inbound:
-    """A message as the network thread hands it over; ``epoch`` names its connection."""
-
-    epoch: int
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-    dup: bool
+_FATAL_REFUSALS: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8C})
+#: At most one "notification not delivered" warning per this many seconds (with a count).
+_WARN_EVERY_S: Final = 60.0
 
 
 class MqttSession:
@@ -74,258 +102,273 @@ class MqttSession:
     and :meth:`close`. :meth:`stop_accepting` is safe from any thread.
     """
 
-    def __init__(
-        self,
-        config: MqttConfig,
-        *,
-        subscription: str,
-        metrics: IngestMetrics,
-        on_published: Callable[[int], None],
-    ) -> None:
-        self._config = config
+    def __init__(self, config: MqttConfig, *, subscription: str, metrics: IngestMetrics) -> None:
         self._subscription = subscription
         self._metrics = metrics
-        self._on_published = on_published
         self._worker = config.client_id
-        # Certificates and the password file are read once, before anything connects.
-        self._tls_context: ssl.SSLContext | None = None
+        self._name = f"ingest[{config.client_id}]"
+        self._url = f"{config.host}:{config.port}"
+        r = config.receive_maximum
         try:
-            if config.tls is not None:
-                self._tls_context = config.tls.ssl_context("mqtt.tls.")
-            self._password = config.read_password("mqtt.password_file")
-        except BrokerSetupError as exc:
+            # Fail at start with the key named; the layer reads the password file again at
+            # every connect (a rotated password is picked up on the next one).
+            ssl_context = None if config.tls is None else config.tls.ssl_context("mqtt.tls.")
+            config.read_password("mqtt.password_file")
+            self._backoff = Backoff(
+                initial=float(config.reconnect_min_delay),
+                maximum=float(max(config.reconnect_min_delay, config.reconnect_max_delay)),
+            )
+            self._layer = SharedSession(
+                SessionConfig(
+                    host=config.host,
+                    port=config.port,
+                    client_id=config.client_id,
+                    access=config,
+                    ssl_context=ssl_context,
+                    version="5",
+                    keepalive_s=config.keepalive,
+                    clean_start=False,
+                    session_expiry_s=config.session_expiry,
+                    manual_ack=True,
+                    receive_maximum=r,
+                    # R/2 in the layer's buffer + R/2 in the inbox: at most R messages wait.
+                    max_buffered=max(1, r // 2),
+                    max_inflight=r,
+                    resubscribe="always",
+                    backoff=self._backoff,
+                    name=self._name,
+                ),
+                on_connect=self._on_connect,
+                on_disconnect=self._on_disconnect,
+            )
+        except (BrokerSetupError, MqttConfigError) as exc:
             raise ConfigError(str(exc)) from exc
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
-        # Shared with the network thread (plain attributes and a deque: atomic under the GIL).
-        #: Messages received and not yet taken, in receive order.
-        self.inbox: collections.deque[Inbound] = collections.deque()
-        # Flow control of the network thread: past the high-water mark it stops reading the
-        # socket until the event loop has taken the inbox below the low-water mark.
-        self._high_water = config.receive_maximum
-        self._low_water = max(1, config.receive_maximum // 2)
-        self._max_pause = config.keepalive / 2
-        self._room = threading.Event()
+        #: Messages handed over and not yet taken by the worker, in receive order.
+        self.inbox: collections.deque[Message] = collections.deque()
+        self._high_water = max(1, r - r // 2)
+        self._low_water = max(1, self._high_water // 2)
+        #: Messages handed over on the live connection and not acknowledged yet, by mid.
+        self._live: dict[int, Message] = {}
         self._accepting = True
+        self._subscribed = False
         self._idle = False
-        self._epoch = 0
-        self._ack_lock = threading.Lock()
-        # event-loop state
         self._wake = asyncio.Event()
-        self._connected = asyncio.Event()
-        self._subscribed = asyncio.Event()
-        self._connect_error: BrokerError | None = None
+        self._room = asyncio.Event()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._undelivered = 0
+        self._warned_at = float("-inf")
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._layer.connected
+
+    @property
+    def status(self) -> SessionStatus:
+        """The layer's view: connected, epoch, reconnects, last_error, buffered..."""
+        return self._layer.status
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self) -> None:
-        """Connect and subscribe; :class:`BrokerError` if refused or not done in 30 s."""
-        self._loop = asyncio.get_running_loop()
-        m = self._config
-        client = self._client = self._make_client()
-        try:
-            client.connect_async(
-                m.host,
-                m.port,
-                keepalive=m.keepalive,
-                clean_start=False,
-                properties=self._connect_properties(),
-            )
-            rc = client.loop_start()
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to {m.host}:{m.port}: {exc!r}") from exc
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerError(f"cannot start the MQTT loop: {mqtt.error_string(rc)}")
+        """Connect and subscribe; return once subscribed.
+
+        A refused TCP connection, a timeout or a connection lost before the SUBACK is tried
+        again with the backoff for up to 30 s (the broker may be restarting, a supervisor
+        may start the worker first). :class:`BrokerError` at once when the broker refuses
+        the client (bad credentials, not authorised, client id) or the subscription;
+        :class:`ConfigError` when a certificate or the password file cannot be read.
+        """
+        attempt = 0
+        last: MqttError | None = None
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                await self._subscribed.wait()
+                while True:
+                    try:
+                        await self._open()
+                        break
+                    except MqttConnectError as exc:
+                        if exc.reason_code in _FATAL_REFUSALS:
+                            raise BrokerError(f"broker refused the connection: {exc}") from exc
+                        last = exc
+                    except MqttDisconnected as exc:
+                        last = exc
+                    delay = self._backoff.delay(attempt)
+                    attempt += 1
+                    log.warning(
+                        "cannot subscribe at the broker yet; retrying",
+                        extra={"worker": self._worker, "error": str(last), "retry_in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
         except TimeoutError as exc:
             raise BrokerError(
-                f"no subscription on {m.host}:{m.port} within {_CONNECT_TIMEOUT}s"
-                + (f": {self._connect_error}" if self._connect_error else "")
+                f"no subscription on {self._url} within {_CONNECT_TIMEOUT:.0f}s"
+                + (f": {last}" if last is not None else "")
             ) from exc
-        if self._connect_error is not None:
-            raise self._connect_error
+        except MqttConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._subscribed = True
+        self._metrics.connected.set(1)
+        status = self._layer.status
+        log.info(
+            "connected to broker",
+            extra={"worker": self._worker, "session_present": status.session_present},
+        )
+
+    async def _open(self) -> None:
+        """One attempt: enter the layer's session, start the hand-off, subscribe.
+
+        The hand-off runs before the SUBACK is awaited: a persistent session with a backlog
+        gets its queued messages right after CONNACK, ahead of the SUBACK, and a layer that
+        stopped reading at its buffer limit would never read the SUBACK.
+        """
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self._layer)
+                group = await stack.enter_async_context(asyncio.TaskGroup())
+                pump = group.create_task(self._hand_over(), name=f"{self._name}.inbox")
+                stack.callback(pump.cancel)  # before the group exits: it awaits the task
+                try:
+                    await self._layer.subscribe(self._subscription, qos=1)
+                except MqttSubscribeError as exc:
+                    raise BrokerError(
+                        f"subscription to {self._subscription} refused: {exc}"
+                    ) from exc
+                self._pump = pump
+                self._stack = stack.pop_all()
+        except BaseException:
+            # Taken on a connection that is gone: the broker redelivers them.
+            self.inbox.clear()
+            self._live.clear()
+            raise
 
     async def close(self) -> None:
-        """Disconnect (the acks sent so far go out first) and stop the network thread."""
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(self._disconnect, client)
-
-    @staticmethod
-    def _disconnect(client: mqtt.Client) -> None:
-        # The acks queued before DISCONNECT are written first (one ordered out-queue).
-        client.disconnect()
-        client.loop_stop()
+        """Stop the hand-off, then leave the session: DISCONNECT goes out after the acks
+        sent so far (one ordered out-queue); the layer's task is cancelled and awaited."""
+        self._accepting = False
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._pump = None
+            self._live.clear()
+            self._metrics.connected.set(0)
 
     def stop_accepting(self) -> None:
-        """Take no more messages (they stay unacknowledged with the broker); any thread."""
+        """Take no more messages (they stay unacknowledged with the broker). Safe from any
+        thread: only a flag, which the hand-off reads at its next message or on :meth:`wake`."""
         self._accepting = False
-        self._room.set()
 
-    # -- taking messages (event loop) -------------------------------------------------------
+    # -- taking messages ------------------------------------------------------------------
+    async def _hand_over(self) -> None:
+        """Move received messages from the layer into :attr:`inbox` while it has room."""
+        layer, inbox, live = self._layer, self.inbox, self._live
+        high = self._high_water
+        async for msg in layer.messages():
+            if not self._accepting:
+                return  # stopping: this message and the rest stay with the broker
+            inbox.append(msg)
+            # Only an ack of the live connection can be sent (the epoch changes at CONNACK,
+            # before the messages that follow it are delivered).
+            if msg.qos and msg.epoch == layer.epoch and layer.connected:
+                live[msg.mid] = msg
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+            # Until connect() returns nobody takes from the inbox, and nothing is acked yet,
+            # so the broker's Receive Maximum (honoured exactly while no acks flow) bounds it.
+            while self._subscribed and len(inbox) >= high and self._accepting:
+                self._room.clear()
+                await self._room.wait()
+
     def make_room(self) -> None:
-        """Let a paused network thread read again once the inbox is below the low-water mark."""
+        """Let the hand-off go on once the inbox is below the low-water mark."""
         if not self._room.is_set() and len(self.inbox) < self._low_water:
             self._room.set()
 
     def wake(self) -> None:
         """End a :meth:`wait_for_messages` now (the worker is stopping)."""
         self._wake.set()
+        self._room.set()
 
     async def wait_for_messages(self, timeout: float | None) -> None:  # noqa: ASYNC109
         """Return when a message is in the inbox, after ``timeout`` s, or on :meth:`wake`."""
+        if self.inbox:
+            return
         self._wake.clear()
         self._idle = True
-        if self.inbox:  # raced with the network thread
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        finally:
             self._idle = False
+
+    # -- acks and publishing --------------------------------------------------------------
+    async def acknowledge(self, release: Callable[[int], Iterable[tuple[int, int]]]) -> None:
+        """Acknowledge each ``(mid, qos)`` that ``release(epoch)`` returns for the current
+        connection epoch, in that order; the layer sends a PUBACK only while the message's
+        connection is alive."""
+        live = self._live
+        for mid, _qos in release(self._layer.epoch):
+            msg = live.pop(mid, None)
+            if msg is not None:
+                await msg.ack()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish a notification at QoS 1, best effort: it holds no ack. Its PUBACK reason
+        is checked when it comes: 0x10 (no subscriber), >= 0x80 (refused) or a connection
+        lost first count as not delivered (logged, with a count). :class:`BrokerError` when
+        it cannot be sent now (not connected, the publish window full)."""
+        try:
+            fut = self._layer.publish_nowait(topic, payload, qos=1)
+        except MqttError as exc:
+            raise BrokerError(f"not published to {topic}: {exc}") from exc
+        fut.add_done_callback(functools.partial(self._answered, topic))
+
+    def _answered(self, topic: str, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        self._idle = False
-
-    # -- acks and publishing (event loop) ---------------------------------------------------
-    def acknowledge(self, release: Callable[[int], Iterable[tuple[int, int]]]) -> None:
-        """Send a PUBACK for each ``(mid, qos)`` that ``release(epoch)`` returns for the
-        current connection epoch; the epoch cannot change meanwhile."""
-        client = self._client
-        with self._ack_lock:
-            for mid, qos in release(self._epoch):
-                if client is not None:
-                    client.ack(mid, qos)
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Publish at QoS 1; return the packet id that ``on_published`` will report."""
-        if self._client is None:
-            raise BrokerError("the session is closed")
-        return self._client.publish(topic, payload, qos=1).mid
-
-    # -- paho -------------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
-        m = self._config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=m.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        configure_client(client, m, context=self._tls_context, password=self._password)
-        client.reconnect_delay_set(m.reconnect_min_delay, m.reconnect_max_delay)
-        # Dead-letter records are rare; let them all be in flight rather than queue behind 20.
-        client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        return client
-
-    def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._config.session_expiry
-        props.ReceiveMaximum = self._config.receive_maximum
-        return props
-
-    def _call(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the event loop from the network thread."""
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop closing: nothing left to tell
-                loop.call_soon_threadsafe(fn, *args)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error(
-                "broker refused the connection",
-                extra={"worker": self._worker, "reason": str(reason_code)},
+        error = fut.exception()
+        if error is None:
+            code = fut.result()
+            if code == 0:
+                return
+            why = (
+                "no subscriber (PUBACK 0x10)" if code == NO_MATCHING_SUBSCRIBERS
+                else f"refused (PUBACK 0x{code:02x})"
             )
-            if reason_code.value in _FATAL_REFUSALS:
-                self._call(self._fail_connect, BrokerError(f"broker refused: {reason_code}"))
-            return
-        client.subscribe(self._subscription, options=SubscribeOptions(qos=1, noLocal=False))
-        self._metrics.connected.set(1)
-        self._call(self._connected.set)
-        log.info(
-            "connected to broker",
-            extra={"worker": self._worker, "session_present": flags.session_present},
-        )
-
-    def _fail_connect(self, error: BrokerError) -> None:
-        self._connect_error = error
-        self._subscribed.set()
-
-    def _on_subscribe(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _mid: int,
-        reason_codes: list[ReasonCode],
-        _properties: Properties | None,
-    ) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            self._call(
-                self._fail_connect,
-                BrokerError(f"subscription to {self._subscription} refused: {failed}"),
-            )
-            return
-        self._call(self._subscribed.set)
-
-    def _on_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        # Every message not acknowledged so far will be redelivered: stop acking them.
-        with self._ack_lock:
-            self._epoch += 1
-        self._metrics.connected.set(0)
-        self._call(self._connected.clear)
-        if self._accepting:
+        elif self._accepting:
+            why = f"connection lost before the PUBACK ({error})"
+        else:
+            return  # closing: the session ended under it
+        self._undelivered += 1
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
             log.warning(
-                "disconnected from broker; paho reconnects",
-                extra={"worker": self._worker, "reason": str(reason_code)},
+                "notification not delivered",
+                extra={"worker": self._worker, "topic": topic, "reason": why,
+                       "undelivered_total": self._undelivered},
             )
 
-    def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if not self._accepting:
-            return  # shutting down: leave it unacknowledged, the broker keeps it
-        inbox = self.inbox
-        inbox.append(
-            Inbound(self._epoch, msg.mid, msg.qos, msg.topic, bytes(msg.payload), msg.dup)
+    # -- the layer's hooks (in the event loop) ---------------------------------------------
+    def _on_connect(self, status: SessionStatus) -> None:
+        if not self._subscribed:
+            return  # the first connect: connect() reports it once subscribed
+        self._metrics.connected.set(1)
+        log.info(
+            "reconnected to broker",
+            extra={"worker": self._worker, "epoch": status.epoch,
+                   "session_present": status.session_present, "reconnects": status.reconnects},
         )
-        if self._idle:
-            self._idle = False
-            self._call(self._wake.set)
-        if len(inbox) >= self._high_water:
-            # Receive Maximum alone is not a bound: mosquitto 2.0.11 overshoots it once acks
-            # flow (docs/ingest.md). Stop reading the socket so TCP pushes back on the broker.
-            # Never longer than keepalive/2, so the connection stays alive; our PUBACKs wait.
-            self._room.clear()
-            if len(inbox) >= self._high_water and self._accepting:
-                self._room.wait(self._max_pause)
 
-    def _on_publish(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        mid: int,
-        _reason_code: ReasonCode,
-        _properties: Properties,
-    ) -> None:
-        self._call(self._on_published, mid)
+    def _on_disconnect(self, status: SessionStatus) -> None:
+        # Every message not acknowledged so far will be redelivered: none of them is acked.
+        self._live.clear()
+        self._metrics.connected.set(0)
+        if self._accepting and self._subscribed:
+            log.warning(
+                "disconnected from broker; reconnecting",
+                extra={"worker": self._worker, "error": str(status.last_error)},
+            )

@@ -2,11 +2,11 @@
 
 ::
 
-    paho network thread                     asyncio thread (the worker's event loop)
-    ───────────────────                     ─────────────────────────────────────────
-    on_message ─▶ inbox (deque, bounded  ─▶ batch loop: decode (telemetry contract),
-                  by Receive Maximum)         dead-letter refusals, encode line protocol,
-                  wake the loop if idle       group into batches (size / age / window)
+    one event loop (the MQTT session layer drives paho inside it; no network thread)
+    ──────────────────────────────────────────────────────────────────────────────────
+    session ─▶ inbox (deque, at most R    ─▶ batch loop: decode (telemetry contract),
+               messages wait in all;          dead-letter refusals, encode line protocol,
+               wakes the loop if idle)        group into batches (size / age / window)
                                                  │ at most max_concurrent_writes
                                                  ▼
                                             write task: POST /write, retry 5xx/429/timeouts
@@ -14,9 +14,9 @@
                                               dead-letter the refused lines, keep the rest
                                                  │ 204
                                                  ▼
-    PUBACK  ◀──── client.ack(mid) ◀──────── ack ledger: acks in receive order, only for
-                                              messages whose points InfluxDB confirmed (or
-                                              whose dead-letter record the broker confirmed)
+    PUBACK  ◀──── Message.ack() ◀────────── ack ledger: acks in receive order, only for
+                                              messages whose points InfluxDB confirmed (their
+                                              dead-letter points included)
 
 Backpressure is the broker's: the worker announces Receive Maximum R in CONNECT, so the broker
 never has more than R unacknowledged messages in flight to it. While InfluxDB is down nothing
@@ -31,13 +31,14 @@ measurement, tag set and device timestamp.
 This module only wires the parts, each with one job and its own tests:
 
 ============================  ==========================================================
-``_session.MqttSession``      the paho client: connect, subscribe, inbox, flow control,
-                              epochs, PUBACKs, publishing (the only module that knows paho)
+``_session.MqttSession``      the broker side, on the shared layer (``foundation.mqtt``):
+                              connect, subscribe, inbox, acks, publishing; no paho here
 ``_batcher.MessageDecoder``   message -> line-protocol chunk + refusals (pure)
 ``_batcher.Batching``         chunks -> write batches by size and age (pure)
 ``_writer.Writer``            a batch -> accepted parts / refused lines (retry, bisect)
 ``_ledger.AckLedger``         which messages may be acked, in receive order, which epoch
-``_deadletter.DeadLetters``   dead-letter records, held in the ledger until confirmed
+``_deadletter.DeadLetters``   dead-letter records: a point written like any other (acked
+                              on 204), an MQTT notification (best effort)
 ``_metrics.Tally``            the counts, synced to Prometheus per turn and per write
 ============================  ==========================================================
 """
@@ -55,7 +56,7 @@ from typing import Final, Self
 from ingest._batcher import Batch, Batching, Chunk, MessageDecoder
 from ingest._bookkeeping import GatewayBook
 from ingest._config import IngestConfig
-from ingest._deadletter import DeadLetters, Refusal, RejectedItem
+from ingest._deadletter import DeadLetters, Refusal, internal_refusal
 from ingest._errors import IngestError
 from ingest._ledger import AckLedger, Entry
 from ingest._metrics import IngestMetrics, MetricsServer, Tally
@@ -107,20 +108,21 @@ class IngestWorker:
         self._tally = Tally()
         self._book = GatewayBook()
         self._ledger = AckLedger()
-        self._decoder = MessageDecoder(topics, worker=m.client_id)
+        self._decoder = MessageDecoder(
+            topics, worker=m.client_id, max_clock_skew=config.intake.max_clock_skew
+        )
         self._batching = Batching(
             max_readings=b.max_readings,
             max_messages=max(1, m.receive_maximum // (b.max_concurrent_writes + 1)),
             max_age=b.max_age,
         )
         self._session = MqttSession(
-            m, subscription=self._subscription, metrics=self.metrics,
-            on_published=self._published,
+            m, subscription=self._subscription, metrics=self.metrics
         )
         self._deadletters = DeadLetters(
             topic=topics.deadletter(m.deadletter_service), service=m.deadletter_service,
-            worker=m.client_id, publish=self._session.publish, ledger=self._ledger,
-            metrics=self.metrics, tally=self._tally,
+            worker=m.client_id, publish=self._session.publish, metrics=self.metrics,
+            tally=self._tally,
         )
         self._sink: Sink | None = None
         self._writer: Writer | None = None
@@ -303,11 +305,25 @@ class IngestWorker:
             await asyncio.sleep(0)  # let write tasks see their answers
 
     def _take(self, item: Inbound) -> bool:
-        """Account for one message, dead-letter what is refused, batch its line protocol;
-        return whether the pending batch is full."""
+        """Account for one message, batch its line protocol and the dead-letter point of
+        what is refused (acked once InfluxDB stored both); return whether the pending batch
+        is full. An unexpected exception dead-letters the message, never stops the worker."""
         entry = self._ledger.receive(item.epoch, item.mid, item.qos)
+        self._tally.messages_received += 1
+        try:
+            chunk = self._chunk(item)
+        except Exception as exc:  # noqa: BLE001 - one message never stops a worker (design.md)
+            refusal = internal_refusal(exc)
+            chunk = Chunk.for_deadletter(
+                self._deadletters.record(item.topic, item.payload, refusal),
+                topic=item.topic, payload=item.payload, refusal=refusal,
+            )
+        self._ledger.hold(entry)
+        self._in_flight_readings += chunk.readings
+        return self._batching.add(chunk, entry)
+
+    def _chunk(self, item: Inbound) -> Chunk:
         tally = self._tally
-        tally.messages_received += 1
         now = time.time()
         chunk, refusal = self._decoder.decode(item.topic, item.payload, dup=item.dup, now=now)
         if chunk is not None:
@@ -317,13 +333,18 @@ class IngestWorker:
             if chunk.rejected:
                 tally.readings_rejected += chunk.rejected
                 self.metrics.readings_rejected.labels("decode").inc(chunk.rejected)
-        if refusal is not None:
-            self._deadletters.send(entry, item.topic, item.payload, refusal)
+                for code, n in chunk.refused_codes.items():
+                    self.metrics.readings_refused.labels(code).inc(n)
+        if refusal is None:
+            assert chunk is not None
+            return chunk
+        line = self._deadletters.record(item.topic, item.payload, refusal)
         if chunk is None:
-            return False
-        self._ledger.hold(entry)
-        self._in_flight_readings += chunk.readings
-        return self._batching.add(chunk, entry)
+            return Chunk.for_deadletter(
+                line, topic=item.topic, payload=item.payload, refusal=refusal
+            )
+        chunk.add_deadletter(line)
+        return chunk
 
     async def _flush(self, tg: asyncio.TaskGroup) -> None:
         batch = self._batching.take()
@@ -338,14 +359,26 @@ class IngestWorker:
     async def _write_batch(self, batch: Batch) -> None:
         try:
             assert self._writer is not None
-            result = await self._writer.write([c.body for c in batch.chunks])
+            result = await self._writer.write([c.lines for c in batch.chunks])
             for i in result.accepted:
                 self._written(batch.chunks[i], batch.entries[i])
+            late: list[tuple[Entry, bytes | None]] = []
             for refused in result.refused:
-                self._refused(batch.chunks[refused.index], batch.entries[refused.index], refused)
+                chunk = batch.chunks[refused.index]
+                self._in_flight_readings -= chunk.readings
+                self._progress.set()
+                try:
+                    line = self._refused(chunk, refused)
+                except Exception as exc:  # noqa: BLE001 - one message never stops a worker
+                    line = self._deadletters.record(
+                        chunk.topic, chunk.payload,
+                        internal_refusal(exc, gateway=chunk.gateway or None),
+                    )
+                late.append((batch.entries[refused.index], line))
+            await self._store_deadletters(late)
             self.metrics.batch_latency.observe(time.monotonic() - batch.started)
             self._tally.sync(self.metrics, self._book)
-            self._advance_acks()
+            await self._advance_acks()
             self._publish_gauges()
         finally:
             self._write_slots.release()
@@ -356,26 +389,17 @@ class IngestWorker:
         self._tally.readings_written += chunk.readings
         self._ledger.complete(entry)
 
-    def _refused(self, chunk: Chunk, entry: Entry, refused: RefusedPart) -> None:
-        """InfluxDB refused lines of this message: count, dead-letter them, complete it."""
-        bookkeeping = refused.line_count - 1  # the last line of a chunk
-        n_bad = sum(1 for line in refused.lines if line.index < bookkeeping)
-        self._in_flight_readings -= chunk.readings
-        self._progress.set()
+    def _refused(self, chunk: Chunk, refused: RefusedPart) -> bytes | None:
+        """InfluxDB refused lines of this message: count them; return the dead-letter point
+        to store (``None``: nothing left to dead-letter)."""
+        n_bad, items, lost = chunk.classify(refused)
+        if lost:
+            self._deadletter_unstored(chunk.lines[-1], refused.message)
         self._tally.readings_written += chunk.readings - n_bad
         self._tally.readings_rejected += n_bad
         self.metrics.readings_rejected.labels("influx").inc(n_bad)
-        good_index = chunk.good_index
-        items = [
-            RejectedItem(
-                index=-1 if line.index == bookkeeping else (
-                    good_index[line.index] if good_index else line.index
-                ),
-                reason=line.reason,
-                line=line.line.decode("utf-8", "replace"),
-            )
-            for line in refused.lines
-        ]
+        if not items:
+            return None
         log.warning(
             "InfluxDB refused points; dead-lettered",
             extra={
@@ -386,25 +410,41 @@ class IngestWorker:
                 "error": refused.message,
             },
         )
-        self._deadletters.send(
-            entry, chunk.topic, chunk.payload,
+        return self._deadletters.record(
+            chunk.topic, chunk.payload,
             Refusal(
                 stage="influx", kind=f"influx_{refused.status}", reason=refused.message,
-                gateway=chunk.gateway, seq=chunk.seq, rejected=items,
+                gateway=chunk.gateway or None, seq=chunk.seq if chunk.seq >= 0 else None,
+                rejected=items,
             ),
         )
-        self._ledger.complete(entry)
+
+    async def _store_deadletters(self, late: list[tuple[Entry, bytes | None]]) -> None:
+        """Write the dead-letter points of refused messages; then each message is done."""
+        lines = [(entry, line) for entry, line in late if line is not None]
+        if lines:
+            assert self._writer is not None
+            result = await self._writer.write([[line] for _, line in lines])
+            for refused in result.refused:
+                self._deadletter_unstored(lines[refused.index][1], refused.message)
+        for entry, _ in late:
+            self._ledger.complete(entry)
+
+    def _deadletter_unstored(self, line: bytes, error: str) -> None:
+        """InfluxDB refused a dead-letter point: only the log and the notification keep it."""
+        self.metrics.deadletters_unstored.inc()
+        log.error(
+            "InfluxDB refused a dead-letter point",
+            extra={"worker": self.config.mqtt.client_id, "error": error,
+                   "line": line[:2048].decode("utf-8", "replace")},
+        )
 
     # -- acks -------------------------------------------------------------------------------
-    def _published(self, mid: int) -> None:
-        """The broker confirmed publish ``mid`` (on the event loop, from the session)."""
-        if self._deadletters.published(mid):
-            self._advance_acks()
-
-    def _advance_acks(self) -> None:
-        """Acknowledge finished messages in the order they were received (MQTT 4.6)."""
+    async def _advance_acks(self) -> None:
+        """Acknowledge finished messages in the order they were received (MQTT 4.6): the
+        ledger says which, the session sends them (never on a lost connection)."""
         if self._ledger.ready:
-            self._session.acknowledge(self._ledger.release)
+            await self._session.acknowledge(self._ledger.release)
 
     def _publish_gauges(self) -> None:
         self._tally.sync(self.metrics, self._book)

@@ -2,8 +2,8 @@
 
 ::
 
-    write([part 0, part 1, ..., part n])        one part = one message's lines
-      │ POST all parts in one body
+    write([part 0, part 1, ..., part n])        one part = one message's lines, a list
+      │ POST all parts in one body                 (each line without its newline)
       ├─ 204 ──────────────────────────────────▶ accepted: every part
       ├─ 5xx/429/timeout/connection ─▶ wait Backoff.delay(attempt) (at least Retry-After,
       │                                capped at 300 s), POST again, forever
@@ -16,6 +16,9 @@ lines were refused; nothing else happens to them here: acks and dead letters are
 caller's. The call returns only with a verdict for every part, so it may take as long as
 InfluxDB stays unavailable (cancel it to give up; nothing is then reported accepted).
 
+Parts are lists of lines and bisection works on those lists: a body is never cut at
+newlines again (a value that held one would shift every index after it).
+
 Rewriting the good half of a refused body is harmless: InfluxDB 1.x may already have stored
 it (``partial write``), and a point is identified by measurement, tag set and timestamp.
 """
@@ -23,6 +26,7 @@ it (``partial write``), and a point is identified by measurement, tag set and ti
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -45,7 +49,8 @@ _MAX_RETRY_AFTER = 300.0
 
 @dataclass(frozen=True, slots=True)
 class RefusedLine:
-    """A line InfluxDB refused on its own: its number within its part, the reason, the line."""
+    """A line InfluxDB refused on its own: its number within its part, the reason, the line
+    (without its newline)."""
 
     index: int
     reason: str
@@ -73,6 +78,11 @@ class WriteResult:
 
     accepted: Sequence[int]
     refused: list[RefusedPart]
+
+
+def _body(parts: Sequence[Sequence[bytes]]) -> bytes:
+    """One request body: every line of every part, each ending in a newline."""
+    return b"\n".join(itertools.chain.from_iterable(parts)) + b"\n"
 
 
 def backoff_for(retry: RetryConfig) -> Backoff:
@@ -113,12 +123,12 @@ class Writer:
         # Its own generator: jitter never touches the global random state.
         self._rng = rng if rng is not None else random.Random()
 
-    async def write(self, parts: Sequence[bytes]) -> WriteResult:
-        """Write ``parts`` (each a whole number of lines ending in a newline)."""
+    async def write(self, parts: Sequence[Sequence[bytes]]) -> WriteResult:
+        """Write ``parts`` (each a list of lines without their newlines)."""
         if not parts:
             return WriteResult(accepted=(), refused=[])
         try:
-            await self.write_body(b"".join(parts))
+            await self.write_body(_body(parts))
         except WriteRejected as exc:
             accepted: list[int] = []
             refused: list[RefusedPart] = []
@@ -164,7 +174,7 @@ class Writer:
 
     async def _bisect_parts(
         self,
-        parts: Sequence[bytes],
+        parts: Sequence[Sequence[bytes]],
         indices: list[int],
         exc: WriteRejected,
         accepted: list[int],
@@ -177,14 +187,15 @@ class Writer:
         half = len(indices) // 2
         for group in (indices[:half], indices[half:]):
             try:
-                await self.write_body(b"".join(parts[i] for i in group))
+                await self.write_body(_body([parts[i] for i in group]))
             except WriteRejected as sub_exc:
                 await self._bisect_parts(parts, group, sub_exc, accepted, refused)
             else:
                 accepted.extend(group)
 
-    async def _bisect_part(self, index: int, part: bytes, exc: WriteRejected) -> RefusedPart:
-        lines = part.splitlines(keepends=True)
+    async def _bisect_part(
+        self, index: int, lines: Sequence[bytes], exc: WriteRejected
+    ) -> RefusedPart:
         found: list[tuple[int, str]] = []
         await self._bisect_lines(lines, list(range(len(lines))), exc, found)
         return RefusedPart(
@@ -197,7 +208,7 @@ class Writer:
 
     async def _bisect_lines(
         self,
-        lines: list[bytes],
+        lines: Sequence[bytes],
         numbers: list[int],
         exc: WriteRejected,
         found: list[tuple[int, str]],
@@ -208,6 +219,6 @@ class Writer:
         half = len(numbers) // 2
         for group in (numbers[:half], numbers[half:]):
             try:
-                await self.write_body(b"".join(lines[i] for i in group))
+                await self.write_body(_body([[lines[i] for i in group]]))
             except WriteRejected as sub_exc:
                 await self._bisect_lines(lines, group, sub_exc, found)

@@ -114,3 +114,77 @@ def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and print it (secrets masked)."""
     cfg = _load(config, {})
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+deadletters_app = typer.Typer(
+    name="deadletters",
+    help="Dead letters: what ingest refused, stored in InfluxDB (measurement ingest_deadletter).",
+    no_args_is_help=True,
+)
+app.add_typer(deadletters_app)
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    config: ConfigOption = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
+    since: Annotated[
+        str, typer.Option(help="How far back, an InfluxQL duration: 30m, 24h, 7d.")
+    ] = "7d",
+    gateway: Annotated[str | None, typer.Option(help="Only this gateway's.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind (malformed, ...).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON record per line, payload included.")
+    ] = False,
+) -> None:
+    """List stored dead letters, newest first: time, gateway, kind, reason, topic, seq.
+
+    ``--json`` prints each whole record (the original payload, base64 when not UTF-8, cut
+    past 64 KiB with its size and SHA-256): what an operator replays from.
+    """
+    import re
+
+    from foundation import InfluxQueryError, influxql
+    from telemetry import DEADLETTER_MEASUREMENT, ID_RE
+
+    cfg = _load(config, _overrides(influx__url=influx_url, influx__database=database))
+    if not re.fullmatch(r"\d+[smhdw]", since):
+        raise typer.BadParameter(f"not a duration: {since!r}", param_hint="--since")
+    where = [f"time > now() - {since}"]
+    for key, value in (("gateway", gateway), ("kind", kind)):
+        if value is not None:
+            if not ID_RE.fullmatch(value) and value != "-":
+                raise typer.BadParameter(f"not a valid {key}: {value!r}", param_hint=f"--{key}")
+            where.append(f"\"{key}\" = '{value}'")
+    influx = cfg.influx
+    query = (  # names checked above: not injectable
+        f'SELECT * FROM "{DEADLETTER_MEASUREMENT}" WHERE {" AND ".join(where)} '  # noqa: S608
+        f"ORDER BY time DESC LIMIT {limit}"
+    )
+    password = influx.password.get_secret_value() if influx.password else None
+    try:
+        answer = influxql(
+            influx.url, query, db=influx.database, username=influx.username, password=password
+        )
+    except InfluxQueryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    for result in answer.get("results", []):
+        for series in result.get("series", []):
+            columns = series["columns"]
+            for row in series["values"]:
+                point = dict(zip(columns, row, strict=True))
+                if as_json:
+                    record = json.loads(point.get("record") or "{}")
+                    record.setdefault("gateway", point.get("gateway"))
+                    record["time"] = point["time"]
+                    typer.echo(json.dumps(record))
+                else:
+                    seq = point.get("seq")
+                    typer.echo(
+                        f"{point['time']}  {point.get('gateway')}  {point.get('kind')}  "
+                        f"seq={'-' if seq is None else seq}  {point.get('topic')}  "
+                        f"{point.get('reason')}"
+                    )

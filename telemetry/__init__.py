@@ -6,12 +6,18 @@
 - :class:`Birth`, :class:`Death`, :class:`Health`, config and command messages;
 - :class:`LineProtocolEncoder`: readings to InfluxDB line protocol;
 - :data:`MEASUREMENTS`: the Smart Data Models vocabulary the platform knows;
+- :class:`Conformer`: a decoded reading made fit for storage (vocabulary types, reserved
+  measurements, clock skew, control characters) or refused with a reason;
+- :func:`parse_resend_args`, :func:`resend_result`: the ``resend`` command's arguments and
+  answer, the same for every gateway;
 - :func:`bookkeeping_line`, :func:`completeness_query`: the per-batch bookkeeping points that
   ingest writes and the API and the chaos run read.
 """
 
 from telemetry._bookkeeping import (
     BOOKKEEPING_MEASUREMENT,
+    DEADLETTER_MEASUREMENT,
+    PLATFORM_MEASUREMENT_PREFIX,
     bookkeeping_line,
     bookkeeping_ts,
     completeness_query,
@@ -22,6 +28,18 @@ from telemetry._codec import (
     decode_batch,
     decode_batch_partial,
     encode_batch,
+)
+from telemetry._commands import (
+    MAX_RESEND_SEQS,
+    InvalidCommand,
+    parse_resend_args,
+    resend_result,
+)
+from telemetry._conformance import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    Conformer,
+    Nonconformity,
+    NonconformityReason,
 )
 from telemetry._errors import (
     InvalidPayload,
@@ -79,16 +97,20 @@ from telemetry._vocabulary import MEASUREMENTS, FieldSpec, MeasurementSpec, floa
 
 __all__ = [
     "BOOKKEEPING_MEASUREMENT",
+    "DEADLETTER_MEASUREMENT",
+    "DEFAULT_MAX_CLOCK_SKEW_S",
     "DEFAULT_ROOT",
     "ID_RE",
     "MAX_FIELDS",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
+    "MAX_RESEND_SEQS",
     "MAX_STRING_LEN",
     "MAX_TAGS",
     "MAX_TAG_VALUE_LEN",
     "MEASUREMENTS",
     "NAME_RE",
+    "PLATFORM_MEASUREMENT_PREFIX",
     "RESERVED_FIELD_NAMES",
     "RESERVED_TAG_KEYS",
     "SUPPORTED_VERSIONS",
@@ -103,17 +125,21 @@ __all__ = [
     "CommandResponse",
     "ConfigDesired",
     "ConfigReported",
+    "Conformer",
     "Death",
     "DecodedBatch",
     "DeviceInfo",
     "FieldSpec",
     "FieldValue",
     "Health",
+    "InvalidCommand",
     "InvalidPayload",
     "LineProtocolEncoder",
     "Location",
     "MalformedPayload",
     "MeasurementSpec",
+    "Nonconformity",
+    "NonconformityReason",
     "PayloadError",
     "PayloadTooLarge",
     "Quality",
@@ -138,4 +164,6 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "float_fields",
+    "parse_resend_args",
+    "resend_result",
 ]

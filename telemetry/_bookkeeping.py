@@ -36,12 +36,20 @@ from telemetry._model import ID_RE
 
 __all__ = [
     "BOOKKEEPING_MEASUREMENT",
+    "DEADLETTER_MEASUREMENT",
+    "PLATFORM_MEASUREMENT_PREFIX",
     "bookkeeping_line",
     "bookkeeping_ts",
     "completeness_query",
 ]
 
 BOOKKEEPING_MEASUREMENT: Final = "ingest_batch"
+#: Dead letters: what ingest refused, stored durably (``docs/ingest.md``, dead letters).
+DEADLETTER_MEASUREMENT: Final = "ingest_deadletter"
+#: Measurements whose names start with this are written by the platform itself; a reading
+#: under such a name is refused (``telemetry.conform``), so no gateway can fix their field
+#: types in a shard before the platform writes there.
+PLATFORM_MEASUREMENT_PREFIX: Final = "ingest_"
 
 
 def bookkeeping_ts(newest_ts: int, seq: int) -> int:

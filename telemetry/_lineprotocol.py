@@ -26,7 +26,7 @@ Speed comes from caches and from formatting numbers in bulk, not from cleverness
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -75,11 +75,23 @@ class LineProtocolEncoder:
         """All readings of one gateway as one line-protocol body."""
         return self._body(gateway, readings).encode()
 
-    def lines(self, gateway: str, readings: Iterable[Reading]) -> list[str]:
-        """One newline-terminated line per reading, in order."""
-        body = self._body(gateway, readings)
-        # Values never hold a newline (the contract refuses it), so "\n" ends each line.
-        return [line + "\n" for line in body.split("\n")[:-1]]
+    def lines(self, gateway: str, readings: Sequence[Reading]) -> list[str]:
+        """One newline-terminated line per reading, in order (line ``i`` is reading ``i``)."""
+        return [line.decode() + "\n" for line in self.line_list(gateway, readings)]
+
+    def line_list(self, gateway: str, readings: Sequence[Reading]) -> list[bytes]:
+        """Line ``i`` (without its newline) is reading ``i``, always.
+
+        Decoded readings never hold a newline (the contract refuses control characters), so
+        the body is cut at each ``\n``. A reading built in code is not validated: if the cut
+        does not give one line per reading, each reading is encoded on its own, so that a
+        caller mapping lines back to readings (bisecting a refused write) never shifts.
+        """
+        lines = self._body(gateway, readings).encode().split(b"\n")
+        if len(lines) == len(readings) + 1:
+            lines.pop()
+            return lines
+        return [self._body(gateway, (r,)).encode()[:-1] for r in readings]
 
     def _body(self, gateway: str, readings: Iterable[Reading]) -> str:
         prefixes, templates, suffixes = self._prefixes, self._templates, self._suffixes

@@ -31,6 +31,7 @@ __all__ = [
     "RESERVED_FIELD_NAMES",
     "RESERVED_TAG_KEYS",
     "SUPPORTED_VERSIONS",
+    "TEXT_RE",
     "TS_MAX_NS",
     "TS_MIN_NS",
     "WIRE_VERSION",
@@ -57,6 +58,7 @@ MAX_ID_LEN: Final = 64
 TS_MIN_NS: Final = 946_684_800_000_000_000
 TS_MAX_NS: Final = 4_102_444_800_000_000_000
 
+# Every pattern here is applied whole (``fullmatch``, or ``^...\Z`` where a library searches).
 #: Gateway and device ids: usable as an MQTT topic level and an InfluxDB tag value as they are.
 ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 #: Measurement, field and tag names: need no escaping anywhere (line protocol, InfluxQL, JSON).
@@ -76,8 +78,11 @@ Clock: TypeAlias = Literal["device", "gateway"]
 _Finite = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
 _Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 # Control characters other than tab are refused in string values; the pattern only runs on
-# string values, which are rare, so it costs nothing on numeric readings.
-_Text = Annotated[str, Meta(max_length=MAX_STRING_LEN, pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")]
+# string values, which are rare, so it costs nothing on numeric readings. msgspec applies a
+# pattern with ``re.search``: the end is ``\Z``, because ``$`` also matches before a trailing
+# newline ("x\n" would pass and split a line of line protocol in two).
+TEXT_RE: Final = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+_Text = Annotated[str, Meta(max_length=MAX_STRING_LEN, pattern=rf"^{TEXT_RE.pattern}\Z")]
 FieldValue: TypeAlias = _Finite | _Int64 | bool | _Text
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -70,7 +71,6 @@ def test_every_kind_of_malformed_payload_is_deadlettered_with_a_reason(
              if payload in by_payload}
     assert kinds == {
         "truncated": "malformed",
-        "oversize": "too_large",
         "wrong_types": "invalid",
         "version": "unsupported_version",
         "bad_utf8": "malformed",
@@ -80,6 +80,13 @@ def test_every_kind_of_malformed_payload_is_deadlettered_with_a_reason(
     }
     oversize = next(r for r in records if r["kind"] == "too_large")
     assert "limit" in oversize["reason"]
+    # Too big to keep whole in a record (64 KiB): cut, with its size and hash.
+    assert oversize["payload_truncated"] is True
+    assert oversize["payload_size"] == len(bad["oversize"])
+    assert oversize["payload_sha256"] == hashlib.sha256(bad["oversize"]).hexdigest()
+    assert bad["oversize"].startswith(_original(oversize))
+    # Every record is also a point in InfluxDB, the durable copy.
+    assert influxd.count(influx_db, "ingest_deadletter", "record") == len(bad)
     for record in records:
         assert record["reason"]
         assert record["stage"] == "decode"

@@ -163,3 +163,30 @@ def test_worker_sigkilled_mid_stream_then_restarted_loses_and_doubles_nothing(
     assert [s["values"][0][1] for s in answer["results"][0]["series"]] == [batches] * gateways
     assert "ingest worker stopped" in log.read_text()
     assert os.path.getsize(log) > 0
+
+
+def test_a_worker_restarted_with_a_backlog_past_receive_maximum_starts_and_drains_it(
+    mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str,
+    publisher: Publisher, base_ts: int,
+) -> None:
+    """The queued messages come right after CONNACK, ahead of the SUBACK: a session that
+    stopped reading at its buffer limit before taking them would never see the SUBACK (it
+    read on only every keepalive/2 = 30 s here, as long as the worker waits to subscribe)."""
+    config = make_config(
+        mosquitto, influxd, topic_root, influx_db, mqtt={"receive_maximum": 20, "keepalive": 60}
+    )
+    with WorkerThread(config):
+        pass  # the persistent session and its shared subscription now exist
+    batches, per_batch = 200, 5
+    for seq in range(batches):
+        publisher.telemetry("gw-0", batch_payload("gw-0", 0, seq, per_batch, base_ts))
+    publisher.flush()  # PUBACKed: queued in the offline session
+    started = time.monotonic()
+    with WorkerThread(config) as running:
+        wait_for(
+            lambda: count_points(influxd, influx_db) >= batches * per_batch, 30, "the backlog"
+        )
+        elapsed = time.monotonic() - started
+        wait_for(lambda: running.worker.stats().messages_in_flight == 0, 10, "all acked")
+    assert count_points(influxd, influx_db) == batches * per_batch
+    assert elapsed < 20, elapsed
