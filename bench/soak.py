@@ -9,7 +9,11 @@ overlapping (:mod:`simulators._chaos`):
 * SIGKILL a random ingest worker, restart it with the same client id a few seconds later;
 * stop influxd for 10-30 s, start it again;
 * restart mosquitto (SIGTERM, start on the same port and data directory);
-* uplink loss and reboots of a tenth of the gateways.
+* SIGKILL mosquitto (just after it saved its persistence, or with what it saved last) and
+  start it on the same data: gap repair (the API asks the gateways to resend) refills what
+  the broker forgot;
+* uplink loss and reboots of a tenth of the gateways;
+* with ``--hostile N``, N hostile gateways publish beside the honest ones throughout.
 
 Then the fleet stops, the drain is awaited (bounded) and the ledger is compared with
 InfluxDB: readings acknowledged by the broker against distinct points stored (``lost``,
@@ -18,9 +22,13 @@ per kind, the time to catch up after the last fault and to drain after the fleet
 Throughput (readings stored per second; acknowledged to the fleet per second) during chaos is
 set against a reference phase of the same fleet without faults, in the same run.
 
-Run by hand: ``.venv/bin/python bench/soak.py [--gateways 200] [--minutes 5] [--seed 1]``.
-Progress lines first; the last line is one JSON object. Exit status 1 when anything was
-lost or doubled.
+Run by hand: ``.venv/bin/python bench/soak.py [--gateways 200] [--minutes 5] [--seed 1]
+[--hostile N]``. Progress lines first; the last line is one JSON object, the chaos report
+(docs/operations.md) with, among others, ``honest_lost``, ``honest_duplicated``,
+``hostile_cases`` (per case: sent, acked, refused...), ``service_crashes`` (ingest workers and
+API processes that exited on their own; the schedule's kills are not counted) and
+``repair_s`` (broker restart after a SIGKILL → last hole refilled). Exit status 1 when an
+honest reading was lost or doubled.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ def main() -> int:
                         help="simulated seconds per wall second (sets the offered load)")
     parser.add_argument("--reference", type=float, default=30.0,
                         help="seconds of the no-fault reference phase")
+    parser.add_argument("--hostile", type=int, default=0,
+                        help="hostile gateways beside the honest ones")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep services' data and logs here (default: a temporary dir)")
     args = parser.parse_args()
@@ -61,13 +71,15 @@ def main() -> int:
         duration_s=duration,
         quiet_s=max(30.0, 0.15 * duration),
         data_dir=args.data_dir,
+        hostile=args.hostile,
     )
     report = run_chaos(config)
     result = report.to_dict()
     print(
         f"sent {report.sent} readings, stored {report.stored}: lost {report.lost}, "
         f"duplicated {report.duplicates}; seqs missing {report.missing_seqs}, "
-        f"doubled {report.duplicate_seqs}; events {report.events}"
+        f"doubled {report.duplicate_seqs}; events {report.events}; "
+        f"service crashes {report.service_crashes}; repair_s {report.repair_s}"
     )
     print(json.dumps(result))
     return 0 if report.ok else 1

@@ -5,7 +5,8 @@
   energy), stepped on a simulated clock; :class:`FaultPlan` makes its sensors misbehave;
 - :class:`GatewayFleet` / :class:`FleetConfig`: whole gateways publishing the wire contract
   (spool, seq, birth and will) onto a broker, with a :class:`Ledger` of what was emitted and
-  :func:`compare_with_influx` to check it against InfluxDB;
+  :func:`compare_with_influx` to check it against InfluxDB; the ``hostile`` fault makes a
+  gateway misbehave on purpose (:data:`HOSTILE_CASES`, tallied in a :class:`HostileTally`);
 - :class:`DeviceCity`: the city as devices (ptys with the firmware protocol and NMEA, Modbus
   TCP meters, local MQTT sensors) for real edge agents;
 - ``simulators.devices``: the reference devices themselves.
@@ -25,6 +26,7 @@ from simulators._errors import (
 )
 from simulators._faults import ActiveFault, FaultPlan
 from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
+from simulators._hostile import HOSTILE_CASES, HostileCase, HostileTally, hostile_messages
 from simulators._ledger import (
     GatewayCheck,
     GatewayRecord,
@@ -53,6 +55,7 @@ from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 __all__ = [
     "DEVICE_KINDS",
     "FAULT_TYPES",
+    "HOSTILE_CASES",
     "KIND_SPECS",
     "ActiveFault",
     "BrokerError",
@@ -74,6 +77,8 @@ __all__ = [
     "GatewayFleet",
     "GatewayProfile",
     "GatewayRecord",
+    "HostileCase",
+    "HostileTally",
     "InfluxHttp",
     "InfluxQuerier",
     "KindFrame",
@@ -89,6 +94,7 @@ __all__ = [
     "batch_payload",
     "build_layout",
     "compare_with_influx",
+    "hostile_messages",
     "load_scenario",
     "packaged_scenarios",
     "scenario_from_dict",

@@ -11,6 +11,7 @@
                         clock_drift  timestamps run ahead by ``ppm`` since the start
     FaultPlan.leak_m3h(t)       ──▶ City.leak_m3h   (extra flow: the leak is real water)
     FaultPlan.gateways_down(t)  ──▶ fleet: uplink lost / rebooting, per gateway
+    FaultPlan.hostile(t)        ──▶ fleet: gateways sending hostile messages (simulators._hostile)
     FaultPlan.devices_with(t)   ──▶ device mode: serial noise, CRC errors on the ptys
 
 Draws use their own generator seeded by the scenario, so faults are reproducible too.
@@ -170,9 +171,25 @@ class FaultPlan:
         lost = np.zeros(n, dtype=np.bool_)
         rebooting = np.zeros(n, dtype=np.bool_)
         for c in self._faults:
-            if c.spec.type in GATEWAY_FAULTS and c.active(t_ns):
+            if c.spec.type in ("uplink_loss", "reboot") and c.active(t_ns):
                 (lost if c.spec.type == "uplink_loss" else rebooting)[c.gateways] = True
         return lost, rebooting
+
+    def hostile_faults(self, t_ns: int) -> list[tuple[npt.NDArray[np.int64], FaultSpec]]:
+        """(gateways, spec) of every ``hostile`` fault active at ``t_ns``."""
+        return [
+            (c.gateways, c.spec)
+            for c in self._faults
+            if c.spec.type == "hostile" and c.active(t_ns)
+        ]
+
+    def hostile(self, t_ns: int) -> npt.NDArray[np.bool_]:
+        """Gateways under an active ``hostile`` fault at ``t_ns``."""
+        out = np.zeros(self.layout.gateways, dtype=np.bool_)
+        for c in self._faults:
+            if c.spec.type == "hostile" and c.active(t_ns):
+                out[c.gateways] = True
+        return out
 
     def devices_with(self, fault_type: str, t_ns: int) -> list[tuple[str, FaultSpec]]:
         """Device ids under an active fault of ``fault_type`` (device-mode faults)."""

@@ -13,8 +13,10 @@ network threads and nothing to hand off::
                    enter the session (birth on every connect) ─▶ hold it until a fault cuts
                    it (abort: no DISCONNECT, the broker publishes the will) or the fleet
                    stops (death "shutdown", DISCONNECT); the session reconnects by itself
-       PUBACK future ─▶ spool.pop(seq), Ledger.acked ─▶ fill the in-flight window again
-     other threads:  stop(), inject(fault)  ── queue.SimpleQueue / Event ──▶ main task
+       task fleet[<gw>].commands (one per connected gateway): subscribe to <gw>/cmd, answer
+                   ping, reannounce, health and resend on the request's response topic
+       PUBACK future ─▶ spool.pop(seq), Ledger.acked ─▶ kept (delivered) ─▶ fill the window
+     other threads:  stop(), pause(), inject(fault)  ── SimpleQueue / Event ──▶ main task
 
 **Spool semantics** (as ``edge_agent``): a batch is numbered and spooled before it is
 published and leaves the spool only on PUBACK. The spool is the session: each connection is
@@ -23,6 +25,24 @@ replays every unacknowledged batch oldest first with its original seq and bytes,
 ones. A gateway that loses its uplink (fault ``uplink_loss``) keeps producing into its spool;
 one that reboots (``reboot``) produces nothing while down, and keeps its spool and seq.
 The broker sees the connection drop without DISCONNECT and publishes the will.
+
+**Delivered batches are kept** (as ``spool.keep_delivered_s`` on a real gateway) for
+``FleetConfig.keep_delivered_s`` (1 h) within ``keep_delivered_bytes`` for the whole fleet
+(oldest delivery forgotten first), so that the platform's gap repair can ask for them again::
+
+    spool (unacked) ──PUBACK──▶ kept (seq → the same bytes) ──older than keep_delivered_s,
+         ▲                         │                          or over the byte budget──▶ gone
+         └──── resend(seqs) ◀──────┘  published again first, same seq, same payload
+
+The ``resend`` command (``docs/wire-protocol.md``) is parsed and answered with the contract's
+:func:`telemetry.parse_resend_args` / :func:`telemetry.resend_result`, like the edge agent:
+``found`` = ``requeued`` (kept batches published again) + ``waiting`` (still unacknowledged),
+``missing`` the seqs not held. A replay is the original bytes, so storing it again is an
+overwrite. The ledger counts a batch acknowledged once, however often it is sent again.
+
+**Hostile gateways** (fault ``hostile``, :mod:`simulators._hostile`) produce no honest
+readings while the fault lasts and publish one hostile message per step instead, counted in
+``fleet.hostile`` and never in the ledger.
 
 A PUBACK is not always a delivery: an MQTT v5 broker answers **0x10 No matching
 subscribers** when nobody subscribes to the topic, and drops the message. With
@@ -41,6 +61,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import math
 import queue
 import random
@@ -53,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import msgspec
 import numpy as np
 from pydantic import SecretStr, ValidationError
 
@@ -65,29 +87,41 @@ from foundation import (
 )
 from foundation.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
+    Message,
     MqttConnectError,
+    MqttDisconnected,
     MqttError,
     MqttSession,
+    MqttSubscribeError,
     Outgoing,
     SessionConfig,
     SessionStatus,
+    publish_properties,
 )
 from simulators._city import City, Layout, build_layout
 from simulators._errors import BrokerError, ScenarioError
 from simulators._faults import ActiveFault, FaultPlan
+from simulators._hostile import HOSTILE_CASES, HostileCase, HostileTally, hostile_messages
 from simulators._ledger import Ledger
 from simulators._scenario import DEVICE_KINDS, DeviceKind, FaultSpec, Scenario
 from simulators._wire import GatewayBatch, WireEncoder, batch_payload
 from telemetry import (
     Birth,
+    CommandRequest,
+    CommandResponse,
     Death,
     DeviceInfo,
     Health,
+    InvalidCommand,
     Location,
+    PayloadError,
     SpoolHealth,
     TopicError,
     Topics,
+    decode_message,
     encode_message,
+    parse_resend_args,
+    resend_result,
 )
 
 __all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "GatewayFleet"]
@@ -101,6 +135,11 @@ _RECONNECT: Final = Backoff(initial=0.5, maximum=30.0, multiplier=2.0, jitter=1.
 _SHUTDOWN_S: Final = 5.0
 _HOLD_MIN_S: Final = 0.2
 _HOLD_MAX_S: Final = 5.0
+#: What a kept batch costs besides its payload (the entry, its index, the order queue).
+_KEPT_OVERHEAD: Final = 200
+#: Resend requests remembered by :meth:`GatewayFleet.resend_log`.
+_RESEND_LOG: Final = 10_000
+log: Final = logging.getLogger("simulators")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +205,24 @@ class FleetConfig:
     #: spooled and send it again (runs against a platform, where ingest subscribes). Off:
     #: count it as delivered (load runs against a bare broker, where nobody subscribes).
     retry_unrouted: bool = False
+    #: Acknowledged batches are kept this long (wall seconds), so that the platform's gap
+    #: repair can ask for them again with ``resend`` (a real gateway's
+    #: ``spool.keep_delivered_s``). 0: forgotten on their PUBACK.
+    keep_delivered_s: float = 3600.0
+    #: Bytes the kept batches may take, all gateways together (payload plus about 200 bytes
+    #: each); past it the oldest deliveries are forgotten first.
+    keep_delivered_bytes: int = 256 * 1024**2
+    #: Subscribe to each gateway's ``cmd`` topic and answer commands (ping, reannounce,
+    #: health, resend) as the edge agent does.
+    commands: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.keep_delivered_s <= 7 * 86_400:
+            raise ScenarioError(
+                "must be within 0..604800 seconds", source="FleetConfig", key="keep_delivered_s"
+            )
+        if self.keep_delivered_bytes < 0:
+            raise ScenarioError("must be >= 0", source="FleetConfig", key="keep_delivered_bytes")
 
     def broker_access(self) -> BrokerAccess:
         """Credentials and TLS as the shared model; :class:`ValueError` when the platform's
@@ -219,6 +276,21 @@ class FleetStats:
     #: Batches the broker acked with 0x10 No matching subscribers (with ``retry_unrouted``:
     #: kept and sent again).
     no_subscribers: int = 0
+    #: Acknowledged batches held for ``resend`` now, and those forgotten early (budget).
+    kept_batches: int = 0
+    kept_bytes: int = 0
+    kept_evicted: int = 0
+    #: Commands answered, by outcome; ``resend`` seqs found (published again or on their
+    #: way) and missing (not held).
+    commands: int = 0
+    commands_refused: int = 0
+    commands_unanswered: int = 0
+    resend_requests: int = 0
+    resend_requeued: int = 0
+    resend_waiting: int = 0
+    resend_missing: int = 0
+    #: Gateways whose ``cmd`` subscription the broker refused.
+    command_subscribe_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -227,6 +299,10 @@ class _Spooled:
     payload: bytes
     readings: int
     sent: int = 0
+    #: Counted in the ledger as acknowledged (a resend is not counted again).
+    acked: bool = False
+    #: When it was last acknowledged (monotonic): its place in the kept order.
+    kept_at: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -236,16 +312,22 @@ class _Gateway:
     topic: str
     status_topic: str
     health_topic: str
+    cmd_topic: str
     session: MqttSession | None = None
     state: Literal["down", "connecting", "up"] = "down"
     #: The session epoch of the connection the in-flight batches went out on.
     epoch: int = 0
     spool: OrderedDict[int, _Spooled] = field(default_factory=OrderedDict)
+    #: Acknowledged batches held for ``resend`` (seq -> the same entry).
+    kept: dict[int, _Spooled] = field(default_factory=dict)
     unsent: deque[int] = field(default_factory=deque)
     inflight: set[int] = field(default_factory=set)
     next_seq: int = 0
     uplink_lost: bool = False
     rebooting: bool = False
+    #: Under a ``hostile`` fault: the cases it sends in turn instead of honest readings.
+    hostile_cases: tuple[HostileCase, ...] = ()
+    hostile_turn: int = 0
     boot_mono: float = 0.0
     #: No publishing before this (monotonic): the broker said nobody subscribes.
     hold_until: float = 0.0
@@ -296,10 +378,22 @@ class GatewayFleet:
                 topic=self.topics.telemetry(g),
                 status_topic=self.topics.status(g),
                 health_topic=self.topics.health(g),
+                cmd_topic=self.topics.command(g),
             )
             for i, g in enumerate(self.layout.gateway_ids)
         ]
         self._stop = threading.Event()
+        self._paused = threading.Event()
+        #: Kept batches in the order they were acknowledged: (kept_at, gateway, seq, entry);
+        #: an item whose entry was sent again since is stale and skipped.
+        self._kept_order: deque[tuple[float, _Gateway, int, _Spooled]] = deque()
+        #: What hostile gateways sent (never in the ledger).
+        self.hostile = HostileTally()
+        #: The last resend requests that found kept batches: (monotonic time, gateway, seqs
+        #: published again), for measurements such as the chaos run's ``repair_s``.
+        self._resend_log: deque[tuple[float, str, tuple[int, ...]]] = deque(
+            maxlen=_RESEND_LOG
+        )
         self._commands: queue.SimpleQueue[FaultSpec] = queue.SimpleQueue()
         self._run_access: BrokerAccess | None = None
         self._ssl: Any = None
@@ -324,6 +418,14 @@ class GatewayFleet:
         """Ask ``run()`` to stop: stop producing, drain the spools, say goodbye."""
         self._stop.set()
 
+    def pause(self) -> None:
+        """Stop producing (the simulated clock stands still) but stay connected: spools
+        drain, commands (``resend``) are answered. :meth:`resume` goes on."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
     def inject(self, spec: FaultSpec) -> None:
         """Add a fault; ``at_s`` counts from the simulated time when the fleet picks it up."""
         self._commands.put(spec)
@@ -338,6 +440,21 @@ class GatewayFleet:
     def spooled_batches(self) -> int:
         return sum(len(g.spool) for g in self._gws)
 
+    def kept_batches(self) -> int:
+        """Acknowledged batches held for ``resend``."""
+        return sum(len(g.kept) for g in self._gws)
+
+    def resend_log(self) -> list[tuple[float, str, tuple[int, ...]]]:
+        """The last resend requests that found kept batches: (``time.monotonic()``,
+        gateway, the seqs published again), oldest first."""
+        return list(self._resend_log)
+
+    @property
+    def hostile_gateway_ids(self) -> list[str]:
+        """Gateways a ``hostile`` fault has hit so far (their messages are in
+        :attr:`hostile`, not in the ledger)."""
+        return sorted(self.hostile.gateways)
+
     # -- stepping (no I/O; used by run(), tests and benchmarks) ------------------------------
     def due_kinds(self, tick: int) -> frozenset[DeviceKind]:
         return frozenset(k for k, every in self._every.items() if tick % every == 0)
@@ -348,7 +465,8 @@ class GatewayFleet:
         self.city.leak_m3h = self.plan.leak_m3h(t)
         frame = self.plan.apply(self.city.step(t, self.due_kinds(self._tick)))
         _lost, rebooting = self.plan.gateways_down(t)
-        batches = self.encoder.batches(frame, silent=rebooting if rebooting.any() else None)
+        silent = rebooting | self.plan.hostile(t)
+        batches = self.encoder.batches(frame, silent=silent if silent.any() else None)
         self._tick += 1
         self.stats.ticks = self._tick
         self.stats.sim_ns = t
@@ -519,20 +637,30 @@ class GatewayFleet:
         health_every = self.scenario.publish.health_interval_s
         next_health = t0 + health_every if health_every > 0 else math.inf
         next_progress = t0 + progress_every_s if progress is not None else math.inf
+        paused_at: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= wall_end:
                 break
+            if self._paused.is_set():
+                paused_at = now if paused_at is None else paused_at
+            elif paused_at is not None:
+                t0 += now - paused_at  # the schedule resumes where it stood
+                paused_at = None
             if ticks is not None and self._tick - first_tick >= ticks:
                 break
             if self.sim_time_ns >= sim_limit:
                 break
             self._take_commands()
             due_at = t0 + (self._tick - first_tick) * tick_wall
-            if now >= due_at and (speed > 0 or self._backlog() < self.config.max_backlog_batches):
+            if paused_at is not None:
+                timeout = 0.05
+            elif now >= due_at and (speed > 0 or self._backlog() < self.config.max_backlog_batches):
                 self.stats.lag_s = now - due_at
-                self._apply_gateway_faults(self.sim_time_ns)
+                t_sim = self.sim_time_ns
+                self._apply_gateway_faults(t_sim)
                 self.spool_batches(self.step())
+                self._publish_hostile(t_sim)
                 self._fill_dirty()
                 timeout = 0.0
             else:
@@ -541,6 +669,7 @@ class GatewayFleet:
             if now >= next_misc:
                 next_misc = now + _MISC_EVERY_S
                 self._release_holds(now)
+                self._forget_kept(now)
             if now >= next_health:
                 next_health = now + health_every
                 self._publish_health(now)
@@ -586,6 +715,12 @@ class GatewayFleet:
             elif was_rebooting:
                 gw.boot_mono = time.monotonic()
             self._wake(gw)
+        cases: dict[int, tuple[HostileCase, ...]] = {}
+        for gateways, spec in self.plan.hostile_faults(t_ns):
+            for i in gateways.tolist():
+                cases[i] = tuple(spec.hostile_cases) or HOSTILE_CASES
+        for gw in self._gws:
+            gw.hostile_cases = cases.get(gw.index, ())
 
     # -- network ------------------------------------------------------------------------------
     def _session_config(self, gw: _Gateway) -> SessionConfig:
@@ -640,7 +775,7 @@ class GatewayFleet:
                     if first is not None:
                         first.set_result(None)
                         first = None
-                    await self._hold(gw, session)
+                    await self._serve(gw, session)
             except MqttConnectError as exc:
                 self.stats.connect_errors += 1
                 self.stats.refused += exc.reason_code is not None
@@ -657,6 +792,20 @@ class GatewayFleet:
             finally:
                 gw.session = None
                 gw.state = "down"
+
+    async def _serve(self, gw: _Gateway, session: MqttSession) -> None:
+        """Hold the session; answer commands beside it while it lasts."""
+        async with asyncio.TaskGroup() as tg:
+            reader = None
+            if self.config.commands:
+                reader = tg.create_task(
+                    self._command_loop(gw, session), name=f"fleet[{gw.id}].commands"
+                )
+            try:
+                await self._hold(gw, session)
+            finally:
+                if reader is not None:
+                    reader.cancel()  # the session's message stream ends only at its exit
 
     async def _hold(self, gw: _Gateway, session: MqttSession) -> None:
         """Keep the session until a fault cuts it or the fleet stops."""
@@ -753,8 +902,179 @@ class GatewayFleet:
             gw.hold_backoff = 0.0
             entry = gw.spool.pop(seq, None)
             if entry is not None:
-                self.ledger.acked(gw.id, entry.readings)
+                if not entry.acked:
+                    entry.acked = True
+                    self.ledger.acked(gw.id, entry.readings)
+                self._keep(gw, entry)
         self._fill(gw)
+
+    # -- delivered batches kept for resend --------------------------------------------------
+    @staticmethod
+    def _kept_size(entry: _Spooled) -> int:
+        return len(entry.payload) + _KEPT_OVERHEAD
+
+    def _keep(self, gw: _Gateway, entry: _Spooled) -> None:
+        """An acknowledged batch: hold it for ``keep_delivered_s`` within the budget."""
+        cfg = self.config
+        size = self._kept_size(entry)
+        if cfg.keep_delivered_s <= 0 or size > cfg.keep_delivered_bytes:
+            return
+        now = time.monotonic()
+        stats = self.stats
+        while stats.kept_bytes + size > cfg.keep_delivered_bytes and self._kept_order:
+            stats.kept_evicted += self._forget_oldest()
+        entry.kept_at = now
+        gw.kept[entry.seq] = entry
+        self._kept_order.append((now, gw, entry.seq, entry))
+        stats.kept_batches += 1
+        stats.kept_bytes += size
+
+    def _forget_oldest(self) -> int:
+        """Forget the oldest kept batch; 1 if it was still held, 0 for a stale item."""
+        kept_at, gw, seq, entry = self._kept_order.popleft()
+        if entry.kept_at != kept_at or gw.kept.get(seq) is not entry:
+            return 0  # sent again since: a newer item stands for it
+        del gw.kept[seq]
+        self.stats.kept_batches -= 1
+        self.stats.kept_bytes -= self._kept_size(entry)
+        return 1
+
+    def _forget_kept(self, now: float) -> None:
+        """Forget batches kept longer than ``keep_delivered_s``."""
+        cutoff = now - self.config.keep_delivered_s
+        order = self._kept_order
+        while order and order[0][0] <= cutoff:
+            self._forget_oldest()
+
+    def _resend(self, gw: _Gateway, seqs: list[int]) -> dict[str, Any]:
+        """Publish again the held batches with these seqs (the ``resend`` command's work,
+        on the fleet's loop): kept ones go out first with their original seq and bytes.
+        Returns the answer's ``result`` (:func:`telemetry.resend_result`)."""
+        requeued: list[_Spooled] = []
+        missing: list[int] = []
+        waiting = 0
+        for seq in seqs:
+            if seq in gw.spool:
+                waiting += 1
+                continue
+            entry = gw.kept.pop(seq, None)
+            if entry is None:
+                missing.append(seq)
+                continue
+            entry.kept_at = 0.0  # its item in the kept order is stale now
+            self.stats.kept_batches -= 1
+            self.stats.kept_bytes -= self._kept_size(entry)
+            requeued.append(entry)
+        if requeued:
+            self._resend_log.append((time.monotonic(), gw.id, tuple(e.seq for e in requeued)))
+            for entry in requeued:
+                gw.spool[entry.seq] = entry
+            # Keep the spool in seq order: a reconnect replays it oldest first.
+            gw.spool = OrderedDict(sorted(gw.spool.items()))
+            if gw.state == "up":
+                gw.unsent.extendleft(reversed([e.seq for e in requeued]))
+                self._fill(gw)
+        stats = self.stats
+        stats.resend_requests += 1
+        stats.resend_requeued += len(requeued)
+        stats.resend_waiting += waiting
+        stats.resend_missing += len(missing)
+        log.info(
+            "resend requested",
+            extra={"gateway": gw.id, "requested": len(seqs), "requeued": len(requeued),
+                   "waiting": waiting, "missing": len(missing)},
+        )  # fmt: skip
+        return resend_result(requeued=len(requeued), waiting=waiting, missing=missing)
+
+    # -- commands -----------------------------------------------------------------------------
+    async def _command_loop(self, gw: _Gateway, session: MqttSession) -> None:
+        """Subscribe to the gateway's ``cmd`` topic and answer each request there."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await session.subscribe(gw.cmd_topic, qos=1)
+        except MqttSubscribeError as exc:
+            self.stats.command_subscribe_refused += 1
+            self.stats.last_error = f"{gw.id}: {exc}"
+            return
+        except (MqttDisconnected, TimeoutError):
+            pass  # remembered: made again on the next connect
+        async for msg in session.messages():
+            await self._answer(gw, session, msg)
+
+    async def _answer(self, gw: _Gateway, session: MqttSession, msg: Message) -> None:
+        """One command, answered as ``edge_agent._commands`` does (same results, same
+        errors), on the request's response topic with its correlation data."""
+        topic = msg.response_topic
+        if topic is None:
+            self.stats.commands_unanswered += 1
+            return
+        try:
+            req = decode_message(msg.payload, CommandRequest)
+            resp = CommandResponse(ok=True, result=self._run_command(gw, session, req))
+            self.stats.commands += 1
+        except PayloadError as exc:  # InvalidCommand included
+            resp = CommandResponse(ok=False, error=str(exc))
+            self.stats.commands_refused += 1
+        props = publish_properties(correlation_data=msg.correlation_data)
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await session.publish(topic, encode_message(resp), qos=1, properties=props)
+        except (MqttError, TimeoutError):
+            self.stats.commands_unanswered += 1  # the requester asks again
+
+    def _run_command(
+        self, gw: _Gateway, session: MqttSession, req: CommandRequest
+    ) -> dict[str, Any]:
+        if req.cmd == "ping":
+            return {
+                "pong": True,
+                "ts": time.time_ns(),
+                "uptime_s": round(time.monotonic() - (gw.boot_mono or self.stats.started_at), 3),
+            }
+        if req.cmd == "reannounce":
+            birth = encode_message(self.birth(gw.index))
+            try:
+                session.publish_nowait(gw.status_topic, birth, qos=1, retain=True)
+            except MqttError:
+                return {"published": False}
+            return {"published": True}
+        if req.cmd == "health":
+            result: dict[str, Any] = msgspec.to_builtins(self._health(gw, time.monotonic()))
+            return result
+        if req.cmd == "resend":
+            return self._resend(gw, parse_resend_args(req.args))
+        raise InvalidCommand(
+            f"unknown command {req.cmd!r} (known: ping, reannounce, health, resend)"
+        )
+
+    # -- hostile gateways ---------------------------------------------------------------------
+    def _publish_hostile(self, t_sim: int) -> None:
+        """One hostile message (or two: ``seq_jump``) per hostile gateway and step."""
+        wall = time.time_ns()
+        for gw in self._gws:
+            if not gw.hostile_cases:
+                continue
+            case = gw.hostile_cases[gw.hostile_turn % len(gw.hostile_cases)]
+            gw.hostile_turn += 1
+            session = gw.session
+            for m in hostile_messages(gw.id, case, seq=gw.hostile_turn, sim_ns=t_sim,
+                                      wall_ns=wall):  # fmt: skip
+                if session is None or gw.state != "up":
+                    self.hostile.not_sent(case)
+                    continue
+                try:
+                    fut = session.publish_nowait(gw.topic, m.payload, qos=1)
+                except MqttError:
+                    self.hostile.not_sent(case)
+                    continue
+                self.hostile.sent(gw.id, case)
+                fut.add_done_callback(functools.partial(self._on_hostile_ack, case, m.readings))
+
+    def _on_hostile_ack(self, case: str, readings: int, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.hostile.not_sent(case)
+            return
+        self.hostile.answered(case, fut.result(), readings)
 
     def _fill(self, gw: _Gateway) -> None:
         session = gw.session
@@ -788,27 +1108,30 @@ class GatewayFleet:
                 gw.hold_until = 0.0
                 self._fill(gw)
 
+    def _health(self, gw: _Gateway, now: float) -> Health:
+        spool = gw.spool
+        return Health(
+            gw=gw.id,
+            ts=self.sim_time_ns,
+            uptime_s=now - (gw.boot_mono or self.stats.started_at),
+            next_seq=gw.next_seq,
+            spool=SpoolHealth(
+                batches=len(spool),
+                readings=sum(e.readings for e in spool.values()),
+                bytes=sum(len(e.payload) for e in spool.values()),
+                budget_bytes=0,
+                oldest_age_s=None,
+                dropped_batches=0,
+                dropped_readings=0,
+            ),
+        )
+
     def _publish_health(self, now: float) -> None:
         for gw in self._gws:
             session = gw.session
             if session is None or gw.state != "up":
                 continue
-            spool = gw.spool
-            health = Health(
-                gw=gw.id,
-                ts=self.sim_time_ns,
-                uptime_s=now - (gw.boot_mono or self.stats.started_at),
-                next_seq=gw.next_seq,
-                spool=SpoolHealth(
-                    batches=len(spool),
-                    readings=sum(e.readings for e in spool.values()),
-                    bytes=sum(len(e.payload) for e in spool.values()),
-                    budget_bytes=0,
-                    oldest_age_s=None,
-                    dropped_batches=0,
-                    dropped_readings=0,
-                ),
-            )
+            health = self._health(gw, now)
             with contextlib.suppress(MqttError):  # lost meanwhile: the next report goes
                 session.publish_nowait(gw.health_topic, encode_message(health), qos=0)
 

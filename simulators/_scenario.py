@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simulators._errors import ScenarioError
+from simulators._hostile import HostileCase
 
 __all__ = [
     "DEVICE_KINDS",
@@ -74,10 +75,11 @@ FaultType: TypeAlias = Literal[
     "crc_errors",
     "uplink_loss",
     "reboot",
+    "hostile",
 ]
 FAULT_TYPES: Final[tuple[str, ...]] = FaultType.__args__  # type: ignore[attr-defined]
 #: Faults that act on a gateway as a whole rather than on its devices' values.
-GATEWAY_FAULTS: Final = frozenset({"uplink_loss", "reboot"})
+GATEWAY_FAULTS: Final = frozenset({"uplink_loss", "reboot", "hostile"})
 
 _PREFIX_RE: Final = r"^[A-Za-z0-9][A-Za-z0-9-]{0,40}$"
 _DEFAULT_INTERVALS: Final[dict[DeviceKind, float]] = {
@@ -173,6 +175,8 @@ class FaultSpec(_Model):
     rate_m3h: Annotated[float, Field(gt=0)] = 12.0
     #: serial_noise: garbage bytes per second on the serial line.
     bytes_per_s: Annotated[int, Field(ge=1)] = 64
+    #: hostile: the cases sent in turn (default: all of ``simulators._hostile.HOSTILE_CASES``).
+    hostile_cases: list[HostileCase] = []
 
     @model_validator(mode="after")
     def _targets(self) -> Self:
@@ -180,6 +184,8 @@ class FaultSpec(_Model):
             raise ValueError("a fault needs targets: gateways, devices, count or fraction")
         if self.type in GATEWAY_FAULTS and (self.devices or self.kinds):
             raise ValueError(f"{self.type} acts on gateways: use gateways, count or fraction")
+        if self.hostile_cases and self.type != "hostile":
+            raise ValueError("hostile_cases belongs to a hostile fault")
         if self.type == "leak" and self.kinds and self.kinds != ["water"]:
             raise ValueError("a leak is in the water network: kinds must be [water]")
         return self

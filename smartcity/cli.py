@@ -162,10 +162,17 @@ def chaos(
         Path | None,
         typer.Option("--dir", help="Keep data and logs here (default: a temporary directory)."),
     ] = None,
+    hostile: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Hostile gateways beside the honest ones (their messages are tallied "
+            "apart; only the honest ledger is compared).",
+        ),
+    ] = 0,
 ) -> None:
-    """Run a fleet against local mosquitto, influxd and two ingest workers while all of them
-    fail (seeded), then compare the ledger with InfluxDB; the last line is a JSON report.
-    Exit 1 when a reading was lost or doubled."""
+    """Run a fleet against local mosquitto, influxd, two ingest workers and the API (gap
+    repair) while all of them fail (seeded), then compare the honest ledger with InfluxDB;
+    the last line is a JSON report. Exit 1 when an honest reading was lost or doubled."""
     from simulators import SimulatorError
     from smartcity._chaos import ChaosConfig, run_chaos
     from smartcity._localstack import ServiceError
@@ -175,7 +182,7 @@ def chaos(
         config = ChaosConfig(
             gateways=gateways, scenario=scenario, speed=speed, seed=seed,
             reference_s=reference, duration_s=duration, quiet_s=max(30.0, 0.15 * duration),
-            data_dir=directory,
+            data_dir=directory, hostile=hostile,
         )  # fmt: skip
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
