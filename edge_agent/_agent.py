@@ -5,7 +5,7 @@
     ┌ agent[gw] TaskGroup ─────────────────────────────────────────────────────────────┐
     │ inputs[gw].supervisor ── inner TaskGroup: input[<name>].run, each supervised     │
     │ agent[gw].tick        ── every tick_s: pipeline.tick → batcher → spool → acks   │
-    │ uplink[gw].connection ── paho client per connection, spool replay, control msgs │
+    │ uplink[gw].run        ── MqttSession: spool replay, window, control messages    │
     │ agent[gw].health      ── Health on the health topic every interval_s            │
     │ agent[gw].prune       ── delivered batches past spool.keep_delivered_s, 60 s    │
     └──────────────────────────────────────────────────────────────────────────────────┘
@@ -170,7 +170,7 @@ class EdgeAgent:
                 metrics.start()
             async with asyncio.TaskGroup() as tg:
                 gw = self.gateway
-                up = tg.create_task(self.uplink.run(), name=f"uplink[{gw}].connection")
+                up = tg.create_task(self.uplink.run(), name=f"uplink[{gw}].run")
                 tick = tg.create_task(self._tick_loop(), name=f"agent[{gw}].tick")
                 health = tg.create_task(self._health_loop(), name=f"agent[{gw}].health")
                 prune = tg.create_task(self._prune_loop(), name=f"agent[{gw}].prune")

@@ -11,12 +11,13 @@ Hierarchy::
     └── CommandError                a remote command that cannot be carried out
 
 Errors carry their context as attributes (``ConfigError.source``, ``.issues``), and library
-errors (``yaml``, ``pydantic``, ``sqlite3``, ``paho``) are translated at the boundary with
-``raise ... from exc``.
+errors (``yaml``, ``pydantic``, ``sqlite3``, ``foundation.mqtt``) are translated at the
+boundary with ``raise ... from exc``.
 """
 
 from __future__ import annotations
 
+import errno as errno_codes
 from dataclasses import dataclass
 
 __all__ = [
@@ -28,7 +29,18 @@ __all__ = [
     "PayloadRejected",
     "SpoolError",
     "UplinkError",
+    "errno_name",
 ]
+
+
+def errno_name(exc: BaseException | None) -> str | None:
+    """The symbolic errno a connect error carries (``ECONNREFUSED``), else ``None``: what a
+    log line names when a broker connection fails (a TLS failure or a CONNACK refusal has
+    none; :class:`foundation.mqtt.MqttConnectError` then carries ``reason_code``)."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        return None
+    return errno_codes.errorcode.get(code, str(code))
 
 
 class EdgeError(Exception):

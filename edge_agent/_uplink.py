@@ -2,17 +2,19 @@
 
 ::
 
-       asyncio loop (agent)                        paho network thread (one per connection)
-    ┌──────────────────────────┐   publish()    ┌───────────────────────────┐
-    │ Uplink.run               │ ─────────────▶ │ socket, keepalive, PUBACK │
-    │   connect / backoff      │ ◀───────────── │ callbacks                 │
-    │   sender: spool → window │ call_soon_     └───────────────────────────┘
-    │   acks: mark delivered   │ threadsafe
-    └──────────────────────────┘
+    event loop (agent; no network thread: foundation.mqtt drives the client in the loop)
+    ──────────────────────────────────────────────────────────────────────────────────────
+    task uplink[gw].run          connect (first connect retried here with the Backoff)
+     └─ MqttSession uplink[gw]   task uplink[gw].connection: socket, keepalive, reconnect
+          │                      with foundation.Backoff (backoff_initial_s..backoff_max_s,
+          │                      full jitter); birth first on every connect, will = death
+          ├─ task uplink[gw].sender   spool ─▶ publish_nowait (window) ─▶ PUBACK future
+          │   (edge_agent._sender)    ─▶ done callback: delivered / 0x10 kept / refused
+          └─ task uplink[gw].control  messages() ─▶ ControlMessage ─▶ agent (config, cmd)
 
-Hand-off: paho callbacks never touch agent state; they post to the loop with
-``call_soon_threadsafe``. Reconnects back off exponentially with full jitter, capped at
-``backoff_max_s``.
+Everything runs on the agent's loop: PUBACKs resolve futures whose callbacks mark batches,
+and ``on_connect`` / ``on_disconnect`` hooks keep the link state (health, ``/metrics``).
+A failed connect is logged with its errno (``ECONNREFUSED``...).
 
 **Session.** The broker keeps a persistent MQTT v5 session for the gateway (clean start off,
 Session Expiry Interval ``broker.session_expiry_s``): config and commands published while the
@@ -20,9 +22,9 @@ gateway is offline are queued by the broker and delivered on reconnect. Clean st
 from the very first connection: mosquitto 2.0.11 does not restore, after a broker restart, a
 session that was created with clean start (docs/operations.md). The session carries only the
 *inbound* side (subscriptions, queued control messages). Telemetry state lives in the spool:
-each connection still gets a fresh paho client with empty in-flight state, so paho never
-re-sends a batch by itself, and a reconnect replays unacknowledged batches from the spool
-only. The broker keeps no state for QoS 1 messages *from* a client, so a resumed session
+each connection still gets a fresh MQTT client with empty in-flight state (the session layer
+never re-sends a publish by itself), and a reconnect replays unacknowledged batches from the
+spool only. The broker keeps no state for QoS 1 messages *from* a client, so a resumed session
 holds nothing that would be published twice. What can be doubled, as before, is a batch whose
 PUBACK was lost with the connection (at most ``inflight_window`` batches per cut, exact
 replays with the same ``seq``), and a control message the broker redelivers (DUP) because its
@@ -46,34 +48,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final, Literal
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.client import ConnectFlags
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import SecretStr
 
 from edge_agent._config import BrokerConfig
-from edge_agent._errors import UplinkError
+from edge_agent._errors import UplinkError, errno_name
+from edge_agent._sender import Sender, SenderStats
 from edge_agent._spool import Spool, SpooledBatch
-from foundation import BrokerSetupError, configure_client
+from foundation import Backoff, BrokerAccess, BrokerSetupError
+from foundation.mqtt import (
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+    MqttSession,
+    MqttSubscribeError,
+    Outgoing,
+    SessionConfig,
+    SessionStatus,
+)
 from telemetry import Death, Topics, encode_message
 
 __all__ = ["ControlMessage", "Uplink", "UplinkStats"]
 
 log: Final = logging.getLogger("edge_agent.uplink")
 
-#: MQTT v5 PUBACK reason code: the broker accepted the message but no subscription matched.
-_NO_MATCHING_SUBSCRIBERS: Final = 0x10
-_UNROUTED_FIRST_S: Final = 0.2
-_UNROUTED_MAX_S: Final = 5.0
+#: Publish slots beyond ``inflight_window`` for control messages (birth, reports, answers).
+_CONTROL_SLOTS: Final = 16
 
 
 class ControlMessage:
@@ -100,63 +103,22 @@ class ControlMessage:
         self.redelivered = redelivered
 
 
-class UplinkStats:
-    __slots__ = (
-        "acked_batches",
-        "acked_readings",
-        "connects",
-        "published_batches",
-        "resent_batches",
-        "resumed_sessions",
-        "state",
-        "unrouted_batches",
-    )
+class UplinkStats(SenderStats):
+    """The link state and counters (health ``links.uplink``, ``/metrics``)."""
+
+    __slots__ = ("connects", "resumed_sessions", "state")
 
     def __init__(self) -> None:
+        super().__init__()
+        #: ``down`` | ``connecting`` | ``up``
         self.state = "down"
         self.connects = 0
         #: Connects where the broker still had the gateway's session (CONNACK session present).
         self.resumed_sessions = 0
-        self.published_batches = 0
-        self.acked_batches = 0
-        self.acked_readings = 0
-        #: Delivered batches published again on a ``resend`` request.
-        self.resent_batches = 0
-        #: PUBACKs with reason 0x10 "No matching subscribers": the broker took the batch and
-        #: delivered it to nobody (e.g. ingest's shared subscription not back yet after a
-        #: broker restart). Such a batch stays in the spool and is sent again.
-        self.unrouted_batches = 0
-
-
-class _Connection:
-    """One paho client and the events its callbacks post to the loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.connected = asyncio.Event()
-        self.closed = asyncio.Event()
-        self.failure: str | None = None
-        self.client: mqtt.Client | None = None
-        self.session_present = False  # written by paho's thread before on_connected is posted
-
-    def post(self, fn: Callable[..., None], *args: Any) -> None:
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(fn, *args)
-
-    def on_connected(self, ok: bool, reason: str) -> None:
-        if ok:
-            self.connected.set()
-        else:
-            self.failure = reason
-            self.closed.set()
-
-    def on_closed(self, reason: str) -> None:
-        self.failure = self.failure or reason
-        self.closed.set()
 
 
 class Uplink:
-    """Publishes spooled batches and control messages; owns the broker connection.
+    """Publishes spooled batches and control messages; owns the broker session.
 
     ``birth`` builds the retained birth payload (called on every connect), ``on_control``
     receives config and command messages on the agent's loop.
@@ -181,42 +143,78 @@ class Uplink:
         self._birth = birth
         self._on_control = on_control
         self.stats = UplinkStats()
-        self._wake = asyncio.Event()
-        self._conn: _Connection | None = None
-        self._inflight: dict[int, SpooledBatch] = {}
-        self._acked: list[SpooledBatch] = []
-        #: Batches the broker routed to nobody, oldest first, sent again at ``_retry_at``.
-        self._unrouted: list[SpooledBatch] = []
-        self._retry_at = 0.0
-        self._retry_delay = _UNROUTED_FIRST_S
-        #: Delivered batches asked for again, oldest first, published before new picks.
-        self._resend: list[SpooledBatch] = []
+        self._sender = Sender(
+            spool=spool,
+            stats=self.stats,
+            topic=topics.telemetry(gateway),
+            window=broker.inflight_window,
+        )
+        self._quit = asyncio.Event()
+        #: Set while no session is entered (the run task left it, or never entered one).
+        self._left = asyncio.Event()
+        self._left.set()
+        self._session: MqttSession | None = None
+        #: The control subscriptions were made once on this session: only then ``up``.
+        self._subscribed = False
         self._stopping = False
-        self._telemetry_topic = topics.telemetry(gateway)
         self._status_topic = topics.status(gateway)
         # Files are read once, here: a missing CA or password file stops the agent at
         # start-up with the key and the file named, not at the first reconnect.
-        self._tls_context: ssl.SSLContext | None = None
         try:
-            if broker.tls is not None:
-                self._tls_context = broker.tls.ssl_context("broker.tls.")
-            self._password = broker.read_password("broker.password_file")
+            tls_context = None if broker.tls is None else broker.tls.ssl_context("broker.tls.")
+            password = broker.read_password("broker.password_file")
         except BrokerSetupError as exc:
             raise UplinkError(str(exc)) from exc
+        self._backoff = Backoff(
+            initial=broker.backoff_initial_s,
+            maximum=broker.backoff_max_s,
+            multiplier=2.0,
+            jitter=1.0,
+        )
+        status = self._status_topic
+        self._session_config = SessionConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id=client_id,
+            access=BrokerAccess(
+                username=broker.username,
+                password=None if password is None else SecretStr(password),
+                tls=broker.tls,
+            ),
+            ssl_context=tls_context,
+            keepalive_s=broker.keepalive_s,
+            connect_timeout_s=broker.connect_timeout_s,
+            clean_start=False,
+            session_expiry_s=broker.session_expiry_s,
+            max_inflight=broker.inflight_window + _CONTROL_SLOTS,
+            will=Outgoing(
+                topic=status,
+                payload=encode_message(Death(gw=gateway, reason="lost")),
+                retain=True,
+            ),
+            birth=lambda: Outgoing(topic=status, payload=self._birth(), retain=True),
+            # Subscribing again is harmless when the session was resumed, and needed when it
+            # expired; with retain handling 1 the retained desired config only comes with a
+            # new subscription (a resumed session already delivered it).
+            resubscribe="always",
+            backoff=self._backoff,
+            name=f"uplink[{gateway}]",
+        )
 
     # -- public API (agent loop) ---------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        c = self._conn
-        return c is not None and c.connected.is_set() and not c.closed.is_set()
+        """Connected, with the control subscriptions made (``edge_uplink_up``)."""
+        s = self._session
+        return s is not None and s.connected and self._subscribed
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._sender.inflight)
 
     def notify(self) -> None:
         """New batches are in the spool."""
-        self._wake.set()
+        self._sender.wake.set()
 
     def resend(self, batches: list[SpooledBatch]) -> None:
         """Publish again batches the spool has made waiting again (:meth:`Spool.redeliver`).
@@ -225,303 +223,150 @@ class Uplink:
         """
         if not batches or not self.connected:
             return
-        known = {b.id for b in self._resend}
-        self._resend.extend(b for b in batches if b.id not in known)
-        self._resend.sort(key=lambda b: b.id)
-        self._wake.set()
+        self._sender.resend(batches)
 
     def publish_control(
         self,
         topic: str,
         payload: bytes,
         *,
-        qos: int = 1,
+        qos: Literal[0, 1, 2] = 1,
         retain: bool = False,
         correlation: bytes | None = None,
     ) -> bool:
-        """Publish a control-plane message if connected; returns whether it was queued."""
-        c = self._conn
-        if c is None or c.client is None or not self.connected:
+        """Publish a control-plane message if connected; returns whether it was queued
+        (held briefly when the publish window is full)."""
+        s = self._session
+        if s is None or not s.connected:
             return False
-        props = None
-        if correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.CorrelationData = correlation
-        info = c.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._sender.publish_control(
+            s, topic, payload, qos=qos, retain=retain, correlation=correlation
+        )
 
     async def run(self) -> None:
-        """Connect, replay and publish until cancelled; reconnect with backoff on loss."""
-        delay = self.cfg.backoff_initial_s
-        while True:
-            conn = _Connection(asyncio.get_running_loop())
-            self._conn = conn
+        """Connect, replay and publish until cancelled or closed; the session reconnects by
+        itself after a loss, the first connect is retried here with the same backoff."""
+        attempt = 0
+        while not self._stopping:
             self.stats.state = "connecting"
             try:
-                client = self._make_client(conn)
-                conn.client = client
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = self.cfg.session_expiry_s
-                client.connect_async(
-                    self.cfg.host,
-                    self.cfg.port,
-                    keepalive=self.cfg.keepalive_s,
-                    clean_start=False,
-                    properties=props,
+                async with MqttSession(
+                    self._session_config, on_connect=self._up, on_disconnect=self._down
+                ) as session:
+                    attempt = 0
+                    self._session = session
+                    self._left.clear()
+                    try:
+                        await self._serve(session)
+                    finally:
+                        self._session = None
+                        self._subscribed = False
+            except MqttConnectError as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "uplink connect failed; retrying",
+                    extra={
+                        "broker": self._where(),
+                        "errno": errno_name(exc),
+                        "reason_code": exc.reason_code,
+                        "reason": str(exc),
+                        "retry_in_s": round(delay, 3),
+                    },
                 )
-                client.loop_start()
-                try:
-                    async with asyncio.timeout(self.cfg.connect_timeout_s):
-                        done = await _first(conn.connected, conn.closed)
-                    if done is conn.connected and not conn.closed.is_set():
-                        delay = self.cfg.backoff_initial_s
-                        await self._session(conn, client)
-                    else:
-                        log.warning(
-                            "uplink connect failed",
-                            extra={"broker": self._where(), "reason": conn.failure},
-                        )
-                except TimeoutError:
-                    log.warning("uplink connect timed out", extra={"broker": self._where()})
-                finally:
-                    await self._teardown(conn, client)
+                self.stats.state = "down"
+                await asyncio.sleep(delay)
             finally:
                 self.stats.state = "down"
-                self._inflight.clear()
-            if self._stopping:
-                return
-            delay = min(delay * 2, self.cfg.backoff_max_s)
-            await asyncio.sleep(random.uniform(0, delay))
+                self._sender.inflight.clear()
+                self._left.set()
 
     async def close(self, *, grace_s: float = 3.0) -> None:
-        """Clean shutdown while connected: let in-flight batches be acknowledged briefly and
-        publish the retained death message (``reason="shutdown"``)."""
-        c = self._conn
-        self._stopping = True
-        if c is None or c.client is None or not self.connected:
+        """Clean shutdown while connected: let in-flight batches be acknowledged briefly,
+        publish the retained death message (``reason="shutdown"``) and disconnect."""
+        s = self._session
+        self._stopping = self._sender.stopping = True
+        if s is None or not s.connected:
+            self._quit.set()
             return
+        sender = self._sender
         try:
             async with asyncio.timeout(grace_s):
-                while self._inflight and self.connected:
-                    self._wake.clear()
-                    await self._wake.wait()
+                while sender.inflight and s.connected:
+                    sender.wake.clear()
+                    await sender.wake.wait()
         except TimeoutError:
             log.warning("shutdown with batches still in flight (they stay in the spool)")
         death = encode_message(Death(gw=self.gateway, ts=time.time_ns(), reason="shutdown"))
-        info = c.client.publish(self._status_topic, death, qos=1, retain=True)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, grace_s), grace_s)
-            except (TimeoutError, RuntimeError, ValueError):
-                log.warning("death message not acknowledged before shutdown")
-        c.client.disconnect()
+        try:
+            async with asyncio.timeout(grace_s):
+                await s.publish(self._status_topic, death, qos=1, retain=True)
+        except (TimeoutError, MqttError):
+            log.warning("death message not acknowledged before shutdown")
+        self._quit.set()
+        # The run task leaves the session: DISCONNECT, so the broker keeps the death and
+        # does not publish the will.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._left.wait()
 
     # -- connection ------------------------------------------------------------------------------
     def _where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port}"
 
-    def _make_client(self, conn: _Connection) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        # paho must not reconnect by itself: a lost connection ends this client.
-        client.reconnect_delay_set(3600, 3600)
-        client.max_inflight_messages_set(self.cfg.inflight_window + 16)
-        client.max_queued_messages_set(0)
-        death = encode_message(Death(gw=self.gateway, reason="lost"))
-        client.will_set(self._status_topic, death, qos=1, retain=True)
-        configure_client(client, self.cfg, context=self._tls_context, password=self._password)
-
-        def on_connect(
-            _c: mqtt.Client, _u: object, flags: ConnectFlags, rc: ReasonCode, _p: object
-        ) -> None:
-            conn.session_present = bool(flags.session_present)
-            conn.post(conn.on_connected, not rc.is_failure, str(rc))
-
-        def on_connect_fail(_c: mqtt.Client, _u: object) -> None:
-            conn.post(conn.on_closed, "connection failed")
-
-        def on_disconnect(
-            _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
-        ) -> None:
-            conn.post(conn.on_closed, str(rc))
-
-        def on_publish(
-            _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
-        ) -> None:
-            conn.post(self._on_puback, conn, mid, int(rc.value))
-
-        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            props = getattr(msg, "properties", None)
-            response = getattr(props, "ResponseTopic", None)
-            corr = getattr(props, "CorrelationData", None)
-            control = ControlMessage(
-                msg.topic, bytes(msg.payload), response, corr, redelivered=bool(msg.dup)
-            )
-            conn.post(self._on_control, control)
-
-        client.on_connect = on_connect
-        client.on_connect_fail = on_connect_fail
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-        client.on_message = on_message
-        return client
-
-    async def _teardown(self, conn: _Connection, client: mqtt.Client) -> None:
-        if not conn.closed.is_set():
-            client.disconnect()
-        # loop_stop joins paho's thread; it ends within about a second.
-        await asyncio.to_thread(client.loop_stop)
-        self._conn = None if self._conn is conn else self._conn
-
-    async def _session(self, conn: _Connection, client: mqtt.Client) -> None:
+    def _up(self, status: SessionStatus) -> None:
+        if not self._subscribed:
+            return  # the first connect: _serve subscribes, then reports
         self.stats.connects += 1
-        self.stats.resumed_sessions += conn.session_present
+        self.stats.resumed_sessions += status.session_present
         self.stats.state = "up"
         log.info(
             "uplink connected",
-            extra={"broker": self._where(), "session_present": conn.session_present},
+            extra={"broker": self._where(), "session_present": status.session_present},
         )
-        client.publish(self._status_topic, self._birth(), qos=1, retain=True)
-        # Subscribing again is harmless when the session was resumed (and needed when it
-        # expired). Retained messages (the desired config) only come with a new subscription:
-        # a resumed session already delivered them.
-        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        client.subscribe(
-            [
-                (self.topics.config_desired(self.gateway), opts),
-                (self.topics.command(self.gateway), opts),
-            ]
-        )
-        boundary = self.spool.max_id()
-        cursor = 0  # highest id the oldest-first side has handed to paho in this session
-        live_turn = True
-        window = self.cfg.inflight_window
-        loop = asyncio.get_running_loop()
-        self._unrouted = []  # a new session re-reads the spool from its start
-        self._resend = []
-        while not conn.closed.is_set():
-            self._apply_acks()
-            free = window - len(self._inflight)
-            if self._resend and free > 0:
-                busy = {b.id for b in self._inflight.values()} | {b.id for b in self._unrouted}
-                again = [b for b in self._resend[:free] if b.id not in busy]
-                self._resend = self._resend[free:]
-                for batch in again:
-                    if not self._send(client, conn, batch):
-                        break
-                    self.stats.resent_batches += 1
-                free = window - len(self._inflight)
-            if self._unrouted and loop.time() >= self._retry_at and free > 0:
-                again, self._unrouted = self._unrouted[:free], self._unrouted[free:]
-                for batch in again:
-                    if not self._send(client, conn, batch):
-                        break
-                free = window - len(self._inflight)
-            if free > 0 and not self._stopping:
-                for batch, oldest_side in self._pick(boundary, cursor, free, live_turn):
-                    if not self._send(client, conn, batch):
-                        break
-                    if oldest_side:
-                        cursor = max(cursor, batch.id)
-                    live_turn = oldest_side
-            self._wake.clear()
-            if self._acked or conn.closed.is_set():
-                continue
-            if self._unrouted:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, self._retry_at - loop.time())):
-                        await _first(self._wake, conn.closed)
-            else:
-                await _first(self._wake, conn.closed)
-        log.warning("uplink lost", extra={"broker": self._where(), "reason": conn.failure})
+        self._sender.wake.set()
 
-    def _send(self, client: mqtt.Client, conn: _Connection, batch: SpooledBatch) -> bool:
-        """Hand ``batch`` to paho (QoS 1) and track it until its PUBACK; False if paho refused
-        (the connection is then treated as lost)."""
-        info = client.publish(self._telemetry_topic, batch.payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            conn.on_closed(f"publish failed: {info.rc}")
-            return False
-        self._inflight[info.mid] = batch
-        self.stats.published_batches += 1
-        return True
+    def _down(self, status: SessionStatus) -> None:
+        self.stats.state = "down"
+        if not self._stopping:
+            log.warning(
+                "uplink lost",
+                extra={"broker": self._where(), "reason": str(status.last_error)},
+            )
+        self._sender.wake.set()
 
-    def _pick(
-        self, boundary: int, cursor: int, n: int, live_first: bool
-    ) -> list[tuple[SpooledBatch, bool]]:
-        """Up to ``n`` unsent batches, alternating the newest live batch (sealed after this
-        connection began) and the oldest unsent one. Items are (batch, from_oldest_side)."""
-        busy = (
-            {b.id for b in self._inflight.values()}
-            | {b.id for b in self._unrouted}
-            | {b.id for b in self._resend}
-        )
-        oldest = self.spool.oldest(after_id=cursor, exclude=busy, limit=n)
-        live = self.spool.newest(above_id=max(boundary, cursor), exclude=busy, limit=n)
-        out: list[tuple[SpooledBatch, bool]] = []
-        seen: set[int] = set()
-        sides = [(live, False), (oldest, True)]
-        if not live_first:
-            sides.reverse()
-        while len(out) < n and (sides[0][0] or sides[1][0]):
-            for side, is_oldest in sides:
-                while side and side[0].id in seen:
-                    side.pop(0)
-                if side and len(out) < n:
-                    b = side.pop(0)
-                    seen.add(b.id)
-                    out.append((b, is_oldest))
-        return out
+    async def _serve(self, session: MqttSession) -> None:
+        for topic in (self.topics.config_desired(self.gateway), self.topics.command(self.gateway)):
+            try:
+                await session.subscribe(topic, qos=1, retain_handling=1)
+            except MqttDisconnected:
+                pass  # remembered: made again on the next connect
+            except MqttSubscribeError as exc:
+                log.error("broker refused a control subscription", extra={"reason": str(exc)})
+        self._subscribed = True
+        if session.connected:
+            self._up(session.status)
+        gw = self.gateway
+        async with asyncio.TaskGroup() as tg:
+            control = tg.create_task(self._receive(session), name=f"uplink[{gw}].control")
+            sender = tg.create_task(self._sender.serve(session), name=f"uplink[{gw}].sender")
+            await self._quit.wait()
+            sender.cancel()
+            control.cancel()
 
-    def _on_puback(self, conn: _Connection, mid: int, reason: int) -> None:
-        if conn is not self._conn:
-            return
-        batch = self._inflight.pop(mid, None)
-        if batch is None:
-            return  # a control message (birth, config report, response)
-        if reason == _NO_MATCHING_SUBSCRIBERS:
-            # Taken and delivered to nobody: not delivered. Keep it and send it again,
-            # backing off while nobody subscribes (0.2 s doubling to 5 s).
-            if not self._unrouted:
-                self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
-                if self._retry_delay == _UNROUTED_FIRST_S:
-                    log.warning(
-                        "broker has no subscriber for telemetry (PUBACK 0x10): batches stay "
-                        "in the spool and are sent again", extra={"seq": batch.seq},
-                    )
-                self._retry_delay = min(self._retry_delay * 2, _UNROUTED_MAX_S)
-            self._unrouted.append(batch)
-            self._unrouted.sort(key=lambda b: b.id)
-            self.stats.unrouted_batches += 1
-        elif reason < 0x80:
-            self._acked.append(batch)
-            self._retry_delay = _UNROUTED_FIRST_S
-        else:
-            log.warning("broker refused a batch", extra={"seq": batch.seq, "reason": reason})
-        self._wake.set()
-
-    def _apply_acks(self) -> None:
-        acked, self._acked = self._acked, []
-        if not acked:
-            return
-        self.spool.delivered([b.id for b in acked])
-        self.stats.acked_batches += len(acked)
-        self.stats.acked_readings += sum(b.readings for b in acked)
-
-
-async def _first(*events: asyncio.Event) -> asyncio.Event:
-    """Wait until one of ``events`` is set; return it."""
-    for ev in events:
-        if ev.is_set():
-            return ev
-    waiters = {asyncio.ensure_future(ev.wait()): ev for ev in events}
-    try:
-        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-    return waiters[next(iter(done))]
+    async def _receive(self, session: MqttSession) -> None:
+        async for msg in session.messages():
+            control = ControlMessage(
+                msg.topic,
+                msg.payload,
+                msg.response_topic,
+                msg.correlation_data,
+                redelivered=msg.dup,
+            )
+            # Not "log and carry on" silently: one control message (from outside the gateway)
+            # that makes the agent raise is logged with its traceback; it must not end the
+            # uplink, which carries the telemetry.
+            try:
+                self._on_control(control)
+            except Exception:
+                log.exception("control message failed", extra={"topic": msg.topic[:200]})

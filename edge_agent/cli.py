@@ -27,7 +27,7 @@ ConfigOption = Annotated[
 #: Exit code for a config that does not validate (EX_CONFIG from sysexits.h).
 EXIT_CONFIG = 78
 def _limit_malloc_arenas() -> None:
-    """Gateways are small: cap glibc malloc arenas (paho and executor threads each get one
+    """Gateways are small: cap glibc malloc arenas (executor threads each get one
     otherwise, each keeping freed memory resident). No effect on other C libraries."""
     import ctypes
     import ctypes.util

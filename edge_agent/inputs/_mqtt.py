@@ -10,8 +10,9 @@ does not become good by redelivery. Any payload: the parser raises only
 message can never hold back the acknowledgements (and stall the input once the local
 broker's in-flight window is full).
 
-The paho client lifecycle here is the input's own until the shared session layer
-(``foundation.mqtt``) takes it over.
+The connection is a :class:`foundation.mqtt.MqttSession` (Receive Maximum 10,000, manual
+acks released in receive order, reconnect with :class:`foundation.Backoff`); the agent's
+synchronous ack after its spool commit is handed to the session through :class:`_Acks`.
 """
 
 # ruff: noqa: RUF012 - pydantic copies mutable defaults per instance; ruff cannot see that
@@ -20,27 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
-import random
 import re
-import ssl
 import time
-from collections.abc import Callable
+from collections import deque
 from typing import Annotated, Any, Final, Literal, Self
 
 import msgspec
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from edge_agent._errors import InputError, PayloadRejected
+from edge_agent._errors import InputError, PayloadRejected, errno_name
 from edge_agent._model import FrozenModel, Id, Name
 from edge_agent.inputs._base import Input, Sink
-from foundation import BrokerAccess, BrokerSetupError, check_broker_security, configure_client
+from foundation import Backoff, BrokerAccess, BrokerSetupError, check_broker_security
+from foundation.mqtt import (
+    Message,
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+    MqttSession,
+    MqttSubscribeError,
+    SessionConfig,
+    SessionStatus,
+)
 from telemetry import TS_MAX_NS, TS_MIN_NS, Reading
 
 __all__ = ["MqttInput", "MqttInputConfig", "MqttSubscription", "compile_path"]
@@ -241,52 +246,126 @@ class MqttInput(Input):
     QoS 1, persistent session (clean start off, session expiry one week) and *manual*
     acknowledgement: a message is acked only once its readings are in the spool, so a crash
     of the agent makes the local broker deliver it again.
+
+    ::
+
+        task input[<name>].run ── MqttSession input[<name>] (foundation.mqtt, in the loop)
+          messages() ─▶ _deliver ─▶ sink.submit(readings, ack) ─▶ agent: spool commit
+                                                                       │ ack() (sync)
+          task input[<name>].acks ◀── _Acks: messages to ack ◀─────────┘
+            └─ await msg.ack()  (the layer sends PUBACKs in receive order)
     """
 
     SESSION_EXPIRY_S: Final = 7 * 24 * 3600
     RECEIVE_MAXIMUM: Final = 10_000
+    #: Reconnects: 0.5 s doubling to 30 s, full jitter (the first connect is retried here,
+    #: later ones by the session with the same schedule).
+    BACKOFF: Final = Backoff(initial=0.5, maximum=30.0, multiplier=2.0, jitter=1.0)
+    CLOSING_TIMEOUT_S: Final = 2.0
 
     def __init__(self, cfg: MqttInputConfig, *, gateway: str) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
         self.client_id = cfg.client_id or f"edge-{gateway}-{cfg.name}"
         # Certificates and the password file are read once, when the input is built.
-        self._tls_context: ssl.SSLContext | None = None
         try:
-            if cfg.tls is not None:
-                self._tls_context = cfg.tls.ssl_context()
-            self._password = cfg.read_password()
+            tls_context = None if cfg.tls is None else cfg.tls.ssl_context()
+            password = cfg.read_password()
         except BrokerSetupError as exc:
             raise InputError(f"input {cfg.name!r}: {exc}") from exc
+        self._session_config = SessionConfig(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=self.client_id,
+            access=BrokerAccess(
+                username=cfg.username,
+                password=None if password is None else SecretStr(password),
+                tls=cfg.tls,
+            ),
+            ssl_context=tls_context,
+            clean_start=False,
+            session_expiry_s=self.SESSION_EXPIRY_S,
+            manual_ack=True,
+            receive_maximum=self.RECEIVE_MAXIMUM,
+            # As before the session layer: every connect subscribes (retain handling 0).
+            resubscribe="always",
+            backoff=self.BACKOFF,
+            name=f"input[{cfg.name}]",
+        )
         self.parsers = [(s.topic, _Parser(s)) for s in cfg.subscriptions]
+        #: The session has made its subscriptions once: only then is the input ``up``.
+        self._subscribed = False
         self.received = 0
         self.rejected = 0
 
     async def run(self, sink: Sink) -> None:
-        loop = asyncio.get_running_loop()
-        delay = 0.5
+        attempt = 0
         while True:
-            closed = asyncio.Event()
-            client = self._client(loop, sink, closed)
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.SESSION_EXPIRY_S
-            props.ReceiveMaximum = self.RECEIVE_MAXIMUM
-            client.connect_async(
-                self.cfg.host, self.cfg.port, keepalive=30, clean_start=False, properties=props
-            )
-            client.loop_start()
             try:
-                await closed.wait()
-            finally:
-                if self.state == "up":
-                    await self._acks_processed(client)
-                    client.disconnect()
-                await asyncio.to_thread(client.loop_stop)
+                async with MqttSession(
+                    self._session_config, on_connect=self._up, on_disconnect=self._down
+                ) as session:
+                    attempt = 0
+                    try:
+                        await self._serve(session, sink)
+                    finally:
+                        self._subscribed = False
+            except MqttConnectError as exc:
                 self.state = "retrying"
-            delay = min(delay * 2, 30.0)
-            await asyncio.sleep(random.uniform(0, delay))
+                delay = self.BACKOFF.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "input connect failed; retrying",
+                    extra={
+                        "input": self.name,
+                        "errno": errno_name(exc),
+                        "reason_code": exc.reason_code,
+                        "reason": str(exc),
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+                await asyncio.sleep(delay)
 
-    async def _acks_processed(self, client: mqtt.Client) -> None:
+    def _up(self, _status: SessionStatus) -> None:
+        # The first connect reports before _serve subscribed; later ones once the session
+        # restored the subscriptions.
+        if self._subscribed:
+            self.state = "up"
+            log.info("input connected", extra={"input": self.name})
+
+    def _down(self, status: SessionStatus) -> None:
+        if self.state == "up":
+            log.warning("input lost", extra={"input": self.name, "reason": str(status.last_error)})
+        self.state = "retrying"
+
+    async def _serve(self, session: MqttSession, sink: Sink) -> None:
+        for topic, _ in self.parsers:
+            try:
+                await session.subscribe(topic, qos=1)
+            except MqttDisconnected:
+                pass  # remembered: made again on the next connect
+            except MqttSubscribeError as exc:
+                log.error(
+                    "local broker refused a subscription",
+                    extra={"input": self.name, "reason": str(exc)},
+                )
+        self._subscribed = True
+        if session.connected:
+            self._up(session.status)
+        acks = _Acks()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(acks.run(), name=f"input[{self.name}].acks")
+                async for msg in session.messages():
+                    self._deliver(sink, msg, acks)
+        finally:
+            # Stopping (or a config swap): the acks the agent gave after its last commit go
+            # out, and the broker has read them before the connection closes.
+            if session.connected:
+                await acks.release()
+                await self._acks_processed(session)
+
+    async def _acks_processed(self, session: MqttSession) -> None:
         """Wait (briefly) until the broker has read the PUBACKs sent so far.
 
         The broker keeps pushing messages, so the socket usually has unread data when it is
@@ -295,70 +374,14 @@ class MqttInput(Input):
         The broker handles a client's packets in order, so the PUBACK of a QoS 1 publish
         (an empty message on a topic of our own, or a refusal) proves the earlier ones were read.
         """
-        info = client.publish(f"{self.client_id}/closing", b"", qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return
-        with contextlib.suppress(TimeoutError, RuntimeError, ValueError):
-            await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
+        with contextlib.suppress(TimeoutError, MqttError):
+            async with asyncio.timeout(self.CLOSING_TIMEOUT_S):
+                await session.publish(f"{self.client_id}/closing", b"", qos=1)
 
-    def _client(
-        self, loop: asyncio.AbstractEventLoop, sink: Sink, closed: asyncio.Event
-    ) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=True,
-        )
-        client.reconnect_delay_set(3600, 3600)
-        configure_client(client, self.cfg, context=self._tls_context, password=self._password)
-
-        def post(fn: Callable[..., None], *args: Any) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(fn, *args)
-
-        def up() -> None:
-            self.state = "up"
-            log.info("input connected", extra={"input": self.name})
-
-        def down(reason: str) -> None:
-            if self.state == "up":
-                log.warning("input lost", extra={"input": self.name, "reason": reason})
-            self.state = "down"
-            closed.set()
-
-        def on_connect(c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
-            if rc.is_failure:
-                post(down, str(rc))
-                return
-            c.subscribe([(topic, 1) for topic, _ in self.parsers])
-            post(up)
-
-        def on_disconnect(
-            _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
-        ) -> None:
-            post(down, str(rc))
-
-        def on_connect_fail(_c: mqtt.Client, _u: object) -> None:
-            post(down, "connection failed")
-
-        def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            post(self._deliver, sink, c, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_connect_fail = on_connect_fail
-        client.on_message = on_message
-        return client
-
-    def _deliver(
-        self, sink: Sink, client: mqtt.Client, topic: str, payload: bytes, mid: int, qos: int
-    ) -> None:
+    def _deliver(self, sink: Sink, msg: Message, acks: _Acks) -> None:
         self.received += 1
-
-        def ack() -> None:
-            if qos > 0:
-                client.ack(mid, qos)
+        topic, payload = msg.topic, msg.payload
+        ack = functools.partial(acks.add, msg)
 
         for flt, parser in self.parsers:
             if _filter_matches(flt, topic):
@@ -387,3 +410,28 @@ class MqttInput(Input):
             log.error("payload broke the parser", extra=extra, exc_info=exc)
         else:
             log.debug("payload refused", extra=extra)
+
+
+class _Acks:
+    """The hand-off between the agent's synchronous ``ack()`` (called after the spool
+    commit) and the session's awaitable :meth:`Message.ack`: messages to acknowledge,
+    released by the input's ``acks`` task in the order the agent acked them."""
+
+    def __init__(self) -> None:
+        self._todo: deque[Message] = deque()
+        self._wake = asyncio.Event()
+
+    def add(self, msg: Message) -> None:
+        self._todo.append(msg)
+        self._wake.set()
+
+    async def release(self) -> None:
+        todo = self._todo
+        while todo:
+            await todo.popleft().ack()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.release()

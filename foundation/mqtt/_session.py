@@ -83,6 +83,10 @@ _MISC_EVERY_S: Final = 1.0
 #: loop_read() reads one packet; a readable socket usually holds many.
 _READS_PER_WAKE: Final = 64
 _SUCCESS: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
+#: What paho's Properties holds before any property is set (its tables, per instance).
+_NO_PROPERTIES: Final = frozenset(
+    vars(Properties(PacketTypes.PUBLISH))  # type: ignore[no-untyped-call]
+)
 
 #: Called in the event loop with a status snapshot after every connect / connection loss.
 StatusHook = Callable[[SessionStatus], None]
@@ -90,7 +94,7 @@ StatusHook = Callable[[SessionStatus], None]
 
 class Message:
     """A received PUBLISH. ``epoch`` is the connection it came on (:attr:`MqttSession.epoch`);
-    ``properties`` the MQTT v5 properties (``None`` with 3.1.1)."""
+    ``properties`` the MQTT v5 properties (``None`` with 3.1.1, and when it carried none)."""
 
     __slots__ = (
         "_acked",
@@ -356,6 +360,12 @@ class _Connection:
         self.packets += 1
         session = self.session
         manual = session.config.manual_ack and m.qos > 0
+        # paho builds a Properties object (~5 KB: its own name and type tables) for every v5
+        # PUBLISH, and most carry none: a message held in the inbox or the ack ledger keeps
+        # it only when it says something (10,000 unacked messages: 50 MB otherwise).
+        props = getattr(m, "properties", None)
+        if props is not None and vars(props).keys() <= _NO_PROPERTIES:
+            props = None
         msg = Message(
             topic=m.topic,
             payload=m.payload if isinstance(m.payload, bytes) else bytes(m.payload),
@@ -364,7 +374,7 @@ class _Connection:
             dup=bool(m.dup),
             mid=m.mid,
             epoch=self.epoch,
-            properties=getattr(m, "properties", None),
+            properties=props,
             conn=self if manual else None,
         )
         if manual:
@@ -441,6 +451,20 @@ def _discard_late_client(client: mqtt.Client, fut: asyncio.Future[Any]) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _close_abandoned_sockets(exc: BaseException) -> None:
+    """Close the socket of a failed TLS handshake, which paho leaves to the garbage collector
+    (``Client._ssl_wrap_socket`` does not close it when the handshake or the host name check
+    raises). Only the frames of ``exc``'s traceback hold it, and the futures it travelled
+    through keep those in reference cycles: without this, the descriptor stays open until
+    some later gc run (a ResourceWarning far from its cause; one per failed attempt)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket) and value.fileno() != -1:
+                value.close()
+        tb = tb.tb_next
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -701,9 +725,17 @@ class MqttSession:
                         return
                     delay = cfg.backoff.delay(attempt)
                     attempt += 1
+                    code = getattr(exc, "errno", None)
                     log.warning(
                         "MQTT connect failed; retrying",
-                        extra={"session": cfg.label, "error": str(exc), "retry_in_s": delay},
+                        extra={
+                            "session": cfg.label,
+                            "error": str(exc),
+                            # the symbolic name (ECONNREFUSED), for whoever reads the log
+                            "errno": None if code is None else errno_codes.errorcode.get(code),
+                            "reason_code": getattr(exc, "reason_code", None),
+                            "retry_in_s": delay,
+                        },
                     )
                     await asyncio.sleep(delay)
                     continue
@@ -805,10 +837,12 @@ class MqttSession:
             conn.kill("connect failed")
             raise
         except ssl.SSLError as exc:
+            _close_abandoned_sockets(exc)
             raise MqttConnectError(f"TLS: {exc.reason or exc}", url=cfg.url) from exc
         except OSError as exc:
             raise MqttConnectError(exc.strerror or str(exc), url=cfg.url, errno=exc.errno) from exc
         except ValueError as exc:  # paho: bad host, certificate name mismatch
+            _close_abandoned_sockets(exc)
             raise MqttConnectError(str(exc), url=cfg.url) from exc
         except BaseException:
             conn.kill("cancelled")
