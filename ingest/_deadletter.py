@@ -66,6 +66,7 @@ _encoder: Final = msgspec.json.Encoder()
 #: A record (JSON) never exceeds this many bytes.
 RECORD_LIMIT: Final = 64 * 1024
 _REASON_LIMIT: Final = 1024
+_WARN_EVERY_S: Final = 60.0
 _TEXT_LIMIT: Final = 2048
 _NO_GATEWAY: Final = "-"
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -216,6 +217,9 @@ class DeadLetters:
         # increasing, so two records never share a point (same gateway, kind and time).
         self._offset = zlib.crc32(worker.encode()) % 1000
         self._last_ts = 0
+        # A flood of refusals (one hostile gateway) must not become a flood of warnings.
+        self._unsent = 0
+        self._warned_at = -_WARN_EVERY_S
 
     def record(self, topic: str, payload: bytes, refusal: Refusal) -> bytes:
         """Count the refusal, publish its record, return its InfluxDB line (no newline)."""
@@ -247,9 +251,16 @@ class DeadLetters:
         try:
             self._publish(self._topic, text)
         except (IngestError, ValueError, OSError) as exc:
-            # Only a notification: the record's durable copy is the InfluxDB point.
-            log.warning("dead-letter notification not published",
-                        extra={"worker": self._worker, "error": str(exc)})
+            # Only a notification: the record's durable copy is the InfluxDB point. Counted
+            # always, logged at most once a minute with the running total.
+            self._unsent += 1
+            self._metrics.notifications_undelivered.labels("not_sent").inc()
+            now = time.monotonic()
+            if now - self._warned_at >= _WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("dead-letter notification not published",
+                            extra={"worker": self._worker, "error": str(exc),
+                                   "unsent_total": self._unsent})
 
     def _line(
         self, refusal: Refusal, topic: str, payload: bytes, text: bytes, ts: int

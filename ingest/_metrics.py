@@ -53,6 +53,14 @@ class IngestMetrics:
             "Dead-letter points InfluxDB refused (kept only in the log and the notification)",
             registry=r,
         )
+        self.notifications_undelivered = Counter(
+            f"{p}_notifications_undelivered",
+            "Live dead-letter notifications not delivered (best effort; the durable copy is "
+            "the ingest_deadletter point), by reason: not_sent (not connected, publish window "
+            "full), no_subscriber, refused, connection_lost",
+            ["reason"],
+            registry=r,
+        )
         self.messages_deadlettered = Counter(
             f"{p}_messages_deadlettered",
             "Dead-letter records made, by kind of defect (internal_error: a bug)",

@@ -334,15 +334,17 @@ class MqttSession:
             code = fut.result()
             if code == 0:
                 return
-            why = (
-                "no subscriber (PUBACK 0x10)" if code == NO_MATCHING_SUBSCRIBERS
-                else f"refused (PUBACK 0x{code:02x})"
+            kind, why = (
+                ("no_subscriber", "no subscriber (PUBACK 0x10)")
+                if code == NO_MATCHING_SUBSCRIBERS
+                else ("refused", f"refused (PUBACK 0x{code:02x})")
             )
         elif self._accepting:
-            why = f"connection lost before the PUBACK ({error})"
+            kind, why = "connection_lost", f"connection lost before the PUBACK ({error})"
         else:
             return  # closing: the session ended under it
         self._undelivered += 1
+        self._metrics.notifications_undelivered.labels(kind).inc()
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now

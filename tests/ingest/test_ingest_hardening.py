@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import line_protocol_parser
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,3 +157,31 @@ def test_metrics_bind_loopback_unless_told_otherwise() -> None:
     assert shipped.metrics_host == "127.0.0.1"
     assert shipped.intake.max_clock_skew == 300
     assert load_config(None, {"metrics_host": "0.0.0.0"}).metrics_host == "0.0.0.0"  # noqa: S104
+
+
+def test_a_flood_of_refusals_with_the_notification_window_full_is_counted_not_logged_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hostile gateway's flood of bad messages while the publish window is full: every
+    record still makes its point, each undelivered notification is counted, and the log gets
+    one warning, not one per record ("1000 publishes wait for their PUBACK" x 1000)."""
+    from ingest._errors import BrokerError
+
+    def full(_topic: str, _payload: bytes) -> None:
+        raise BrokerError("not published: 1000 publishes wait for their PUBACK")
+
+    metrics = IngestMetrics()
+    dl = DeadLetters(
+        topic=f"{ROOT}/v1/_sys/deadletter/ingest", service="ingest", worker="w-0",
+        publish=full, metrics=metrics, tally=Tally(),
+    )
+    with caplog.at_level(logging.WARNING, logger="ingest"):
+        lines = [
+            dl.record(f"{ROOT}/v1/gw-1/telemetry", b"{", Refusal(
+                stage="decode", kind="malformed", reason="bad", gateway="gw-1", seq=i))
+            for i in range(1000)
+        ]
+    assert len(set(lines)) == 1000
+    warnings = [r for r in caplog.records if "notification not published" in r.getMessage()]
+    assert len(warnings) == 1
+    assert metrics.notifications_undelivered.labels("not_sent")._value.get() == 1000
