@@ -77,6 +77,9 @@ class ApiSettings(BaseSettings):
     #: Live push: streams (WebSocket + SSE) one API key may hold open at once in one process;
     #: the next is refused (429), the open ones keep working.
     stream_max_per_key: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: Live push: streams one API process serves at once, all keys together (each holds a
+    #: queue of ``stream_queue`` events); the next is refused (503), the open ones keep working.
+    stream_max_total: Annotated[int, Field(ge=1, le=100_000)] = 2000
     #: Serve Swagger UI at ``/docs`` (it loads its script from a CDN, so it is off unless
     #: asked for; ``None``: only in demo mode). ``/openapi.json`` is always served.
     openapi_docs: bool | None = None

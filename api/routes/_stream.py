@@ -22,7 +22,8 @@ that can set headers (curl, fetch streaming) should.
 
 At most ``stream_max_per_key`` streams per key are open at once in one process; the next one
 is refused (SSE: 429 problem+json; WebSocket: close 1008 with the reason) and the open ones
-carry on.
+carry on. At most ``stream_max_total`` streams are open in one process, whichever keys hold
+them (SSE: 503; WebSocket: close 1013, try again later).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from starlette.types import Receive, Scope, Send
 
 from api._auth import Principal
 from api._deps import ServicesDep, authenticate_key
-from api._errors import BadParameter, ProblemError, RateLimited
+from api._errors import BadParameter, ProblemError, RateLimited, UpstreamUnavailable
 from api._params import AREA_PATTERN, ID_PATTERN, iso
 from api._services import Services
 from api.state import EXTRA_KINDS, KINDS, StreamFilter, Subscriber, parse_filter
@@ -148,8 +149,10 @@ async def websocket_stream(
         await websocket.close(code=1008, reason="authentication required")
         return
     sub = _subscribe(services, principal, stream_filter)
-    if sub is None:
-        await websocket.close(code=1008, reason=_too_many_streams(services)[:120])
+    if isinstance(sub, ProblemError):
+        # 1013 "try again later" when the process is full, 1008 when the key is.
+        await websocket.close(code=1013 if sub.status_code == 503 else 1008,
+                              reason=sub.detail[:120])
         return
     gauge = services.metrics.stream_clients.labels("websocket")
     gauge.inc()
@@ -197,19 +200,26 @@ async def websocket_stream(
 _NO_URL_KEY: Final = "send the key as X-API-Key or in the first message, not in the URL"
 
 
-def _too_many_streams(services: Services) -> str:
-    return (f"this key holds {services.settings.stream_max_per_key} live streams already "
-            f"(stream_max_per_key); close one first")
-
-
 def _subscribe(
     services: Services, principal: Principal, stream_filter: StreamFilter
-) -> Subscriber | None:
+) -> Subscriber | ProblemError:
+    """A new live subscriber, or the refusal to answer: the process serves
+    ``stream_max_total`` streams already (503: many keys together must not exhaust it), or
+    this key holds ``stream_max_per_key`` (429)."""
+    settings = services.settings
+    if len(services.hub) >= settings.stream_max_total:
+        services.metrics.stream_refused.inc()
+        return UpstreamUnavailable(
+            f"this API process serves {settings.stream_max_total} live streams already "
+            f"(stream_max_total); try again later", headers={"Retry-After": "10"})
     sub = services.hub.subscribe(
-        stream_filter, owner=principal.key_id, limit=services.settings.stream_max_per_key
+        stream_filter, owner=principal.key_id, limit=settings.stream_max_per_key
     )
     if sub is None:
         services.metrics.stream_refused.inc()
+        return RateLimited(
+            f"this key holds {settings.stream_max_per_key} live streams already "
+            f"(stream_max_per_key); close one first", headers={"Retry-After": "10"})
     return sub
 
 
@@ -311,6 +321,6 @@ async def sse_stream(
     principal = await authenticate_key(services, presented, client)
     stream_filter = _filter(kind, device, area)
     sub = _subscribe(services, principal, stream_filter)
-    if sub is None:
-        raise RateLimited(_too_many_streams(services), headers={"Retry-After": "10"})
+    if isinstance(sub, ProblemError):
+        raise sub
     return _EventStream(services, sub, _hello(services, stream_filter))

@@ -382,6 +382,33 @@ def test_a_key_holds_a_bounded_number_of_streams(
         assert json.loads(ws.recv(timeout=5))["type"] == "hello"
 
 
+def test_many_keys_together_hold_a_bounded_number_of_streams_per_process(
+    make_stack: Callable[..., ApiStack],
+) -> None:
+    """Keys within their own limit still cannot exhaust one process (each stream holds a
+    queue): past stream_max_total the next is refused with 503 / close 1013."""
+    stack = make_stack(stream_max_per_key=3, stream_max_total=4)
+    url = stack.url.replace("http://", "ws://") + "/v1/stream/ws?kind=traffic"
+    viewer = {"X-API-Key": stack.keys["viewer"]}
+    operator = {"X-API-Key": stack.keys["operator"]}
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(connect(url, additional_headers=h))
+                   for h in (viewer, viewer, viewer, operator)]
+        for ws in sockets:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+        with connect(url, additional_headers=operator) as extra:
+            with pytest.raises(ConnectionClosedError, match="stream_max_total") as closed:
+                extra.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        sse = httpx.get(f"{stack.url}/v1/stream/sse", headers=operator, timeout=5)
+        assert sse.status_code == 503
+        assert sse.headers["retry-after"] == "10"
+        assert "stream_max_total" in sse.json()["detail"]
+    wait_until(lambda: len(stack.server.services.hub) == 0)
+    with connect(url, additional_headers=operator) as ws:
+        assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+
+
 # -- 6. deployment details ---------------------------------------------------------------------
 
 
