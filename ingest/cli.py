@@ -144,47 +144,76 @@ def deadletters_list(
     ``--json`` prints each whole record (the original payload, base64 when not UTF-8, cut
     past 64 KiB with its size and SHA-256): what an operator replays from.
     """
-    import re
-
-    from foundation import InfluxQueryError, influxql
-    from telemetry import DEADLETTER_MEASUREMENT, ID_RE
+    from foundation import InfluxQueryError
+    from ingest._replay import stored_records
 
     cfg = _load(config, _overrides(influx__url=influx_url, influx__database=database))
-    if not re.fullmatch(r"\d+[smhdw]", since):
-        raise typer.BadParameter(f"not a duration: {since!r}", param_hint="--since")
-    where = [f"time > now() - {since}"]
-    for key, value in (("gateway", gateway), ("kind", kind)):
-        if value is not None:
-            if not ID_RE.fullmatch(value) and value != "-":
-                raise typer.BadParameter(f"not a valid {key}: {value!r}", param_hint=f"--{key}")
-            where.append(f"\"{key}\" = '{value}'")
-    influx = cfg.influx
-    query = (  # names checked above: not injectable
-        f'SELECT * FROM "{DEADLETTER_MEASUREMENT}" WHERE {" AND ".join(where)} '  # noqa: S608
-        f"ORDER BY time DESC LIMIT {limit}"
-    )
-    password = influx.password.get_secret_value() if influx.password else None
+    query = _deadletter_query(since=since, gateway=gateway, kind=kind, limit=limit)
     try:
-        answer = influxql(
-            influx.url, query, db=influx.database, username=influx.username, password=password
-        )
+        points = list(stored_records(cfg, query))
     except InfluxQueryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    for result in answer.get("results", []):
-        for series in result.get("series", []):
-            columns = series["columns"]
-            for row in series["values"]:
-                point = dict(zip(columns, row, strict=True))
-                if as_json:
-                    record = json.loads(point.get("record") or "{}")
-                    record.setdefault("gateway", point.get("gateway"))
-                    record["time"] = point["time"]
-                    typer.echo(json.dumps(record))
-                else:
-                    seq = point.get("seq")
-                    typer.echo(
-                        f"{point['time']}  {point.get('gateway')}  {point.get('kind')}  "
-                        f"seq={'-' if seq is None else seq}  {point.get('topic')}  "
-                        f"{point.get('reason')}"
-                    )
+    for point in points:
+        if as_json:
+            record = json.loads(point.get("record") or "{}")
+            record.setdefault("gateway", point.get("gateway"))
+            record["time"] = point["time"]
+            typer.echo(json.dumps(record))
+        else:
+            seq = point.get("seq")
+            typer.echo(
+                f"{point['time']}  {point.get('gateway')}  {point.get('kind')}  "
+                f"seq={'-' if seq is None else seq}  {point.get('topic')}  "
+                f"{point.get('reason')}"
+            )
+
+
+def _deadletter_query(*, since: str, gateway: str | None, kind: str | None, limit: int) -> str:
+    from ingest._replay import deadletter_query
+
+    try:
+        return deadletter_query(since=since, gateway=gateway, kind=kind, limit=limit)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    config: ConfigOption = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
+    since: Annotated[
+        str, typer.Option(help="How far back, an InfluxQL duration: 30m, 24h, 7d.")
+    ] = "7d",
+    gateway: Annotated[str | None, typer.Option(help="Only this gateway's.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind (malformed, ...).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 1000,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write nothing; say what would pass today.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Give up when InfluxDB has not taken it in this many s.")
+    ] = 60.0,
+) -> None:
+    """Replay stored dead letters through today's checks and configuration, after what
+    refused them was fixed (a gateway's clock, the vocabulary, a bug).
+
+    Every check of the live path applies; what passes is written with its bookkeeping point,
+    and rewriting what was stored before doubles nothing. Prints one line per record
+    (stored, partly, refused, truncated, unreadable, write_refused) and a JSON summary last.
+    """
+    from foundation import InfluxQueryError
+    from ingest._replay import replay, stored_records
+
+    cfg = _load(config, _overrides(influx__url=influx_url, influx__database=database))
+    query = _deadletter_query(since=since, gateway=gateway, kind=kind, limit=limit)
+    try:
+        report = replay(cfg, stored_records(cfg, query), dry_run=dry_run, timeout=timeout)
+    except (InfluxQueryError, TimeoutError) as exc:
+        typer.echo(f"error: {exc or 'InfluxDB did not take the writes in time'}", err=True)
+        raise typer.Exit(code=1) from exc
+    for o in report.outcomes:
+        typer.echo(f"{o.time}  {o.gateway}  {o.kind}  {o.result}  readings={o.readings}  "
+                   f"{o.reason}")
+    typer.echo(json.dumps({"dry_run": dry_run, **report.summary()}))
