@@ -157,11 +157,14 @@ class MessageDecoder:
     def __init__(
         self, topics: Topics, *, worker: str,
         max_clock_skew: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+        max_series_per_gateway: int | None = None,
     ) -> None:
         self._topics = topics
         self._worker = worker
         self._encoder = LineProtocolEncoder()
-        self._conformer = Conformer(max_clock_skew_s=max_clock_skew)
+        self._conformer = Conformer(
+            max_clock_skew_s=max_clock_skew, max_series_per_gateway=max_series_per_gateway or None
+        )
 
     def decode(
         self, topic: str, payload: bytes, *, dup: bool, now: float
@@ -215,7 +218,9 @@ class MessageDecoder:
         ]
         bad = {r.index for r in decoded.rejected}
         decoded_index = [i for i in range(total) if i not in bad] if bad else None
-        readings, nonconforming = self._conformer.conform_all(batch.readings, received_ns)
+        readings, nonconforming = self._conformer.conform_all(
+            batch.readings, received_ns, gateway=gateway
+        )
         for n, why in nonconforming:
             index = decoded_index[n] if decoded_index else n
             items.append(_item(index, why, batch.readings[n]))

@@ -181,6 +181,13 @@ class IntakeConfig(_Model):
     #: point in a future shard could fix a field's type there before any honest gateway
     #: writes (docs/ingest.md, "What ingest refuses").
     max_clock_skew: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300.0
+    #: Distinct series (measurement, device, tag set) one gateway may create, counted by each
+    #: worker since it started. Past it a reading that would add a series is refused
+    #: (``readings_refused_total{reason="series_budget"}``); series seen before keep flowing.
+    #: InfluxDB 1.x refuses every write that would create a series past its
+    #: ``max-series-per-database`` (1,000,000 by default), so without this one gateway inventing
+    #: device ids or tag values could lock out every honest gateway's new devices. 0: no budget.
+    max_series_per_gateway: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
 
 
 class IngestConfig(BaseSettings):

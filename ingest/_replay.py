@@ -131,6 +131,7 @@ def replay(
     decoder = MessageDecoder(
         Topics(config.mqtt.topic_root), worker=_WORKER,
         max_clock_skew=config.intake.max_clock_skew,
+        max_series_per_gateway=config.intake.max_series_per_gateway,
     )
     report = ReplayReport()
     parts: list[list[bytes]] = []

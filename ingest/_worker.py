@@ -109,7 +109,8 @@ class IngestWorker:
         self._book = GatewayBook()
         self._ledger = AckLedger()
         self._decoder = MessageDecoder(
-            topics, worker=m.client_id, max_clock_skew=config.intake.max_clock_skew
+            topics, worker=m.client_id, max_clock_skew=config.intake.max_clock_skew,
+            max_series_per_gateway=config.intake.max_series_per_gateway,
         )
         self._batching = Batching(
             max_readings=b.max_readings,

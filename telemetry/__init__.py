@@ -37,6 +37,7 @@ from telemetry._commands import (
 )
 from telemetry._conformance import (
     DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_SERIES_PER_GATEWAY,
     Conformer,
     Nonconformity,
     NonconformityReason,
@@ -99,6 +100,7 @@ __all__ = [
     "BOOKKEEPING_MEASUREMENT",
     "DEADLETTER_MEASUREMENT",
     "DEFAULT_MAX_CLOCK_SKEW_S",
+    "DEFAULT_MAX_SERIES_PER_GATEWAY",
     "DEFAULT_ROOT",
     "ID_RE",
     "MAX_FIELDS",

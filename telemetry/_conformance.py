@@ -13,6 +13,8 @@ line-protocol encoder::
                   float -> int field        integral, int64  ──▶ coerced
                   anything else (str, bool, lossy)           ──▶ refused: field_type
             ──▶ control character in a string field or tag value ──▶ refused: control_character
+            ──▶ (conform_all, with a budget) a new series past the gateway's
+                max_series_per_gateway                   ──▶ refused: series_budget
             ──▶ Reading (the same object when nothing changed)
 
 Measurements outside :data:`~telemetry.MEASUREMENTS`, and fields a known measurement does not
@@ -35,6 +37,7 @@ from telemetry._vocabulary import MEASUREMENTS, FieldType
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_S",
+    "DEFAULT_MAX_SERIES_PER_GATEWAY",
     "Conformer",
     "Nonconformity",
     "NonconformityReason",
@@ -44,8 +47,12 @@ __all__ = [
 DEFAULT_MAX_CLOCK_SKEW_S: Final = 300.0
 
 NonconformityReason: TypeAlias = Literal[
-    "reserved_measurement", "future_timestamp", "field_type", "control_character"
+    "reserved_measurement", "future_timestamp", "field_type", "control_character",
+    "series_budget",
 ]
+
+#: Default number of distinct series (measurement, device, tag set) one gateway may create.
+DEFAULT_MAX_SERIES_PER_GATEWAY: Final = 20_000
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -99,10 +106,23 @@ class Conformer:
     limit). Not thread-safe (plain dict caches): one per worker.
     """
 
-    __slots__ = ("_max_skew_ns", "_ok_tags", "_ok_texts", "_plans", "_reserved")
+    __slots__ = (
+        "_max_series", "_max_skew_ns", "_ok_tags", "_ok_texts", "_plans", "_reserved", "_series",
+    )
 
-    def __init__(self, *, max_clock_skew_s: float | None = DEFAULT_MAX_CLOCK_SKEW_S) -> None:
+    def __init__(
+        self,
+        *,
+        max_clock_skew_s: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+        max_series_per_gateway: int | None = None,
+    ) -> None:
         self._max_skew_ns = None if max_clock_skew_s is None else int(max_clock_skew_s * 1e9)
+        # Series each gateway was seen to write, up to the budget (None: no budget). InfluxDB
+        # 1.x refuses every write that would create a series past max-series-per-database, so
+        # one gateway inventing device ids or tag values could otherwise lock every honest
+        # gateway's new devices out, and grow the index without bound.
+        self._max_series = max_series_per_gateway
+        self._series: dict[str, set[tuple[str, str, tuple[tuple[str, str], ...]]]] = {}
         self._plans: dict[tuple[str, tuple[str, ...], tuple[type, ...]], _Plan] = {}
         self._reserved: dict[str, bool] = {}
         self._ok_tags: set[str] = set()
@@ -158,17 +178,42 @@ class Conformer:
         return self._coerce(reading, values, plan)
 
     def conform_all(
-        self, readings: Sequence[Reading], now_ns: int
+        self, readings: Sequence[Reading], now_ns: int, *, gateway: str | None = None
     ) -> tuple[list[Reading], list[tuple[int, Nonconformity]]]:
-        """The readings to store, and ``(index, why)`` for each refused one."""
+        """The readings to store, and ``(index, why)`` for each refused one. With a series
+        budget and ``gateway``, a reading that would be ``gateway``'s series number
+        ``max_series_per_gateway + 1`` is refused (``series_budget``); series it wrote
+        before keep being stored."""
         good: list[Reading] = []
         refused: list[tuple[int, Nonconformity]] = []
+        known = None
+        budget = self._max_series or 0
+        if self._max_series is not None and gateway is not None:
+            known = self._series.get(gateway)
+            if known is None:
+                if len(self._series) >= _CACHE_LIMIT:
+                    self._series.clear()
+                known = self._series[gateway] = set()
         for index, reading in enumerate(readings):
             outcome = self.conform(reading, now_ns)
             if isinstance(outcome, Nonconformity):
                 refused.append((index, outcome))
-            else:
-                good.append(outcome)
+                continue
+            if known is not None:
+                tags = reading.tags
+                series = (reading.measurement, reading.device,
+                          tuple(sorted(tags.items())) if tags else ())
+                if series not in known:
+                    if len(known) >= budget:
+                        refused.append((index, Nonconformity(
+                            "series_budget",
+                            f"gateway {gateway!r} writes {len(known)} series already "
+                            f"(intake.max_series_per_gateway); this reading would add one",
+                            "$.d",
+                        )))
+                        continue
+                    known.add(series)
+            good.append(outcome)
         return good, refused
 
     @staticmethod

@@ -366,3 +366,40 @@ def test_an_unexpected_exception_is_deadlettered_and_the_worker_goes_on(
     assert "ZeroDivisionError: injected" in record["reason"]
     assert "broken" in record["reason"]  # where it was raised
     assert worker.worker.stats().deadletters == 1
+
+
+# -- series cardinality --------------------------------------------------------------------------
+
+
+def test_a_gateway_inventing_device_ids_is_held_to_its_series_budget(
+    mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str, now_ts: int,
+) -> None:
+    """InfluxDB 1.x refuses every write that would create a series past its
+    max-series-per-database (1,000,000 by default): a gateway writing ever new device ids
+    could lock every honest gateway's new devices out. Past its budget a gateway's new
+    series are refused, its known series still flow, the honest gateways lose nothing."""
+    budget = 300
+
+    def attack(pub: Publisher) -> None:
+        for seq in range(3):
+            pub.telemetry(HOSTILE, json.dumps({"v": 1, "gw": HOSTILE, "seq": seq, "r": [
+                {"d": f"fake-{seq}-{i}", "m": MEASUREMENT, "t": now_ts + i,
+                 "f": {"intensity": 1.0}} for i in range(200)
+            ]}).encode())
+        # a series it created before the budget ran out keeps being stored
+        pub.telemetry(HOSTILE, hostile_payload(3, {
+            "d": "fake-0-0", "m": MEASUREMENT, "t": now_ts + 5000, "f": {"intensity": 2.0},
+        }))
+
+    worker, sent = run_attack(
+        mosquitto, influxd, topic_root, influx_db, now_ts, attack,
+        intake={"max_series_per_gateway": budget},
+    )
+    assert stored(influxd, influx_db) == sent
+    hostile = series(influxd, influx_db, f'SELECT count("intensity") FROM "{MEASUREMENT}" '
+                                         f"WHERE \"gateway\" = '{HOSTILE}' GROUP BY \"gateway\"")
+    assert hostile == {HOSTILE: budget + 1}
+    metrics = worker.worker.metrics.registry.get_sample_value
+    assert metrics("smartcity_ingest_readings_refused_total", {"reason": "series_budget"}) == 300
+    kinds = {r["kind"] for r in deadletters(influxd, influx_db)}
+    assert kinds == {"invalid_readings"}
