@@ -201,8 +201,11 @@ class Conformer:
                 continue
             if known is not None:
                 tags = reading.tags
-                series = (reading.measurement, reading.device,
-                          tuple(sorted(tags.items())) if tags else ())
+                series = (
+                    reading.measurement, reading.device,
+                    () if not tags else tuple(tags.items()) if len(tags) == 1
+                    else tuple(sorted(tags.items())),
+                )
                 if series not in known:
                     if len(known) >= budget:
                         refused.append((index, Nonconformity(
