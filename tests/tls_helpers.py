@@ -120,6 +120,20 @@ def make_pki(d: Path, *, client_cn: str = "client") -> Pki:
     return Pki(d)
 
 
+def issue_client_cert(pki: Pki, cn: str, *, rogue: bool = False) -> tuple[Path, Path]:
+    """A client certificate and key for ``cn``, signed by the test CA (or the rogue CA)."""
+    ca = "rogue-ca" if rogue else "ca"
+    name = f"{ca}-{cn}"
+    d = pki.dir
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+             cwd=d)  # fmt: skip
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "client.ext", "-out", f"{name}.crt",
+             cwd=d)  # fmt: skip
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
 def password_file(path: Path, users: dict[str, str]) -> Path:
     """A mosquitto password file holding ``users`` (name -> password)."""
     tool = _tool("mosquitto_passwd")

@@ -17,6 +17,9 @@ SUBACK 0x87 for the subscription, CONNACK 0x87 for the client id.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +274,83 @@ def test_a_hijacker_makes_ingest_lose_no_honest_batch(
         honest.close()
         worker.stop()
     assert _stored(influxd, influx_db) == (200, 200 * PER_BATCH)
+
+
+# -- the client-certificate listener ---------------------------------------------------------
+
+
+def test_a_gateway_certificate_is_that_gateway_only(
+    broker: ShippedBroker,
+) -> None:
+    """On the certificate listener mosquitto 2.0 skips the password check and with it the
+    plugin's client-id pin; use_username_as_clientid makes the certificate's CN the client id,
+    so a gateway's certificate can neither take ingest's session nor act for another gateway,
+    and the plugin's rights for its CN apply as with a password."""
+    from tests.tls_helpers import issue_client_cert
+
+    pki = broker.pki
+    honest_cert = issue_client_cert(pki, HONEST)
+    hostile_cert = issue_client_cert(pki, HOSTILE)
+    member = Client(broker, "_ingest", client_id="ingest-0")  # the worker, on its listener
+    honest = Client(broker, None, tls=False, client_id="edge-gw-honest",
+                    certificate=honest_cert)
+    hijacker: Client | None = None
+    try:
+        assert member.connected() == 0
+        assert member.subscribe("$share/ingest/sc/v1/+/telemetry") == [1]
+        assert honest.connected() == 0
+        # Ingest's client id through a gateway certificate: renamed to the CN, so the
+        # worker's connection and session are untouched.
+        hijacker = Client(broker, None, tls=False, client_id="ingest-0",
+                          certificate=hostile_cert)
+        assert hijacker.connected() == 0
+        assert hijacker.session_present is False
+        time.sleep(0.5)
+        assert member.disconnects == 0
+        for topic in ("$share/ingest/sc/v1/+/telemetry", "sc/v1/gw-honest/cmd",
+                      "sc/v1/+/telemetry", "#", "$CONTROL/dynamic-security/#"):
+            assert hijacker.subscribe(topic) == [NOT_AUTHORIZED], topic
+        assert hijacker.subscribe("sc/v1/gw-hostile/cmd") == [1]
+        assert hijacker.publish("sc/v1/gw-honest/telemetry", b"forged") == NOT_AUTHORIZED
+        assert hijacker.publish("sc/v1/gw-hostile/telemetry", b"own") == 0
+        # The honest gateway's certificate works end to end.
+        sent = [f"c{i}".encode() for i in range(20)]
+        for payload in sent:
+            assert honest.publish("sc/v1/gw-honest/telemetry", payload) == 0
+        member.wait(lambda: len(member.messages) >= len(sent) + 1)
+        assert [p for t, p in member.messages if t.endswith("gw-honest/telemetry")] == sent
+        assert member.disconnects == 0
+    finally:
+        for client in (hijacker, honest, member):
+            if client is not None:
+                client.close()
+
+
+def test_certificates_of_another_ca_or_of_no_provisioned_gateway_get_nothing(
+    broker: ShippedBroker,
+) -> None:
+    from tests.tls_helpers import issue_client_cert
+
+    # Signed by another CA, with an honest gateway's CN: the TLS handshake fails (with TLS
+    # 1.3 the broker says so after it), no CONNACK ever comes.
+    cert, key = issue_client_cert(broker.pki, HONEST, rogue=True)
+    ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    connect = bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 1]) + b"x"
+    with (socket.create_connection(("127.0.0.1", broker.cert_port), timeout=10) as raw,
+          ctx.wrap_socket(raw, server_hostname="localhost") as tls):
+        answer = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            tls.sendall(connect)
+            answer = tls.recv(4)
+        assert answer == b""  # no CONNACK (0x20 ...): refused before MQTT
+    # A CN the plugin does not know connects (mosquitto skips authentication) but may
+    # neither read nor write anything: the plugin's default access denies it.
+    stranger = Client(broker, None, tls=False, client_id="x",
+                      certificate=issue_client_cert(broker.pki, "gw-unknown"))
+    try:
+        assert stranger.connected() == 0
+        assert stranger.subscribe("sc/v1/gw-unknown/cmd") == [NOT_AUTHORIZED]
+        assert stranger.publish("sc/v1/gw-unknown/telemetry", b"x") == NOT_AUTHORIZED
+    finally:
+        stranger.close()
