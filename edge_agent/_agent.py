@@ -471,7 +471,9 @@ class EdgeAgent:
         return _Runtime(
             config=cfg,
             version=version,
-            pipeline=ChannelPipeline(list(cfg.processors)),
+            pipeline=ChannelPipeline(
+                list(cfg.processors), max_channels=cfg.processors_max_channels
+            ),
             inputs=[build_input(i, gateway=cfg.gateway.id) for i in cfg.inputs],
         )
 

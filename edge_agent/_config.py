@@ -183,6 +183,10 @@ class AgentConfig(FrozenModel):
     inputs: list[InputSpec] = []
     #: First matching rule wins; channels no rule matches pass through unchanged.
     processors: list[ProcessorRule] = []
+    #: Channels (device, measurement, tags, field) that get processor state. Device names and
+    #: tags may come from a local sensor's topic, so this bounds memory and the checkpoint;
+    #: past it new channels' samples pass unprocessed (counted as ``channel_limit``).
+    processors_max_channels: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     #: How often staged samples run through the processors (at least 10 ms: no busy loop).
     tick_s: Annotated[float, Field(ge=0.01, le=10)] = 0.1
 

@@ -53,7 +53,9 @@ from edge_agent._checkpoint import (
 from edge_agent.processors import Chain, ChainOutput, ProcessorRule, StageConfig, StateMismatch
 from telemetry import FieldValue, Reading
 
-__all__ = ["ChannelKey", "ChannelPipeline", "RestoreReport"]
+log = logging.getLogger("edge_agent")
+
+__all__ = ["DEFAULT_MAX_CHANNELS", "ChannelKey", "ChannelPipeline", "RestoreReport"]
 
 #: (device, measurement, tags as a tuple of items, field)
 ChannelKey = tuple[str, str, tuple[tuple[str, str], ...], str]
@@ -117,11 +119,27 @@ class _Meta:
     clock: str
 
 
-class ChannelPipeline:
-    """Routes channels to the chain of the first matching rule and runs the chains."""
+#: Default bound on processor channels (device, measurement, tags, field) of one agent.
+DEFAULT_MAX_CHANNELS = 20_000
 
-    def __init__(self, rules: list[ProcessorRule]) -> None:
+
+class ChannelPipeline:
+    """Routes channels to the chain of the first matching rule and runs the chains.
+
+    At most ``max_channels`` channels get processor state (and a route cache entry): device
+    names and tags can come from a local sensor's topic (``{N}`` templates), so a sensor
+    publishing under ever new topics must not grow memory and the checkpoint without bound.
+    Past the limit a new channel's samples pass through unprocessed, as sent (nothing is
+    lost), counted as stage ``channel_limit`` in :meth:`dropped`, and logged once.
+    """
+
+    def __init__(
+        self, rules: list[ProcessorRule], *, max_channels: int = DEFAULT_MAX_CHANNELS
+    ) -> None:
         self.rules = rules
+        self.max_channels = max_channels
+        self.over_limit = 0
+        self._warned = False
         self.rules_json = [r.model_dump_json() for r in rules]
         self.fingerprint = rules_fingerprint(self.rules_json)
         self.chains = [Chain(list[StageConfig](r.stages)) for r in rules]
@@ -139,6 +157,18 @@ class ChannelPipeline:
 
     def _route(self, key: ChannelKey, clock: str) -> tuple[int, int] | None:
         device, measurement, tags, fname = key
+        if len(self._routes) >= self.max_channels:
+            # Not cached, no state: passed through as sent, counted.
+            self.over_limit += 1
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "processor channel limit reached: samples of new channels pass "
+                    "unprocessed",
+                    extra={"max_channels": self.max_channels, "device": device,
+                           "measurement": measurement, "field": fname},
+                )
+            return None
         for i, rule in enumerate(self.rules):
             if rule.match.matches(device, measurement, fname):
                 row = self.chains[i].add_channel()
@@ -368,6 +398,8 @@ class ChannelPipeline:
     def dropped(self) -> dict[str, dict[str, int]]:
         """Stage -> ``device/measurement/field`` -> samples that stage dropped (non-zero)."""
         out: dict[str, dict[str, int]] = {}
+        if self.over_limit:
+            out["channel_limit"] = {"past max_channels (passed unprocessed)": self.over_limit}
         for i, chain in enumerate(self.chains):
             meta = self._meta[i]
             for stage, counts in chain.dropped().items():

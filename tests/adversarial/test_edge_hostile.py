@@ -333,3 +333,55 @@ def test_remote_config_cannot_reach_credentials_hosts_serial_urls_or_map_files(
     assert reports()[100].status == "applied"
     assert attacker.received == []
     assert canary.read_text() == "spool bytes\n"
+
+
+def test_a_sensor_inventing_topics_cannot_grow_processor_state_without_bound(
+    mosquitto: Mosquitto, topic_root: str, tmp_path: Path, central: Central
+) -> None:
+    """Device names come from the topic (``{2}``): a local sensor publishing under ever new
+    topics made a processor channel each (state arrays, checkpoint layout) without bound.
+    Past processors_max_channels new channels pass through unprocessed: none is lost, the
+    state stays bounded, and the overflow is counted."""
+    limit, devices = 40, 200
+    data = base_config(tmp_path, mosquitto, topic_root)
+    data["processors_max_channels"] = limit
+    data["processors"] = [{"stages": [{"type": "scale", "gain": 2.0}]}]
+    data["inputs"] = [{
+        "type": "mqtt", "name": "local", "port": mosquitto.port,
+        "client_id": f"in-{topic_root}",
+        "subscriptions": [{
+            "topic": f"{topic_root}/local/+/air", "device": "{2}",
+            "measurement": "AirQualityObserved", "fields": {"no2": "$.no2"},
+        }],
+    }]
+    agent = EdgeAgent(make_config(data))
+    sensors = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sensors-{topic_root}",
+                          protocol=MQTTProtocolVersion.MQTTv5)
+    sensors.connect("127.0.0.1", mosquitto.port)
+    sensors.loop_start()
+
+    def publish_all() -> None:
+        infos = [sensors.publish(f"{topic_root}/local/s-{i}/air", b'{"no2": 1}', qos=1)
+                 for i in range(devices)]
+        for info in infos:
+            info.wait_for_publish(30)
+
+    async def main() -> None:
+        async with running(agent):
+            await await_until(lambda: agent.snapshot().inputs["local"] == "up", 10, "input up")
+            await asyncio.to_thread(publish_all)
+            await await_until(lambda: len({d for d, _, _ in central.readings()}) == devices,
+                              60, "a reading of every device")
+            assert agent.pipeline.channels == limit
+            dropped = agent.health().dropped["channel_limit"]
+            assert sum(dropped.values()) == devices - limit
+
+    try:
+        asyncio.run(main())
+    finally:
+        sensors.disconnect()
+        sensors.loop_stop()
+    values = central.values("no2")
+    assert len(values) == devices
+    assert sorted(v for _, _, v in values).count(2.0) == limit  # processed: scaled
+    assert sorted(v for _, _, v in values).count(1) == devices - limit  # passed as sent
