@@ -217,3 +217,118 @@ def deadletters_replay(
         typer.echo(f"{o.time}  {o.gateway}  {o.kind}  {o.result}  readings={o.readings}  "
                    f"{o.reason}")
     typer.echo(json.dumps({"dry_run": dry_run, **report.summary()}))
+
+
+influxdb_app = typer.Typer(
+    name="influxdb",
+    help="InfluxDB users: an admin, then one least-privilege user per service "
+    "(docs/server-install.md, InfluxDB).",
+    no_args_is_help=True,
+)
+app.add_typer(influxdb_app)
+
+AdminFile = Annotated[
+    Path,
+    typer.Option(help="The admin's 'user:password' file (mode 600), written by init."),
+]
+
+
+def _influx_target(config: Path | None, url: str | None, database: str | None) -> Any:
+    cfg = _load(config, _overrides(influx__url=url, influx__database=database))
+    from ingest._sink import _ssl_context  # the worker's own TLS settings for InfluxDB
+
+    context = _ssl_context(cfg.influx)
+    return cfg.influx, context if not isinstance(context, bool) else None
+
+
+def _admin_error(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=1)
+
+
+def _read_secret(password_file: Path | None, what: str) -> str:
+    import sys
+
+    if password_file is not None:
+        lines = password_file.read_text().splitlines()
+        return lines[0] if lines else ""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"password for {what}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+@influxdb_app.command("init")
+def influxdb_init(
+    config: ConfigOption = None,
+    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    database: Annotated[str | None, typer.Option(help="The platform's database.")] = None,
+    retention: Annotated[
+        str | None, typer.Option(help="Retention policy (default: the config's).")
+    ] = None,
+    duration: Annotated[str | None, typer.Option(help="Its duration: 90d, INF.")] = None,
+    shard_duration: Annotated[str | None, typer.Option(help="Its shard duration: 1d.")] = None,
+    admin_file: AdminFile = Path("/etc/smartcity/influxdb-admin"),
+) -> None:
+    """With auth-enabled = true and no users yet: create the admin (random password, written to
+    --admin-file), the database and its default retention policy (the config's
+    influx.retention, or the options). Idempotent: with a working admin file it only checks
+    the rest."""
+    from ingest._influx_admin import InfluxAdminError, init
+
+    influx, context = _influx_target(config, url, database)
+    rp = influx.retention
+    try:
+        init(influx.url, admin_file, database=influx.database, retention=retention or rp.name,
+             duration=duration or rp.duration,
+             shard_duration=shard_duration or rp.shard_duration, context=context)
+    except InfluxAdminError as exc:
+        raise _admin_error(exc) from exc
+    typer.echo(f"admin in {admin_file}; database {influx.database}, retention policy "
+               f"{retention or rp.name}. Next: smartcity ingest influxdb add-user ingest, "
+               "then add-user api")
+
+
+@influxdb_app.command("add-user")
+def influxdb_add_user(
+    role: Annotated[str, typer.Argument(help="ingest (read and write) or api (read only).")],
+    config: ConfigOption = None,
+    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    database: Annotated[str | None, typer.Option(help="The platform's database.")] = None,
+    user: Annotated[str | None, typer.Option(help="User name (default: the role).")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="Read the password from this file (default: stdin).")
+    ] = None,
+    admin_file: AdminFile = Path("/etc/smartcity/influxdb-admin"),
+) -> None:
+    """Create the service's user, or give an existing one a new password; grants only what the
+    service needs on the database (ingest: ALL, api: READ)."""
+    from ingest._influx_admin import AdminCredentials, InfluxAdminError, add_user
+
+    influx, context = _influx_target(config, url, database)
+    try:
+        creds = AdminCredentials.from_file(influx.url, admin_file, context)
+        name = add_user(creds, role, _read_secret(password_file, user or role),
+                        database=influx.database, username=user)
+    except (InfluxAdminError, OSError) as exc:
+        raise _admin_error(exc) from exc
+    typer.echo(f"user {name}: {role} rights on {influx.database}")
+
+
+@influxdb_app.command("remove-user")
+def influxdb_remove_user(
+    user: Annotated[str, typer.Argument(help="The user to drop.")],
+    config: ConfigOption = None,
+    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    admin_file: AdminFile = Path("/etc/smartcity/influxdb-admin"),
+) -> None:
+    """Drop a service user: its requests are refused (401) from then on."""
+    from ingest._influx_admin import AdminCredentials, InfluxAdminError, remove_user
+
+    influx, context = _influx_target(config, url, None)
+    try:
+        remove_user(AdminCredentials.from_file(influx.url, admin_file, context), user)
+    except InfluxAdminError as exc:
+        raise _admin_error(exc) from exc
+    typer.echo(f"user {user} removed")
