@@ -19,6 +19,17 @@ It starts its own mosquitto and influxd (smartcity._localstack) on free loopback
    readings/s, a probe publishes one reading every 20 ms carrying its send time; a WebSocket
    client filtered to the probe device measures send-to-receive time.
 
+Ceilings, measured in the same run (issue: a figure without its ceiling does not say whether
+it is our code or the machine):
+
+- ``bare_max_rps``: the same closed loop against the same server stack (uvicorn with the same
+  loop and HTTP parser, a Starlette route answering a constant JSON body the size of a latest
+  answer, key header read) in its own process: ``latest_ratio_to_bare`` = latest_max_rps /
+  bare_max_rps (target >= 0.5);
+- ``live_bare_p99_ms``: a bare MQTT subscriber (paho, its own process) on the probe topic
+  during the live run, send-to-receive time of the same probes: ``live_p99_ratio_to_bare`` =
+  live_p99 / live_bare_p99 (target <= 3).
+
 The load generator is a raw HTTP/1.1 client on asyncio (an HTTP library would measure itself).
 The last line of output is one JSON object.
 """
@@ -195,6 +206,84 @@ async def history(host: str, port: int, key: str, now_ns: int, n: int = 200) -> 
     return out
 
 
+BARE = """
+import sys
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+body = sys.argv[2].encode()
+
+
+async def latest(request):
+    if not request.headers.get("x-api-key"):
+        return Response(status_code=401)
+    return Response(body, media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v1/live/{gw}/{device}", latest)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+            log_config=None, access_log=False)
+"""
+
+
+def bare_stack(key: str, body: bytes, seconds: float) -> float:
+    """Closed-loop req/s of the bare server stack answering ``body``."""
+    from smartcity._localstack import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE, str(port), body.decode()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/live/a/b", headers={"X-API-Key": key})
+                with urllib.request.urlopen(request, timeout=1):  # noqa: S310
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the bare stack did not start") from None
+                time.sleep(0.1)
+        rps, errors = asyncio.run(closed_loop("127.0.0.1", port, key, seconds))
+        if errors:
+            raise SystemExit(f"the bare stack answered {errors} errors")
+        return rps
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+BARE_SUBSCRIBER = r"""
+import json, sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from telemetry import decode_batch
+
+out = []
+
+
+def on_message(_c, _u, msg):
+    now = time.time_ns()
+    for r in decode_batch(msg.payload).readings:
+        out.append((now - r.fields["sent"]) / 1e6)
+
+
+c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+c.on_message = on_message
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.subscribe(sys.argv[2], qos=0)
+c.loop_start()
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.readline()
+c.loop_stop()
+sys.stdout.write(json.dumps(out) + "\n")
+"""
+
+
 FLEET = """
 import sys
 from simulators import FleetConfig, GatewayFleet
@@ -204,7 +293,9 @@ fleet.run(duration_s=float(sys.argv[3]))
 """
 
 
-def live(api_url: str, key: str, broker: Any, seconds: float) -> tuple[list[float], int]:
+def live(
+    api_url: str, key: str, broker: Any, seconds: float
+) -> tuple[list[float], int, list[float]]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
     from websockets.sync.client import connect
@@ -215,9 +306,18 @@ def live(api_url: str, key: str, broker: Any, seconds: float) -> tuple[list[floa
         [sys.executable, "-c", FLEET, ROOT, str(broker.port), str(seconds + 10)]
     )
     latencies: list[float] = []
+    topics = Topics(ROOT)
+    bare = subprocess.Popen(
+        [sys.executable, "-c", BARE_SUBSCRIBER, str(broker.port), topics.telemetry("probe-gw")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    bare_latencies: list[float] = []
     try:
+        assert bare.stdout is not None
+        assert bare.stdin is not None
+        if bare.stdout.readline().strip() != "ready":
+            raise SystemExit("the bare subscriber did not start")
         time.sleep(4)  # births, first ticks
-        topics = Topics(ROOT)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect(broker.host, broker.port)
         client.loop_start()
@@ -254,10 +354,15 @@ def live(api_url: str, key: str, broker: Any, seconds: float) -> tuple[list[floa
             thread.join(3)
         client.disconnect()
         client.loop_stop()
+        bare.stdin.write("\n")
+        bare.stdin.flush()
+        bare_latencies = json.loads(bare.stdout.readline())
     finally:
         fleet.terminate()
         fleet.wait(30)
-    return latencies, sent
+        bare.kill()
+        bare.wait(30)
+    return latencies, sent, bare_latencies
 
 
 def main() -> None:
@@ -322,12 +427,20 @@ def main() -> None:
                 max_rps, max_errors = asyncio.run(
                     closed_loop("127.0.0.1", port, key, args.seconds))
                 print(f"latest closed loop: {max_rps:.0f} req/s, errors {max_errors}", flush=True)
+                sample = urllib.request.Request(  # noqa: S310
+                    f"{url}{_paths()[0]}", headers={"X-API-Key": key})
+                with urllib.request.urlopen(sample) as r:  # noqa: S310
+                    body = r.read()
+                bare_rps = bare_stack(key, body, args.seconds)
+                print(f"bare stack closed loop: {bare_rps:.0f} req/s "
+                      f"(ratio {max_rps / bare_rps:.2f})", flush=True)
                 hist = asyncio.run(history("127.0.0.1", port, key, now))
                 print(f"history 24h/5m: p50 {_pct(hist, 50):.2f} ms, "
                       f"p99 {_pct(hist, 99):.2f} ms", flush=True)
-                live_lat, probes = live(url, key, broker, args.seconds)
+                live_lat, probes, bare_lat = live(url, key, broker, args.seconds)
                 print(f"live: {len(live_lat)}/{probes} probes, p50 {_pct(live_lat, 50):.2f} ms,"
-                      f" p99 {_pct(live_lat, 99):.2f} ms", flush=True)
+                      f" p99 {_pct(live_lat, 99):.2f} ms; bare subscriber p50 "
+                      f"{_pct(bare_lat, 50):.2f} ms, p99 {_pct(bare_lat, 99):.2f} ms", flush=True)
                 request = urllib.request.Request(  # noqa: S310
                     f"{url}/metrics", headers={"X-API-Key": key}
                 )
@@ -349,6 +462,11 @@ def main() -> None:
         "history_p99_ms": round(_pct(hist, 99), 3),
         "live_p50_ms": round(_pct(live_lat, 50), 3),
         "live_p99_ms": round(_pct(live_lat, 99), 3),
+        "bare_max_rps": round(bare_rps, 1),
+        "latest_ratio_to_bare": round(max_rps / bare_rps, 3),
+        "live_bare_p50_ms": round(_pct(bare_lat, 50), 3),
+        "live_bare_p99_ms": round(_pct(bare_lat, 99), 3),
+        "live_p99_ratio_to_bare": round(_pct(live_lat, 99) / _pct(bare_lat, 99), 3),
         "live_probes_received": len(live_lat),
         "live_probes_sent": probes,
         "api_readings_applied": readings,
