@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import routes, standards
 from api._auth import Role
+from api._deps import document_security
 from api._encoding import components
 from api._errors import add_problem_handlers
 from api._metrics import ApiMetrics
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, value in components().items():
                 schemas.setdefault(name, value)
+            document_security(schema, app.routes)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated, Any, cast
 
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import BaseRoute
 
 from api._auth import Principal, Role
 from api._errors import Forbidden, RateLimited, Unauthorized
@@ -26,15 +28,11 @@ __all__ = [
     "ServicesDep",
     "Viewer",
     "authenticate_key",
+    "document_security",
 ]
 
-_api_key = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="API key (sck_...), see docs/api.md"
-)
-_bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
-
-
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain def dependency would cost a thread-pool hop on every request.
     services: Services = request.app.state.services
     return services
 
@@ -88,30 +86,80 @@ def _too_many_failures(wait: float) -> RateLimited:
     )
 
 
-async def _authenticate(
-    request: Request,
-    services: ServicesDep,
-    api_key: Annotated[str | None, Security(_api_key)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Principal:
-    key = api_key or (bearer.credentials if bearer is not None else None)
-    client = request.client.host if request.client else "unknown"
-    return await authenticate_key(services, key, client)
 
 
-Caller = Annotated[Principal, Depends(_authenticate)]
+def _presented_key(request: Request) -> str | None:
+    """``X-API-Key``, else the ``Authorization: Bearer`` token (what ``_api_key`` and
+    ``_bearer`` read, without two more dependencies per request)."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(caller: Caller) -> Principal:
+def _require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
+    # One dependency per request for the caller (FastAPI solves each sub-dependency with
+    # generic machinery: measured 0.35 ms per request for the five the chain had before).
+    # The security schemes stay declared in OpenAPI (``document_security``).
+    async def check(request: Request) -> Principal:
+        services: Services = request.app.state.services
+        client = request.client.host if request.client else "unknown"
+        caller = await authenticate_key(services, _presented_key(request), client)
         if caller.role < role:
             raise Forbidden(f"needs role {role.name} or higher; this key is {caller.role.name}")
         return caller
 
+    check.required_role = role  # type: ignore[attr-defined]
     return check
 
 
+#: OpenAPI security schemes of every route that needs a key (``document_security``).
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                     "description": "API key (sck_...), see docs/api.md"},
+    "HTTPBearer": {"type": "http", "scheme": "bearer",
+                   "description": "The same API key as a bearer token"},
+}
+
+
+def required_role(dependant: Dependant) -> Role | None:
+    """The role a route's dependencies require (``None``: public)."""
+    for dep in dependant.dependencies:
+        role = getattr(dep.call, "required_role", None)
+        if isinstance(role, Role):
+            return role
+        found = required_role(dep)
+        if found is not None:
+            return found
+    return None
+
+
+def document_security(schema: dict[str, Any], routes: Iterable[BaseRoute]) -> None:
+    """Declare the API-key schemes on every operation whose route requires a role, as
+    FastAPI does for ``Security`` dependencies (which the role check no longer uses)."""
+    paths = schema.get("paths", {})
+    needed = False
+    # Routes of included routers are reached through their contexts (prefix applied).
+    for context in iter_route_contexts(list(routes)):
+        if not isinstance(context.original_route, APIRoute):
+            continue
+        route = cast(APIRoute, context)
+        if required_role(route.dependant) is None:
+            continue
+        for method in route.methods or ():
+            operation = paths.get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                needed = True
+    if needed:
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+
+
 Viewer = Annotated[Principal, Depends(_require(Role.viewer))]
+#: Any valid key (every role is at least a viewer).
+Caller = Viewer
 Operator = Annotated[Principal, Depends(_require(Role.operator))]
 Engineer = Annotated[Principal, Depends(_require(Role.engineer))]
 Admin = Annotated[Principal, Depends(_require(Role.admin))]
