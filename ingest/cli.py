@@ -60,6 +60,10 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Any:
 @app.command("run")
 def run(
     config: ConfigOption = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="mqtt (shared subscription) or jetstream (cluster, docs/cluster.md)."),
+    ] = None,
     mqtt_host: Annotated[str | None, typer.Option(help="Broker host.")] = None,
     mqtt_port: Annotated[int | None, typer.Option(help="Broker port.")] = None,
     client_id: Annotated[
@@ -83,6 +87,7 @@ def run(
     cfg = _load(
         config,
         _overrides(
+            source=source,
             mqtt__host=mqtt_host,
             mqtt__port=mqtt_port,
             mqtt__client_id=client_id,
@@ -124,17 +129,26 @@ deadletters_app = typer.Typer(
 app.add_typer(deadletters_app)
 
 
+# The options the dead-letter commands share (which records, from which InfluxDB).
+InfluxUrlOption = Annotated[str | None, typer.Option(help="InfluxDB base URL.")]
+DatabaseOption = Annotated[str | None, typer.Option(help="InfluxDB database.")]
+SinceOption = Annotated[
+    str, typer.Option(help="How far back, an InfluxQL duration: 30m, 24h, 7d.")
+]
+GatewayOption = Annotated[str | None, typer.Option(help="Only this gateway's.")]
+KindOption = Annotated[str | None, typer.Option(help="Only this kind (malformed, ...).")]
+LimitOption = Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")]
+
+
 @deadletters_app.command("list")
 def deadletters_list(
     config: ConfigOption = None,
-    influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
-    database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
-    since: Annotated[
-        str, typer.Option(help="How far back, an InfluxQL duration: 30m, 24h, 7d.")
-    ] = "7d",
-    gateway: Annotated[str | None, typer.Option(help="Only this gateway's.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this kind (malformed, ...).")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 100,
+    influx_url: InfluxUrlOption = None,
+    database: DatabaseOption = None,
+    since: SinceOption = "7d",
+    gateway: GatewayOption = None,
+    kind: KindOption = None,
+    limit: LimitOption = 100,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON record per line, payload included.")
     ] = False,
@@ -181,14 +195,12 @@ def _deadletter_query(*, since: str, gateway: str | None, kind: str | None, limi
 @deadletters_app.command("replay")
 def deadletters_replay(
     config: ConfigOption = None,
-    influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
-    database: Annotated[str | None, typer.Option(help="InfluxDB database.")] = None,
-    since: Annotated[
-        str, typer.Option(help="How far back, an InfluxQL duration: 30m, 24h, 7d.")
-    ] = "7d",
-    gateway: Annotated[str | None, typer.Option(help="Only this gateway's.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this kind (malformed, ...).")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 1000,
+    influx_url: InfluxUrlOption = None,
+    database: DatabaseOption = None,
+    since: SinceOption = "7d",
+    gateway: GatewayOption = None,
+    kind: KindOption = None,
+    limit: LimitOption = 1000,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Write nothing; say what would pass today.")
     ] = False,
@@ -262,7 +274,7 @@ def _read_secret(password_file: Path | None, what: str) -> str:
 @influxdb_app.command("init")
 def influxdb_init(
     config: ConfigOption = None,
-    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    url: InfluxUrlOption = None,
     database: Annotated[str | None, typer.Option(help="The platform's database.")] = None,
     retention: Annotated[
         str | None, typer.Option(help="Retention policy (default: the config's).")
@@ -294,7 +306,7 @@ def influxdb_init(
 def influxdb_add_user(
     role: Annotated[str, typer.Argument(help="ingest (read and write) or api (read only).")],
     config: ConfigOption = None,
-    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    url: InfluxUrlOption = None,
     database: Annotated[str | None, typer.Option(help="The platform's database.")] = None,
     user: Annotated[str | None, typer.Option(help="User name (default: the role).")] = None,
     password_file: Annotated[
@@ -320,7 +332,7 @@ def influxdb_add_user(
 def influxdb_remove_user(
     user: Annotated[str, typer.Argument(help="The user to drop.")],
     config: ConfigOption = None,
-    url: Annotated[str | None, typer.Option(help="InfluxDB base URL.")] = None,
+    url: InfluxUrlOption = None,
     admin_file: AdminFile = Path("/etc/smartcity/influxdb-admin"),
 ) -> None:
     """Drop a service user: its requests are refused (401) from then on."""
