@@ -13,30 +13,29 @@ connections are prepared at start-up (``api check-config`` runs the same prepara
 
 from __future__ import annotations
 
-import contextvars
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import PydanticBaseSettingsSource, SettingsConfigDict
 
 from api._errors import ConfigError
 from api._settings_mqtt import FoldedSource, LegacyEnvSource, MqttSettings
 from foundation import BrokerTls, is_loopback
+from foundation.settings import SettingsError, YamlSettings, build_settings
 
 __all__ = ["ApiSettings", "MqttSettings", "load_settings"]
 
 _Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,5}[smhdw]$")]
 _Positive = Annotated[float, Field(gt=0)]
+_Source = PydanticBaseSettingsSource
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(YamlSettings):
     """Everything an API process needs; build it with :func:`load_settings` or directly."""
 
     model_config = SettingsConfigDict(
@@ -51,7 +50,7 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     #: Browser origins allowed by CORS (``["*"]`` allows any, refused outside demo mode).
-    cors_origins: list[str] = []
+    cors_origins: list[str] = Field(default_factory=list)
     #: Serve ``/metrics`` without a key (for a scraper on a private network).
     metrics_public: bool = False
     #: Demo mode: creates one key per role at start and prints them. Never in production.
@@ -142,6 +141,24 @@ class ApiSettings(BaseSettings):
     stale_after_s: _Positive = 300.0
     #: Free-flow speed of a traffic link when its device does not announce one (km/h).
     free_flow_speed_kmh: _Positive = 50.0
+
+    # Timetable (GTFS) --------------------------------------------------------------------
+    #: The city's GTFS Schedule feed (a zip): served at ``/v1/transport/gtfs/static.zip`` and
+    #: the timetable schedule adherence and GTFS-Realtime TripUpdates are computed against.
+    #: Read and validated at start (a bad feed stops the start with the file, line and
+    #: column). Unset: no timetable (adherence and TripUpdates answer 404).
+    gtfs_static_path: Path | None = None
+    #: Largest GTFS zip accepted, and the most its files may hold once unpacked.
+    gtfs_max_bytes: Annotated[int, Field(ge=1024, le=2**31)] = 64 * 2**20
+    gtfs_max_unpacked_bytes: Annotated[int, Field(ge=1024, le=2**33)] = 128 * 2**20
+    #: A vehicle more than this many seconds behind its timetable is late.
+    late_threshold_s: Annotated[float, Field(ge=0, le=86_400)] = 180.0
+    #: A vehicle whose gap to the bus ahead on its route is under this share of the
+    #: scheduled gap is bunched.
+    bunched_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    #: A vehicle farther than this from its trip's path (straight lines between its stops)
+    #: is off route: no delay is computed for it.
+    gtfs_off_route_m: Annotated[float, Field(gt=0, le=5000)] = 150.0
     #: Live push: events queued per client before the oldest are dropped.
     stream_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     #: Live push: a client whose socket accepts nothing for this long is disconnected.
@@ -175,6 +192,9 @@ class ApiSettings(BaseSettings):
     map_tiles_subdomains: Annotated[str, Field(pattern=r"^[a-z0-9]{0,8}$")] = "abc"
     #: Deepest zoom level the tile server has; the map scales that level up beyond it.
     map_tiles_max_zoom: Annotated[int, Field(ge=0, le=24)] = 19
+    #: The city's IANA time zone (``Europe/Oslo``): the dashboard shows times in it, in the
+    #: browser's language. Unset: the browser's own zone.
+    city_timezone: str | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
@@ -237,6 +257,19 @@ class ApiSettings(BaseSettings):
     def https(self) -> bool:
         return self.tls_cert_file is not None
 
+    @field_validator("city_timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Oslo)") from exc
+        return value
+
     @field_validator("map_tiles_url")
     @classmethod
     def _tiles(cls, value: str | None) -> str | None:
@@ -261,20 +294,10 @@ class ApiSettings(BaseSettings):
         return None if self.map_tiles_url is None else _tile_origin(self.map_tiles_url)
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            FoldedSource(init_settings),
-            env_settings,
-            LegacyEnvSource(settings_cls),
-            FoldedSource(_FileSource(settings_cls)),
-        )
+    def ordered_sources(cls, flags: _Source, env: _Source, file: _Source) -> tuple[_Source, ...]:
+        """The flat ``mqtt_*`` aliases are folded into ``mqtt`` (flags and file), and the
+        deprecated flat environment names come after the nested ones."""
+        return FoldedSource(flags), env, LegacyEnvSource(cls), FoldedSource(file)
 
     # Deprecated flat names, read-only (``settings.mqtt.*`` is the model).
     @property
@@ -296,21 +319,6 @@ class ApiSettings(BaseSettings):
     def mqtt_client_id(self) -> str:
         """Deprecated: ``mqtt.client_id``."""
         return self.mqtt.client_id
-
-
-_file_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "api_settings_file_data", default=None
-)
-
-
-class _FileSource(PydanticBaseSettingsSource):
-    """The YAML file given to :func:`load_settings`, below the environment."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_file_data.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get() or {})
 
 
 _TEMPLATE_KEYS = frozenset({"z", "x", "y", "s", "r"})
@@ -365,26 +373,10 @@ def load_settings(path: Path | None = None, /, **overrides: Any) -> ApiSettings:
 
     Raise :class:`ConfigError` naming the file, the key and the reason.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data.update(loaded or {})
     where = f"{path}: " if path is not None else ""
-    token = _file_data.set(data)
     try:
-        return ApiSettings(**_without_none(overrides))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"{where}{problems}") from exc
+        return build_settings(ApiSettings, path, _without_none(overrides))
+    except SettingsError as exc:
+        raise ConfigError(f"{where}{exc.reason}") from exc
     except ValueError as exc:  # a deprecated alias given beside its nested key
         raise ConfigError(f"{where}{exc}") from exc
-    finally:
-        _file_data.reset(token)

@@ -9,7 +9,9 @@
       PUBACK future ─▶ _on_puback: < 0x80 delivered │ 0x10 kept, sent again │ >= 0x80 refused
                                    │ lost with the connection: still waiting in the spool
 
-The rules (backlog and live data, 0x10, resend) are in :mod:`edge_agent._uplink`. Batches
+The rules (backlog and live data, 0x10, resend) are in :mod:`edge_agent._uplink`; the window,
+what a PUBACK reason means and the 0x10 hold are :class:`foundation.SendPolicy`, the same
+object the simulated fleet (``simulators.fleet``) sends by. Batches
 are tracked by spool id and by the connection they went out on: a PUBACK can only come on
 the connection its batch was published on (:mod:`foundation.mqtt` fails the rest when the
 connection is lost), and a new connection re-reads the waiting batches from the spool.
@@ -25,8 +27,8 @@ from collections import deque
 from typing import Final, Literal
 
 from edge_agent._spool import Spool, SpooledBatch
+from foundation import SendPolicy
 from foundation.mqtt import (
-    NO_MATCHING_SUBSCRIBERS,
     MqttDisconnected,
     MqttSession,
     MqttWindowFull,
@@ -37,8 +39,6 @@ __all__ = ["Sender", "SenderStats"]
 
 log: Final = logging.getLogger("edge_agent.uplink")
 
-_UNROUTED_FIRST_S: Final = 0.2
-_UNROUTED_MAX_S: Final = 5.0
 #: Control messages held while the publish window is full; more are refused.
 _CONTROL_PENDING_MAX: Final = 1000
 
@@ -74,6 +74,7 @@ class Sender:
         self.stats = stats
         self.topic = topic
         self.window = window
+        self.policy = SendPolicy(window=window)
         #: Set when there is something to do: new batches, a PUBACK, a connection change.
         self.wake = asyncio.Event()
         #: No new picks (shutdown); what is in flight, held or asked for still goes.
@@ -82,10 +83,10 @@ class Sender:
         self._epoch = 0
         self.inflight: dict[int, SpooledBatch] = {}
         self._acked: list[SpooledBatch] = []
-        #: Batches the broker routed to nobody, oldest first, sent again at ``_retry_at``.
+        #: Batches the broker routed to nobody, oldest first, sent again when
+        #: ``_unrouted_hold`` ends.
         self._unrouted: list[SpooledBatch] = []
-        self._retry_at = 0.0
-        self._retry_delay = _UNROUTED_FIRST_S
+        self._unrouted_hold = self.policy.unrouted_hold()
         #: Delivered batches asked for again, oldest first, published before new picks.
         self._resend: list[SpooledBatch] = []
         #: Control messages that found the publish window full, sent before new batches.
@@ -127,7 +128,9 @@ class Sender:
 
     def _publish_control(self, session: MqttSession, control: _Control) -> None:
         topic, payload, qos, retain, corr = control
-        props = None if corr is None else publish_properties(correlation_data=corr)
+        # MQTT 3.1.1 has no properties: there the correlation travels in the answer's body.
+        v5 = session.config.version == "5"
+        props = None if corr is None or not v5 else publish_properties(correlation_data=corr)
         fut = session.publish_nowait(topic, payload, qos=qos, retain=retain, properties=props)
         fut.add_done_callback(self._control_done)
 
@@ -152,6 +155,7 @@ class Sender:
         self._epoch = epoch
         self.inflight.clear()
         self._unrouted = []  # a new connection re-reads the spool from its start
+        self._unrouted_hold.release()
         self._resend = []
         self._control.clear()
         boundary = self.spool.max_id()
@@ -166,8 +170,7 @@ class Sender:
                 except (MqttWindowFull, MqttDisconnected):
                     break
                 self._control.popleft()
-            window = min(self.window, session.window)
-            free = window - len(self.inflight)
+            free = self.policy.free(len(self.inflight), session.window)
             if self._resend and free > 0:
                 busy = set(self.inflight) | {b.id for b in self._unrouted}
                 again = [b for b in self._resend[:free] if b.id not in busy]
@@ -176,13 +179,15 @@ class Sender:
                     if not self._send(session, batch):
                         break
                     self.stats.resent_batches += 1
-                free = window - len(self.inflight)
-            if self._unrouted and loop.time() >= self._retry_at and free > 0:
+                free = self.policy.free(len(self.inflight), session.window)
+            if self._unrouted and self._unrouted_hold.ready(loop.time()) and free > 0:
                 again, self._unrouted = self._unrouted[:free], self._unrouted[free:]
+                if not self._unrouted:
+                    self._unrouted_hold.release()
                 for batch in again:
                     if not self._send(session, batch):
                         break
-                free = window - len(self.inflight)
+                free = self.policy.free(len(self.inflight), session.window)
             if free > 0 and not self.stopping:
                 for batch, oldest_side in self._pick(boundary, cursor, free, live_turn):
                     if not self._send(session, batch):
@@ -193,9 +198,10 @@ class Sender:
             self.wake.clear()
             if self._acked or not session.connected or session.epoch != epoch:
                 continue
-            if self._unrouted:
+            until = self._unrouted_hold.until
+            if self._unrouted and until is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, self._retry_at - loop.time())):
+                    async with asyncio.timeout(max(0.0, until - loop.time())):
                         await self.wake.wait()
             else:
                 await self.wake.wait()
@@ -244,25 +250,25 @@ class Sender:
             self.wake.set()
             return
         reason = fut.result()
-        if reason == NO_MATCHING_SUBSCRIBERS:
+        verdict = self.policy.verdict(reason)
+        if verdict == "unrouted":
             if not current:
                 return  # the next connection re-reads it from the spool
             # Taken and delivered to nobody: not delivered. Keep it and send it again,
-            # backing off while nobody subscribes (0.2 s doubling to 5 s).
-            if not self._unrouted:
-                self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
-                if self._retry_delay == _UNROUTED_FIRST_S:
-                    log.warning(
-                        "broker has no subscriber for telemetry (PUBACK 0x10): batches stay "
-                        "in the spool and are sent again", extra={"seq": batch.seq},
-                    )
-                self._retry_delay = min(self._retry_delay * 2, _UNROUTED_MAX_S)
+            # backing off while nobody subscribes (the policy's hold: 0.2 s doubling to 5 s).
+            now = asyncio.get_running_loop().time()
+            if self._unrouted_hold.hold(now) and self._unrouted_hold.attempt == 1:
+                log.warning(
+                    "broker has no subscriber for telemetry (PUBACK 0x10): batches stay "
+                    "in the spool and are sent again",
+                    extra={"seq": batch.seq},
+                )
             self._unrouted.append(batch)
             self._unrouted.sort(key=lambda b: b.id)
             self.stats.unrouted_batches += 1
-        elif reason < 0x80:
+        elif verdict == "delivered":
             self._acked.append(batch)
-            self._retry_delay = _UNROUTED_FIRST_S
+            self._unrouted_hold.delivered()
         else:
             log.warning("broker refused a batch", extra={"seq": batch.seq, "reason": reason})
         self.wake.set()

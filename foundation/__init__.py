@@ -6,11 +6,15 @@ third-party libraries, and every service (``firmware_bridge``, ``edge_agent``, `
 
 - broker access: credentials and TLS of every MQTT connection, and their security rules;
 - :class:`Backoff`: the one reconnect schedule (capped, exponential, jittered);
+- :class:`SendPolicy`: the sending rules of a gateway's uplink (window, PUBACK reasons,
+  :class:`UnroutedHold`), shared by the edge agent and the simulated fleet;
 - logging set-up: structured JSON or console lines, one format for every service;
 - :func:`influxql`: one InfluxQL query over HTTP(S) with the standard library;
-- :func:`free_port`.
+- :func:`free_port`; :class:`Startable` (``with`` for things with ``start()``/``stop()``)
+  and :class:`StartableThread`.
 
-The asyncio MQTT session layer lives in :mod:`foundation.mqtt`.
+The asyncio MQTT session layer lives in :mod:`foundation.mqtt`; the YAML settings source
+of the server-side services in :mod:`foundation.settings`.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from foundation._broker import (
     is_loopback,
 )
 from foundation._influxdb import InfluxQueryError, influxql
+from foundation._lifecycle import Startable, StartableThread
 from foundation._logging import ConsoleFormatter, JsonFormatter, LogFormat, configure_logging
 from foundation._net import free_port
+from foundation._sending import UNROUTED_BACKOFF, PubackVerdict, SendPolicy, UnroutedHold
 
 __all__ = [
+    "UNROUTED_BACKOFF",
     "Backoff",
     "BackoffConfigError",
     "BrokerAccess",
@@ -38,6 +45,11 @@ __all__ = [
     "InfluxQueryError",
     "JsonFormatter",
     "LogFormat",
+    "PubackVerdict",
+    "SendPolicy",
+    "Startable",
+    "StartableThread",
+    "UnroutedHold",
     "check_broker_security",
     "configure_client",
     "configure_logging",

@@ -8,25 +8,25 @@ unknown keys, so a typo fails at start-up with the file, the key and the reason.
 
 from __future__ import annotations
 
-import contextvars
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from foundation import BrokerAccess, BrokerTls, check_broker_security, is_loopback
+from foundation.settings import SettingsError, YamlSettings, build_settings
 from ingest._errors import ConfigError
+from telemetry import TopicError, check_cluster_id
 
 __all__ = [
     "BatchConfig",
     "InfluxConfig",
     "IngestConfig",
     "IntakeConfig",
+    "JetStreamConfig",
     "MqttConfig",
     "RetentionConfig",
     "RetryConfig",
@@ -70,6 +70,33 @@ class MqttConfig(BrokerAccess):
     deadletter_service: _Id = "ingest"
     reconnect_min_delay: Annotated[int, Field(ge=1)] = 1
     reconnect_max_delay: Annotated[int, Field(ge=1)] = 30
+
+
+class JetStreamConfig(BrokerAccess):
+    """The ``jetstream`` source (``source: jetstream``, the cluster profile, docs/cluster.md):
+    a durable pull consumer on the stream where the NATS server's MQTT gateway stores every
+    QoS 1 publish, shared by all workers. ``username``, ``password`` / ``password_file`` and
+    ``tls`` come from :class:`foundation._broker.BrokerAccess`; the topic root, the worker id
+    and the dead-letter service come from ``mqtt``."""
+
+    #: NATS client URLs of the cluster's nodes (``nats://host:port``, ``tls://host:port``).
+    servers: tuple[Annotated[str, Field(pattern=r"^(nats|tls)://[^/\s]+$")], ...] = (
+        "nats://127.0.0.1:4222",
+    )
+    #: The stream the MQTT gateway writes to (nats-server: ``$MQTT_msgs``).
+    stream: str = "$MQTT_msgs"
+    #: The durable consumer every worker of the pool pulls from. It must exist before the
+    #: gateways publish: ``$MQTT_msgs`` keeps a message only for the consumers it has then.
+    durable: _Id = "ingest"
+    #: Delivered and not yet acknowledged messages, over the whole pool (the in-flight bound).
+    max_ack_pending: Annotated[int, Field(ge=2, le=1_000_000)] = 1000
+    #: Redelivery after this long without an ack. Held messages are marked in progress every
+    #: third of it while InfluxDB retries, so it only has to outlast one slow write.
+    ack_wait: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    #: Consumer replicas (``None``: those of the stream).
+    replicas: Annotated[int, Field(ge=1, le=5)] | None = None
+    #: Create the consumer when it is missing (otherwise a missing one stops the worker).
+    create: bool = True
 
 
 class RetentionConfig(_Model):
@@ -190,7 +217,7 @@ class IntakeConfig(_Model):
     max_series_per_gateway: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
 
 
-class IngestConfig(BaseSettings):
+class IngestConfig(YamlSettings):
     """Everything a worker needs. Build it with :func:`load_config` or directly."""
 
     model_config = SettingsConfigDict(
@@ -200,7 +227,11 @@ class IngestConfig(BaseSettings):
         frozen=True,
     )
 
+    #: Where messages come from: ``mqtt`` (the shared subscription, single-node profile) or
+    #: ``jetstream`` (a durable consumer on a NATS JetStream cluster, docs/cluster.md).
+    source: Literal["mqtt", "jetstream"] = "mqtt"
     mqtt: MqttConfig = MqttConfig()
+    jetstream: JetStreamConfig = JetStreamConfig()
     influx: InfluxConfig = InfluxConfig()
     batch: BatchConfig = BatchConfig()
     intake: IntakeConfig = IntakeConfig()
@@ -214,13 +245,37 @@ class IngestConfig(BaseSettings):
     #: Allow TLS without verification and plain-text credentials to non-loopback hosts.
     allow_insecure: bool = False
 
+    @property
+    def window(self) -> int:
+        """Messages the source may have in flight to this worker: ``mqtt.receive_maximum``,
+        or ``jetstream.max_ack_pending`` with the jetstream source."""
+        if self.source == "jetstream":
+            return self.jetstream.max_ack_pending
+        return self.mqtt.receive_maximum
+
     @model_validator(mode="after")
     def _coherent(self) -> IngestConfig:
-        if self.mqtt.receive_maximum < self.batch.max_concurrent_writes + 1:
+        key = "jetstream.max_ack_pending" if self.source == "jetstream" else "mqtt.receive_maximum"
+        if self.window < self.batch.max_concurrent_writes + 1:
             raise ValueError(
-                "mqtt.receive_maximum must exceed batch.max_concurrent_writes, or writes "
+                f"{key} must exceed batch.max_concurrent_writes, or writes "
                 "starve waiting for messages the broker may not send"
             )
+        if self.source == "jetstream":
+            js = self.jetstream
+            for url in js.servers:
+                check_broker_security(
+                    host=urllib.parse.urlsplit(url).hostname or "",
+                    tls=js.tls,
+                    has_password=js.has_password,
+                    allow_insecure=self.allow_insecure,
+                    tls_key="jetstream.tls",
+                )
+            for level in self.mqtt.topic_root.split("/"):
+                try:
+                    check_cluster_id("mqtt.topic_root level", level)
+                except TopicError as exc:
+                    raise ValueError(exc.reason) from exc
         if self.batch.max_in_flight_readings < self.batch.max_readings:
             raise ValueError("batch.max_in_flight_readings must be >= batch.max_readings")
         check_broker_security(
@@ -245,32 +300,6 @@ class IngestConfig(BaseSettings):
             )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FileSource(settings_cls)
-
-
-_file_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "ingest_config_file_data", default=None
-)
-
-
-class _FileSource(PydanticBaseSettingsSource):
-    """The parsed YAML file, lowest priority above the defaults."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_file_data.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get() or {})
-
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
@@ -282,25 +311,6 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}", source=str(path)) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}", source=str(path)) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping", source=str(path))
-    section = data.get("ingest", data) if set(data) == {"ingest"} else data
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: 'ingest' must be a mapping", source=str(path))
-    return section
-
-
 def load_config(
     path: Path | str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> IngestConfig:
@@ -309,16 +319,10 @@ def load_config(
     ``overrides`` is nested like the file (``{"mqtt": {"port": 1884}}``). Raises
     :class:`ConfigError` naming the file, the key and the reason.
     """
-    source = str(path) if path is not None else "configuration"
-    file_data = _read_yaml(Path(path)) if path is not None else {}
-    token = _file_data.set(file_data)
+    file = Path(path) if path is not None else None
     try:
-        return IngestConfig(**_deep_merge({}, overrides or {}))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+        return build_settings(
+            IngestConfig, file, _deep_merge({}, overrides or {}), section="ingest"
         )
-        raise ConfigError(f"{source}: {problems}", source=source) from exc
-    finally:
-        _file_data.reset(token)
+    except SettingsError as exc:
+        raise ConfigError(str(exc), source=exc.source) from exc

@@ -3,6 +3,8 @@
 - :class:`Scenario` (YAML via :func:`load_scenario`), :class:`FaultSpec`: what to simulate;
 - :class:`City`: the numpy city model (roads, loops, buses, parking, air, noise, water,
   energy), stepped on a simulated clock; :class:`FaultPlan` makes its sensors misbehave;
+  :class:`Timetable`: the buses' timetable and recorded delays, :func:`export_gtfs` /
+  :func:`write_gtfs` its GTFS zip;
 - :class:`GatewayFleet` / :class:`FleetConfig`: whole gateways publishing the wire contract
   (spool, seq, birth and will) onto a broker, with a :class:`Ledger` of what was emitted and
   :func:`compare_with_influx` to check it against InfluxDB; the ``hostile`` fault makes a
@@ -25,7 +27,7 @@ from simulators._errors import (
     SimulatorError,
 )
 from simulators._faults import ActiveFault, FaultPlan
-from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
+from simulators._gtfs import export_gtfs
 from simulators._hostile import HOSTILE_CASES, HostileCase, HostileTally, hostile_messages
 from simulators._ledger import (
     GatewayCheck,
@@ -46,20 +48,32 @@ from simulators._scenario import (
     GatewayProfile,
     PublishSpec,
     Scenario,
+    TimetableSpec,
     load_scenario,
     packaged_scenarios,
     scenario_from_dict,
 )
+from simulators._timetable import (
+    GTFS_FILES,
+    BusState,
+    Timetable,
+    TripRef,
+    write_delays,
+    write_gtfs,
+)
 from simulators._wire import GatewayBatch, WireEncoder, batch_payload
+from simulators.fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
 
 __all__ = [
     "DEVICE_KINDS",
     "FAULT_TYPES",
+    "GTFS_FILES",
     "HOSTILE_CASES",
     "KIND_SPECS",
     "ActiveFault",
     "BrokerError",
     "BrokerUrl",
+    "BusState",
     "City",
     "CityGrid",
     "CitySpec",
@@ -90,12 +104,18 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "SimulatorError",
+    "Timetable",
+    "TimetableSpec",
+    "TripRef",
     "WireEncoder",
     "batch_payload",
     "build_layout",
     "compare_with_influx",
+    "export_gtfs",
     "hostile_messages",
     "load_scenario",
     "packaged_scenarios",
     "scenario_from_dict",
+    "write_delays",
+    "write_gtfs",
 ]

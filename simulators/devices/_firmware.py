@@ -13,10 +13,8 @@ import math
 import struct
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 from firmware_bridge import (
     MAX_PAYLOAD_SIZE,
@@ -39,6 +37,7 @@ from firmware_bridge import (
     encode_frame,
     encode_message,
 )
+from foundation import StartableThread
 from simulators.devices._pty import PtyPort
 
 __all__ = ["DEFAULT_CHANNELS", "FirmwareDevice", "FirmwareDeviceConfig", "SentReadings"]
@@ -119,7 +118,7 @@ class _Cached:
     frames: list[bytes] = field(default_factory=list)
 
 
-class FirmwareDevice:
+class FirmwareDevice(StartableThread):
     """A simulated sensor board. Use as a context manager or call start()/stop()."""
 
     def __init__(
@@ -145,24 +144,11 @@ class FirmwareDevice:
         #: Set by a test to make the device stop answering (ack loss simulation).
         self.mute_acks = 0
         self._seq = 0
-        self._stop = threading.Event()
+        super().__init__()
         self._hello_due = True
         self._last_command: _Cached | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._was_plugged = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         # A HELLO that cannot be framed is a configuration error: say so here, not as a
@@ -176,16 +162,7 @@ class FirmwareDevice:
             )
         if not self.port.plugged:
             self.port.plug()
-        self._thread = threading.Thread(
-            target=self._run, name=f"sim-firmware[{self.config.device_id:08x}]", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._start_thread(f"sim-firmware[{self.config.device_id:08x}]")
 
     # -- wire ---------------------------------------------------------------------------
 

@@ -8,14 +8,12 @@ The vehicle drives a straight line at constant speed and heading from a start po
 from __future__ import annotations
 
 import math
-import threading
 import time
-import types
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Self
 
 from firmware_bridge import nmea_checksum
+from foundation import StartableThread
 from simulators.devices._pty import PtyPort
 
 __all__ = ["NmeaDevice", "NmeaDeviceConfig", "SentFix", "format_sentence"]
@@ -63,40 +61,20 @@ class SentFix:
     heading: float
 
 
-class NmeaDevice:
+class NmeaDevice(StartableThread):
     """A GPS receiver writing NMEA at ``rate_hz`` fixes per second (9600-baud pacing)."""
 
     def __init__(self, port: PtyPort, config: NmeaDeviceConfig | None = None) -> None:
         self.port = port
         self.config = config or NmeaDeviceConfig()
         self.sent: list[SentFix] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._t0: float | None = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if not self.port.plugged:
             self.port.plug()
-        self._thread = threading.Thread(target=self._run, name="sim-nmea", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._start_thread("sim-nmea")
 
     def position(self, unix_s: float) -> tuple[float, float]:
         cfg = self.config
