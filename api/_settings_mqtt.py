@@ -30,13 +30,14 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from foundation import BrokerAccess, check_broker_security
+from foundation.mqtt import parse_address
 
 __all__ = ["LEGACY_KEYS", "MqttSettings", "fold_legacy_keys"]
 
@@ -63,17 +64,27 @@ class MqttSettings(BrokerAccess):
     #: Development only: permits ``tls.insecure`` and a password over plain TCP to a broker
     #: that is not on loopback.
     allow_insecure: bool = False
+    #: ``mqtt5`` (mosquitto) or ``mqtt311`` (the cluster profile, docs/cluster.md: commands
+    #: then carry their reply address in the body).
+    protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
+    #: More broker addresses (``host:port``) to fail over to, after ``host:port``.
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return ((self.host, self.port), *(parse_address(h) for h in self.hosts))
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
-        check_broker_security(
-            host=self.host,
-            tls=self.tls,
-            has_password=self.has_password,
-            allow_insecure=self.allow_insecure,
-            tls_key="mqtt.tls",
-            allow_key="mqtt.allow_insecure",
-        )
+        for host, _port in self.addresses:  # parse_address: ValueError naming the entry
+            check_broker_security(
+                host=host,
+                tls=self.tls,
+                has_password=self.has_password,
+                allow_insecure=self.allow_insecure,
+                tls_key="mqtt.tls",
+                allow_key="mqtt.allow_insecure",
+            )
         return self
 
 

@@ -23,6 +23,7 @@ from telemetry import (
     PayloadError,
     decode_message,
     encode_message,
+    reply_address,
 )
 
 __all__ = ["MAX_RESEND_SEQS", "CommandTarget", "Commands", "parse_resend_args", "resend"]
@@ -55,27 +56,46 @@ class Commands:
         self._answered: dict[tuple[str, bytes], None] = {}
 
     def handle(self, msg: ControlMessage) -> None:
-        if msg.response_topic is None:
+        # MQTT v5: the reply address is in the properties; MQTT 3.1.1 (the cluster profile):
+        # in the body (reply_to, correlation), so the body is decoded first.
+        req: CommandRequest | None = None
+        error: PayloadError | None = None
+        try:
+            req = decode_message(msg.payload, CommandRequest)
+        except PayloadError as exc:
+            error = exc
+        reply = reply_address(
+            response_topic=msg.response_topic,
+            correlation_data=msg.correlation,
+            reply_to=None if req is None else req.reply_to,
+            correlation=None if req is None else req.correlation,
+        )
+        if reply is None:
             log.warning("command without a response topic ignored")
             return
         # The persistent session may redeliver a command whose PUBACK was lost with the
         # connection (DUP set): answer each request once.
-        if msg.correlation is not None:
-            key = (msg.response_topic, msg.correlation)
+        if reply.correlation is not None:
+            key = (reply.topic, reply.correlation)
             if msg.redelivered and key in self._answered:
                 log.info("redelivered command already answered", extra={"topic": msg.topic})
                 return
             self._answered[key] = None
             if len(self._answered) > _ANSWERED_KEPT:
                 del self._answered[next(iter(self._answered))]
+        echo = req.correlation if reply.in_body and req is not None else None
         try:
-            req = decode_message(msg.payload, CommandRequest)
+            if req is None:
+                assert error is not None
+                raise error
             result = self._run(req)
-            resp = CommandResponse(ok=True, result=result)
+            resp = CommandResponse(ok=True, result=result, correlation=echo)
         except (PayloadError, CommandError) as exc:
-            resp = CommandResponse(ok=False, error=str(exc))
+            resp = CommandResponse(ok=False, error=str(exc), correlation=echo)
         self.uplink.publish_control(
-            msg.response_topic, encode_message(resp), correlation=msg.correlation
+            reply.topic,
+            encode_message(resp),
+            correlation=None if reply.in_body else reply.correlation,
         )
 
     def _run(self, req: CommandRequest) -> dict[str, Any]:

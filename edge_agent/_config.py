@@ -7,7 +7,7 @@
     spool:     path, budget_bytes, synchronous    on-disk store-and-forward
     batch:     max_readings, max_bytes, max_age_s when a batch is sealed
     health:    interval_s                         periodic health message
-    metrics:   port, host                         optional Prometheus endpoint
+    metrics:   port, host                         local endpoint (/metrics /status), 9108
     devices:   [...]                              inventory announced in the birth message
     inputs:    [{type: mqtt, ...}, ...]           input plugins, by ``type`` (edge_agent.inputs)
     processors: [{match: {...}, stages: [...]}]   per-channel chains (edge_agent.processors)
@@ -30,11 +30,21 @@ import yaml
 from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
 from edge_agent._errors import ConfigError, ConfigIssue
+from edge_agent._expand import expand_references
 from edge_agent._model import FrozenModel, Id, Name
 from edge_agent.inputs import INPUTS, InputSpec, check_inputs
 from edge_agent.processors import STAGES, ProcessorRule
 from foundation import BrokerAccess, check_broker_security
-from telemetry import MAX_PAYLOAD_BYTES, MAX_READINGS, DeviceInfo, Location, TopicError, Topics
+from foundation.mqtt import parse_address
+from telemetry import (
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    DeviceInfo,
+    Location,
+    TopicError,
+    Topics,
+    check_cluster_id,
+)
 
 __all__ = [
     "AgentConfig",
@@ -96,6 +106,18 @@ class BrokerConfig(BrokerAccess):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     #: Batches published and not yet acknowledged (PUBACK) at any time.
     inflight_window: Annotated[int, Field(ge=1, le=1000)] = 32
+    #: ``mqtt5`` (mosquitto, the default) or ``mqtt311`` (the cluster profile: a NATS
+    #: JetStream cluster speaks only 3.1.1; no v5 properties, so ``session_expiry_s`` is not
+    #: sent and commands carry their reply address in the body, docs/wire-protocol.md).
+    protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
+    #: More broker addresses (``host:port``, or ``host`` for port 1883) to fail over to, in
+    #: order after ``host:port``: the other nodes of a cluster (docs/cluster.md).
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """``host:port`` then every ``hosts`` entry, as (host, port)."""
+        return ((self.host, self.port), *(parse_address(h) for h in self.hosts))
 
     @field_validator("topic_root")
     @classmethod
@@ -106,14 +128,30 @@ class BrokerConfig(BrokerAccess):
             raise ValueError(exc.reason) from exc
         return v
 
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            parse_address(h)
+        return v
+
     @model_validator(mode="after")
     def _secure(self) -> Self:
-        check_broker_security(
-            host=self.host,
-            tls=self.tls,
-            has_password=self.has_password,
-            allow_insecure=self.allow_insecure,
-        )
+        for host, _port in self.addresses:
+            check_broker_security(
+                host=host,
+                tls=self.tls,
+                has_password=self.has_password,
+                allow_insecure=self.allow_insecure,
+            )
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("hosts: an address is listed twice (host:port included)")
+        if self.protocol == "mqtt311":
+            for level in self.topic_root.split("/"):
+                try:
+                    check_cluster_id("topic_root level", level)
+                except TopicError as exc:
+                    raise ValueError(exc.reason) from exc
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError("backoff_initial_s is greater than backoff_max_s")
         return self
@@ -150,7 +188,11 @@ class HealthConfig(FrozenModel):
 
 
 class MetricsConfig(FrozenModel):
-    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """The local endpoint's TCP listener (``/metrics``, ``/healthz``, ``/status``; on by
+    default, loopback only). ``port: null`` turns it off (the unix socket
+    ``<state_dir>/agent.sock`` still serves); ``0`` picks a free port."""
+
+    port: Annotated[int, Field(ge=0, le=65535)] | None = 9108
     host: str = "127.0.0.1"
 
 
@@ -206,6 +248,12 @@ class AgentConfig(FrozenModel):
         if dupes:
             raise ValueError(f"device ids must be unique: {', '.join(dupes)}")
         check_inputs(self.inputs)  # e.g. serial ports: only Modbus meters share one
+        if self.broker.protocol == "mqtt311":  # the cluster profile: ids must map to subjects
+            for kind, value in (("gateway.id", self.gateway.id), ("client_id", self.client_id)):
+                try:
+                    check_cluster_id(kind, value)
+                except TopicError as exc:
+                    raise ValueError(exc.reason) from exc
         return self
 
     @property
@@ -294,7 +342,11 @@ def parse_config(data: object, *, source: str, base_dir: Path | None = None) -> 
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate a YAML config file; raise :class:`ConfigError` naming every problem."""
+    """Read and validate a YAML config file; raise :class:`ConfigError` naming every problem.
+
+    ``${VAR}`` / ``${file:PATH}`` references are expanded first; relative paths (state_dir,
+    spool.path, TLS and password files, register-map files) are relative to the file's folder.
+    """
     p = Path(path)
     source = str(p)
     try:
@@ -308,4 +360,9 @@ def load_config(path: str | Path) -> AgentConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigIssue(where, f"not valid YAML: {problem}")]) from exc
-    return parse_config(data, source=source, base_dir=p.resolve().parent)
+    base_dir = p.resolve().parent
+    # ${VAR} and ${file:PATH} in the file only (edge_agent._expand); never in remote configs.
+    data, issues = expand_references(data, base_dir=base_dir)
+    if issues:
+        raise ConfigError(source, issues)
+    return parse_config(data, source=source, base_dir=base_dir)

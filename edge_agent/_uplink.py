@@ -106,13 +106,27 @@ class ControlMessage:
 class UplinkStats(SenderStats):
     """The link state and counters (health ``links.uplink``, ``/metrics``)."""
 
-    __slots__ = ("connects", "resumed_sessions", "state")
+    __slots__ = (
+        "connect_failures",
+        "connects",
+        "last_errno",
+        "last_error",
+        "losses",
+        "resumed_sessions",
+        "state",
+    )
 
     def __init__(self) -> None:
         super().__init__()
         #: ``down`` | ``connecting`` | ``up``
         self.state = "down"
         self.connects = 0
+        #: Failed connect attempts, and connections lost after they were up.
+        self.connect_failures = 0
+        self.losses = 0
+        #: The latest connect failure or loss (kept after a reconnect), and its symbolic errno.
+        self.last_error: str | None = None
+        self.last_errno: str | None = None
         #: Connects where the broker still had the gateway's session (CONNACK session present).
         self.resumed_sessions = 0
 
@@ -185,7 +199,10 @@ class Uplink:
             keepalive_s=broker.keepalive_s,
             connect_timeout_s=broker.connect_timeout_s,
             clean_start=False,
-            session_expiry_s=broker.session_expiry_s,
+            # 3.1.1 (the cluster profile) has no session expiry: the broker keeps the session.
+            version="5" if broker.protocol == "mqtt5" else "3.1.1",
+            session_expiry_s=broker.session_expiry_s if broker.protocol == "mqtt5" else None,
+            hosts=broker.addresses if broker.hosts else (),
             max_inflight=broker.inflight_window + _CONTROL_SLOTS,
             will=Outgoing(
                 topic=status,
@@ -264,6 +281,9 @@ class Uplink:
             except MqttConnectError as exc:
                 delay = self._backoff.delay(attempt)
                 attempt += 1
+                self.stats.connect_failures += 1
+                self.stats.last_error = str(exc)
+                self.stats.last_errno = errno_name(exc)
                 log.warning(
                     "uplink connect failed; retrying",
                     extra={
@@ -312,7 +332,8 @@ class Uplink:
 
     # -- connection ------------------------------------------------------------------------------
     def _where(self) -> str:
-        return f"{self.cfg.host}:{self.cfg.port}"
+        s = self._session
+        return s.url if s is not None else f"{self.cfg.host}:{self.cfg.port}"
 
     def _up(self, status: SessionStatus) -> None:
         if not self._subscribed:
@@ -329,6 +350,10 @@ class Uplink:
     def _down(self, status: SessionStatus) -> None:
         self.stats.state = "down"
         if not self._stopping:
+            self.stats.losses += 1
+            if status.last_error is not None:
+                self.stats.last_error = str(status.last_error)
+                self.stats.last_errno = errno_name(status.last_error)
             log.warning(
                 "uplink lost",
                 extra={"broker": self._where(), "reason": str(status.last_error)},
@@ -338,7 +363,10 @@ class Uplink:
     async def _serve(self, session: MqttSession) -> None:
         for topic in (self.topics.config_desired(self.gateway), self.topics.command(self.gateway)):
             try:
-                await session.subscribe(topic, qos=1, retain_handling=1)
+                # retain handling is v5; a 3.1.1 broker sends the retained config on every
+                # subscribe (an unchanged desired config is applied once, by its version).
+                v5 = self.cfg.protocol == "mqtt5"
+                await session.subscribe(topic, qos=1, retain_handling=1 if v5 else 0)
             except MqttDisconnected:
                 pass  # remembered: made again on the next connect
             except MqttSubscribeError as exc:

@@ -58,6 +58,7 @@ from ingest._bookkeeping import GatewayBook
 from ingest._config import IngestConfig
 from ingest._deadletter import DeadLetters, Refusal, internal_refusal
 from ingest._errors import IngestError
+from ingest._jetstream import JetStreamSource
 from ingest._ledger import AckLedger, Entry
 from ingest._metrics import IngestMetrics, MetricsServer, Tally
 from ingest._session import Inbound, MqttSession
@@ -114,11 +115,15 @@ class IngestWorker:
         )
         self._batching = Batching(
             max_readings=b.max_readings,
-            max_messages=max(1, m.receive_maximum // (b.max_concurrent_writes + 1)),
+            max_messages=max(1, config.window // (b.max_concurrent_writes + 1)),
             max_age=b.max_age,
         )
-        self._session = MqttSession(
-            m, subscription=self._subscription, metrics=self.metrics
+        # The source of messages: the MQTT shared subscription, or (cluster profile) the
+        # durable JetStream consumer behind the same calls (``_jetstream.py``).
+        self._session: MqttSession | JetStreamSource = (
+            JetStreamSource(config, metrics=self.metrics)
+            if config.source == "jetstream"
+            else MqttSession(m, subscription=self._subscription, metrics=self.metrics)
         )
         self._deadletters = DeadLetters(
             topic=topics.deadletter(m.deadletter_service), service=m.deadletter_service,
@@ -209,7 +214,8 @@ class IngestWorker:
                 "subscription": self._subscription,
                 "influx": cfg.influx.url,
                 "database": cfg.influx.database,
-                "receive_maximum": cfg.mqtt.receive_maximum,
+                "source": cfg.source,
+                "window": cfg.window,
                 "metrics_port": self.metrics_port,
             },
         )

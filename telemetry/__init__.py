@@ -32,7 +32,9 @@ from telemetry._codec import (
 from telemetry._commands import (
     MAX_RESEND_SEQS,
     InvalidCommand,
+    ReplyAddress,
     parse_resend_args,
+    reply_address,
     resend_result,
 )
 from telemetry._conformance import (
@@ -93,6 +95,13 @@ from telemetry._model import (
     Quality,
     Reading,
 )
+from telemetry._subjects import (
+    MQTT_STREAM,
+    MQTT_STREAM_PREFIX,
+    check_cluster_id,
+    mqtt_to_nats_subject,
+    nats_subject_to_mqtt_topic,
+)
 from telemetry._topics import DEFAULT_ROOT, TOPIC_VERSION, TopicKind, Topics
 from telemetry._vocabulary import MEASUREMENTS, FieldSpec, MeasurementSpec, float_fields
 
@@ -111,6 +120,8 @@ __all__ = [
     "MAX_TAGS",
     "MAX_TAG_VALUE_LEN",
     "MEASUREMENTS",
+    "MQTT_STREAM",
+    "MQTT_STREAM_PREFIX",
     "NAME_RE",
     "PLATFORM_MEASUREMENT_PREFIX",
     "RESERVED_FIELD_NAMES",
@@ -147,6 +158,7 @@ __all__ = [
     "Quality",
     "Reading",
     "RejectedReading",
+    "ReplyAddress",
     "SpoolHealth",
     "TelemetryError",
     "TopicError",
@@ -155,6 +167,7 @@ __all__ = [
     "UnsupportedVersion",
     "bookkeeping_line",
     "bookkeeping_ts",
+    "check_cluster_id",
     "completeness_query",
     "decode_batch",
     "decode_batch_partial",
@@ -166,6 +179,9 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "float_fields",
+    "mqtt_to_nats_subject",
+    "nats_subject_to_mqtt_topic",
     "parse_resend_args",
+    "reply_address",
     "resend_result",
 ]

@@ -16,11 +16,19 @@ acknowledged yet: already on their way).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from telemetry._errors import InvalidPayload
 
-__all__ = ["MAX_RESEND_SEQS", "InvalidCommand", "parse_resend_args", "resend_result"]
+__all__ = [
+    "MAX_RESEND_SEQS",
+    "InvalidCommand",
+    "ReplyAddress",
+    "parse_resend_args",
+    "reply_address",
+    "resend_result",
+]
 
 #: Most seqs one ``resend`` request may name (seqs and ranges together).
 MAX_RESEND_SEQS: Final = 10_000
@@ -77,3 +85,35 @@ def resend_result(*, requeued: int, waiting: int, missing: Sequence[int]) -> dic
         "requeued": requeued,
         "waiting": waiting,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddress:
+    """Where and how a command's answer goes.
+
+    ``in_body``: the request came in the MQTT 3.1.1 form (``reply_to``/``correlation`` in
+    its body), so the answer echoes ``correlation`` in its body and carries no properties;
+    otherwise ``correlation`` goes back as the v5 ``CorrelationData`` property.
+    """
+
+    topic: str
+    correlation: bytes | None
+    in_body: bool
+
+
+def reply_address(
+    *,
+    response_topic: str | None,
+    correlation_data: bytes | None,
+    reply_to: str | None,
+    correlation: str | None,
+) -> ReplyAddress | None:
+    """The answer's address: the v5 properties when the request carried a response topic,
+    else the 3.1.1 body fields; ``None`` when neither names one (the request is ignored)."""
+    if response_topic is not None:
+        return ReplyAddress(response_topic, correlation_data, in_body=False)
+    if reply_to is not None:
+        return ReplyAddress(
+            reply_to, None if correlation is None else correlation.encode(), in_body=True
+        )
+    return None

@@ -127,19 +127,28 @@ class ConfigReported(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     running_version: int
 
 
-class CommandRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Sent with MQTT v5 ``ResponseTopic`` and ``CorrelationData`` properties."""
+class CommandRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Sent with MQTT v5 ``ResponseTopic`` and ``CorrelationData`` properties; over MQTT
+    3.1.1 (the cluster profile), which has no properties, the body carries them instead:
+    ``reply_to`` (the response topic) and ``correlation`` (a string). A gateway uses the
+    properties when present, else these (:func:`telemetry.reply_address`)."""
 
     v: int = WIRE_VERSION
     cmd: Annotated[str, Meta(min_length=1, max_length=64)]
     args: dict[str, Any] = {}
+    reply_to: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    correlation: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
 class CommandResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``correlation``: the request's body ``correlation``, echoed (3.1.1 form); with MQTT v5
+    the correlation travels as the ``CorrelationData`` property and this stays unset."""
+
     v: int = WIRE_VERSION
     ok: bool
     result: dict[str, Any] = {}
     error: str | None = None
+    correlation: str | None = None
 
 
 _encoder: Final = msgspec.json.Encoder()

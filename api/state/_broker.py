@@ -41,6 +41,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Literal, Self
 
+import msgspec
+
 from api._errors import ConfigError, UpstreamUnavailable
 from api._metrics import ApiMetrics
 from api._settings import ApiSettings, MqttSettings
@@ -57,7 +59,16 @@ from foundation.mqtt import (
     SessionStatus,
     publish_properties,
 )
-from telemetry import TopicError, TopicKind, Topics
+from telemetry import (
+    CommandRequest,
+    CommandResponse,
+    PayloadError,
+    TopicError,
+    TopicKind,
+    Topics,
+    decode_message,
+    encode_message,
+)
 
 __all__ = ["BrokerLink", "prepare_broker"]
 
@@ -115,7 +126,10 @@ class BrokerLink:
                 client_id=mqtt.client_id,
                 access=mqtt,
                 ssl_context=prepare_broker(mqtt),
-                version="5",
+                # mqtt311: the cluster profile. Clean start and QoS 0 telemetry there too: the
+                # live feed leaves no consumer behind that would pile up while the API is down.
+                version="5" if mqtt.protocol == "mqtt5" else "3.1.1",
+                hosts=mqtt.addresses if mqtt.hosts else (),
                 keepalive_s=30,
                 connect_timeout_s=mqtt.connect_timeout_s,
                 clean_start=True,
@@ -127,6 +141,7 @@ class BrokerLink:
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
         )
+        self._v5 = mqtt.protocol == "mqtt5"
         self._subscribed = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
@@ -251,7 +266,10 @@ class BrokerLink:
         except TopicError:
             kind = None
         if kind is TopicKind.COMMAND_RESPONSE:
-            self._responses(msg.topic, msg.correlation_data, msg.payload)
+            correlation = msg.correlation_data
+            if correlation is None and not self._v5:  # 3.1.1 form: echoed in the body
+                correlation = _body_correlation(msg.payload)
+            self._responses(msg.topic, correlation, msg.payload)
         else:
             self._handler(msg.topic, msg.payload)
 
@@ -279,7 +297,10 @@ class BrokerLink:
         the PUBACK reason code (0, or 0x10 when nobody subscribes). :class:`UpstreamUnavailable`
         when not connected, lost, refused (>= 0x80) or not acknowledged in time."""
         props = None
-        if response_topic is not None or correlation is not None:
+        if (response_topic is not None or correlation is not None) and not self._v5:
+            # MQTT 3.1.1 (no properties): the reply address goes in the request's body.
+            payload = _with_reply_address(payload, response_topic, correlation)
+        elif response_topic is not None or correlation is not None:
             props = publish_properties(response_topic=response_topic, correlation_data=correlation)
         try:
             async with asyncio.timeout(wait_s):
@@ -296,3 +317,28 @@ class BrokerLink:
             raise UpstreamUnavailable(f"broker refused the message (reason code {reason:#04x})")
         return reason
 
+
+
+def _with_reply_address(payload: bytes, topic: str | None, correlation: bytes | None) -> bytes:
+    """A command request in the MQTT 3.1.1 form: ``reply_to`` and ``correlation`` (hex) in
+    its body (docs/wire-protocol.md, Commands)."""
+    try:
+        request = decode_message(payload, CommandRequest)
+    except PayloadError as exc:
+        raise UpstreamUnavailable(f"not a command request: {exc}") from exc
+    return encode_message(
+        msgspec.structs.replace(
+            request,
+            reply_to=topic,
+            correlation=None if correlation is None else correlation.hex(),
+        )
+    )
+
+
+def _body_correlation(payload: bytes) -> bytes | None:
+    """The correlation a 3.1.1 answer echoes in its body (hex, as sent), or ``None``."""
+    try:
+        corr = decode_message(payload, CommandResponse).correlation
+        return None if corr is None else bytes.fromhex(corr)
+    except (PayloadError, ValueError):
+        return None

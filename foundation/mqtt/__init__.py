@@ -29,6 +29,7 @@ from foundation.mqtt._config import (
     Outgoing,
     SessionConfig,
     SessionStatus,
+    parse_address,
     publish_properties,
 )
 from foundation.mqtt._errors import (
@@ -57,5 +58,6 @@ __all__ = [
     "SessionConfig",
     "SessionStatus",
     "StatusHook",
+    "parse_address",
     "publish_properties",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "Outgoing",
     "SessionConfig",
     "SessionStatus",
+    "parse_address",
     "publish_properties",
 ]
 
@@ -67,6 +68,11 @@ class SessionConfig:
       connect (mosquitto 2.0.11 loses the shared subscriptions of offline persistent
       sessions when it restarts, yet reports the session present).
     - ``backoff``: the reconnect schedule. ``connect_timeout_s``: TCP + TLS + CONNACK.
+    - ``hosts``: several broker addresses ``(host, port)`` to fail over between (the nodes
+      of a cluster); when given, ``host``/``port`` are not used. The session starts with
+      the first; after a failed connect or a lost connection it tries the next one, at once
+      while a round over the list is not complete, with the backoff after a whole round
+      failed. ``__aenter__`` raises only when every address failed once.
     """
 
     host: str = "127.0.0.1"
@@ -89,12 +95,20 @@ class SessionConfig:
     backoff: Backoff = field(default_factory=Backoff)
     #: Log and task name: tasks are ``"{name}.connection"``; default ``mqtt[{client_id}]``.
     name: str | None = None
+    hosts: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.host:
             raise MqttConfigError("host", "must not be empty")
         if not 0 < self.port < 65536:
             raise MqttConfigError("port", f"must be within 1..65535, got {self.port}")
+        for i, (h, p) in enumerate(self.hosts):
+            if not h:
+                raise MqttConfigError(f"hosts[{i}]", "host must not be empty")
+            if not 0 < p < 65536:
+                raise MqttConfigError(f"hosts[{i}]", f"port must be within 1..65535, got {p}")
+        if len(set(self.hosts)) != len(self.hosts):
+            raise MqttConfigError("hosts", "lists an address twice")
         if self.version not in ("5", "3.1.1"):
             raise MqttConfigError("version", f"must be '5' or '3.1.1', got {self.version!r}")
         if not self.clean_start and not self.client_id:
@@ -121,9 +135,18 @@ class SessionConfig:
                 raise MqttConfigError("will.properties", "is MQTT v5 only")
 
     @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Where the session connects, in failover order: ``hosts``, else ``(host, port)``."""
+        return self.hosts or ((self.host, self.port),)
+
+    @property
     def url(self) -> str:
+        """The URL of the first address (:meth:`url_of` for any)."""
+        return self.url_of(*self.addresses[0])
+
+    def url_of(self, host: str, port: int) -> str:
         tls = self.access.tls is not None or self.ssl_context is not None
-        return f"{'mqtts' if tls else 'mqtt'}://{self.host}:{self.port}"
+        return f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
 
     @property
     def buffer_limit(self) -> int:
@@ -155,6 +178,19 @@ class SessionStatus:
     inflight: int
     window: int
     buffered: int
+
+
+def parse_address(text: str, *, default_port: int = 1883) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) or ``host`` (``default_port``) -> ``(host, port)``, for
+    the ``hosts`` lists of the services' settings; :class:`MqttConfigError` (a ``ValueError``)
+    when it is neither."""
+    host, sep, port = text.rpartition(":")
+    if not sep or (":" in host and not host.startswith("[")):
+        host, port = text, str(default_port)
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MqttConfigError("hosts", f"{text!r} is not host:port (port within 1..65535)")
+    return host, int(port)
 
 
 def publish_properties(

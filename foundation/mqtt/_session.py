@@ -224,7 +224,7 @@ class _Connection:
         client = self.client
         sock = client.socket()
         if sock is None:
-            raise MqttConnectError("no socket after connect", url=self.session.config.url)
+            raise MqttConnectError("no socket after connect", url=self.session.url)
         self.fd = sock.fileno()
         self.tls = isinstance(sock, ssl.SSLSocket)
         client.on_socket_close = self._on_socket_close
@@ -330,7 +330,7 @@ class _Connection:
             self.connack.set_exception(
                 MqttConnectError(
                     f"broker refused the connection: {rc}",
-                    url=self.session.config.url,
+                    url=self.session.url,
                     reason_code=rc.value,
                 )
             )
@@ -351,7 +351,7 @@ class _Connection:
     def _set_lost(self, reason: str) -> None:
         if not self.connack.done():
             self.connack.set_exception(
-                MqttConnectError(f"closed before CONNACK ({reason})", url=self.session.config.url)
+                MqttConnectError(f"closed before CONNACK ({reason})", url=self.session.url)
             )
         if not self.lost.done():
             self.lost.set_result(MqttDisconnected(reason))
@@ -537,6 +537,9 @@ class MqttSession:
         self._first: asyncio.Future[None] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Index into ``config.addresses``: where the session connects (or is connected).
+        self._address = 0
+        self._round_start = 0
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -544,6 +547,20 @@ class MqttSession:
         if self._loop is None:
             raise MqttDisconnected("the session is not running")
         return self._loop
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The broker address (host, port) the session is connected or connecting to."""
+        return self.config.addresses[self._address]
+
+    @property
+    def url(self) -> str:
+        return self.config.url_of(*self.address)
+
+    def _next_address(self) -> bool:
+        """Move on to the next address; True when that starts a new round over the list."""
+        self._address = (self._address + 1) % len(self.config.addresses)
+        return self._address == self._round_start
 
     @property
     def connected(self) -> bool:
@@ -713,6 +730,7 @@ class MqttSession:
         first = self._first
         assert first is not None
         attempt = 0
+        self._round_start = self._address
         try:
             while not self._stopping():
                 try:
@@ -720,6 +738,20 @@ class MqttSession:
                 except (MqttConnectError, MqttConfigError) as exc:
                     self._failures += 1
                     self._last_error = exc
+                    failed_url = self.url
+                    # Several addresses: try the next at once until a whole round failed.
+                    round_done = self._next_address()
+                    if not round_done:
+                        log.warning(
+                            "MQTT connect failed; trying the next broker address",
+                            extra={
+                                "session": cfg.label,
+                                "url": failed_url,
+                                "error": str(exc),
+                                "next": self.url,
+                            },
+                        )
+                        continue
                     if not first.done():
                         first.set_exception(exc)
                         return
@@ -730,6 +762,7 @@ class MqttSession:
                         "MQTT connect failed; retrying",
                         extra={
                             "session": cfg.label,
+                            "url": failed_url,
                             "error": str(exc),
                             # the symbolic name (ECONNREFUSED), for whoever reads the log
                             "errno": None if code is None else errno_codes.errorcode.get(code),
@@ -747,9 +780,19 @@ class MqttSession:
                 self._lost(conn, error)
                 if self._stopping():
                     return
+                lost_url = self.url
+                if len(cfg.addresses) > 1:
+                    # The node may be gone: the next one first; a new round starts there.
+                    self._next_address()
+                    self._round_start = self._address
                 log.warning(
                     "MQTT connection lost; reconnecting",
-                    extra={"session": cfg.label, "reason": error.reason},
+                    extra={
+                        "session": cfg.label,
+                        "url": lost_url,
+                        "reason": error.reason,
+                        "next": self.url,
+                    },
                 )
                 await asyncio.sleep(cfg.backoff.delay(0))
         finally:
@@ -790,8 +833,9 @@ class MqttSession:
 
     def _connect_call(self, client: mqtt.Client) -> Callable[[], MQTTErrorCode]:
         cfg = self.config
+        host, port = self.address
         if not self._v5:
-            return functools.partial(client.connect, cfg.host, cfg.port, cfg.keepalive_s)
+            return functools.partial(client.connect, host, port, cfg.keepalive_s)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if cfg.session_expiry_s is not None:
             props.SessionExpiryInterval = cfg.session_expiry_s
@@ -799,8 +843,8 @@ class MqttSession:
             props.ReceiveMaximum = cfg.receive_maximum
         return functools.partial(
             client.connect,
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             cfg.keepalive_s,
             clean_start=cfg.clean_start,
             properties=props if (cfg.session_expiry_s or cfg.receive_maximum) else None,
@@ -823,14 +867,14 @@ class MqttSession:
                     call.add_done_callback(functools.partial(_discard_late_client, client))
                     raise
                 if rc != _SUCCESS:
-                    raise MqttConnectError(mqtt.error_string(rc), url=cfg.url)
+                    raise MqttConnectError(mqtt.error_string(rc), url=self.url)
                 conn.attach()
                 session_present, server_rm = await conn.connack
         except TimeoutError as exc:
             conn.kill("connect timed out")
             raise MqttConnectError(
                 f"no connection within {cfg.connect_timeout_s} s",
-                url=cfg.url,
+                url=self.url,
                 errno=errno_codes.ETIMEDOUT,
             ) from exc
         except MqttConnectError:
@@ -838,12 +882,12 @@ class MqttSession:
             raise
         except ssl.SSLError as exc:
             _close_abandoned_sockets(exc)
-            raise MqttConnectError(f"TLS: {exc.reason or exc}", url=cfg.url) from exc
+            raise MqttConnectError(f"TLS: {exc.reason or exc}", url=self.url) from exc
         except OSError as exc:
-            raise MqttConnectError(exc.strerror or str(exc), url=cfg.url, errno=exc.errno) from exc
+            raise MqttConnectError(exc.strerror or str(exc), url=self.url, errno=exc.errno) from exc
         except ValueError as exc:  # paho: bad host, certificate name mismatch
             _close_abandoned_sockets(exc)
-            raise MqttConnectError(str(exc), url=cfg.url) from exc
+            raise MqttConnectError(str(exc), url=self.url) from exc
         except BaseException:
             conn.kill("cancelled")
             raise

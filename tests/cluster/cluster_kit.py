@@ -1,0 +1,14 @@
+"""Helpers for the cluster tests (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from smartcity._localstack import NatsCluster
+
+ClusterFactory = Callable[..., NatsCluster]
+
+
+def password() -> str:
+    return secrets.token_urlsafe(18)
