@@ -8,7 +8,10 @@
     │ uplink[gw].run        ── MqttSession: spool replay, window, control messages    │
     │ agent[gw].health      ── Health on the health topic every interval_s            │
     │ agent[gw].prune       ── delivered batches past spool.keep_delivered_s, 60 s    │
+    │ agent[gw].watchdog    ── WATCHDOG=1 to systemd every WatchdogSec/2 (_notify)     │
     └──────────────────────────────────────────────────────────────────────────────────┘
+    local endpoint (_local): /metrics /healthz /status on 127.0.0.1:9108 and
+    <state_dir>/agent.sock, served by this loop; READY=1 once the tasks run.
 
 Start order: spool, processor state restored from the spool's checkpoint, uplink, tick,
 inputs (sinks before sources). A tick that sealed batches, and otherwise a tick at most every
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -48,13 +52,17 @@ from edge_agent._checkpoint import KEY_PENDING, STATE_KEYS, CheckpointError
 from edge_agent._commands import MAX_RESEND_SEQS, Commands, parse_resend_args, resend
 from edge_agent._config import AgentConfig
 from edge_agent._errors import ConfigError, ConfigIssue, EdgeError
+from edge_agent._local import SOCKET_NAME, LocalEndpoint
+from edge_agent._notify import DEBUG_STALL_ENV, Notifier, debug_stall, parse_stall
 from edge_agent._pipeline import ChannelPipeline, RestoreReport
 from edge_agent._remote import load_persisted, persist, validate_remote
 from edge_agent._snapshot import (
     AgentSnapshot,
     CheckpointStats,
     CpuMeter,
+    InputSnapshot,
     UplinkSnapshot,
+    disk_free_bytes,
     health_message,
     process_cpu_s,
     process_rss_bytes,
@@ -139,6 +147,10 @@ class EdgeAgent:
         self._cpu = CpuMeter()
         self.submitted = 0
         self.ready = asyncio.Event()
+        self.notifier = Notifier()
+        #: The local endpoint (/metrics, /healthz, /status) while running.
+        self.endpoint: LocalEndpoint | None = None
+        self.version = _version()
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -160,27 +172,37 @@ class EdgeAgent:
     async def run(self) -> None:
         """Run until :meth:`stop`; flush everything into the spool before returning."""
         self.spool.open()
-        metrics = None
         try:
             self._restore()
-            if self.file_config.metrics.port is not None:
-                from edge_agent._metrics import MetricsServer  # prometheus_client only if used
-
-                metrics = MetricsServer(self.snapshot, self.file_config.metrics)
-                metrics.start()
-            async with asyncio.TaskGroup() as tg:
+            m = self.file_config.metrics
+            self.endpoint = LocalEndpoint(
+                self.snapshot,
+                tcp=None if m.port is None else (m.host, m.port),
+                unix_path=self.file_config.gateway.state_dir / SOCKET_NAME,
+            )
+            async with self.endpoint, asyncio.TaskGroup() as tg:
                 gw = self.gateway
                 up = tg.create_task(self.uplink.run(), name=f"uplink[{gw}].run")
                 tick = tg.create_task(self._tick_loop(), name=f"agent[{gw}].tick")
                 health = tg.create_task(self._health_loop(), name=f"agent[{gw}].health")
                 prune = tg.create_task(self._prune_loop(), name=f"agent[{gw}].prune")
                 inputs = tg.create_task(self._inputs_loop(), name=f"inputs[{gw}].supervisor")
+                dog = tg.create_task(self.notifier.watchdog(), name=f"agent[{gw}].watchdog")
+                stall = parse_stall(os.environ.get(DEBUG_STALL_ENV))
+                debug = None
+                if stall is not None:
+                    debug = tg.create_task(debug_stall(*stall), name=f"agent[{gw}].debug_stall")
                 self.ready.set()
+                self.notifier.notify(f"READY=1\nSTATUS=running, gateway {gw}")
                 log.info(
                     "edge agent started",
                     extra={"gateway": gw, "config_version": self.config_version},
                 )
                 await self._stop.wait()
+                self.notifier.notify("STOPPING=1")
+                dog.cancel()
+                if debug is not None:
+                    debug.cancel()
                 # Commit and ack while the inputs are connected; then stop the sources
                 # (refusing what they still deliver, unacked), drain into the spool with the
                 # processors' state, and say goodbye. Open windows stay open, checkpointed.
@@ -198,8 +220,6 @@ class EdgeAgent:
                 await self.uplink.close()
                 up.cancel()
         finally:
-            if metrics is not None:
-                metrics.stop()
             self.spool.close()
         log.info("edge agent stopped", extra={"gateway": self.gateway})
 
@@ -366,6 +386,18 @@ class EdgeAgent:
             dropped=dropped,
             input_rejects={name: dict(per) for name, per in list(counters.rejects.items())},
             input_failures=dict(counters.failures),
+            input_links={
+                inp.name: InputSnapshot(
+                    state=inp.state,
+                    last_error=inp.error(),
+                    counters=inp.counters(),
+                    drops=inp.drop_counters(),
+                    clock_offset_s=inp.clock_offset_s,
+                )
+                for inp in rt.inputs
+            },
+            disk_free_bytes=disk_free_bytes(self.file_config.spool_path.parent),
+            version=self.version,
             submitted=self.submitted,
             checkpoints=self.checkpoints,
             cpu_s=process_cpu_s(),
@@ -499,6 +531,15 @@ class EdgeAgent:
         log.info("remote config applied", extra={"version": new.version})
         self._report(new.version, "applied")
         self.reannounce()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smartcity-telemetry")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> None:

@@ -1,23 +1,20 @@
-"""Prometheus endpoint: each scrape renders one :class:`AgentSnapshot` (no hot-path cost).
+"""Prometheus metrics: each scrape renders one :class:`AgentSnapshot` (no hot-path cost).
 
 The collector is given a function returning a snapshot, not the agent: it reads what the
-health message reads, and nothing else.
+health message reads, and nothing else. The local endpoint (:mod:`edge_agent._local`) serves
+it on ``GET /metrics``.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge_agent._config import MetricsConfig
 from edge_agent._snapshot import AgentSnapshot
 
-__all__ = ["MetricsServer", "SnapshotCollector"]
+__all__ = ["SnapshotCollector"]
 
 
 class SnapshotCollector(Collector):
@@ -102,8 +99,67 @@ class SnapshotCollector(Collector):
              ck.last_ms / 1000),
             (_G, "edge_uplink_up", "1 when connected to the broker",
              1.0 if up.connected else 0.0),
+            (_C, "edge_uplink_connect_failures", "Failed connects to the broker",
+             up.connect_failures),
+            (_C, "edge_uplink_reconnects",
+             "Connections to the broker lost after they were up", up.losses),
+            (_C, "edge_spool_dropped_batches", "Batches dropped by the spool budget",
+             st.dropped_batches),
+            (_G, "edge_process_resident_memory_bytes", "Resident memory of the agent",
+             snap.rss_bytes),
+            (_C, "edge_process_cpu_seconds", "CPU time of the agent (user + system)",
+             snap.cpu_s),
+            (_G, "edge_uptime_seconds", "Seconds since the agent started", snap.uptime_s),
         ]:
             yield _one(family, name, doc, gw, value)
+        if snap.disk_free_bytes is not None:
+            yield _one(_G, "edge_spool_disk_free_bytes",
+                       "Free bytes on the spool's filesystem", gw, snap.disk_free_bytes)
+        info = GaugeMetricFamily(
+            "edge_build_info", "The agent's version (value 1)", labels=["gateway", "version"]
+        )
+        info.add_metric([gw, snap.version], 1)
+        yield info
+        err = GaugeMetricFamily(
+            "edge_uplink_last_error_info",
+            "The latest uplink connect failure or loss, by errno (value 1; absent before any)",
+            labels=["gateway", "errno"],
+        )
+        if up.last_error is not None:
+            err.add_metric([gw, up.last_errno or "none"], 1)
+        yield err
+        link_up = GaugeMetricFamily(
+            "edge_link_up", "1 when the input's link is up", labels=["gateway", "input"]
+        )
+        events = CounterMetricFamily(
+            "edge_link_events",
+            "Link counters per input (firmware_bridge: bytes, frames, link_up, open_failed...; "
+            "local MQTT: received, reconnects...)",
+            labels=["gateway", "input", "event"],
+        )
+        drops = CounterMetricFamily(
+            "edge_link_dropped",
+            "What an input's link discarded, per reason (crc_error, cobs_error, "
+            "readings_before_hello, checksum_error, bad_field...)",
+            labels=["gateway", "input", "reason"],
+        )
+        offset = GaugeMetricFamily(
+            "edge_clock_offset_seconds",
+            "Device clock minus gateway clock at receipt, latest device-stamped reading",
+            labels=["gateway", "input"],
+        )
+        for name, inp in snap.input_links.items():
+            link_up.add_metric([gw, name], 1.0 if inp.state == "up" else 0.0)
+            for event, n in inp.counters.items():
+                events.add_metric([gw, name, event], n)
+            for reason, n in inp.drops.items():
+                drops.add_metric([gw, name, reason], n)
+            if inp.clock_offset_s is not None:
+                offset.add_metric([gw, name], inp.clock_offset_s)
+        yield link_up
+        yield events
+        yield drops
+        yield offset
 
 
 _G = GaugeMetricFamily
@@ -117,33 +173,3 @@ def _one(
     metric = family(name, doc, labels=["gateway"])
     metric.add_metric([gateway], value)
     return metric
-
-
-class MetricsServer:
-    """``/metrics`` on ``host:port`` in a daemon thread, with its own registry."""
-
-    def __init__(self, snapshot: Callable[[], AgentSnapshot], cfg: MetricsConfig) -> None:
-        self.cfg = cfg
-        self.registry = CollectorRegistry()
-        self.registry.register(SnapshotCollector(snapshot))
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            return 0
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self.cfg.port or 0, addr=self.cfg.host, registry=self.registry
-        )
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from edge_agent._spool import SpoolStats
@@ -27,10 +28,14 @@ from edge_agent._uplink import UplinkStats
 from telemetry import Health, SpoolHealth
 
 __all__ = [
+    "INPUT_LINK",
     "AgentSnapshot",
     "CheckpointStats",
     "CpuMeter",
+    "InputSnapshot",
     "UplinkSnapshot",
+    "disk_free_bytes",
+    "dropped_with_links",
     "health_message",
     "process_cpu_s",
     "process_rss_bytes",
@@ -87,6 +92,10 @@ class UplinkSnapshot:
     acked_readings: int
     resent_batches: int
     unrouted_batches: int
+    connect_failures: int = 0
+    losses: int = 0
+    last_error: str | None = None
+    last_errno: str | None = None
 
     @classmethod
     def of(cls, stats: UplinkStats, *, connected: bool) -> UplinkSnapshot:
@@ -100,7 +109,25 @@ class UplinkSnapshot:
             acked_readings=stats.acked_readings,
             resent_batches=stats.resent_batches,
             unrouted_batches=stats.unrouted_batches,
+            connect_failures=stats.connect_failures,
+            losses=stats.losses,
+            last_error=stats.last_error,
+            last_errno=stats.last_errno,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class InputSnapshot:
+    """One input's link: state, latest error, counters (``edge status``, ``/metrics``)."""
+
+    state: str
+    last_error: str | None
+    #: Link counters (firmware_bridge's, the local MQTT session's), cumulative.
+    counters: Mapping[str, int]
+    #: The discards among them (framing, CRC, COBS, readings before HELLO...).
+    drops: Mapping[str, int]
+    #: Device clock minus gateway clock at receipt (s), for device-stamped readings.
+    clock_offset_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +157,11 @@ class AgentSnapshot:
     input_rejects: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     #: Input -> times its task failed and was restarted (states ``failed``/``restarting``).
     input_failures: Mapping[str, int] = field(default_factory=dict)
+    #: Input -> its link's details.
+    input_links: Mapping[str, InputSnapshot] = field(default_factory=dict)
+    #: Free bytes on the spool's filesystem (None: unknown).
+    disk_free_bytes: int | None = None
+    version: str = "unknown"
 
     @property
     def links(self) -> dict[str, str]:
@@ -169,8 +201,38 @@ def health_message(snap: AgentSnapshot, *, cpu_percent: float) -> Health:
             dropped_batches=st.dropped_batches,
             dropped_readings=st.dropped_readings,
         ),
-        dropped={stage: dict(per) for stage, per in snap.dropped.items()},
+        dropped=dropped_with_links(snap),
         links=snap.links,
         cpu_percent=cpu_percent,
         rss_bytes=snap.rss_bytes,
     )
+
+
+#: Health ``dropped`` stage of what the inputs' links discarded (CRC, COBS, bad sentences...),
+#: channel ``<input>:<counter>``.
+INPUT_LINK: Final = "input_link"
+
+
+def dropped_with_links(snap: AgentSnapshot) -> dict[str, dict[str, int]]:
+    """``snap.dropped`` plus the inputs' link discards under :data:`INPUT_LINK`."""
+    dropped = {stage: dict(per) for stage, per in snap.dropped.items()}
+    link = {
+        f"{name}:{counter}": n
+        for name, inp in snap.input_links.items()
+        for counter, n in inp.drops.items()
+        if n
+    }
+    if link:
+        dropped[INPUT_LINK] = link
+    return dropped
+
+
+def disk_free_bytes(path: Path) -> int | None:
+    """Free bytes for unprivileged users on the filesystem holding ``path`` (or its parent)."""
+    for p in (path, *path.parents):
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return None

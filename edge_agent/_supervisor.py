@@ -91,6 +91,7 @@ async def supervise(
         delay = backoff.delay(attempt)
         attempt += 1
         inp.state = "failed"
+        inp.last_error = f"{type(failure).__name__}: {failure}"
         log.error(
             f"input {inp.name} failed, restarting in {delay:.1f}s: {failure!r}",
             extra={

@@ -22,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from firmware_bridge._config import Backoff, FirmwareLinkConfig, NmeaLinkConfig, SerialConfig
+from firmware_bridge._counters import DROP_COUNTERS
 from firmware_bridge._errors import (
     CommandError,
     CommandRejected,
@@ -79,6 +80,7 @@ from firmware_bridge._transport import LinkState, SerialTransport
 
 __all__ = [
     "DISCARD_REASONS",
+    "DROP_COUNTERS",
     "MAX_ENCODED_SIZE",
     "MAX_FRAME_SIZE",
     "MAX_PAYLOAD_SIZE",

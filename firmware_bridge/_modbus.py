@@ -186,6 +186,8 @@ class ModbusPoller:
         self._bus: ModbusBus | None = None
         self._handle = -1
         self._used = False
+        #: The latest poll error (the meter's or the bus's), kept after a good poll.
+        self.last_error: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "polls",
@@ -359,6 +361,7 @@ class ModbusPoller:
                 reading = await self.poll_group(groups[i])
             except ModbusError as exc:
                 self.counters["poll_errors"] += 1
+                self.last_error = exc.reason
                 log.warning("poll failed: %s", exc.reason, extra={"device": self.name})
                 cause = exc.__cause__
                 if isinstance(cause, BusDown) or (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,11 +156,19 @@ class NmeaDecoder:
         return out
 
 
+def _finite(value: str) -> float:
+    """A decimal NMEA field; ``inf``/``nan`` (which ``float()`` accepts) are bad fields."""
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"not a finite number: {value!r}")
+    return out
+
+
 def _latlon(value: str, hemi: str, degree_digits: int) -> float:
     if not value or hemi not in ("N", "S", "E", "W"):
         raise ValueError("empty position")
     degrees = int(value[:degree_digits])
-    minutes = float(value[degree_digits:])
+    minutes = _finite(value[degree_digits:])
     if not 0 <= minutes < 60:
         raise ValueError("minutes out of range")
     out = degrees + minutes / 60.0
@@ -172,7 +181,7 @@ def _latlon(value: str, hemi: str, degree_digits: int) -> float:
 def _time_of_day(value: str) -> float:
     if len(value) < 6:
         raise ValueError("bad time")
-    h, m, sec = int(value[0:2]), int(value[2:4]), float(value[4:])
+    h, m, sec = int(value[0:2]), int(value[2:4]), _finite(value[4:])
     if not (0 <= h < 24 and 0 <= m < 60 and 0 <= sec < 61):
         raise ValueError("bad time")
     return h * 3600 + m * 60 + sec
@@ -249,9 +258,9 @@ class NmeaSession:
             if f[6]:
                 fields["satellites"] = int(f[6])
             if f[7]:
-                fields["hdop"] = float(f[7])
+                fields["hdop"] = _finite(f[7])
             if f[8]:
-                fields["altitude"] = float(f[8])
+                fields["altitude"] = _finite(f[8])
         self._gga = _Gga(tod, fields)
         self._seen_gga = True
         pending = self._pending
@@ -266,12 +275,12 @@ class NmeaSession:
             return
         fields = pending[2]
         if "heading" not in fields and f[0]:
-            fields["heading"] = float(f[0])
+            fields["heading"] = _finite(f[0])
         if "speed" not in fields:
             if len(f) > 6 and f[6]:
-                fields["speed"] = float(f[6])
+                fields["speed"] = _finite(f[6])
             elif len(f) > 4 and f[4]:
-                fields["speed"] = round(float(f[4]) * KNOTS_TO_KMH, 3)
+                fields["speed"] = round(_finite(f[4]) * KNOTS_TO_KMH, 3)
 
     def _on_rmc(self, f: tuple[str, ...]) -> list[Reading]:
         out = self.flush()
@@ -294,9 +303,9 @@ class NmeaSession:
         ts = midnight * 1_000_000_000 + round(tod * 1e9)
         fields: dict[str, FieldValue] = {"latitude": lat, "longitude": lon}
         if f[6]:
-            fields["speed"] = round(float(f[6]) * KNOTS_TO_KMH, 3)
+            fields["speed"] = round(_finite(f[6]) * KNOTS_TO_KMH, 3)
         if f[7]:
-            fields["heading"] = float(f[7])
+            fields["heading"] = _finite(f[7])
         self._pending = (tod, ts, fields)
         gga = self._gga
         if gga is not None and abs(gga.tod - tod) < 0.005:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import threading
 import types
@@ -34,6 +35,13 @@ log = logging.getLogger("firmware_bridge.transport")
 
 #: Seconds a write may block on a stalled port (flow control held, USB adapter hung).
 _WRITE_TIMEOUT = 5.0
+
+
+def _describe(exc: BaseException) -> str:
+    """``ENOENT: could not open port ...``: the symbolic errno first when there is one."""
+    code = getattr(exc, "errno", None)
+    name = errno.errorcode.get(code) if isinstance(code, int) else None
+    return f"{name}: {exc}" if name else f"{type(exc).__name__}: {exc}"
 
 
 class LinkState(enum.StrEnum):
@@ -77,6 +85,8 @@ class SerialTransport:
         self._thread: threading.Thread | None = None
         self._used = False
         self._failure: BaseException | None = None
+        #: The latest open/read/write error (``"ENOENT: ..."``), kept after a reconnect.
+        self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -238,6 +248,7 @@ class SerialTransport:
                 # ValueError/NotImplementedError: a URL or setting pyserial cannot open. It
                 # is retried and counted like an absent device, never a dead reader thread.
                 self._post(self._count, "open_failed")
+                self.last_error = _describe(exc)
                 delay = backoff.delay(attempt)
                 attempt += 1
                 log.info(
@@ -258,6 +269,7 @@ class SerialTransport:
                 self._pump(port)
             except (serial.SerialException, OSError) as exc:
                 log.warning("link lost: %s", exc, extra={"link": self.name})
+                self.last_error = _describe(exc)
                 self._post(self._count, "link_down")
                 self._post(self._apply_state, LinkState.DOWN)
             finally:

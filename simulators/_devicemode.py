@@ -29,19 +29,23 @@ import math
 import struct
 import threading
 import time
-import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final
 
 import numpy as np
 
+from foundation import StartableThread
 from simulators._city import City, build_layout
 from simulators._errors import DeviceModeError
 from simulators._faults import FaultPlan
 from simulators._scenario import Scenario
 
-__all__ = ["DeviceCity", "DeviceEndpoints"]
+__all__ = ["FIRMWARE_BOARD_BASE", "DeviceCity", "DeviceEndpoints"]
+
+#: Firmware board ids: the i-th loop-detector board announces FIRMWARE_BOARD_BASE + i
+#: (``DeviceEndpoints.firmware_boards`` lists them per device).
+FIRMWARE_BOARD_BASE: Final = 0x0A00
 
 _LOOP_FIELDS = (
     ("intensity", "F32", "veh/h"),
@@ -56,6 +60,8 @@ class DeviceEndpoints:
     """Where the devices are: pty links, Modbus TCP ports, MQTT topics."""
 
     firmware: dict[str, str] = field(default_factory=dict)
+    #: device id -> the board id its firmware announces (an agent's ``device_names`` key).
+    firmware_boards: dict[str, int] = field(default_factory=dict)
     nmea: dict[str, str] = field(default_factory=dict)
     modbus: dict[str, dict[str, Any]] = field(default_factory=dict)
     mqtt: dict[str, str] = field(default_factory=dict)
@@ -64,13 +70,14 @@ class DeviceEndpoints:
     def as_dict(self) -> dict[str, Any]:
         return {
             "firmware": self.firmware,
+            "firmware_boards": self.firmware_boards,
             "nmea": self.nmea,
             "modbus": self.modbus,
             "mqtt": {"broker": self.mqtt_broker, "topics": self.mqtt},
         }
 
 
-class DeviceCity:
+class DeviceCity(StartableThread):
     """Serve a scenario's city as devices. A context manager; not re-entrant.
 
     ``with DeviceCity(scenario, directory=tmp, mqtt_url="mqtt://127.0.0.1:1883") as city:``
@@ -84,8 +91,11 @@ class DeviceCity:
         directory: str | Path,
         mqtt_url: str | None = None,
         start_ns: int | None = None,
+        modbus_port: int = 0,
     ) -> None:
         self.scenario = scenario
+        #: First Modbus TCP port (meter i listens on modbus_port + i); 0: free ports.
+        self.modbus_port = modbus_port
         self.directory = Path(directory)
         self.mqtt_url = mqtt_url
         self.layout = build_layout(scenario)
@@ -98,8 +108,7 @@ class DeviceCity:
         #: The latest observed values: kind -> field -> list (per row); replaced whole.
         self.snapshot: dict[str, dict[str, list[Any]]] = {}
         self.sim_ns = self.start_ns
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._devices: list[Any] = []
         self._ports: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,18 +121,6 @@ class DeviceCity:
         self.errors: list[BaseException] = []
 
     # -- lifecycle --------------------------------------------------------------------------
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._step()  # values exist before any device samples
@@ -138,14 +135,10 @@ class DeviceCity:
         except (OSError, ImportError) as exc:
             self.stop()
             raise DeviceModeError(f"device mode failed to start: {exc}") from exc
-        self._thread = threading.Thread(target=self._run, name="sim-devices.city", daemon=True)
-        self._thread.start()
+        self._start_thread("sim-devices.city")
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        super().stop()
         for dev in self._devices:
             dev.stop()
         for port in self._ports:
@@ -228,7 +221,7 @@ class DeviceCity:
             dev = FirmwareDevice(
                 port,
                 FirmwareDeviceConfig(
-                    device_id=0x0A00 + i,
+                    device_id=FIRMWARE_BOARD_BASE + i,
                     sample_interval_ms=interval_ms,
                     channels=tuple(channels),
                 ),
@@ -239,6 +232,7 @@ class DeviceCity:
             self._ports.append(port)
             self._devices.append(dev)
             self.endpoints.firmware[device_id] = str(port.link_path)
+            self.endpoints.firmware_boards[device_id] = FIRMWARE_BOARD_BASE + i
 
     def _loop_values(self, row_of: dict[int, int]) -> Any:
         def values(channel: Any, _t: float) -> float | int | bool | None:
@@ -313,7 +307,8 @@ class DeviceCity:
         loop = self._event_loop()
         assert energy is not None
         for i in range(n):
-            server = ModbusMeterServer({1: regmap}, values=self._meter_values(i))
+            port_no = 0 if self.modbus_port == 0 else self.modbus_port + i
+            server = ModbusMeterServer({1: regmap}, port=port_no, values=self._meter_values(i))
             fut = asyncio.run_coroutine_threadsafe(server.__aenter__(), loop)
             try:
                 fut.result(10)
@@ -376,7 +371,7 @@ class DeviceCity:
         if self.mqtt_url is None or self.scenario.devices.mqtt_sensors == 0:
             return
         from foundation.mqtt import MqttError, MqttSession, SessionConfig
-        from simulators._fleet import BrokerUrl
+        from simulators.fleet import BrokerUrl
 
         url = BrokerUrl.parse(self.mqtt_url)
         rows: list[tuple[str, str, int]] = []

@@ -9,6 +9,7 @@ and a gateway install does not need server packages to show it.
     smartcity sim check --scenario city                  validate and summarise a scenario
     smartcity sim run --scenario city --broker mqtts://broker:8883 --ca-file ca.pem
     smartcity sim devices --scenario small --dir /tmp/sim   ptys, Modbus TCP, local MQTT
+    smartcity sim gtfs --scenario city --out gtfs.zip     the buses' timetable (GTFS zip)
     smartcity sim chaos --gateways 200 --minutes 5          (added by smartcity: the whole stack)
 """
 
@@ -145,7 +146,7 @@ def run(
     """Run a scenario's gateways against a broker until Ctrl-C or --duration."""
     sc = _load(scenario, seed=seed)
     from simulators._errors import BrokerError, ScenarioError
-    from simulators._fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
+    from simulators.fleet import BrokerUrl, FleetConfig, FleetStats, GatewayFleet
 
     try:
         url = BrokerUrl.parse(broker)
@@ -235,8 +236,16 @@ def devices(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many wall seconds.")
     ] = None,
+    modbus_port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65535,
+            help="Modbus TCP port of the first meter (the next ones: +1, +2...); 0: free ports.",
+        ),
+    ] = 0,
 ) -> None:
-    """Serve the city as devices for real edge agents; print where they are."""
+    """Serve the city as devices for real edge agents; print where they are (pty links, the
+    firmware board ids an agent's ``device_names`` maps, Modbus TCP ports, MQTT topics)."""
     sc = _load(scenario, speed=speed)
     from simulators._devicemode import DeviceCity
     from simulators._errors import SimulatorError
@@ -249,7 +258,9 @@ def devices(
 
     _on_signals(stop)
     try:
-        with DeviceCity(sc, directory=directory, mqtt_url=mqtt_broker) as city:
+        with DeviceCity(
+            sc, directory=directory, mqtt_url=mqtt_broker, modbus_port=modbus_port
+        ) as city:
             typer.echo(json.dumps(city.endpoints.as_dict(), indent=2))
             sys.stdout.flush()
             deadline = None if duration is None else time.monotonic() + duration
@@ -258,3 +269,47 @@ def devices(
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+@app.command("gtfs")
+def gtfs(
+    scenario: ScenarioOption,
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
+                                      help="Where to write the GTFS zip.")] = Path("gtfs.zip"),
+    start: Annotated[
+        str | None,
+        typer.Option(help="First service day (YYYY-MM-DD); default: the day before the "
+                     "scenario's start."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=3660, help="Days the feed is valid.")] = 365,
+    delays: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Also write the recorded delay of every trip of "
+                     "the first --delay-days days here (CSV): the ground truth."),
+    ] = None,
+    delay_days: Annotated[int, typer.Option(min=1, max=366)] = 2,
+) -> None:
+    """Export the simulated buses' timetable as a GTFS Schedule zip (agency, stops, routes,
+    trips, stop_times, calendar, feed_info): what an on-time bus does. Point the API's
+    ``gtfs_static_path`` at it."""
+    import datetime as dt
+
+    sc = _load(scenario)
+    from simulators._errors import ScenarioError
+    from simulators._gtfs import export_gtfs
+
+    try:
+        first = dt.date.fromisoformat(start) if start is not None else None
+    except ValueError as exc:
+        typer.echo(f"error: --start: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    try:
+        counts = export_gtfs(sc, out, start=first, days=days, delays=delays,
+                             delay_days=delay_days)
+    except ScenarioError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    except OSError as exc:
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps({"file": str(out), "bytes": out.stat().st_size, "rows": counts}))

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import DEFAULT_MARKUP_MODE, TyperCommand, TyperGroup
 
 # Subcommand -> (module with a typer ``app``, the optional extra it needs).
 _SERVICES = {
@@ -47,10 +47,13 @@ def _as_command(sub: typer.Typer, name: str) -> TyperCommand | TyperGroup:
 def _missing_extra(name: str, extra: str, missing: str) -> TyperCommand | TyperGroup:
     """Stands in for a service whose optional dependencies are not installed."""
     stub = typer.Typer(add_completion=False)
+    # Rich markup (typer's default when rich is installed) would take "[server]" for a style
+    # tag and print "pip install 'smartcity-telemetry'": escape the bracket.
+    bracket = "\\[" if DEFAULT_MARKUP_MODE == "rich" else "["
 
     @stub.command(
         name,
-        help=f"(not installed: pip install 'smartcity-telemetry[{extra}]')",
+        help=f"(not installed: pip install 'smartcity-telemetry{bracket}{extra}]')",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     )
     def explain() -> None:
@@ -138,7 +141,18 @@ def demo(
     api_port: Annotated[int, typer.Option(help="API port (0: a free one).")] = 0,
 ) -> None:
     """Run the platform on this machine: broker, database, services and a simulated city."""
-    from smartcity._demo import run_demo
+    try:
+        from smartcity._demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in _OWN_PACKAGES:
+            raise  # a module of our own missing is a bug, not a missing extra
+        typer.echo(
+            f"smartcity demo runs the whole platform and needs the 'gateway', 'server' and "
+            f"'sim' extras ({exc.name} is missing): "
+            f"pip install 'smartcity-telemetry[gateway,server,sim]'",
+            err=True,
+        )
+        raise typer.Exit(code=1) from None
 
     raise typer.Exit(
         code=run_demo(var_dir=var_dir, duration=duration, scenario=scenario, api_port=api_port)

@@ -5,6 +5,10 @@
     class Input:
         name: str
         state: str                      # "starting" | "up" | "down" | "retrying" ...
+        last_error: str | None          # shown by `edge status`
+        clock_offset_s: float | None    # device clock - gateway clock (device-stamped inputs)
+        def counters(self) -> dict[str, int]        # link counters (metrics, status)
+        def drop_counters(self) -> dict[str, int]   # discards among them (health ``dropped``)
         async def run(self, sink: Sink) -> None
 
 An input is built from its typed config by its registered factory (``factory(cfg,
@@ -56,6 +60,24 @@ class Input(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = "starting"
+        #: The latest error of the input's link or task (``edge status``), kept after recovery.
+        self.last_error: str | None = None
+        #: The device clock minus the gateway clock at receipt, in seconds, for the latest
+        #: device-stamped reading (includes the transmission delay); None: no device clock.
+        self.clock_offset_s: float | None = None
+
+    def error(self) -> str | None:
+        """The latest error (of the link, or of the task: :attr:`last_error`)."""
+        return self.last_error
+
+    def counters(self) -> dict[str, int]:
+        """The input's link counters (firmware_bridge's, the local MQTT session's), cumulative
+        over its restarts; empty for inputs without any."""
+        return {}
+
+    def drop_counters(self) -> dict[str, int]:
+        """The subset of :meth:`counters` that counts discarded input (health ``dropped``)."""
+        return {}
 
     @abstractmethod
     async def run(self, sink: Sink) -> None:

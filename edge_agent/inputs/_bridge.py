@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import PurePosixPath
@@ -289,6 +290,9 @@ class _Link(Protocol):
     @property
     def state(self) -> Any: ...
 
+    @property
+    def counters(self) -> Any: ...
+
     def readings(self) -> Any: ...
 
 
@@ -296,12 +300,37 @@ class _BridgeInput(Input):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self._link: _Link | None = None
+        #: Counters of the links of earlier runs (a restart opens a new link).
+        self._past: dict[str, int] = {}
 
     def _open(self) -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
     def _on_state(self, state: object) -> None:
         self.state = str(state)
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self._past)
+        link = self._link
+        if link is not None:
+            for k, v in dict(link.counters).items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def drop_counters(self) -> dict[str, int]:
+        from firmware_bridge import DROP_COUNTERS
+
+        return {k: v for k, v in self.counters().items() if k in DROP_COUNTERS}
+
+    def error(self) -> str | None:
+        return self._link_error() or self.last_error
+
+    def _link_error(self) -> str | None:
+        link = self._link
+        err = getattr(link, "last_error", None)  # ModbusPoller
+        if err is None:
+            err = getattr(getattr(link, "transport", None), "last_error", None)
+        return err if isinstance(err, str) else None
 
     async def run(self, sink: Sink) -> None:
         from firmware_bridge import FirmwareBridgeError
@@ -312,11 +341,18 @@ class _BridgeInput(Input):
                 self.state = str(link.state)
                 reading: Reading
                 async for reading in link.readings():
+                    if reading.clock == "device":
+                        self.clock_offset_s = round((reading.ts - time.time_ns()) / 1e9, 3)
                     sink.submit([reading], None)
         except FirmwareBridgeError as exc:
             self.state = "down"
             raise InputError(f"input {self.name}: {exc}") from exc
         finally:
+            link_ = self._link
+            if link_ is not None:
+                self.last_error = self._link_error() or self.last_error
+                for k, v in dict(link_.counters).items():
+                    self._past[k] = self._past.get(k, 0) + v
             self._link = None
 
 

@@ -297,9 +297,22 @@ class MqttInput(Input):
         self._subscribed = False
         self.received = 0
         self.rejected = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        #: Set while the input is being stopped: the disconnect that follows is not a loss.
+        self._closing = False
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "rejected": self.rejected,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+        }
 
     async def run(self, sink: Sink) -> None:
         attempt = 0
+        self._closing = False
         while True:
             try:
                 async with MqttSession(
@@ -308,10 +321,15 @@ class MqttInput(Input):
                     attempt = 0
                     try:
                         await self._serve(session, sink)
+                    except asyncio.CancelledError:
+                        self._closing = True  # a stop or a config swap, not a lost link
+                        raise
                     finally:
                         self._subscribed = False
             except MqttConnectError as exc:
                 self.state = "retrying"
+                self.connect_failures += 1
+                self.last_error = _describe(exc)
                 delay = self.BACKOFF.delay(attempt)
                 attempt += 1
                 log.warning(
@@ -334,7 +352,14 @@ class MqttInput(Input):
             log.info("input connected", extra={"input": self.name})
 
     def _down(self, status: SessionStatus) -> None:
+        if self._closing:
+            self.state = "closed"
+            log.info("input disconnected (stopping)", extra={"input": self.name})
+            return
         if self.state == "up":
+            self.reconnects += 1
+            if status.last_error is not None:
+                self.last_error = _describe(status.last_error)
             log.warning("input lost", extra={"input": self.name, "reason": str(status.last_error)})
         self.state = "retrying"
 
@@ -435,3 +460,9 @@ class _Acks:
             await self._wake.wait()
             self._wake.clear()
             await self.release()
+
+
+def _describe(exc: BaseException) -> str:
+    """``ECONNREFUSED: ...`` when the error carries an errno, else its text."""
+    name = errno_name(exc)
+    return f"{name}: {exc}" if name else str(exc)

@@ -268,7 +268,7 @@ def test_edited_processor_config_closes_the_saved_window_early_and_says_so(
         wait_until(lambda: bool(central.on(f"{topic_root}/v1/gw-test/status")), 20, "birth")
         for i in range(100):
             dev.send(float(i), w + i * MS)
-        wait_until(lambda: saved_count(tmp_path) == 100, 10, "100 samples checkpointed")
+        wait_until(lambda: saved_count(tmp_path) == 100, 30, "100 samples checkpointed")
         assert agent.signal(signal.SIGTERM) == 0
         assert not records(central, w), "SIGTERM keeps the window open"
         data["processors"] = [{"stages": [{**AGG, "functions": ["mean", "count", "last"]}]}]
