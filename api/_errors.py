@@ -21,12 +21,16 @@ the NGSI-LD ProblemDetails (``api.standards``, which change only ``type``) all g
      "status": 400, "detail": "window must match ...", "instance": "/v1/history",
      "parameter": "window", "errors": [{"parameter": "window", "in": "query", ...}]}
 
-:func:`add_problem_handlers` installs the exception handlers that answer with it.
+:func:`add_problem_handlers` installs the exception handlers that answer with it. A
+*dialect* (a function of the body) rewrites the problems answered under a path prefix:
+``/ngsi-ld/`` answers every error, whichever layer raised it (routing, authentication,
+validation, rate limits), as NGSI-LD ProblemDetails with an ETSI ``type``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 from fastapi import FastAPI, Request
@@ -42,6 +46,7 @@ __all__ = [
     "ConfigError",
     "Forbidden",
     "NotFound",
+    "ProblemDialect",
     "ProblemError",
     "RateLimited",
     "Unauthorized",
@@ -68,6 +73,8 @@ PROBLEM_SCHEMA: Final[dict[str, Any]] = {
     "required": ["type", "title", "status"],
 }
 _URN: Final = "urn:smartcity:problem:"
+#: Rewrites a problem body for the paths of one interface (e.g. NGSI-LD error types).
+ProblemDialect = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def problem_body(
@@ -191,48 +198,58 @@ _TITLES: Final = {
 }
 
 
-async def _on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)
-    return problem_response(exc.to_problem(request.url.path), exc.headers)
+def add_problem_handlers(
+    app: FastAPI, *, dialects: Mapping[str, ProblemDialect] | None = None
+) -> None:
+    """Answer every error of ``app`` as problem+json (ours, validation, HTTP, unhandled);
+    under a path prefix of ``dialects``, rewritten by that prefix's dialect."""
+    prefixes = sorted((dialects or {}).items(), key=lambda item: -len(item[0]))
 
+    def answer(request: Request, body: dict[str, Any],
+               headers: dict[str, str] | None = None) -> Response:
+        path = request.url.path
+        for prefix, dialect in prefixes:
+            if path.startswith(prefix):
+                body = dialect(body)
+                break
+        return problem_response(body, headers)
 
-async def _on_validation(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
-        where = loc[0] if loc else "request"
-        name = ".".join(loc[1:]) or where
-        errors.append({"parameter": name, "in": where, "detail": str(err.get("msg", ""))})
-    first = errors[0] if errors else {"parameter": "request", "detail": "invalid request"}
-    return problem_response(problem_body(
-        type=_URN + "invalid-parameter", title="Invalid parameter", status=400,
-        detail=f"{first['parameter']}: {first['detail']}", instance=request.url.path,
-        parameter=first["parameter"], errors=errors,
-    ))
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return answer(request, exc.to_problem(request.url.path), exc.headers)
 
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            where = loc[0] if loc else "request"
+            name = ".".join(loc[1:]) or where
+            errors.append({"parameter": name, "in": where, "detail": str(err.get("msg", ""))})
+        first = errors[0] if errors else {"parameter": "request", "detail": "invalid request"}
+        return answer(request, problem_body(
+            type=_URN + "invalid-parameter", title="Invalid parameter", status=400,
+            detail=f"{first['parameter']}: {first['detail']}", instance=request.url.path,
+            parameter=first["parameter"], errors=errors,
+        ))
 
-async def _on_http(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    title = _TITLES.get(exc.status_code, "HTTP error")
-    body = problem_body(
-        type=_URN + title.lower().replace(" ", "-"), title=title, status=exc.status_code,
-        detail=str(exc.detail), instance=request.url.path,
-    )
-    return problem_response(body, dict(exc.headers) if exc.headers else None)
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        title = _TITLES.get(exc.status_code, "HTTP error")
+        body = problem_body(
+            type=_URN + title.lower().replace(" ", "-"), title=title, status=exc.status_code,
+            detail=str(exc.detail), instance=request.url.path,
+        )
+        return answer(request, body, dict(exc.headers) if exc.headers else None)
 
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return answer(request, problem_body(
+            type=_URN + "internal", title="Internal error", status=500,
+            detail="the server failed; the error is logged", instance=request.url.path,
+        ))
 
-async def _on_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    return problem_response(problem_body(
-        type=_URN + "internal", title="Internal error", status=500,
-        detail="the server failed; the error is logged", instance=request.url.path,
-    ))
-
-
-def add_problem_handlers(app: FastAPI) -> None:
-    """Answer every error of ``app`` as problem+json (ours, validation, HTTP, unhandled)."""
-    app.add_exception_handler(ProblemError, _on_problem)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_error)
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_error)

@@ -14,14 +14,13 @@ Entity ids (one entity per device, measurement and reading tags, i.e. per live s
 values are percent-encoded except ``A-Z a-z 0-9 . _ -`` (so a ``:`` inside an id is ``%3A``),
 which keeps every id a valid RFC 8141 URN and tells the segments apart.
 
-Errors are NGSI-LD ProblemDetails (``type`` ``https://uri.etsi.org/ngsi-ld/errors/...``)::
+Errors are NGSI-LD ProblemDetails (``_ngsild_errors.py``), re-exported here.
 
-    NgsiLdError (api.ProblemError)
-    ├── BadRequestData          400  a parameter value is malformed
-    ├── InvalidRequest          400  the request is incompatible with the operation
-    │   └── NotAcceptable       406  Accept names no media type served here
-    ├── ResourceNotFound        404  no such entity, type or attribute
-    └── OperationNotSupported   422  valid NGSI-LD that this read-only subset does not do
+@context: answers use the context the request named in its ``Link`` header
+(:class:`Context`): the served context (its terms + the core context, the default) or the
+core context alone (then this API's terms expand to, and are answered as, full IRIs). Any
+other context is refused with ``LdContextNotAvailable``: the server never fetches a remote
+document on a client's behalf (no outbound requests, no SSRF, no unbounded latency).
 """
 
 from __future__ import annotations
@@ -31,10 +30,22 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal
-from urllib.parse import unquote
+from typing import Any, Final, Literal
+from urllib.parse import unquote, urlsplit
 
-from api._errors import ProblemError
+from api.standards._ngsild_errors import (
+    ERRORS,
+    BadRequestData,
+    InvalidRequest,
+    LdContextNotAvailable,
+    NgsiLdError,
+    NoMultiTenantSupport,
+    NotAcceptable,
+    OperationNotSupported,
+    ResourceNotFound,
+    TooComplexQuery,
+    etsi_problem,
+)
 from api.state import Latest
 from telemetry import ID_RE, MEASUREMENTS, NAME_RE, Location
 
@@ -46,16 +57,21 @@ __all__ = [
     "LINK_REL",
     "UNIT_CODES",
     "BadRequestData",
+    "Context",
     "EntityRef",
     "InvalidRequest",
+    "LdContextNotAvailable",
     "NgsiLdError",
+    "NoMultiTenantSupport",
     "NotAcceptable",
     "OperationNotSupported",
     "ResourceNotFound",
+    "TooComplexQuery",
     "attribute_values",
     "context_document",
     "entity",
     "entity_id",
+    "etsi_problem",
     "expand_term",
     "has_location",
     "names",
@@ -69,56 +85,17 @@ LD_JSON: Final = "application/ld+json"
 LINK_REL: Final = "http://www.w3.org/ns/json-ld#context"
 #: The NGSI-LD core @context (version 1.7). Every NGSI-LD processor ships it built in.
 CORE_CONTEXT: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.7.jsonld"
-ERRORS: Final = "https://uri.etsi.org/ngsi-ld/errors/"
 _DEFAULT_VOCAB: Final = "https://uri.etsi.org/ngsi-ld/default-context/"
+_CORE_NS: Final = "https://uri.etsi.org/ngsi-ld/"
+#: Attribute terms the core context defines (``ngsi-ld:<term>``); they expand there under
+#: every context, never to the default vocabulary.
+_CORE_TERMS: Final = frozenset(
+    {"location", "observationSpace", "operationSpace", "observedAt", "createdAt",
+     "modifiedAt", "deletedAt", "unitCode", "datasetId", "instanceId"}
+)
+_CORE_URL_RE: Final = re.compile(
+    r"https?://uri\.etsi\.org/ngsi-ld/v1/ngsi-ld-core-context(?:-v1\.[0-9]{1,2})?\.jsonld")
 _SDM: Final = "https://smartdatamodels.org/"
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class NgsiLdError(ProblemError):
-    """An NGSI-LD ProblemDetails answer (clause 5.5.2 error types): the platform's problem
-    document (:func:`api._errors.problem_body`) with an NGSI-LD ``type`` and no ``errors``."""
-
-    error_type: ClassVar[str] = "InternalError"
-
-    @property
-    def type_uri(self) -> str:
-        return ERRORS + self.error_type
-
-    def problem_errors(self) -> list[dict[str, Any]] | None:
-        return None
-
-
-class BadRequestData(NgsiLdError):
-    status = 400
-    error_type = "BadRequestData"
-    title = "Bad request data"
-
-
-class InvalidRequest(NgsiLdError):
-    status = 400
-    error_type = "InvalidRequest"
-    title = "Invalid request"
-
-
-class NotAcceptable(InvalidRequest):
-    status = 406
-    title = "Not acceptable"
-
-
-class ResourceNotFound(NgsiLdError):
-    status = 404
-    error_type = "ResourceNotFound"
-    title = "Resource not found"
-
-
-class OperationNotSupported(NgsiLdError):
-    status = 422
-    error_type = "OperationNotSupported"
-    title = "Operation not supported"
-
 
 # ---------------------------------------------------------------------------------------------
 # Content negotiation
@@ -326,23 +303,80 @@ def context_document() -> dict[str, Any]:
     return {"@context": [dict(sorted(_TERMS.items())), CORE_CONTEXT]}
 
 
-def names(values: Iterable[str]) -> list[str]:
-    """Short names of comma-separated type or attribute names given as names or IRIs."""
-    return [expand_term(v.strip()) for v in values if v.strip()]
+def names(values: Iterable[str], context: Context | None = None) -> list[str]:
+    """Short names of type or attribute names given as terms (of ``context``) or IRIs."""
+    expand = context.expand if context is not None else expand_term
+    return [expand(v.strip()) for v in values if v.strip()]
 
 
 def term_iri(term: str) -> str:
-    """The IRI a short name expands to under the served @context."""
+    """The IRI a short name expands to under the served @context (core terms per the core
+    context, this API's terms per its own, anything else under the default vocabulary)."""
+    if term in _CORE_TERMS:
+        return _CORE_NS + term
     return _TERMS.get(term, _DEFAULT_VOCAB + term)
 
 
 def expand_term(name: str) -> str:
-    """A short name from a type/attribute given as a name or as its full IRI."""
+    """A short name from a type/attribute given as a name or as its full IRI (served
+    context); an IRI no name expands to is returned as is (it then matches nothing)."""
     if name in _IRIS:
         return _IRIS[name]
+    if name.startswith(_CORE_NS) and name[len(_CORE_NS):] in _CORE_TERMS:
+        return name[len(_CORE_NS):]
     if name.startswith(_DEFAULT_VOCAB):
-        return name[len(_DEFAULT_VOCAB):]
+        short = name[len(_DEFAULT_VOCAB):]
+        return name if short in _TERMS or short in _CORE_TERMS else short
     return name
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The @context a request is answered under: ``url`` is what the answer names (in its
+    ``Link`` header or its ``@context`` member); ``own`` is the served context (this API's
+    terms + core), else the core context alone.
+
+    Internally attributes and types are the served context's short names; :meth:`expand`
+    turns a client's term into one and :meth:`compact` turns one into the client's term.
+    """
+
+    url: str
+    own: bool = True
+
+    def expand(self, term: str) -> str:
+        if ":" in term:
+            return expand_term(term)
+        if self.own or term in _CORE_TERMS or term not in _TERMS:
+            return term
+        return _DEFAULT_VOCAB + term  # under the core context alone: not this API's term
+
+    def compact(self, name: str) -> str:
+        if self.own or name in _CORE_TERMS:
+            return name
+        return _TERMS.get(name, name)
+
+    @classmethod
+    def choose(cls, urls: list[str], own_url: str) -> Context:
+        """The context of a request that named ``urls`` (its Link header, or the @context
+        of its body); :class:`LdContextNotAvailable` for any other document."""
+        if not urls:
+            return cls(own_url, True)
+        own = urlsplit(own_url)
+        kinds = set()
+        for url in urls:
+            split = urlsplit(url)
+            if (split.netloc, split.path) == (own.netloc, own.path):
+                kinds.add("own")
+            elif _CORE_URL_RE.fullmatch(url):
+                kinds.add("core")
+            else:
+                raise LdContextNotAvailable(
+                    f"@context {url[:200]!r} is not used here: send this API's context "
+                    f"<{own_url}>, the NGSI-LD core context, or none (this server fetches no "
+                    "remote @context)", parameter="Link", location="header")
+        if "own" in kinds:
+            return cls(own_url, True)
+        return cls(CORE_CONTEXT, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +440,7 @@ def entity(
     *,
     attrs: frozenset[str] | None,
     key_values: bool,
+    context: Context | None = None,
 ) -> dict[str, Any]:
     """One entity, normalized (clause 4.5.1) or simplified (``keyValues``, clause 4.5.4).
 
@@ -445,6 +480,9 @@ def entity(
                 if position[1] is not None:
                     geo["observedAt"] = position[1]
                 body["location"] = geo
+    if context is not None and not context.own:
+        body = {k if k in ("id", "type") else context.compact(k): v for k, v in body.items()}
+        body["type"] = context.compact(body["type"])
     return body
 
 

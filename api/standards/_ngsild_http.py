@@ -6,6 +6,11 @@
   ``application/json`` (the default) sends it as a JSON-LD ``Link`` header instead;
 - :func:`check_params`: an NGSI-LD parameter this subset does not implement is 422, any
   other unknown parameter 400, never ignored;
+- :data:`ContextDep`: the @context of the request's ``Link`` header
+  (:class:`api.standards._ngsild.Context`), used to expand its terms and compact the answer;
+- :data:`fallback`: the last router of the interface, so that an unknown path is an NGSI-LD
+  ``ResourceNotFound`` and a write an ``OperationNotSupported`` 405, answered directly
+  (never a 307 to the path without its trailing slash first);
 - lookups of entities in the live state (:func:`lookup`, :func:`all_series`).
 """
 
@@ -31,17 +36,23 @@ from telemetry import Location
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_TERMS",
     "URI",
     "AttrsQuery",
+    "ContextDep",
     "EntityIdPath",
+    "IdPattern",
     "Media",
     "NgsiLdRoute",
     "OptionsQuery",
     "all_series",
     "check_params",
+    "check_tenant",
     "entity_location",
+    "fallback",
     "has_attrs",
     "id_pattern",
+    "link_contexts",
     "lookup",
     "new_router",
     "ngsi_responses",
@@ -52,6 +63,8 @@ __all__ = [
 
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 20
+#: Cost cap: names in ``attrs``/``type``, ids in ``id``.
+MAX_TERMS: Final = 100
 _encoder: Final = msgspec.json.Encoder()
 #: The platform's problem schema, as NGSI-LD ProblemDetails (no ``parameter`` is promised).
 _PROBLEM_DOC: Final[dict[str, Any]] = {
@@ -109,7 +122,8 @@ def ngsi_responses(description: str) -> dict[int | str, Any]:
     }
 
 
-def _media(request: Request) -> Literal["application/json", "application/ld+json"]:
+# Dependencies are async: a plain def one costs a thread-pool hop on every request.
+async def _media(request: Request) -> Literal["application/json", "application/ld+json"]:
     return ld.negotiate(request.headers.get("accept"))
 
 
@@ -128,11 +142,74 @@ def _context_url(request: Request) -> str:
     return str(request.url_for("ngsild_context"))
 
 
+def _split_outside(text: str, sep: str) -> list[str]:
+    """Split at ``sep`` outside ``"..."`` and ``<...>`` (one pass: linear in the text)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angled = False
+    for ch in text:
+        if ch == '"' and not angled:
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angled = True
+        elif ch == ">" and not quoted:
+            angled = False
+        if ch == sep and not quoted and not angled:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if quoted or angled:
+        raise ld.BadRequestData("Link: unbalanced quotes or angle brackets", parameter="Link")
+    parts.append("".join(current))
+    return parts
+
+
+def link_contexts(header: str | None) -> list[str]:
+    """The @context URLs of a ``Link`` header (RFC 8288, ``rel`` the JSON-LD context)."""
+    if header is None:
+        return []
+    if len(header) > 2000:
+        raise ld.BadRequestData("Link: longer than 2000 characters", parameter="Link")
+    urls = []
+    for link in _split_outside(header, ","):
+        target, *params = (p.strip() for p in _split_outside(link, ";"))
+        if not (target.startswith("<") and target.endswith(">")):
+            raise ld.BadRequestData("Link: not an RFC 8288 link header", parameter="Link")
+        rels: list[str] = []
+        for param in params:
+            key, eq, value = param.partition("=")
+            if not eq:
+                raise ld.BadRequestData("Link: not an RFC 8288 link header", parameter="Link")
+            if key.strip().lower() == "rel":
+                rels.extend(value.strip().strip('"').split())
+        if ld.LINK_REL in rels:
+            urls.append(target[1:-1].strip())
+    if len(urls) > 1:
+        raise ld.BadRequestData("Link: more than one JSON-LD @context", parameter="Link")
+    return urls
+
+
+def check_tenant(request: Request) -> None:
+    """One tenant here: an ``NGSILD-Tenant`` header is refused, never ignored."""
+    if "ngsild-tenant" in request.headers:
+        raise ld.NoMultiTenantSupport("NGSILD-Tenant: this interface has one (default) tenant",
+                                      parameter="NGSILD-Tenant", location="header")
+
+
+async def _request_context(request: Request) -> ld.Context:
+    check_tenant(request)
+    return ld.Context.choose(link_contexts(request.headers.get("link")), _context_url(request))
+
+
+ContextDep = Annotated[ld.Context, Depends(_request_context)]
+
+
 def respond(
     request: Request, body: Any, media: str, *, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, context_url: str | None = None,
 ) -> Response:
-    context = _context_url(request)
+    context = context_url or _context_url(request)
     out_headers = dict(headers or {})
     if media == ld.LD_JSON:
         if isinstance(body, list):
@@ -140,7 +217,8 @@ def respond(
         else:
             body = {**body, "@context": context}
     else:
-        out_headers["Link"] = f'<{context}>; rel="{ld.LINK_REL}"; type="{ld.LD_JSON}"'
+        link = f'<{context}>; rel="{ld.LINK_REL}"; type="{ld.LD_JSON}"'
+        out_headers["Link"] = f"{link}, {out_headers['Link']}" if "Link" in out_headers else link
     return Response(_encoder.encode(body), status_code=status, media_type=media,
                     headers=out_headers)
 
@@ -174,10 +252,13 @@ def simplified(options: str | None, fmt: str | None = None) -> bool:
     return wants
 
 
-def wanted_attrs(attrs: str | None) -> frozenset[str] | None:
+def wanted_attrs(attrs: str | None, context: ld.Context | None = None) -> frozenset[str] | None:
     if attrs is None:
         return None
-    out = frozenset(ld.names(attrs.split(",")))
+    parts = attrs.split(",")
+    if len(parts) > MAX_TERMS:
+        raise ld.TooComplexQuery(f"attrs: at most {MAX_TERMS} names", parameter="attrs")
+    out = frozenset(ld.names(parts, context))
     if not out:
         raise ld.BadRequestData("attrs is empty", parameter="attrs")
     return out
@@ -245,3 +326,21 @@ def id_pattern(pattern: str | None) -> IdPattern | None:
             f"idPattern is not a regular expression RE2 accepts (RE2 syntax: no "
             f"backreferences or lookaround): {exc}", parameter="idPattern") from exc
     return compiled
+
+
+fallback = APIRouter(prefix="/ngsi-ld/v1", include_in_schema=False)
+_WRITES: Final = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@fallback.api_route("/{rest:path}", methods=["GET", "HEAD", *_WRITES])
+async def _unknown(request: Request, rest: str) -> Response:
+    """Everything the interface does not serve: 404 for reads, 405 for writes (this is a
+    read-only context source), both NGSI-LD ProblemDetails."""
+    if rest.rstrip("/") == "entityOperations/query":
+        raise ld.OperationNotSupported("entityOperations/query is POST only", status=405,
+                                       headers={"Allow": "POST"})
+    if request.method in _WRITES:
+        raise ld.OperationNotSupported(
+            f"{request.method} is not supported: this NGSI-LD interface is read-only",
+            status=405, headers={"Allow": "GET"})
+    raise ld.ResourceNotFound(f"no NGSI-LD resource at /ngsi-ld/v1/{rest[:200]}")

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from api.standards._ngsild import BadRequestData, OperationNotSupported, expand_term
+from api.standards._ngsild import (
+    BadRequestData,
+    Context,
+    OperationNotSupported,
+    TooComplexQuery,
+    expand_term,
+)
 from telemetry import NAME_RE
 
 __all__ = [
@@ -160,7 +166,12 @@ def _scalar(text: str) -> Scalar:
     )
 
 
-def parse_q(text: str) -> Query:
+#: Cost cap of ``q``: terms, and values in one term's list.
+MAX_Q_TERMS: Final = 32
+MAX_Q_VALUES: Final = 100
+
+
+def parse_q(text: str, context: Context | None = None) -> Query:
     """Parse ``q``; :class:`BadRequestData` if malformed, :class:`OperationNotSupported` for
     valid NGSI-LD this subset does not evaluate (``|``, parentheses, ``~=``, attribute paths).
     """
@@ -177,7 +188,10 @@ def parse_q(text: str) -> Query:
                 ">=, <, <= are", parameter="q",
             )
     terms = []
-    for raw in _split_outside_quotes(text, ";"):
+    raws = _split_outside_quotes(text, ";")
+    if len(raws) > MAX_Q_TERMS:
+        raise TooComplexQuery(f"q: at most {MAX_Q_TERMS} terms", parameter="q")
+    for raw in raws:
         part = raw.strip()
         match = re.match(r"[A-Za-z@][A-Za-z0-9_@.:/#-]*", part)
         if match is None:
@@ -189,8 +203,8 @@ def parse_q(text: str) -> Query:
                 f"q: attribute paths ({attr!r}: sub-attributes, observedAt) are not supported "
                 "here; use attribute names", parameter="q",
             )
-        attr = expand_term(attr)
-        if not NAME_RE.fullmatch(attr):
+        attr = context.expand(attr) if context is not None else expand_term(attr)
+        if not NAME_RE.fullmatch(attr) and not attr.startswith(("http://", "https://")):
             raise BadRequestData(f"q: {attr[:100]!r} is not an attribute name", parameter="q")
         if not rest:
             terms.append(Term(attr))
@@ -211,6 +225,8 @@ def parse_q(text: str) -> Query:
             terms.append(Term(attr, cast(Op, op), (), (low, high)))
             continue
         items = _split_outside_quotes(value, ",")
+        if len(items) > MAX_Q_VALUES:
+            raise TooComplexQuery(f"q: at most {MAX_Q_VALUES} values in a list", parameter="q")
         if len(items) > 1 and op not in ("==", "!="):
             raise BadRequestData("q: a list of values needs == or !=", parameter="q")
         values = tuple(_scalar(item.strip()) for item in items)

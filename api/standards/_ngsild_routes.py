@@ -6,19 +6,22 @@
                                             geometry, coordinates, geoproperty, limit, offset,
                                             count, options=keyValues|normalized
     GET /ngsi-ld/v1/entities/{entityId}     one entity (attrs, options)
-    GET /ngsi-ld/v1/types[/{type}]          entity types (details=true: their attributes)
+    GET /ngsi-ld/v1/types[/{type}]          entity types (details=true: their attributes);
+                                            {type} a term or a full IRI
     GET /ngsi-ld/v1/attributes[/{attrId}]   attribute names (details=true: types, counts)
     GET /ngsi-ld/v1/context.jsonld          the @context the Link header points to (public)
 
-(and ``GET /ngsi-ld/v1/temporal/entities/{entityId}``, history from InfluxDB, in
-``_ngsild_temporal.py``.)
+(and ``POST /ngsi-ld/v1/entityOperations/query`` in ``_ngsild_post.py``, the temporal
+endpoints, history from InfluxDB, in ``_ngsild_temporal.py``.) :class:`Selection`,
+:func:`select` and :func:`answer_entities` are the query all three share.
 
 Entities come from the API's live state (``/v1/live``), never from InfluxDB per request;
 ``_ngsild.py`` holds the id scheme, the entity shapes and the errors, ``_ngsild_query.py`` the
 q and geo-query subsets, ``_ngsild_http.py`` the media types and parameters every endpoint
 shares. ``Accept: application/ld+json`` puts ``@context`` in the body; ``application/json``
-(the default) sends it as a JSON-LD ``Link`` header instead; anything else is 406. Errors are
-NGSI-LD ProblemDetails; 401/403/429 stay the platform's (same keys and rate limits as /v1).
+(the default) sends it as a JSON-LD ``Link`` header instead; anything else is 406. Terms are
+read and answered in the @context the request names (``ContextDep``). Every error is NGSI-LD
+ProblemDetails, 401/403/429 included (same keys and rate limits as /v1).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -38,9 +42,12 @@ from api.standards import _ngsild as ld
 from api.standards._ngsild_http import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_TERMS,
     URI,
     AttrsQuery,
+    ContextDep,
     EntityIdPath,
+    IdPattern,
     Media,
     OptionsQuery,
     all_series,
@@ -55,10 +62,20 @@ from api.standards._ngsild_http import (
     simplified,
     wanted_attrs,
 )
-from api.standards._ngsild_query import parse_georel, parse_q
+from api.standards._ngsild_query import GeoQuery, parse_georel, parse_q
+from api.standards._ngsild_query import Query as QueryTerms
 from api.state import Latest
 
-__all__ = ["router"]
+__all__ = [
+    "Selection",
+    "TypeQuery",
+    "answer_entities",
+    "page_links",
+    "parse_ids",
+    "parse_types",
+    "router",
+    "select",
+]
 
 _encoder: Final = msgspec.json.Encoder()
 
@@ -69,7 +86,8 @@ router = new_router()
             summary="The JSON-LD @context of the NGSI-LD interface (public)",
             responses={200: {"description": "JSON-LD context",
                              "content": {ld.LD_JSON: {"schema": {"type": "object"}}}}})
-async def context() -> Response:
+async def context(request: Request) -> Response:
+    check_params(request, frozenset())
     return Response(_encoder.encode(ld.context_document()), media_type=ld.LD_JSON,
                     headers={"Cache-Control": "public, max-age=3600"})
 
@@ -78,6 +96,113 @@ _ENTITY_PARAMS: Final = frozenset(
     {"id", "idPattern", "type", "attrs", "q", "georel", "geometry", "coordinates",
      "geoproperty", "limit", "offset", "count", "options", "format", "local"}
 )
+TypeQuery = Annotated[str | None, Query(max_length=2000,
+                                        description="Comma-separated entity types")]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a query selects (the GET parameters or a POST Query body), parsed and bounded."""
+
+    ids: list[str] | None = None
+    pattern: IdPattern | None = None
+    types: list[str] | None = None
+    wanted: frozenset[str] | None = None
+    query: QueryTerms | None = None
+    geo: GeoQuery | None = None
+    geoproperty: str | None = None
+
+    def is_empty(self) -> bool:
+        return (self.ids is None and self.pattern is None and self.types is None
+                and self.wanted is None and self.query is None and self.geo is None)
+
+
+def parse_types(type: str | None, context: ld.Context) -> list[str] | None:
+    if type is None:
+        return None
+    if re.search(r"[;()]", type):
+        raise ld.OperationNotSupported(
+            "type: only lists of types (',' or '|') are supported here", parameter="type")
+    parts = re.split(r"[,|]", type)
+    if len(parts) > MAX_TERMS:
+        raise ld.TooComplexQuery(f"type: at most {MAX_TERMS} types", parameter="type")
+    types = ld.names(parts, context)
+    if not types:
+        raise ld.BadRequestData("type is empty", parameter="type")
+    return types
+
+
+def parse_ids(id: str | None) -> list[str] | None:
+    if id is None:
+        return None
+    ids = [i.strip() for i in id.split(",") if i.strip()]
+    if len(ids) > MAX_LIMIT:
+        raise ld.TooComplexQuery(f"id: at most {MAX_LIMIT} ids", parameter="id")
+    if not ids or not all(URI.fullmatch(i) for i in ids):
+        raise ld.BadRequestData("id must be a comma-separated list of URIs", parameter="id")
+    return ids
+
+
+def select(services: Services, sel: Selection) -> list[tuple[str, Latest]]:
+    """The entities of the live state a selection matches, sorted by id."""
+    if sel.ids is not None:
+        found = (lookup(services, i) for i in dict.fromkeys(sel.ids))
+        candidates: Iterator[Latest] = (
+            lt for lt in found
+            if lt is not None and (sel.types is None or lt.measurement in sel.types)
+        )
+    else:
+        candidates = all_series(services, sel.types)
+    matched: list[tuple[str, Latest]] = []
+    for latest in candidates:
+        eid = ld.entity_id(latest.measurement, latest.gateway, latest.device, latest.tags)
+        if sel.pattern is not None and sel.pattern.search(eid) is None:
+            continue
+        if sel.wanted is not None and not has_attrs(services, latest, sel.wanted):
+            continue
+        if sel.query is not None and not sel.query.matches(ld.attribute_values(latest)):
+            continue
+        if sel.geo is not None:
+            if sel.geoproperty not in (None, "location"):
+                continue  # no entity here has another GeoProperty
+            where = ld.has_location(latest, entity_location(services, latest))
+            if where is None or not sel.geo.matches(*where):
+                continue
+        matched.append((eid, latest))
+    matched.sort(key=lambda pair: pair[0])
+    return matched
+
+
+def page_links(request: Request, offset: int, limit: int, total: int) -> dict[str, str]:
+    """RFC 8288 ``Link`` rel=next/prev of a page (NGSI-LD 1.7 paging, limit/offset)."""
+    links = []
+    if limit and offset + limit < total:
+        links.append(f'<{request.url.include_query_params(offset=offset + limit)}>; rel="next"')
+    if limit and offset > 0:
+        links.append(f'<{request.url.include_query_params(offset=max(0, offset - limit))}>; '
+                     'rel="prev"')
+    return {"Link": ", ".join(links)} if links else {}
+
+
+def answer_entities(
+    request: Request, services: Services, sel: Selection, *, media: str,
+    context: ld.Context, limit: int, offset: int, count: bool, key_values: bool,
+) -> Response:
+    if limit == 0 and not count:
+        raise ld.BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
+    if sel.is_empty():
+        raise ld.BadRequestData(
+            "a query needs at least one of type, id, idPattern, attrs, q or a geo-query",
+            parameter="type")
+    matched = select(services, sel)
+    page = matched[offset: offset + limit]
+    body = [ld.entity(lt, entity_location(services, lt), attrs=sel.wanted,
+                      key_values=key_values, context=context)
+            for _, lt in page]
+    headers = {"NGSILD-Results-Count": str(len(matched))} if count else {}
+    if request.method == "GET":
+        headers.update(page_links(request, offset, limit, len(matched)))
+    return respond(request, body, media, headers=headers, context_url=context.url)
 
 
 @router.get("/entities", response_model=None, responses=ngsi_responses("Entities"),
@@ -87,11 +212,11 @@ async def query_entities(
     services: ServicesDep,
     _caller: Viewer,
     media: Media,
+    context: ContextDep,
     id: Annotated[str | None, Query(max_length=20_000,
                                     description="Comma-separated entity ids")] = None,
     idPattern: Annotated[str | None, Query(max_length=1000)] = None,
-    type: Annotated[str | None, Query(max_length=2000,
-                                      description="Comma-separated entity types")] = None,
+    type: TypeQuery = None,
     attrs: AttrsQuery = None,
     q: Annotated[str | None, Query(max_length=4000, description="NGSI-LD query subset")] = None,
     georel: Annotated[str | None, Query(max_length=200,
@@ -111,57 +236,15 @@ async def query_entities(
 ) -> Response:
     check_params(request, _ENTITY_PARAMS)
     key_values = simplified(options, format)
-    wanted = wanted_attrs(attrs)
-    query = parse_q(q) if q is not None else None
-    geo = parse_georel(georel, geometry, coordinates)
-    pattern = id_pattern(idPattern)
-    if limit == 0 and not count:
-        raise ld.BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
-    if type is None and id is None and idPattern is None and wanted is None and q is None \
-            and geo is None:
-        raise ld.BadRequestData(
-            "a query needs at least one of type, id, idPattern, attrs, q or a geo-query",
-            parameter="type")
-    types: list[str] | None = None
-    if type is not None:
-        if re.search(r"[;()]", type):
-            raise ld.OperationNotSupported(
-                "type: only lists of types (',' or '|') are supported here", parameter="type")
-        types = ld.names(re.split(r"[,|]", type))
-        if not types:
-            raise ld.BadRequestData("type is empty", parameter="type")
-    if id is not None:
-        ids = [i.strip() for i in id.split(",") if i.strip()]
-        if not ids or not all(URI.fullmatch(i) for i in ids):
-            raise ld.BadRequestData("id must be a comma-separated list of URIs", parameter="id")
-        found = (lookup(services, i) for i in dict.fromkeys(ids))
-        candidates: Iterator[Latest] = (
-            lt for lt in found if lt is not None and (types is None or lt.measurement in types)
-        )
-    else:
-        candidates = all_series(services, types)
-    matched: list[tuple[str, Latest]] = []
-    for latest in candidates:
-        eid = ld.entity_id(latest.measurement, latest.gateway, latest.device, latest.tags)
-        if pattern is not None and pattern.search(eid) is None:
-            continue
-        if wanted is not None and not has_attrs(services, latest, wanted):
-            continue
-        if query is not None and not query.matches(ld.attribute_values(latest)):
-            continue
-        if geo is not None:
-            if geoproperty not in (None, "location"):
-                continue  # no entity here has another GeoProperty
-            where = ld.has_location(latest, entity_location(services, latest))
-            if where is None or not geo.matches(*where):
-                continue
-        matched.append((eid, latest))
-    matched.sort(key=lambda pair: pair[0])
-    page = matched[offset: offset + limit]
-    body = [ld.entity(lt, entity_location(services, lt), attrs=wanted, key_values=key_values)
-            for _, lt in page]
-    headers = {"NGSILD-Results-Count": str(len(matched))} if count else None
-    return respond(request, body, media, headers=headers)
+    sel = Selection(
+        ids=parse_ids(id), pattern=id_pattern(idPattern), types=parse_types(type, context),
+        wanted=wanted_attrs(attrs, context),
+        query=parse_q(q, context) if q is not None else None,
+        geo=parse_georel(georel, geometry, coordinates),
+        geoproperty=context.expand(geoproperty) if geoproperty is not None else None,
+    )
+    return answer_entities(request, services, sel, media=media, context=context, limit=limit,
+                           offset=offset, count=count, key_values=key_values)
 
 
 @router.get("/entities/{entityId}", response_model=None, responses=ngsi_responses("Entity"),
@@ -171,6 +254,7 @@ async def retrieve_entity(
     services: ServicesDep,
     _caller: Viewer,
     media: Media,
+    context: ContextDep,
     entityId: EntityIdPath,
     attrs: AttrsQuery = None,
     type: Annotated[str | None, Query(max_length=200)] = None,
@@ -182,17 +266,18 @@ async def retrieve_entity(
 ) -> Response:
     check_params(request, frozenset({"attrs", "type", "options", "format", "local"}))
     key_values = simplified(options, format)
-    wanted = wanted_attrs(attrs)
+    wanted = wanted_attrs(attrs, context)
     if not URI.fullmatch(entityId):
         raise ld.BadRequestData("entityId must be a URI", parameter="entityId")
     latest = lookup(services, entityId)
-    if latest is None or (type is not None and ld.expand_term(type) != latest.measurement):
+    if latest is None or (type is not None and context.expand(type) != latest.measurement):
         raise ld.ResourceNotFound(f"no entity {entityId!r}", parameter="entityId")
     if wanted is not None and not has_attrs(services, latest, wanted):
         raise ld.ResourceNotFound(f"entity {entityId!r} has none of the attributes {attrs!r}",
                                   parameter="attrs")
-    body = ld.entity(latest, entity_location(services, latest), attrs=wanted, key_values=key_values)
-    return respond(request, body, media)
+    body = ld.entity(latest, entity_location(services, latest), attrs=wanted,
+                     key_values=key_values, context=context)
+    return respond(request, body, media, context_url=context.url)
 
 
 def _present(services: Services, latest: Latest) -> dict[str, str]:
@@ -224,43 +309,44 @@ DetailsQuery = Annotated[bool, Query(description="Detailed objects instead of na
             summary="Available entity types (NGSI-LD 5.7.5/5.7.6)")
 async def list_types(
     request: Request, services: ServicesDep, _caller: Viewer, media: Media,
-    details: DetailsQuery = False, local: bool = False,
+    context: ContextDep, details: DetailsQuery = False, local: bool = False,
 ) -> Response:
     check_params(request, frozenset({"details", "local"}))
     catalogue = _catalogue(services)
+    term = context.compact
     if not details:
         body: Any = {"id": _list_id("EntityTypeList"), "type": "EntityTypeList",
-                     "typeList": sorted(catalogue)}
+                     "typeList": sorted(term(name) for name in catalogue)}
     else:
-        body = [{"id": ld.term_iri(name), "type": "EntityType", "typeName": name,
-                 "attributeNames": sorted(attributes)}
+        body = [{"id": ld.term_iri(name), "type": "EntityType", "typeName": term(name),
+                 "attributeNames": sorted(term(a) for a in attributes)}
                 for name, attributes in sorted(catalogue.items())]
-    return respond(request, body, media)
+    return respond(request, body, media, context_url=context.url)
 
 
-@router.get("/types/{type}", response_model=None, responses=ngsi_responses("Entity type"),
+@router.get("/types/{type:path}", response_model=None, responses=ngsi_responses("Entity type"),
             summary="One entity type with its attributes and entity count (NGSI-LD 5.7.7)")
 async def retrieve_type(
     request: Request, services: ServicesDep, _caller: Viewer, media: Media,
-    type: Annotated[str, Path(max_length=1024)],
+    context: ContextDep, type: Annotated[str, Path(max_length=1024)],
     local: bool = False,
 ) -> Response:
     check_params(request, frozenset({"local"}))
-    name = ld.expand_term(type)
+    name = context.expand(type)
     entities = services.live.by_measurement.get(name, {})
     if not entities:
         raise ld.ResourceNotFound(f"no entities of type {type!r}", parameter="type")
     attributes = _catalogue(services).get(name, {})
     body = {
-        "id": ld.term_iri(name), "type": "EntityTypeInfo", "typeName": name,
+        "id": ld.term_iri(name), "type": "EntityTypeInfo", "typeName": context.compact(name),
         "entityCount": len(entities),
         "attributeDetails": [
-            {"id": ld.term_iri(attr), "type": "Attribute", "attributeName": attr,
-             "attributeTypes": sorted(kinds)}
+            {"id": ld.term_iri(attr), "type": "Attribute",
+             "attributeName": context.compact(attr), "attributeTypes": sorted(kinds)}
             for attr, kinds in sorted(attributes.items())
         ],
     }
-    return respond(request, body, media)
+    return respond(request, body, media, context_url=context.url)
 
 
 def _attribute_index(services: Services) -> dict[str, tuple[set[str], set[str], int]]:
@@ -275,37 +361,39 @@ def _attribute_index(services: Services) -> dict[str, tuple[set[str], set[str], 
     return index
 
 
-def _attribute(name: str, kinds: set[str], types: set[str], n: int) -> dict[str, Any]:
-    return {"id": ld.term_iri(name), "type": "Attribute", "attributeName": name,
-            "attributeCount": n, "attributeTypes": sorted(kinds), "typeNames": sorted(types)}
+def _attribute(context: ld.Context, name: str, kinds: set[str], types: set[str],
+               n: int) -> dict[str, Any]:
+    return {"id": ld.term_iri(name), "type": "Attribute", "attributeName": context.compact(name),
+            "attributeCount": n, "attributeTypes": sorted(kinds),
+            "typeNames": sorted(context.compact(t) for t in types)}
 
 
 @router.get("/attributes", response_model=None, responses=ngsi_responses("Attributes"),
             summary="Available attributes (NGSI-LD 5.7.8/5.7.9)")
 async def list_attributes(
     request: Request, services: ServicesDep, _caller: Viewer, media: Media,
-    details: DetailsQuery = False, local: bool = False,
+    context: ContextDep, details: DetailsQuery = False, local: bool = False,
 ) -> Response:
     check_params(request, frozenset({"details", "local"}))
     index = _attribute_index(services)
     if not details:
         body: Any = {"id": _list_id("AttributeList"), "type": "AttributeList",
-                     "attributeList": sorted(index)}
+                     "attributeList": sorted(context.compact(name) for name in index)}
     else:
-        body = [_attribute(name, *index[name]) for name in sorted(index)]
-    return respond(request, body, media)
+        body = [_attribute(context, name, *index[name]) for name in sorted(index)]
+    return respond(request, body, media, context_url=context.url)
 
 
-@router.get("/attributes/{attrId}", response_model=None, responses=ngsi_responses("Attribute"),
+@router.get("/attributes/{attrId:path}", response_model=None, responses=ngsi_responses("Attribute"),
             summary="One attribute: its types, entity types and count (NGSI-LD 5.7.10)")
 async def retrieve_attribute(
     request: Request, services: ServicesDep, _caller: Viewer, media: Media,
-    attrId: Annotated[str, Path(max_length=1024)],
+    context: ContextDep, attrId: Annotated[str, Path(max_length=1024)],
     local: bool = False,
 ) -> Response:
     check_params(request, frozenset({"local"}))
-    name = ld.expand_term(attrId)
+    name = context.expand(attrId)
     found = _attribute_index(services).get(name)
     if found is None:
         raise ld.ResourceNotFound(f"no attribute {attrId!r}", parameter="attrId")
-    return respond(request, _attribute(name, *found), media)
+    return respond(request, _attribute(context, name, *found), media, context_url=context.url)

@@ -1,9 +1,16 @@
-"""NGSI-LD temporal representation of one entity (NGSI-LD 5.7.3) from InfluxDB history.
+"""NGSI-LD temporal representation of entities (NGSI-LD 5.7.3, 5.7.4) from InfluxDB history.
 
 ::
 
     GET /ngsi-ld/v1/temporal/entities/{entityId}   timerel, timeAt, endTimeAt, attrs, lastN,
                                                    options=temporalValues
+    GET /ngsi-ld/v1/temporal/entities              type, id, idPattern, attrs, q, geo-query,
+                                                   timerel+timeAt(+endTimeAt), lastN,
+                                                   limit/offset (entities), count
+
+Paging is NGSI-LD 1.7's: entities by ``limit``/``offset`` with ``Link`` rel=next/prev;
+instances by ``lastN``, or a 206 with ``Content-Range`` when ``max_points`` (shared by the
+entities of a page) cuts them. ``pageSize``/``pageAnchor`` (an older draft) are refused.
 
 The entity must be in the live state (that is how its series is known); its fields are read
 from InfluxDB (:func:`api.storage.entity_history`), at most ``max_points`` instances; more
@@ -20,19 +27,31 @@ from starlette.responses import Response
 
 from api._deps import ServicesDep, Viewer
 from api._params import iso, nanoseconds
+from api._services import Services
 from api.standards import _ngsild as ld
 from api.standards._ngsild_http import (
     URI,
     AttrsQuery,
+    ContextDep,
     EntityIdPath,
     Media,
     OptionsQuery,
     check_params,
+    id_pattern,
     lookup,
     new_router,
     ngsi_responses,
     respond,
     wanted_attrs,
+)
+from api.standards._ngsild_query import parse_georel, parse_q
+from api.standards._ngsild_routes import (
+    Selection,
+    TypeQuery,
+    page_links,
+    parse_ids,
+    parse_types,
+    select,
 )
 from api.state import Latest
 from api.storage import select_entity_history
@@ -90,40 +109,32 @@ def _temporal_options(options: str | None) -> bool:
     return "temporalValues" in given
 
 
-@router.get("/temporal/entities/{entityId}", response_model=None,
-            responses=ngsi_responses("Temporal representation of an entity"),
-            summary="Temporal evolution of one entity (NGSI-LD 5.7.3) from InfluxDB history")
-async def retrieve_temporal(
-    request: Request,
-    services: ServicesDep,
-    _caller: Viewer,
-    media: Media,
-    entityId: EntityIdPath,
-    timerel: Annotated[Literal["before", "after", "between"] | None, Query()] = None,
-    timeAt: Annotated[dt.datetime | None, Query()] = None,
-    endTimeAt: Annotated[dt.datetime | None, Query()] = None,
-    attrs: AttrsQuery = None,
-    lastN: Annotated[int | None, Query(ge=1, le=100_000)] = None,
-    options: OptionsQuery = None,
-    local: bool = False,
-) -> Response:
-    check_params(request, frozenset({"timerel", "timeAt", "endTimeAt", "attrs", "lastN",
-                                      "options", "local", "timeproperty"}))
+_ONE_PARAMS: Final = frozenset({"timerel", "timeAt", "endTimeAt", "attrs", "lastN",
+                                 "options", "local", "timeproperty"})
+_QUERY_PARAMS: Final = _ONE_PARAMS | {
+    "id", "idPattern", "type", "q", "georel", "geometry", "coordinates", "geoproperty",
+    "limit", "offset", "count"}
+#: Entities per page of a temporal query; the page shares ``max_points`` between them.
+MAX_TEMPORAL_LIMIT: Final = 100
+
+
+def _check_temporal(request: Request, allowed: frozenset[str]) -> None:
+    for legacy in ("pageSize", "pageAnchor"):
+        if legacy in request.query_params:
+            raise ld.BadRequestData(
+                f"{legacy} is not served: pages are NGSI-LD 1.7's, entities with limit and "
+                "offset, instances with lastN and 206 Content-Range", parameter=legacy)
+    check_params(request, allowed)
     if request.query_params.get("timeproperty", "observedAt") != "observedAt":
         raise ld.OperationNotSupported("timeproperty: only observedAt is supported here",
                                        parameter="timeproperty")
-    values_form = _temporal_options(options)
-    wanted = wanted_attrs(attrs)
-    when = _when(timerel, timeAt, endTimeAt)
-    if not URI.fullmatch(entityId):
-        raise ld.BadRequestData("entityId must be a URI", parameter="entityId")
-    latest = lookup(services, entityId)
-    if latest is None:
-        raise ld.ResourceNotFound(f"no entity {entityId!r} in the live state",
-                                  parameter="entityId")
-    cap = services.settings.max_points
-    if lastN is not None and lastN > cap:
-        raise ld.BadRequestData(f"lastN must be at most {cap}", parameter="lastN")
+
+
+async def _temporal_entity(
+    services: Services, latest: Latest, *, wanted: frozenset[str] | None, when: _When,
+    last_n: int | None, cap: int, values_form: bool, context: ld.Context,
+) -> tuple[dict[str, Any], str | None]:
+    """The temporal representation of one live series: (body, Content-Range if cut)."""
     vehicle = latest.measurement == "Vehicle"
     shown = ld.attribute_values(latest)
     fields = [
@@ -135,7 +146,7 @@ async def retrieve_temporal(
     ]
     body: dict[str, Any] = {
         "id": ld.entity_id(latest.measurement, latest.gateway, latest.device, latest.tags),
-        "type": latest.measurement,
+        "type": context.compact(latest.measurement),
     }
     partial: str | None = None
     if fields:
@@ -145,20 +156,136 @@ async def retrieve_temporal(
             tags.setdefault(key, "")  # a tagless series, not its tagged siblings
         statement = select_entity_history(
             measurement=latest.measurement, gateway=latest.gateway, device=latest.device,
-            tags=tags, fields=fields, last=lastN, limit=cap + 1, **when,
+            tags=tags, fields=fields, last=last_n, limit=cap + 1, **when,
         )
         series = await services.influx.query(statement)
         rows = [row for s in series for row in s.values]
-        if lastN:
+        if last_n:
             rows.reverse()
         elif len(rows) > cap:
             rows = rows[:cap]
             partial = f"date-time {iso(int(rows[0][0]))}-{iso(int(rows[-1][0]))}/{cap}"
         columns = series[0].columns if series else ["time", *fields]
-        body.update(_temporal_attributes(latest, columns, rows, values_form))
+        attributes = _temporal_attributes(latest, columns, rows, values_form)
+        body.update({context.compact(k): v for k, v in attributes.items()})
+    return body, partial
+
+
+def _options(options: str | None) -> tuple[bool, bool]:
+    """(temporalValues, count): ``options=count`` is read as ``count=true`` (older clients)."""
+    given = [o.strip() for o in (options or "").split(",") if o.strip()]
+    counted = "count" in given
+    rest = ",".join(o for o in given if o != "count")
+    return _temporal_options(rest or None), counted
+
+
+@router.get("/temporal/entities/{entityId}", response_model=None,
+            responses=ngsi_responses("Temporal representation of an entity"),
+            summary="Temporal evolution of one entity (NGSI-LD 5.7.3) from InfluxDB history")
+async def retrieve_temporal(
+    request: Request,
+    services: ServicesDep,
+    _caller: Viewer,
+    media: Media,
+    context: ContextDep,
+    entityId: EntityIdPath,
+    timerel: Annotated[Literal["before", "after", "between"] | None, Query()] = None,
+    timeAt: Annotated[dt.datetime | None, Query()] = None,
+    endTimeAt: Annotated[dt.datetime | None, Query()] = None,
+    attrs: AttrsQuery = None,
+    lastN: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    options: OptionsQuery = None,
+    local: bool = False,
+) -> Response:
+    _check_temporal(request, _ONE_PARAMS)
+    values_form, _ = _options(options)
+    wanted = wanted_attrs(attrs, context)
+    when = _when(timerel, timeAt, endTimeAt)
+    if not URI.fullmatch(entityId):
+        raise ld.BadRequestData("entityId must be a URI", parameter="entityId")
+    latest = lookup(services, entityId)
+    if latest is None:
+        raise ld.ResourceNotFound(f"no entity {entityId!r} in the live state",
+                                  parameter="entityId")
+    cap = services.settings.max_points
+    if lastN is not None and lastN > cap:
+        raise ld.BadRequestData(f"lastN must be at most {cap}", parameter="lastN")
+    body, partial = await _temporal_entity(
+        services, latest, wanted=wanted, when=when, last_n=lastN, cap=cap,
+        values_form=values_form, context=context)
     status = 206 if partial else 200
-    return respond(request, body, media, status=status,
+    return respond(request, body, media, status=status, context_url=context.url,
                    headers={"Content-Range": partial} if partial else None)
+
+
+@router.get("/temporal/entities", response_model=None,
+            responses=ngsi_responses("Temporal representations of entities"),
+            summary="Query the temporal evolution of entities (NGSI-LD 5.7.4) from InfluxDB")
+async def query_temporal(
+    request: Request,
+    services: ServicesDep,
+    _caller: Viewer,
+    media: Media,
+    context: ContextDep,
+    id: Annotated[str | None, Query(max_length=20_000)] = None,
+    idPattern: Annotated[str | None, Query(max_length=1000)] = None,
+    type: TypeQuery = None,
+    attrs: AttrsQuery = None,
+    q: Annotated[str | None, Query(max_length=4000)] = None,
+    georel: Annotated[str | None, Query(max_length=200)] = None,
+    geometry: Annotated[str | None, Query(max_length=50)] = None,
+    coordinates: Annotated[str | None, Query(max_length=200)] = None,
+    geoproperty: Annotated[str | None, Query(max_length=200)] = None,
+    timerel: Annotated[Literal["before", "after", "between"] | None, Query()] = None,
+    timeAt: Annotated[dt.datetime | None, Query()] = None,
+    endTimeAt: Annotated[dt.datetime | None, Query()] = None,
+    lastN: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_TEMPORAL_LIMIT)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    count: bool = False,
+    options: OptionsQuery = None,
+    local: bool = False,
+) -> Response:
+    _check_temporal(request, _QUERY_PARAMS)
+    values_form, counted = _options(options)
+    count = count or counted
+    if timerel is None:
+        raise ld.BadRequestData("a temporal query needs timerel and timeAt (clause 5.7.4)",
+                                parameter="timerel")
+    when = _when(timerel, timeAt, endTimeAt)
+    sel = Selection(
+        ids=parse_ids(id), pattern=id_pattern(idPattern), types=parse_types(type, context),
+        wanted=wanted_attrs(attrs, context),
+        query=parse_q(q, context) if q is not None else None,
+        geo=parse_georel(georel, geometry, coordinates),
+        geoproperty=context.expand(geoproperty) if geoproperty is not None else None,
+    )
+    if sel.types is None and sel.ids is None and sel.wanted is None:
+        raise ld.BadRequestData("a temporal query needs type, id or attrs (clause 5.7.4)",
+                                parameter="type")
+    if limit == 0 and not count:
+        raise ld.BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
+    matched = select(services, sel)
+    page = matched[offset: offset + limit]
+    cap = services.settings.max_points
+    if lastN is not None and lastN > cap:
+        raise ld.BadRequestData(f"lastN must be at most {cap}", parameter="lastN")
+    share = max(1, cap // max(1, len(page)))  # the page shares the point budget
+    body = []
+    partial: str | None = None
+    for _, latest in page:
+        one, cut = await _temporal_entity(
+            services, latest, wanted=sel.wanted, when=when,
+            last_n=min(lastN, share) if lastN else None, cap=share, values_form=values_form,
+            context=context)
+        body.append(one)
+        partial = partial or cut
+    headers = {"NGSILD-Results-Count": str(len(matched))} if count else {}
+    headers.update(page_links(request, offset, limit, len(matched)))
+    if partial:
+        headers["Content-Range"] = partial
+    return respond(request, body, media, status=206 if partial else 200, headers=headers,
+                   context_url=context.url)
 
 
 def _temporal_attributes(latest: Latest, columns: list[str], rows: list[list[Any]],

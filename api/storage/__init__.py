@@ -18,6 +18,9 @@ from api.storage._db import (
 from api.storage._history import HistoryOut, Point, read_series
 from api.storage._influx import InfluxClient, Series, influx_verify
 from api.storage._queries import (
+    FieldCondition,
+    FieldFilter,
+    ObservationQuery,
     SeriesQuery,
     quote_ident,
     quote_string,
@@ -36,8 +39,11 @@ __all__ = [
     "AlertRule",
     "ApiKey",
     "Database",
+    "FieldCondition",
+    "FieldFilter",
     "HistoryOut",
     "InfluxClient",
+    "ObservationQuery",
     "Point",
     "Series",
     "SeriesQuery",

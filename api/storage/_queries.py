@@ -20,6 +20,8 @@ values), hence the explicit quoting.
     select_latest(m, window, n)      warm-up                        newest point per series
     SeriesQuery.render()             /v1/history, resources         one field, raw or windowed
     select_entity_history(...)       NGSI-LD temporal               fields of one series
+    ObservationQuery.render()        SensorThings Observations      one field of one series,
+                                                                    filtered, paged, counted
     select_completeness(...)         completeness, gap repair       bookkeeping per gateway
     select_previous_max_seq(...)     gap repair                     where a hole may start
     select_present_seqs(...)         gap repair                     the seqs of one gateway
@@ -37,6 +39,9 @@ from telemetry import BOOKKEEPING_MEASUREMENT, ID_RE, NAME_RE, completeness_quer
 
 __all__ = [
     "DURATION_RE",
+    "FieldCondition",
+    "FieldFilter",
+    "ObservationQuery",
     "SeriesQuery",
     "quote_ident",
     "quote_string",
@@ -204,6 +209,95 @@ def select_entity_history(
     order = (f"ORDER BY time DESC LIMIT {int(last)}" if last
              else f"ORDER BY time ASC LIMIT {int(limit)}")
     return f"SELECT {select} FROM {quote_ident(measurement)} WHERE {where} {order}"  # noqa: S608
+
+
+# -- SensorThings Observations ---------------------------------------------------------------
+
+_COMPARISONS: Final = frozenset({"=", "!=", ">", ">=", "<", "<="})
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCondition:
+    """``<field> <op> <value>``: the value a number, a string or a boolean."""
+
+    op: str
+    value: float | str | bool
+
+    def render(self, field: str) -> str:
+        if self.op not in _COMPARISONS:
+            raise ValueError(f"comparison {self.op!r} is not one of {sorted(_COMPARISONS)}")
+        value = self.value
+        if isinstance(value, bool):
+            literal = "true" if value else "false"
+        elif isinstance(value, int | float):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError("a field condition needs a finite number")
+            literal = repr(number)
+        else:
+            literal = quote_string(str(value))
+        return f"{quote_ident(field)} {self.op} {literal}"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldFilter:
+    """Conditions on the field joined by ``AND`` or ``OR`` (nested; depth and size are
+    bounded by the caller)."""
+
+    join: str
+    items: tuple[FieldFilter | FieldCondition, ...]
+
+    def render(self, field: str) -> str:
+        if self.join not in ("AND", "OR") or not self.items:
+            raise ValueError("a field filter joins one or more items with AND or OR")
+        return "(" + f" {self.join} ".join(item.render(field) for item in self.items) + ")"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ObservationQuery:
+    """One field of exactly one series (every tag given; ``""`` for a tag it lacks), with
+    time bounds (``(op, ns)``, ANDed: InfluxQL has no OR on time) and a value filter;
+    newest or oldest first, ``LIMIT``/``OFFSET``; or its ``count``."""
+
+    measurement: str
+    gateway: str
+    device: str
+    tags: Mapping[str, str]
+    field: str
+    times: Sequence[tuple[str, int]] = ()
+    value: FieldFilter | FieldCondition | None = None
+    descending: bool = False
+    limit: int = 100
+    offset: int = 0
+
+    def _where(self) -> str:
+        where = (f'"gateway" = {quote_string(_check(ID_RE, self.gateway, "gateway"))} AND '
+                 f'"device" = {quote_string(_check(ID_RE, self.device, "device"))}')
+        for key, value in sorted(self.tags.items()):
+            where += f" AND {quote_ident(_check(NAME_RE, key, 'tag'))} = {quote_string(value)}"
+        for op, ns in self.times:
+            if op not in _COMPARISONS - {"!="}:  # "=": one instant
+                raise ValueError(f"time comparison {op!r}")
+            where += f" AND time {op} {int(ns)}"
+        if self.value is not None:
+            where += " AND " + self.value.render(_check(NAME_RE, self.field, "field"))
+        return where
+
+    def render(self) -> str:
+        _check(NAME_RE, self.measurement, "measurement")
+        field = quote_ident(_check(NAME_RE, self.field, "field"))
+        order = "DESC" if self.descending else "ASC"
+        limit, offset = _positive(int(self.limit), "limit"), int(self.offset)
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        return (f"SELECT {field} FROM {quote_ident(self.measurement)} "  # noqa: S608
+                f"WHERE {self._where()} ORDER BY time {order} LIMIT {limit} OFFSET {offset}")
+
+    def render_count(self) -> str:
+        _check(NAME_RE, self.measurement, "measurement")
+        field = quote_ident(_check(NAME_RE, self.field, "field"))
+        return (f'SELECT count({field}) AS "count" FROM '  # noqa: S608
+                f"{quote_ident(self.measurement)} WHERE {self._where()}")
 
 
 # -- ingest bookkeeping: completeness and gap repair ------------------------------------------

@@ -11,7 +11,11 @@ Each case was measured on the API before it was bounded:
 - random API keys each reached the database before the failed-authentication limiter;
 - one key could open any number of live streams;
 - ``?key=`` on the WebSocket put keys into proxy logs, and ``/docs`` loaded Swagger UI from a
-  CDN without integrity.
+  CDN without integrity;
+- the standards' query languages (issue 18): a SensorThings ``$expand`` of Observations
+  over every Datastream would run one InfluxDB query per Datastream; deep or long
+  ``$filter``/``$expand`` trees, an NGSI-LD ``Link`` naming any URL (a fetch would be SSRF)
+  and a multi-megabyte POST ``Query`` body are refused at once.
 """
 
 from __future__ import annotations
@@ -399,7 +403,8 @@ def test_many_keys_together_hold_a_bounded_number_of_streams_per_process(
         with connect(url, additional_headers=operator) as extra:
             with pytest.raises(ConnectionClosedError, match="stream_max_total") as closed:
                 extra.recv(timeout=5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013
         sse = httpx.get(f"{stack.url}/v1/stream/sse", headers=operator, timeout=5)
         assert sse.status_code == 503
         assert sse.headers["retry-after"] == "10"
@@ -430,3 +435,86 @@ def test_keys_stay_out_of_websocket_urls_and_docs_load_nothing_from_a_cdn(
     assert httpx.get(f"{stack.url}/openapi.json").status_code == 200
     with_docs = make_stack(openapi_docs=True)
     assert httpx.get(f"{with_docs.url}/docs").status_code == 200
+
+
+# -- 7. the standards' query languages -----------------------------------------------------------
+
+
+def test_sta_expansion_of_every_observation_is_refused_by_the_query_budget(
+    make_stack: Callable[..., ApiStack], publisher_for: Callable[[ApiStack], Publisher],
+) -> None:
+    stack = make_stack()
+    pub = publisher_for(stack)
+    devices = [f"loop-{i}" for i in range(30)]  # 30 devices x 2 fields = 60 Datastreams
+    pub.readings(HONEST, [Reading(device=d, measurement="TrafficFlowObserved",
+                                  ts=time.time_ns(), fields={"intensity": 1.0,
+                                                             "averageVehicleSpeed": 2.0})
+                          for d in devices])
+    wait_until(lambda: len(stack.server.services.live) == len(devices))
+    client = httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys["viewer"]},
+                          timeout=5.0)
+    with client:
+        start = time.monotonic()
+        response = client.get("/sta/v1.1/Things", params={
+            "$expand": "Datastreams($top=1000;$expand=Observations)"})
+        assert time.monotonic() - start < 2.0
+        assert response.status_code == 400, response.text
+        assert "InfluxDB queries" in response.json()["detail"]
+        # A bounded expansion of the same data is answered.
+        fine = client.get("/sta/v1.1/Things", params={
+            "$expand": "Datastreams($top=10;$expand=Observations($top=1))"})
+        assert fine.status_code == 200, fine.text
+        assert len(fine.json()["value"][0]["Datastreams"]) == 10
+
+
+def test_query_language_bombs_are_refused_at_once(make_stack: Callable[..., ApiStack]) -> None:
+    stack = make_stack()
+    client = httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys["viewer"]},
+                          timeout=5.0)
+    bombs: list[tuple[str, dict[str, str], int]] = [
+        ("/sta/v1.1/Things", {"$filter": "(" * 400 + "name eq 'a'" + ")" * 400}, 400),
+        ("/sta/v1.1/Things", {"$filter": " or ".join(["not name eq 'a'"] * 60)}, 400),
+        ("/sta/v1.1/Things", {"$expand": "Datastreams(" * 50 + ")" * 50}, 400),
+        ("/sta/v1.1/Things", {"$top": "9" * 12}, 400),
+        ("/ngsi-ld/v1/entities", {"type": ",".join(["T"] * 500)}, 403),
+        ("/ngsi-ld/v1/entities", {"q": ";".join(["a==1"] * 100)}, 403),
+    ]
+    with client:
+        for path, params, status in bombs:
+            start = time.monotonic()
+            response = client.get(path, params=params)
+            assert time.monotonic() - start < 1.0, params
+            assert response.status_code == status, (params, response.text)
+        # A Link header is never dereferenced: an internal address is refused, not fetched.
+        start = time.monotonic()
+        ssrf = client.get("/ngsi-ld/v1/entities", params={"type": "Vehicle"}, headers={
+            "Link": '<http://169.254.169.254/latest/meta-data/>; '
+                    'rel="http://www.w3.org/ns/json-ld#context"'})
+        assert time.monotonic() - start < 1.0
+        assert ssrf.status_code == 503
+        assert ssrf.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/LdContextNotAvailable"
+        # A POST Query body is read only up to its cap (32 KiB), whatever it claims.
+        def body() -> Iterator[bytes]:
+            yield b'{"type": "Query", "q": "'
+            for _ in range(10_000):
+                yield b"a" * 1024
+        big = client.post("/ngsi-ld/v1/entityOperations/query", content=body(),
+                          headers={"Content-Type": "application/json"})
+        assert big.status_code == 403, big.text
+        assert big.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/TooComplexQuery"
+
+
+def test_a_rate_limited_ngsi_ld_client_gets_an_etsi_problem(
+    make_stack: Callable[..., ApiStack],
+) -> None:
+    stack = make_stack(rate_limit_per_s=0.01, rate_limit_burst=2)
+    client = httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys["viewer"]},
+                          timeout=5.0)
+    with client:
+        answers = [client.get("/ngsi-ld/v1/types") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    limited = answers[-1]
+    assert limited.headers["retry-after"]
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest"
+    assert limited.json()["status"] == 429

@@ -10,36 +10,27 @@ body is validated against a JSON Schema transcribed from the ETSI NGSI-LD OpenAP
 from __future__ import annotations
 
 import re
-import time
-import uuid
 from typing import Any
 from urllib.parse import quote
 
 import jsonschema_rs
 import pytest
-from api_helpers import ApiStack, Publisher, device, wait_until
+from api_helpers import ApiStack
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from standards_city import ALL, AQ, BUS, LANE1, LANE2, MIN, NOISE, PARK, TYPES, load_city
 
 from api._params import iso
 from api.standards import _ngsild as ngsild
+from api.standards import _ngsild_http as ngsild_http
 from api.standards import _ngsild_query as ngsild_query
-from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
-from telemetry import Reading
 
 pytestmark = pytest.mark.integration
 
 BASE = "/ngsi-ld/v1"
 LD = "application/ld+json"
 ERR = "https://uri.etsi.org/ngsi-ld/errors/"
-AQ = "urn:ngsi-ld:AirQualityObserved:ngsi-gw1:aq-1"
-LANE1 = "urn:ngsi-ld:TrafficFlowObserved:ngsi-gw1:loop-3:lane=1"
-LANE2 = "urn:ngsi-ld:TrafficFlowObserved:ngsi-gw1:loop-3:lane=2"
-PARK = "urn:ngsi-ld:OffStreetParking:ngsi-gw1:park-1"
-BUS = "urn:ngsi-ld:Vehicle:ngsi-gw2:bus%3A7"  # the device id "bus:7" holds a colon
-NOISE = "urn:ngsi-ld:NoiseLevelObserved:ngsi-gw1:noise-1"
-ALL = {AQ, LANE1, LANE2, PARK, BUS, NOISE}
-_MIN = 60 * 10**9
+_MIN = MIN
 
 # RFC 8141: "urn:" NID ":" NSS, NSS = pchar *(pchar / "/").
 URN = re.compile(
@@ -97,60 +88,10 @@ def _problem(response: Any, status: int, error: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def city(api_stack: ApiStack) -> dict[str, int]:
-    """Births and readings of two gateways, through the real ingest and the API's live state.
-
-    Returns the device timestamps (ns) of the latest readings by entity id.
-    """
-    config = IngestConfig(
-        mqtt=MqttConfig(host=api_stack.mosquitto.host, port=api_stack.mosquitto.port,
-                        topic_root=api_stack.root, client_id=f"ingest-{uuid.uuid4().hex[:6]}",
-                        group=f"g{uuid.uuid4().hex[:6]}"),
-        influx=InfluxConfig(url=api_stack.influxd.url, database=api_stack.database),
-    )
-    pub = Publisher(api_stack.mosquitto, api_stack.root)
-    now = time.time_ns() // 10**6 * 10**6  # ms: what observedAt can carry
-    try:
-        with WorkerThread(config):
-            pub.birth("ngsi-gw1", [
-                device("aq-1", "air", area="centre", lat=59.9139, lon=10.7522),
-                device("loop-3", "loop", area="ring", lat=59.9200, lon=10.7600),
-                device("park-1", "parking", area="centre", lat=59.9500, lon=10.8000),
-                device("noise-1", "noise", area="harbour", lat=59.9000, lon=10.7300),
-            ])
-            pub.birth("ngsi-gw2", [device("bus:7", "gps")])
-            # Ten minutes of air quality; the last one is the live state.
-            pub.readings("ngsi-gw1", [
-                Reading(device="aq-1", measurement="AirQualityObserved", ts=now - (9 - i) * _MIN,
-                        fields={"pm25": 10.0 + i, "no2": 30.0, "temperature": 21.5})
-                for i in range(10)
-            ])
-            pub.readings("ngsi-gw1", [
-                Reading(device="loop-3", measurement="TrafficFlowObserved", ts=now,
-                        fields={"intensity": 540.0, "averageVehicleSpeed": 43.5,
-                                "occupancy": 0.21, "vehicleCount": 9}, tags={"lane": "1"}),
-                Reading(device="loop-3", measurement="TrafficFlowObserved", ts=now,
-                        fields={"intensity": 820.0, "averageVehicleSpeed": 18.0,
-                                "occupancy": 0.55, "vehicleCount": 14}, tags={"lane": "2"}),
-                Reading(device="park-1", measurement="OffStreetParking", ts=now,
-                        fields={"availableSpotNumber": 40, "totalSpotNumber": 200,
-                                "occupancy": 0.8}),
-                Reading(device="noise-1", measurement="NoiseLevelObserved", ts=now,
-                        fields={"LAeq": 64.5, "LAmax": 80.1, "LA90": 50.0}),
-            ])
-            pub.reading("ngsi-gw2", "bus:7", "Vehicle",
-                        {"latitude": 59.9300, "longitude": 10.7000, "speed": 31.0,
-                         "heading": 270.0, "routeId": "31", "passengerCount": 12}, ts=now)
-            wait_until(lambda: len(_ids(api_stack, {"type": ",".join(_TYPES)})) == len(ALL),
-                       timeout=20)
-            wait_until(lambda: api_stack.influxd.count(
-                api_stack.database, "AirQualityObserved", "pm25") == 10, timeout=20)
-    finally:
-        pub.close()
-    return dict.fromkeys(ALL, now)
+    return load_city(api_stack)
 
 
-_TYPES = ("AirQualityObserved", "TrafficFlowObserved", "OffStreetParking", "Vehicle",
-          "NoiseLevelObserved")
+_TYPES = TYPES
 
 
 def _get(stack: ApiStack, path: str, role: str | None = "viewer", **kwargs: Any) -> Any:
@@ -469,10 +410,190 @@ def test_q_accept_and_georel_parsers_answer_or_refuse_cleanly(text: str) -> None
     for parse in (ngsild_query.parse_q, ngsild.negotiate,
                   lambda t: ngsild_query.parse_georel(t, "Point", "[1,1]"),
                   lambda t: ngsild_query.parse_georel("near;maxDistance==1", "Point", t),
-                  ngsild.parse_entity_id):
+                  ngsild.parse_entity_id, ngsild_http.link_contexts,
+                  lambda t: ngsild.Context.choose([t], "http://h/ngsi-ld/v1/context.jsonld")):
         status = 200
         try:
             parse(text)
+        except ngsild.LdContextNotAvailable:
+            status = 400  # 503 by the spec: a context this server does not use
         except ngsild.NgsiLdError as exc:
             status = exc.status_code
         assert 200 <= status < 500
+
+
+# Conformance found by driving the API with ngsildclient (issue 18).
+
+CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.7.jsonld"
+
+
+def _link(url: str) -> dict[str, str]:
+    return {"Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; '
+                    'type="application/ld+json"'}
+
+
+def test_every_error_under_ngsi_ld_is_an_etsi_problem(
+    api_stack: ApiStack, city: dict[str, int]
+) -> None:
+    client = api_stack.client("viewer")
+    _problem(client.get(BASE + "/nothing/here"), 404, "ResourceNotFound")
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        for path in ("/entities", "/entities/", f"/entities/{quote(AQ, safe='')}",
+                     "/subscriptions"):
+            response = client.request(method, BASE + path, json={}, follow_redirects=False)
+            body = _problem(response, 405, "OperationNotSupported")
+            assert response.headers["allow"] == "GET", (method, path)
+            assert body["status"] == 405
+    for method in ("GET", "PUT"):
+        response = client.request(method, BASE + "/entityOperations/query")
+        _problem(response, 405, "OperationNotSupported")
+        assert response.headers["allow"] == "POST"
+    anonymous = _problem(_get(api_stack, "/entities", role=None, params={"type": "Vehicle"}),
+                         401, "InvalidRequest")
+    assert anonymous["status"] == 401
+    _problem(api_stack.client(None).get(BASE + "/entities",
+                                        headers={"X-API-Key": "sck_wrong"}), 401,
+             "InvalidRequest")
+    _problem(_get(api_stack, "/temporal/entities/x", params={"lastN": "0"}), 400,
+             "BadRequestData")
+    _problem(_get(api_stack, "/entities", params={"type": "Vehicle"},
+                  headers={"NGSILD-Tenant": "other"}), 501, "NoMultiTenantSupport")
+    # The platform's own errors keep their types.
+    assert api_stack.get("/v1/nothing").json()["type"].startswith("urn:smartcity:problem:")
+
+
+def test_core_terms_expand_per_the_core_context(api_stack: ApiStack,
+                                                city: dict[str, int]) -> None:
+    location = "https://uri.etsi.org/ngsi-ld/location"
+    attributes = {a["attributeName"]: a for a in _get(api_stack, "/attributes",
+                                                      params={"details": "true"}).json()}
+    assert attributes["location"]["id"] == location
+    assert attributes["pm25"]["id"] == "https://smartdatamodels.org/dataModel.Environment/pm25"
+    info = _get(api_stack, "/types/Vehicle").json()
+    assert {a["attributeName"]: a["id"] for a in info["attributeDetails"]}["location"] == location
+    assert _ids(api_stack, {"attrs": location}) == ALL
+    assert _ids(api_stack, {"attrs": "https://uri.etsi.org/ngsi-ld/default-context/location"}) \
+        == set()
+
+
+def test_full_iris_in_type_and_attribute_paths(api_stack: ApiStack,
+                                               city: dict[str, int]) -> None:
+    vehicle = "https://smartdatamodels.org/dataModel.Transportation/Vehicle"
+    for path in (quote(vehicle, safe=""), vehicle):
+        response = _get(api_stack, f"/types/{path}")
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["typeName"] == "Vehicle"
+    occupancy = "https://smartdatamodels.org/dataModel.Transportation/occupancy"
+    response = _get(api_stack, f"/attributes/{quote(occupancy, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["attributeName"] == "occupancy"
+    location = _get(api_stack, "/attributes/" + quote("https://uri.etsi.org/ngsi-ld/location",
+                                                      safe="")).json()
+    assert location["attributeCount"] == len(ALL)
+    _problem(_get(api_stack, "/types/" + quote("https://example.org/Vehicle", safe="")), 404,
+             "ResourceNotFound")
+
+
+def test_the_link_header_context_is_used_or_refused(api_stack: ApiStack,
+                                                    city: dict[str, int]) -> None:
+    own = _get(api_stack, "/entities", params={"type": "Vehicle"}).headers["link"]
+    own_url = own[1:own.index(">")]
+    same = _get(api_stack, "/entities", params={"type": "Vehicle"}, headers=_link(own_url))
+    assert same.json()[0]["speed"]["value"] == 31.0
+    assert same.headers["link"] == own
+    # Core context alone: this API's terms are full IRIs, in and out; core terms stay terms.
+    core = _get(api_stack, "/entities", headers=_link(CORE),
+                params={"type": "https://smartdatamodels.org/dataModel.Transportation/Vehicle"})
+    assert core.status_code == 200, core.text
+    assert core.headers["link"].startswith(f"<{CORE}>")
+    (bus,) = core.json()
+    assert bus["type"] == "https://smartdatamodels.org/dataModel.Transportation/Vehicle"
+    assert bus["https://smartdatamodels.org/dataModel.Transportation/speed"]["value"] == 31.0
+    assert "location" in bus
+    assert "speed" not in bus
+    # Under the core context "Vehicle" is default-context/Vehicle: not this API's type.
+    assert _get(api_stack, "/entities", headers=_link(CORE),
+                params={"type": "Vehicle"}).json() == []
+    types = _get(api_stack, "/types", headers=_link(CORE)).json()
+    assert "https://smartdatamodels.org/dataModel.Transportation/Vehicle" in types["typeList"]
+    body = _problem(_get(api_stack, "/entities", params={"type": "Vehicle"},
+                         headers=_link("https://example.org/ctx.jsonld")), 503,
+                    "LdContextNotAvailable")
+    assert "fetches no remote" in body["detail"]
+    _problem(_get(api_stack, "/entities", params={"type": "Vehicle"},
+                  headers={"Link": "<unterminated"}), 400, "BadRequestData")
+
+
+def test_entity_paging_links_and_post_query(api_stack: ApiStack, city: dict[str, int]) -> None:
+    first = _get(api_stack, "/entities", params={"type": ",".join(_TYPES), "limit": 4})
+    assert 'rel="next"' in first.headers["link"]
+    nxt = re.search(r'<([^>]+)>; rel="next"', first.headers["link"])
+    assert nxt is not None
+    second = api_stack.client("viewer").get(nxt.group(1))
+    assert [e["id"] for e in first.json() + second.json()] == sorted(ALL)
+    client = api_stack.client("viewer")
+    post = client.post(BASE + "/entityOperations/query", params={"count": "true"}, json={
+        "type": "Query", "entities": [{"type": "TrafficFlowObserved"}],
+        "attrs": ["averageVehicleSpeed"], "q": "averageVehicleSpeed<30"})
+    assert post.status_code == 200, post.text
+    assert [e["id"] for e in post.json()] == [LANE2]
+    assert set(post.json()[0]) == {"id", "type", "averageVehicleSpeed"}
+    assert post.headers["NGSILD-Results-Count"] == "1"
+    geo = client.post(BASE + "/entityOperations/query", json={
+        "type": "Query", "geoQ": {"georel": "near;maxDistance==100", "geometry": "Point",
+                                  "coordinates": [10.7522, 59.9139]}})
+    assert [e["id"] for e in geo.json()] == [AQ]
+    inline = client.post(BASE + "/entityOperations/query",
+                         headers={"Content-Type": LD},
+                         content=b'{"type": "Query", "entities": [{"type": '
+                                 b'"https://smartdatamodels.org/dataModel.Parking/'
+                                 b'OffStreetParking"}], "@context": "' + CORE.encode() + b'"}')
+    assert [e["id"] for e in inline.json()] == [PARK]
+    for body, status, error in (
+        ({"type": "Subscription"}, 400, "BadRequestData"),
+        ({"type": "Query", "temporalQ": {}}, 422, "OperationNotSupported"),
+        ({"type": "Query", "entities": [{"id": AQ}]}, 400, "BadRequestData"),
+        ({"type": "Query", "entities": [{"type": "Vehicle"}] * 101}, 400, "BadRequestData"),
+        ({"type": "Query", "attrs": "speed"}, 400, "BadRequestData"),
+        ({"type": "Query", "bogus": 1}, 400, "BadRequestData"),
+        ({"type": "Query", "q": "a==1;" * 40 + "a==1"}, 403, "TooComplexQuery"),
+    ):
+        _problem(client.post(BASE + "/entityOperations/query", json=body), status, error)
+    _problem(client.post(BASE + "/entityOperations/query", content=b"{",
+                         headers={"Content-Type": "application/json"}), 400, "InvalidRequest")
+    _problem(client.post(BASE + "/entityOperations/query", content=b"x" * 40_000,
+                         headers={"Content-Type": "application/json"}), 403, "TooComplexQuery")
+
+
+def test_temporal_query_of_entities(api_stack: ApiStack, city: dict[str, int]) -> None:
+    now = city[AQ]
+    since = {"timerel": "after", "timeAt": iso(now - 30 * _MIN)}
+    body = _get(api_stack, "/temporal/entities",
+                params={"type": "AirQualityObserved", "attrs": "pm25", **since}).json()
+    assert [e["id"] for e in body] == [AQ]
+    assert [i["value"] for i in body[0]["pm25"]] == [10.0 + i for i in range(10)]
+    bus = _get(api_stack, "/temporal/entities", params={
+        "type": "Vehicle", "attrs": "location", "lastN": 2, **since,
+        "options": "temporalValues"}).json()
+    assert [p["coordinates"] for p, _t in bus[0]["location"]["values"]] == [
+        [10.702, 59.929], [10.7, 59.93]]
+    q = _get(api_stack, "/temporal/entities", params={
+        "type": "TrafficFlowObserved", "q": "averageVehicleSpeed<30",
+        "attrs": "averageVehicleSpeed", **since}).json()
+    assert [e["id"] for e in q] == [LANE2]
+    paged = _get(api_stack, "/temporal/entities", params={
+        "type": "TrafficFlowObserved", "limit": 1, "count": "true", **since})
+    assert paged.headers["NGSILD-Results-Count"] == "2"
+    assert 'rel="next"' in paged.headers["link"]
+    between = _get(api_stack, "/temporal/entities", params={
+        "id": AQ, "attrs": "pm25", "timerel": "between", "timeAt": iso(now - 5 * _MIN),
+        "endTimeAt": iso(now - 2 * _MIN)}).json()
+    assert [i["value"] for i in between[0]["pm25"]] == [14.0, 15.0, 16.0]
+    for params, status, error in (
+        ({"type": "Vehicle"}, 400, "BadRequestData"),
+        ({"timerel": "after", "timeAt": iso(now)}, 400, "BadRequestData"),
+        ({"type": "Vehicle", "pageSize": 10, **since}, 400, "BadRequestData"),
+        ({"type": "Vehicle", "limit": 101, **since}, 400, "BadRequestData"),
+        ({"type": "Vehicle", "aggrMethods": "sum", **since}, 422, "OperationNotSupported"),
+    ):
+        _problem(_get(api_stack, "/temporal/entities", params=params), status, error)
