@@ -89,10 +89,10 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
-    add_problem_handlers(app)
+    add_problem_handlers(app, dialects=standards.problem_dialects)
     for router in (routes.inventory, routes.history, routes.transport, standards.gtfs_rt,
                    routes.resources, routes.stream, routes.alerts, routes.admin, routes.meta,
-                   *standards.ngsild):
+                   standards.sta, *standards.ngsild):
         app.include_router(router)
     mount_dashboard(app, settings)  # the operator dashboard (api/dashboard/)
     app.add_middleware(_MetricsMiddleware, metrics=services.metrics)

@@ -6,6 +6,7 @@
     ├── InfluxClient           history, warm-up, completeness
     ├── BrokerLink             foundation.mqtt session ─▶ handle(topic, payload) (api.state)
     │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
+    ├── Schedule               GTFS timetable (gtfs_static_path), vehicles' adherence to it
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
           ├── .gap-repair      missing batches -> ``resend`` to their gateway (api.state)
@@ -47,7 +48,10 @@ from api.state import (
     Latest,
     LiveState,
     Rule,
+    Schedule,
+    ScheduleCollector,
     completeness_of,
+    load_gtfs,
     prepare_broker,
 )
 from api.storage import (
@@ -105,7 +109,8 @@ class _GatewayEvent(msgspec.Struct):
 
 def prepare_connections(settings: ApiSettings) -> None:
     """Prepare every connection as start-up does before connecting: the broker's TLS context
-    and password file (``mqtt.*``), InfluxDB's TLS context (``influx_*``). Raise
+    and password file (``mqtt.*``), InfluxDB's TLS context (``influx_*``), the GTFS feed
+    (``gtfs_static_path``). Raise
     :class:`ConfigError` naming the key and the file. ``api check-config`` runs it."""
     prepare_broker(settings.mqtt)
     influx_verify(
@@ -113,6 +118,25 @@ def prepare_connections(settings: ApiSettings) -> None:
         ca_file=settings.influx_ca_file,
         cert_file=settings.influx_cert_file,
         key_file=settings.influx_key_file,
+    )
+    load_schedule(settings)
+
+
+def load_schedule(settings: ApiSettings) -> Schedule:
+    """The timetable of ``gtfs_static_path`` (none when unset); raise :class:`ConfigError`
+    (a ``GtfsFeedError`` naming the file, line and column) when the feed cannot be used."""
+    feed = None
+    if settings.gtfs_static_path is not None:
+        feed = load_gtfs(
+            settings.gtfs_static_path,
+            max_bytes=settings.gtfs_max_bytes,
+            max_unpacked_bytes=settings.gtfs_max_unpacked_bytes,
+        )
+    return Schedule(
+        feed,
+        late_threshold_s=settings.late_threshold_s,
+        bunched_ratio=settings.bunched_ratio,
+        off_route_m=settings.gtfs_off_route_m,
     )
 
 
@@ -140,6 +164,10 @@ class Services:
             min_hold_s=settings.alert_min_hold_s,
             on_held=self.metrics.alert_transitions_held.inc,
         )
+        #: The GTFS timetable (``gtfs_static_path``, read and validated here: a bad feed
+        #: stops the start with a ConfigError) and the schedule adherence computed against it.
+        self.schedule = load_schedule(settings)
+        self.metrics.registry.register(ScheduleCollector(self.schedule, self.live))
         self.influx = InfluxClient.from_settings(settings)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
         self.repair: GapRepair | None = None

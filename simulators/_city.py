@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from simulators._scenario import DEVICE_KINDS, DeviceKind, Scenario
+from simulators._timetable import BusState, Timetable
 from telemetry import MEASUREMENTS
 from telemetry import FieldSpec as VocabField
 
@@ -272,6 +273,8 @@ class Routes:
     seg_heading: F64  # degrees, forward direction
     route_first_seg: I64
     route_nseg: I64
+    #: Per route, the intersections (road nodes) it runs through, in forward order: its stops.
+    route_nodes: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(slots=True)
@@ -422,6 +425,7 @@ def _build_routes(scenario: Scenario, roads: RoadNetwork) -> Routes:
         ),
         route_first_seg=np.array(first, dtype=np.int64),
         route_nseg=np.array(nseg, dtype=np.int64),
+        route_nodes=tuple(tuple(p) for p in paths),
     )
 
 
@@ -594,10 +598,14 @@ class City:
         self._link_noise = np.zeros(roads.links)
         self._last_t: int | None = None
         k = self.layout.kinds
-        self._bus_s = (
-            np.asarray(k["bus"].attrs["s0"], dtype=np.float64).copy() if "bus" in k else np.zeros(0)
+        #: The buses' timetable and recorded delays (``None`` without buses).
+        self.timetable: Timetable | None = (
+            Timetable(self.layout, demand=lambda h, w: float(traffic_profile(h, w)))
+            if "bus" in k
+            else None
         )
-        self._bus_dist = np.zeros(len(self._bus_s))
+        #: Per bus, its trip, recorded delay and place at the last step (the ground truth).
+        self.bus_states: list[BusState] = []
         self._park_occ: F64 | None = None
         self._air_noise = np.zeros(k["air"].sensors if "air" in k else 0)
         self._water_total = (
@@ -833,13 +841,19 @@ class City:
     def _buses(
         self, bk: KindLayout, dt_s: float, hour: float, demand: float, link_speed: F64, ts: I64
     ) -> KindFrame:
+        """Buses run their timetable (``simulators._timetable``) late by each trip's recorded
+        delay: position, heading and speed follow from the timetable; they report 0 km/h
+        while dwelling at a stop or waiting at a terminus."""
         rng = self._rng
         routes = self.layout.routes
         route = np.asarray(bk.attrs["route"], dtype=np.int64)
-        length = routes.length_m[route]
-        s = np.mod(self._bus_s, 2 * length)
-        forward = s < length
-        d = np.where(forward, s, 2 * length - s)
+        assert self.timetable is not None
+        assert self._last_t is not None
+        t_s = self._last_t / 1e9
+        states = [self.timetable.state(b, t_s) for b in range(bk.sensors)]
+        self.bus_states = states
+        d = np.array([st.route_dist_m for st in states], dtype=np.float64)
+        forward = np.array([st.trip.direction == 0 for st in states], dtype=np.bool_)
         first = routes.route_first_seg[route]
         last = first + routes.route_nseg[route] - 1
         # Segment lookup: segments of one route are contiguous with increasing starts.
@@ -852,12 +866,12 @@ class City:
         heading = np.where(
             forward, routes.seg_heading[seg], (routes.seg_heading[seg] + 180.0) % 360.0
         )
-        link = np.where(forward, routes.seg_link_fwd[seg], routes.seg_link_bwd[seg])
-        dwell = rng.random(bk.sensors) < 0.2
-        cruise = np.minimum(link_speed[link] * 0.85, 50.0) * (
-            1.0 + 0.05 * rng.standard_normal(bk.sensors)
-        )
-        speed = np.where(dwell, 0.0, np.maximum(cruise, 2.0))
+        # The draws of the former free-running model stay, in order, so that every other
+        # kind's values are unchanged.
+        rng.random(bk.sensors)
+        noise = 1.0 + 0.05 * rng.standard_normal(bk.sensors)
+        scheduled = np.array([st.speed_kmh for st in states], dtype=np.float64)
+        speed = np.where(scheduled > 0, np.maximum(scheduled * noise, 2.0), 0.0)
         cap = np.asarray(bk.attrs["capacity"], dtype=np.int64)
         load = np.clip(
             0.1
@@ -867,12 +881,6 @@ class City:
             1.1,
         )
         passengers = np.rint(load * cap).astype(np.int64)
-        trips = (self._bus_dist + np.asarray(bk.attrs["s0"])) // length
-        # Buses spend about a fifth of their time at stops: they advance at 80 % of cruise
-        # speed on average, and report 0 km/h when the step finds them at a stop.
-        moved = np.maximum(cruise, 2.0) * 0.8 / 3.6 * dt_s
-        self._bus_s = self._bus_s + moved
-        self._bus_dist = self._bus_dist + moved
         self.bus_state = {"latitude": lat, "longitude": lon, "speed": speed, "heading": heading}
         names = routes.names
         route_l = route.tolist()
@@ -888,9 +896,7 @@ class City:
             },
             {
                 "routeId": [names[r] for r in route_l],
-                "tripId": [
-                    f"{names[r]}-{int(t)}" for r, t in zip(route_l, trips.tolist(), strict=True)
-                ],
+                "tripId": [st.trip.trip_id for st in states],
             },
             np.ones(bk.sensors, dtype=np.bool_),
         )

@@ -50,6 +50,7 @@ __all__ = [
     "GatewayProfile",
     "PublishSpec",
     "Scenario",
+    "TimetableSpec",
     "load_scenario",
     "packaged_scenarios",
     "scenario_from_dict",
@@ -108,11 +109,29 @@ class CityGrid(_Model):
     arterial_every: Annotated[int, Field(ge=1, le=200)] = 4
 
 
+class TimetableSpec(_Model):
+    """The bus timetable (``simulators._timetable``): what an on-time bus does, and how late
+    the simulated buses run (the recorded ground truth)."""
+
+    #: Scheduled running speed between stops; a bus stops at every intersection of its route.
+    speed_kmh: Annotated[float, Field(ge=5, le=80)] = 25.0
+    #: Scheduled dwell at each intermediate stop.
+    dwell_s: Annotated[int, Field(ge=0, le=300)] = 20
+    #: Least layover at each terminus (the cycle is then rounded up to divide 24 h).
+    min_layover_s: Annotated[int, Field(ge=30, le=3600)] = 120
+    #: Share of trips that meet a disruption of 4-12 minutes (1.5 times this at peak demand,
+    #: about half at night); other trips run 0-2 minutes late, more at peak hours.
+    disrupted_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: No trip is later than this.
+    max_delay_s: Annotated[int, Field(ge=0, le=3600)] = 900
+
+
 class CitySpec(_Model):
     centre: tuple[float, float] = (59.9139, 10.7522)
     timezone: str = "Europe/Oslo"
     grid: CityGrid = CityGrid()
     bus_routes: Annotated[int, Field(ge=1, le=500)] = 4
+    timetable: TimetableSpec = TimetableSpec()
 
     @field_validator("centre")
     @classmethod

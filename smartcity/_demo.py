@@ -32,7 +32,14 @@ from types import FrameType
 
 from api import ApiServer, ApiSettings, MqttSettings
 from foundation import configure_logging
-from simulators import DeviceCity, FleetConfig, GatewayFleet, load_scenario
+from simulators import (
+    DeviceCity,
+    FleetConfig,
+    GatewayFleet,
+    ScenarioError,
+    export_gtfs,
+    load_scenario,
+)
 from smartcity._demo_edge import EDGE_PREFIX, edge_configs, write_configs
 from smartcity._localstack import Influxd, Mosquitto, ServiceError, free_port
 
@@ -186,6 +193,12 @@ def run_demo(
             # session yet, so anything published before it subscribed would go to nobody.
             _wait_for_log(var / "ingest.log", '"ingest worker started"', ingest, timeout=60)
 
+            # The simulated buses' timetable, for schedule adherence and TripUpdates.
+            gtfs: Path | None = var / "gtfs.zip"
+            try:
+                export_gtfs(load_scenario(scenario), var / "gtfs.zip", days=30)
+            except ScenarioError:  # a scenario without buses has no timetable
+                gtfs = None
             _say("starting the API (demo mode: loopback only, one key per role)")
             api = ApiServer(
                 ApiSettings(
@@ -198,6 +211,8 @@ def run_demo(
                     influx_url=influxd.url,
                     influx_database=DATABASE,
                     database_url=f"sqlite:///{var / 'api.sqlite3'}",
+                    city_timezone=load_scenario(scenario).city.timezone,
+                    gtfs_static_path=gtfs,
                 )
             )
             api.start()

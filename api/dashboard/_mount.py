@@ -5,7 +5,7 @@
     GET /               307 ─▶ /dashboard/
     GET /dashboard/     index.html  ┐  StaticFiles (this package's folder)
     GET /dashboard/x.js app module  ┘  + CSP, nosniff, no-referrer, no-cache
-    GET /v1/dashboard/config        base-map tile source (viewer key)
+    GET /v1/dashboard/config        base map, staleness, time zone, timetable (viewer key)
 """
 
 from __future__ import annotations
@@ -116,6 +116,12 @@ class TilesOut(msgspec.Struct):
 class DashboardConfig(msgspec.Struct):
     #: The base map under the drawing; ``null``: none, the map is drawn from geometry alone.
     tiles: TilesOut | None
+    #: A device with no reading for this long is drawn stale (the API's ``stale_after_s``).
+    stale_after_s: float = 300.0
+    #: The city's IANA time zone for times on the page; ``null``: the browser's.
+    timezone: str | None = None
+    #: Whether a GTFS timetable is configured (``/v1/transport/adherence`` answers).
+    timetable: bool = False
 
 
 def dashboard_config(settings: ApiSettings) -> DashboardConfig:
@@ -123,7 +129,8 @@ def dashboard_config(settings: ApiSettings) -> DashboardConfig:
     if settings.map_tiles_url is not None:
         tiles = TilesOut(settings.map_tiles_url, settings.map_tiles_attribution,
                          settings.map_tiles_subdomains, settings.map_tiles_max_zoom)
-    return DashboardConfig(tiles)
+    return DashboardConfig(tiles, settings.stale_after_s, settings.city_timezone,
+                           settings.gtfs_static_path is not None)
 
 
 def mount_dashboard(app: FastAPI, settings: ApiSettings) -> None:

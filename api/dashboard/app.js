@@ -11,9 +11,12 @@ import { CityMap } from "./map.js";
 import { attachBaseMap } from "./basemap.js";
 import { LiveStream } from "./live.js";
 import { AlertsPanel, DetailsPanel, GatewaysPanel } from "./panels.js";
-import { ago, el } from "./util.js";
+import { Notifier } from "./notify.js";
+import { AlertReplay } from "./replay.js";
+import { ago, el, fmtDuration, setTimeZone } from "./util.js";
 
 const STORAGE_KEY = "smartcity.apiKey";
+const BASE_TITLE = document.title;
 const MESSAGE_KEY = "smartcity.signInMessage";
 const $ = (sel) => document.querySelector(sel);
 
@@ -109,6 +112,9 @@ class Dashboard {
     this.api = api;
     this.model = new CityModel();
     this.model.setVocabulary(this.vocabulary);
+    if (this.config.stale_after_s) this.model.staleAfterS = this.config.stale_after_s;
+    setTimeZone(this.config.timezone);
+    document.body.dataset.timezone = this.config.timezone || "";
     document.body.dataset.session = "signed-in";
     $("#signin").hidden = true;
     $("#app").hidden = false;
@@ -121,13 +127,16 @@ class Dashboard {
     const selectGateway = (id) => this.selectGateway(id);
     this.map = new CityMap($("#map"), this.model, {
       onSelect: select,
+      onSelectGateway: selectGateway,
       onCursor: (text) => { $("#map-status").textContent = `${text}. Enter shows details.`; },
     });
     this.details = new DetailsPanel($("#details"), { api, model: this.model, onSelectDevice: select });
     this.details.clear();
     this.alerts = new AlertsPanel($("#alerts"), {
-      api, model: this.model, onSelectDevice: select, onSelectGateway: selectGateway,
+      api, model: this.model, onSelectDevice: (key) => this.show(key), onSelectGateway: selectGateway,
       canAck: Boolean(this.me.can && this.me.can.acknowledge_alerts),
+      // The map's alert markers follow the panel's severity and state filters.
+      onShown: (alerts) => { if (!this.replay || !this.replay.on) this.map.renderAlerts(alerts); },
     });
     if (this.config.tiles) {
       attachBaseMap(this.map, this.config.tiles).then((base) => {
@@ -140,18 +149,29 @@ class Dashboard {
       });
     }
     this.gateways = new GatewaysPanel($("#gateways"), { api, model: this.model, onSelectGateway: selectGateway });
+    this.notifier = new Notifier();
+    this.replay = new AlertReplay({ api, map: this.map, onStop: () => this.alerts.render() });
     this._bindToolbar();
+    this._bindKpis();
     this.live = new LiveStream(() => sessionStorage.getItem(STORAGE_KEY), {
       onEvent: (e) => this.onEvent(e),
       onStatus: (s, delay) => this.onStatus(s, delay),
       onResync: (why) => this.resync(why),
       onAuthFailed: () => this.checkKey(),
     });
-    this.resync("start").then(() => this.live && this.live.start());
+    // One snapshot at start: the stream connects first and its greeting asks for the
+    // snapshot (events from then on are applied on top, so nothing falls between the two).
+    // Should the stream not connect within 3 s (a proxy refusing WebSockets), load it anyway.
+    this.snapshots = 0;
+    this.live.start();
+    this.fallback = setTimeout(() => { if (!this.snapshots) this.resync("start"); }, 3000);
     // Inventory and completeness change slowly: poll them; readings and alerts come live.
     this.timers.push(setInterval(() => this.refreshInventory(), 15000));
+    this.timers.push(setInterval(() => this.refreshAdherence(), 15000));
     this.timers.push(setInterval(() => this.refreshAlerts(), 30000));
     this.timers.push(setInterval(() => this.tick(), 1000));
+    // Time passes: what was live becomes stale without any event.
+    this.timers.push(setInterval(() => { this.map.refreshStale(); this._renderKpis(); }, 5000));
   }
 
   async resync(why) {
@@ -163,6 +183,9 @@ class Dashboard {
     }
     const api = this.api;
     if (!api) return;
+    if (why === "connected" && this.loadingSnapshot) return; // the one under way will do
+    this.snapshots += 1;
+    this.loadingSnapshot = true;
     try {
       const [devices, gateways, vehicles, links, parking, air, alerts] = await Promise.all([
         api.getAll("/v1/devices"), api.getAll("/v1/gateways"),
@@ -182,7 +205,11 @@ class Dashboard {
       this.alertsDirty = this.gatewaysDirty = true;
       this.scheduleRender();
       $("#load-error").textContent = "";
+      this.loadingSnapshot = false;
+      if (!this.loaded) this.refreshAdherence();
+      this.loaded = true;
     } catch (exc) {
+      this.loadingSnapshot = false;
       if (exc instanceof ApiError && exc.status === 401) return;
       $("#load-error").textContent = `Could not load the city: ${exc.message}. Retrying.`;
       this.resyncTimer = setTimeout(() => this.resync("retry"), 5000);
@@ -199,6 +226,20 @@ class Dashboard {
       this.scheduleRender();
     } catch {
       // shown by the connection state; the next poll retries
+    }
+  }
+
+  /** Late and bunched buses from the API's schedule adherence; without a timetable (404)
+   * their KPIs stay hidden. Polled: adherence changes at the pace of buses between stops. */
+  async refreshAdherence() {
+    if (!this.api || this.noTimetable || !this.config.timetable) return;
+    try {
+      const page = await this.api.get("/v1/transport/adherence", { limit: 1000 });
+      this.model.setAdherence(page);
+      for (const name of ["late", "bunched"]) $(`[data-kpi="${name}"]`).hidden = false;
+      this._renderKpis();
+    } catch (exc) {
+      if (exc instanceof ApiError && exc.status === 404) this.noTimetable = true;
     }
   }
 
@@ -223,6 +264,9 @@ class Dashboard {
   }
 
   onEvent(event) {
+    if (event.type === "alert" && event.state === "raised" && event.alert.severity === "critical") {
+      this.notifier.critical(event.alert);
+    }
     const what = this.model.apply(event);
     if (what === "alerts") this.alertsDirty = true;
     if (what === "gateways") this.gatewaysDirty = true;
@@ -246,7 +290,11 @@ class Dashboard {
       this.renderPending = false;
       if (!this.model) return;
       this.map.render();
-      if (this.alertsDirty) this.alerts.render();
+      this._renderKpis();
+      if (this.alertsDirty) {
+        this.alerts.render();
+        this._updateTitle();
+      }
       if (this.gatewaysDirty) this.gateways.render();
       this.alertsDirty = this.gatewaysDirty = false;
       this._updateSearch();
@@ -259,6 +307,53 @@ class Dashboard {
     $("#last-event").textContent = m.lastEventAt ? `last update ${ago(new Date(m.lastEventAt).toISOString())}` : "";
   }
 
+  // -- title, KPIs ---------------------------------------------------------------------------
+  /** "(3) City operations": unresolved critical alerts not yet acknowledged. */
+  _updateTitle() {
+    const n = [...this.model.alerts.values()].filter((a) => a.severity === "critical" && !a.acknowledged).length;
+    document.title = `${n ? `(${n}) ` : ""}${BASE_TITLE}`;
+    document.body.dataset.critical = String(n);
+  }
+
+  _renderKpis() {
+    if (!this.model || !this.snapshotsDone()) return;
+    const k = this.model.kpis();
+    const set = (id, n) => { $(`#kpi-${id}`).textContent = String(n); $(`[data-kpi="${id}"]`).dataset.count = String(n); };
+    set("severe", k.levels.severe);
+    set("heavy", k.levels.heavy);
+    set("parking-full", k.parkingFull);
+    set("air-poor", k.airPoor);
+    set("offline", k.offline);
+    if (this.model.adherence) {
+      set("late", this.model.adherence.late);
+      set("bunched", this.model.adherence.bunched);
+    }
+    $("#kpi-offline-for").textContent = k.offline ? `(longest ${fmtDuration(k.longestOfflineS)})` : "";
+    const strip = $("#kpis");
+    if (strip.dataset.ready !== "true") {
+      strip.dataset.ready = "true";
+      // Time from navigation to a filled strip, for the tests and the curious.
+      strip.dataset.filledMs = String(Math.round(performance.now()));
+    }
+  }
+
+  snapshotsDone() {
+    return Boolean(this.loaded);
+  }
+
+  _bindKpis() {
+    for (const button of document.querySelectorAll("#kpis .kpi")) {
+      button.addEventListener("click", () => {
+        const name = button.dataset.kpi;
+        const on = button.getAttribute("aria-pressed") !== "true";
+        for (const b of document.querySelectorAll("#kpis .kpi")) b.setAttribute("aria-pressed", String(on && b === button));
+        this.map.setFilter(on ? { name, match: (layer, key) => this.model.kpiMatch(name, layer, key) } : null);
+        const label = button.querySelector(".kpi-label").textContent;
+        $("#map-status").textContent = on ? `Map shows only ${label}.` : "Map shows everything.";
+      });
+    }
+  }
+
   // -- selection ----------------------------------------------------------------------------
   async select(key) {
     if (!key) {
@@ -268,6 +363,13 @@ class Dashboard {
     }
     this.map.select(key);
     this.map.centreOn(key);
+    await this.details.showDevice(key);
+  }
+
+  /** From an alert or the search box: also pan and zoom the map to it. */
+  async show(key) {
+    this.map.select(key);
+    this.map.zoomTo(key);
     await this.details.showDevice(key);
   }
 
@@ -295,20 +397,46 @@ class Dashboard {
     };
   }
 
+  /** Exact ids first (a device id, "gateway/device", a gateway id), then the first id that
+   * contains the text. Every device of the inventory is found, on the map or not. */
   _search(text) {
     const q = text.trim().toLowerCase();
-    if (!q) return;
-    const features = this.model.features();
-    const hit = features.find((f) => f.key.toLowerCase() === q || f.key.split("/")[1].toLowerCase() === q)
-      || features.find((f) => f.key.toLowerCase().includes(q));
-    if (hit) {
-      this.select(hit.key);
-      $("#map-status").textContent = `Found ${this.map.describe(hit.layer, hit.key)}.`;
-    } else if (this.model.gateways.has(text.trim())) {
-      this.selectGateway(text.trim());
-    } else {
-      $("#map-status").textContent = `Nothing matches “${text}”.`;
+    const result = $("#search-result");
+    if (!q) {
+      result.textContent = "";
+      return;
     }
+    const keys = [...this.model.devices.keys()].sort();
+    const device = (k) => k.slice(k.indexOf("/") + 1).toLowerCase();
+    const gateways = [...this.model.gateways.keys()].sort();
+    const exactKey = keys.find((k) => k.toLowerCase() === q) || keys.find((k) => device(k) === q);
+    const exactGateway = gateways.find((g) => g.toLowerCase() === q);
+    let found = null;
+    if (exactKey) found = ["device", exactKey];
+    else if (exactGateway) found = ["gateway", exactGateway];
+    else {
+      const partKey = keys.find((k) => device(k).includes(q));
+      const partGateway = gateways.find((g) => g.toLowerCase().includes(q));
+      if (partKey) found = ["device", partKey];
+      else if (partGateway) found = ["gateway", partGateway];
+    }
+    if (!found) {
+      result.textContent = `No device or gateway matches “${text.trim()}”.`;
+      result.dataset.state = "none";
+      $("#map-status").textContent = result.textContent;
+      return;
+    }
+    const [kind, id] = found;
+    result.dataset.state = "found";
+    if (kind === "gateway") {
+      result.textContent = `Gateway ${id}`;
+      this.selectGateway(id);
+      return;
+    }
+    const layer = this.model.layerOf(id);
+    result.textContent = layer ? `Found ${this.map.describe(layer, id)}` : `Found ${id} (not drawn on the map)`;
+    $("#map-status").textContent = `${result.textContent}.`;
+    this.show(id);
   }
 
   _updateSearch() {
@@ -317,7 +445,7 @@ class Dashboard {
     if (list.dataset.size === String(size)) return;
     list.dataset.size = String(size);
     while (list.firstChild) list.firstChild.remove();
-    for (const f of this.model.features()) list.append(el("option", { value: f.key.split("/")[1] }));
+    for (const key of this.model.devices.keys()) list.append(el("option", { value: key.slice(key.indexOf("/") + 1) }));
     for (const id of this.model.gateways.keys()) list.append(el("option", { value: id }));
   }
 }

@@ -6,7 +6,7 @@
 // user units (x east, y south). Markers are drawn in screen pixels: each marker group is
 // scaled by the current units-per-pixel, so zooming changes positions, not marker sizes.
 
-import { svg, clear, fmtNumber } from "./util.js";
+import { svg, clear, fmtNumber, fmtCount, fmtDuration } from "./util.js";
 
 export const M_PER_DEG = 111320;
 const BASE_VIEW_PAD = 0.06;
@@ -38,12 +38,19 @@ export class CityMap {
     this.svg = svg("svg", { id: "map-svg", role: "graphics-document", "aria-label": "Map of the city", "aria-roledescription": "map" });
     this.svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
     this.groups = {};
-    for (const name of ["trails", "roads", "links", "parking", "air", "vehicles", "cursor"]) {
+    // A hatch for stale features (drawn grey and hatched: their data is not live).
+    const defs = svg("defs");
+    const hatch = svg("pattern", { id: "stale-hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" });
+    hatch.append(svg("rect", { width: 6, height: 6, fill: "#d5d8dc" }), svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#6b7480", "stroke-width": 2.5 }));
+    defs.append(hatch);
+    this.svg.append(defs);
+    for (const name of ["trails", "roads", "links", "parking", "air", "vehicles", "alerts", "cursor"]) {
       this.groups[name] = svg("g", { id: `layer-${name}`, class: `layer layer-${name}` });
       this.svg.append(this.groups[name]);
     }
     this.host.append(this.svg);
     this.nodes = new Map();       // key -> {g, layer}
+    this.sideBySide = new Map();  // key -> marker offset (marker units) for co-located pairs
     this.trails = new Map();      // key -> polyline
     this.origin = null;           // [lat0, lon0, cos(lat0)]
     this.home = null;             // {x, y, w, h} fitted view
@@ -53,6 +60,8 @@ export class CityMap {
     this.cursor = -1;
     this.cursorList = [];
     this.hidden = new Set();
+    this.filter = null;           // KPI filter: {name, match(layer, key)} or null
+    this.alertNodes = new Map();  // subject key -> marker of its worst active alert
     /** Called with ([lat, lon] of the view's centre, units per pixel, origin latitude). */
     this.onView = null;
     this._bind();
@@ -133,7 +142,9 @@ export class CityMap {
     this.density = density;
     this.svg.style.setProperty("--u", String(u));
     this.svg.classList.toggle("labels", this.model.layers.parking.size <= LABEL_MAX_PARKING || u < (this.home.w / 2500));
+    this._findColocated();
     for (const [key, node] of this.nodes) this._place(key, node);
+    if (this.lastAlerts) this.renderAlerts(this.lastAlerts);
     this._drawCursor();
   }
 
@@ -162,6 +173,40 @@ export class CityMap {
     this.host.dataset.parking = String(m.layers.parking.size);
     this.host.dataset.air = String(m.layers.air.size);
     this.host.dataset.ready = "true";
+  }
+
+  /** Car parks and air stations that would overlap on screen at this zoom (a car park and
+   * its air station, two car parks of one block) are spread round a small circle, so each keeps its
+   * own marker to read and click. Offsets are in marker units (pixels at full density). */
+  _findColocated() {
+    this.sideBySide.clear();
+    // Closer than about one marker on screen at this zoom: they would overlap.
+    const near = Math.max(20, 26 * (this.u || 1) * (this.density || 1));
+    const pts = [];
+    for (const layer of ["parking", "air"]) {
+      for (const key of this.model.layers[layer].keys()) {
+        const p = this.model.position(layer, key);
+        if (p) pts.push({ key, xy: this.project(p[0], p[1]) });
+      }
+    }
+    pts.sort((a, b) => a.xy[0] - b.xy[0] || a.key.localeCompare(b.key));
+    const taken = new Set();
+    for (let i = 0; i < pts.length; i += 1) {
+      if (taken.has(i)) continue;
+      const group = [i];
+      // Points are sorted by x: only those within `near` along x can be near.
+      for (let j = i + 1; j < pts.length && pts[j].xy[0] - pts[i].xy[0] < near; j += 1) {
+        if (!taken.has(j) && Math.abs(pts[j].xy[1] - pts[i].xy[1]) < near) group.push(j);
+      }
+      if (group.length < 2) continue;
+      for (const j of group) taken.add(j);
+      const n = group.length;
+      const r = n === 2 ? 15 : 12 + 5 * n;
+      group.forEach((j, k) => {
+        const a = (2 * Math.PI * k) / n + Math.PI;
+        this.sideBySide.set(pts[j].key, [Math.round(r * Math.cos(a)), Math.round(n === 2 ? 0 : r * Math.sin(a))]);
+      });
+    }
   }
 
   _drawRoads() {
@@ -193,7 +238,7 @@ export class CityMap {
       node.g.dataset.level = f.level || "unknown";
     } else if (layer === "parking") {
       const free = typeof f.free === "number" ? f.free : null;
-      node.label.textContent = free === null ? "?" : fmtNumber(free, 0);
+      node.label.textContent = free === null ? "?" : fmtCount(free);
       const full = f.occupancy !== null && f.occupancy !== undefined && f.occupancy >= 0.95;
       node.g.classList.toggle("full", full);
       node.g.dataset.free = free === null ? "" : String(free);
@@ -209,7 +254,86 @@ export class CityMap {
       if (trail && f.trail.length > 1) trail.setAttribute("points", this._points(f.trail));
     }
     this._place(key, node);
-    node.g.setAttribute("aria-label", this.describe(layer, key));
+    const stale = this._markStale(layer, key, node);
+    if (this.filter) node.g.classList.toggle("match", this.filter.match(layer, key));
+    node.g.setAttribute("aria-label", `${this.describe(layer, key)}${stale ? ` (last known; not live: ${stale.why})` : ""}`);
+  }
+
+  /** Grey and hatch a feature whose data is not live; its age shows on hover. */
+  _markStale(layer, key, node) {
+    const stale = this.model.staleness(layer, key);
+    node.g.classList.toggle("stale", Boolean(stale));
+    node.g.dataset.stale = stale ? "true" : "false";
+    let title = node.g.querySelector(":scope > title");
+    if (!title) {
+      title = svg("title");
+      node.g.prepend(title);
+    }
+    title.textContent = stale
+      ? `${this.describe(layer, key)}. Not live: ${stale.why}${stale.ageS !== null && stale.ageS !== undefined ? `, last reading ${fmtDuration(stale.ageS)} ago` : ""}`
+      : this.describe(layer, key);
+    return stale;
+  }
+
+  /** Re-evaluate staleness of everything (called every few seconds: time passes). */
+  refreshStale() {
+    for (const [key, node] of this.nodes) this._markStale(node.layer, key, node);
+  }
+
+  /** Show only what a KPI counts (null: everything). */
+  setFilter(filter) {
+    this.filter = filter;
+    this.svg.classList.toggle("filtered", Boolean(filter));
+    this.host.dataset.filter = filter ? filter.name : "";
+    for (const [key, node] of this.nodes) node.g.classList.toggle("match", Boolean(filter && filter.match(node.layer, key)));
+  }
+
+  /** A marker at every device or gateway with an active alert (worst severity wins). */
+  renderAlerts(alerts) {
+    const g = this.groups.alerts;
+    this.lastAlerts = alerts;
+    if (!this.origin) return;
+    const rank = { critical: 0, warning: 1, info: 2 };
+    const worst = new Map();
+    for (const a of alerts) {
+      const key = a.device ? `${a.gateway}/${a.device}` : null;
+      const pos = this._alertPosition(a, key);
+      if (!pos) continue;
+      const id = key || `gw:${a.gateway}`;
+      const cur = worst.get(id);
+      if (!cur || rank[a.severity] < rank[cur.a.severity]) worst.set(id, { a, pos, key, n: (cur ? cur.n : 0) + 1 });
+      else cur.n += 1;
+    }
+    clear(g);
+    this.alertNodes.clear();
+    const u = (this.u || this.unitsPerPx()) * (this.density || 1);
+    for (const [id, { a, pos, key, n }] of worst) {
+      const [x, y] = this.project(pos[0], pos[1]);
+      const m = svg("g", {
+        class: `alert-marker sev-${a.severity}${a.acknowledged ? " acked" : ""}`, role: "graphics-symbol",
+        "data-alert-id": a.id, "data-key": key || "", "data-gateway": a.gateway,
+        "aria-label": `${a.severity} alert: ${a.rule} on ${key || a.gateway}${n > 1 ? ` (${n} alerts)` : ""}`,
+        transform: `translate(${x.toFixed(2)},${y.toFixed(2)})`,
+      });
+      const inner = svg("g", { class: "marker", transform: `scale(${u})` });
+      inner.append(svg("path", { d: "M10,-22 L20,-4 L0,-4 Z", class: "alert-tri" }), svg("text", { x: 10, y: -7, "text-anchor": "middle", class: "alert-bang", text: "!" }));
+      m.append(inner);
+      g.append(m);
+      this.alertNodes.set(id, m);
+    }
+  }
+
+  _alertPosition(a, key) {
+    if (key) {
+      const layer = this.model.layerOf(key);
+      const p = layer && this.model.position(layer, key);
+      if (p) return p;
+      const d = this.model.devices.get(key);
+      if (d && d.location) return [d.location.lat, d.location.lon];
+      if (d && d.geometry) return d.geometry[Math.floor(d.geometry.length / 2)];
+    }
+    const gw = this.model.gateways.get(a.gateway);
+    return gw && gw.location ? [gw.location.lat, gw.location.lon] : null;
   }
 
   _create(layer, key) {
@@ -229,11 +353,13 @@ export class CityMap {
         node.marker = svg("g", { class: "marker" });
         node.shape = svg("path", { d: "M-7,0 L7,0", class: "link-tick" });
         node.dot = svg("circle", { r: 4.5, class: "link-dot" });
-        node.marker.append(node.shape, node.dot);
+        node.marker.append(svg("circle", { r: 14, class: "hit-box" }), node.shape, node.dot);
         g.append(node.marker);
       }
     } else if (layer === "parking") {
       node.marker = svg("g", { class: "marker" });
+      // A transparent target of at least 24 x 24 px whatever the density (WCAG 2.5.8).
+      node.marker.append(svg("rect", { x: -14, y: -14, width: 28, height: 28, class: "hit-box" }));
       node.marker.append(svg("rect", { x: -9, y: -9, width: 18, height: 18, rx: 3, class: "park-box" }));
       node.marker.append(svg("text", { x: 0, y: 4.5, class: "park-p", "text-anchor": "middle", text: "P" }));
       node.label = svg("text", { x: 0, y: 22, class: "park-free", "text-anchor": "middle" });
@@ -241,12 +367,14 @@ export class CityMap {
       g.append(node.marker);
     } else if (layer === "air") {
       node.marker = svg("g", { class: "marker" });
-      node.shape = svg("circle", { r: 8, class: "air-dot" });
+      node.marker.append(svg("circle", { r: 14, class: "hit-box" }));
+      node.shape = svg("circle", { r: 9, class: "air-dot" });
       node.label = svg("text", { x: 0, y: 3.5, class: "air-band", "text-anchor": "middle" });
       node.marker.append(node.shape, node.label);
       g.append(node.marker);
     } else if (layer === "vehicles") {
       node.marker = svg("g", { class: "marker" });
+      node.marker.append(svg("circle", { r: 14, class: "hit-box" }));
       node.marker.append(svg("path", { d: "M0,-10 L7,8 L0,4 L-7,8 Z", class: "bus" }));
       g.append(node.marker);
       const trail = svg("polyline", { class: "trail", points: "" });
@@ -275,7 +403,9 @@ export class CityMap {
       node.marker.style.transform = `scale(${u}) rotate(${heading}deg)`;
     } else {
       node.g.setAttribute("transform", `translate(${x.toFixed(2)},${y.toFixed(2)})`);
-      node.marker.setAttribute("transform", `scale(${u})`);
+      // A car park and an air station at the same spot sit side by side, not on top.
+      const [dx, dy] = this.sideBySide.get(key) || [0, 0];
+      node.marker.setAttribute("transform", `scale(${u}) translate(${dx},${dy})`);
     }
   }
 
@@ -308,6 +438,33 @@ export class CityMap {
       node.g.classList.add("selected");
       node.g.parentNode.append(node.g); // on top
     }
+  }
+
+  /** Pan and zoom to a feature (selected from an alert or the search box). */
+  zoomTo(key) {
+    const layer = this.model.layerOf(key);
+    const pos = layer && this.model.position(layer, key);
+    const d = this.model.devices.get(key);
+    const target = pos || (d && d.geometry && d.geometry[Math.floor(d.geometry.length / 2)]) || (d && d.location && [d.location.lat, d.location.lon]);
+    if (!target || !this.view || !this.home) return false;
+    let [x, y] = this.project(target[0], target[1]);
+    // A few hundred metres around a point; a road with its whole length in view.
+    let span = Math.max(this.home.w / 5, 600);
+    if (d && d.geometry && layer === "links") {
+      const xy = d.geometry.map(([lat, lon]) => this.project(lat, lon));
+      const xs = xy.map((p) => p[0]);
+      const ys = xy.map((p) => p[1]);
+      x = (Math.min(...xs) + Math.max(...xs)) / 2;
+      y = (Math.min(...ys) + Math.max(...ys)) / 2;
+      const aspect = this.view.w / this.view.h;
+      span = Math.max(span, 1.6 * (Math.max(...xs) - Math.min(...xs)), 1.6 * (Math.max(...ys) - Math.min(...ys)) * aspect);
+    }
+    const w = Math.min(this.view.w, span);
+    const h = this.view.h * (w / this.view.w);
+    this.view = { x: x - w / 2, y: y - h / 2, w, h };
+    this.userMoved = true;
+    this._applyView();
+    return true;
   }
 
   /** Centre the view on a feature (keeps the zoom unless zoomed out fully). */
@@ -389,7 +546,8 @@ export class CityMap {
     this.svg.addEventListener("click", (e) => {
       if (this.dragged) return;
       const g = e.target.closest && e.target.closest("[data-key]");
-      if (g) this.handlers.onSelect(g.dataset.key);
+      if (g && g.dataset.key) this.handlers.onSelect(g.dataset.key);
+      else if (g && g.dataset.gateway && this.handlers.onSelectGateway) this.handlers.onSelectGateway(g.dataset.gateway);
     });
     this.svg.addEventListener("wheel", (e) => {
       e.preventDefault();

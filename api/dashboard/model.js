@@ -67,6 +67,118 @@ export class CityModel {
     this.dirty = new Set();     // keys of map features to redraw
     this.geometryChanged = true;
     this.lastEventAt = null;
+    this.staleAfterS = 300;     // the API's stale_after_s (GET /v1/dashboard/config)
+    this.adherence = null;      // {late, bunched, rows: key -> row} from /v1/transport/adherence
+  }
+
+  // -- staleness ------------------------------------------------------------------------
+  /**
+   * Whether a feature's data is not live: its gateway is offline (or silent), or its last
+   * reading arrived longer ago than it usually takes (three of its intervals between
+   * readings, at least 15 s) or than the API's stale_after_s. Ages are by this browser's
+   * clock at arrival, so simulated device clocks ahead or behind do not matter.
+   * Returns null when live, else {why, ageS}.
+   */
+  staleness(layer, key, now = Date.now()) {
+    const f = this.layers[layer] && this.layers[layer].get(key);
+    if (!f) return null;
+    const g = this.gateways.get(f.gateway);
+    const ageS = f.seenAt ? (now - f.seenAt) / 1000 : null;
+    if (g && !g.online) {
+      const since = g.since ? (now - Date.parse(g.since)) / 1000 : null;
+      return { why: `gateway ${g.id} ${g.state === "offline" ? "offline" : "silent"}`, ageS: ageS ?? since, sinceS: since };
+    }
+    if (ageS === null) return null;
+    const limit = Math.min(this.staleAfterS, f.intervalS ? Math.max(15, 3 * f.intervalS) : this.staleAfterS);
+    if (ageS > limit) return { why: "no recent reading", ageS };
+    return null;
+  }
+
+  _arrived(f, time, live) {
+    const now = Date.now();
+    if (live) {
+      if (f.seenAt) {
+        const gap = (now - f.seenAt) / 1000;
+        if (gap > 0.05) f.intervalS = f.intervalS ? 0.8 * f.intervalS + 0.2 * gap : gap;
+      }
+      f.seenAt = now;
+    } else {
+      // From a snapshot: the reading's age by its own time, never in the future.
+      const t = Date.parse(time);
+      const seen = Number.isFinite(t) ? Math.min(now, t) : now;
+      f.seenAt = Math.max(f.seenAt || 0, seen);
+    }
+  }
+
+  // -- KPIs -----------------------------------------------------------------------------
+  /** Counts for the KPI strip, computed like the API computes its lists (one per row). */
+  kpis(now = Date.now()) {
+    const levels = { free: 0, moderate: 0, heavy: 0, severe: 0, unknown: 0 };
+    for (const f of this.layers.links.values()) {
+      for (const lane of f.lanes.values()) levels[lane.level || "unknown"] += 1;
+    }
+    let parkingFull = 0;
+    for (const f of this.layers.parking.values()) if (isFull(f)) parkingFull += 1;
+    let airPoor = 0;
+    for (const f of this.layers.air.values()) if (this.aqiLevel(f) >= 4) airPoor += 1;
+    let offline = 0;
+    let longest = 0;
+    for (const g of this.gateways.values()) {
+      if (g.online) continue;
+      offline += 1;
+      const since = Date.parse(g.since);
+      if (Number.isFinite(since)) longest = Math.max(longest, (now - since) / 1000);
+    }
+    return { levels, parkingFull, airPoor, offline, longestOfflineS: longest };
+  }
+
+  /** Schedule adherence (GET /v1/transport/adherence): its summary and rows by vehicle. */
+  setAdherence(page) {
+    const rows = new Map();
+    for (const r of page.items) rows.set(keyOf(r.gateway, r.device), r);
+    this.adherence = { late: page.summary.late, bunched: page.summary.bunched, rows };
+  }
+
+  /** EAQI level 1 (good) to 6 (extremely poor) of an air station; 0 when unknown. */
+  aqiLevel(f) {
+    return f && f.band ? this.bands.indexOf(f.band) + 1 : 0;
+  }
+
+  /** Which features a KPI counts (the map's filter when the KPI is clicked). */
+  kpiMatch(kpi, layer, key) {
+    const f = this.layers[layer] && this.layers[layer].get(key);
+    if (!f) return false;
+    if (kpi === "heavy" || kpi === "severe") return layer === "links" && [...f.lanes.values()].some((l) => l.level === kpi);
+    if (kpi === "parking-full") return layer === "parking" && isFull(f);
+    if (kpi === "air-poor") return layer === "air" && this.aqiLevel(f) >= 4;
+    if (kpi === "late" || kpi === "bunched") {
+      const row = layer === "vehicles" && this.adherence && this.adherence.rows.get(key);
+      return Boolean(row && row[kpi]);
+    }
+    if (kpi === "offline") {
+      const g = this.gateways.get(f.gateway);
+      return Boolean(g && !g.online);
+    }
+    return true;
+  }
+
+  /** The area of the fixed device nearest to a point (for vehicles, whose birth area is
+   * where they started, not where they are). */
+  areaNear(lat, lon) {
+    let best = null;
+    let bestD = Infinity;
+    const k = Math.cos((lat * Math.PI) / 180);
+    for (const d of this.devices.values()) {
+      if (!d.location || !d.area || this.layers.vehicles.has(d.key)) continue;
+      const dy = d.location.lat - lat;
+      const dx = (d.location.lon - lon) * k;
+      const dist = dx * dx + dy * dy;
+      if (dist < bestD) {
+        bestD = dist;
+        best = d.area;
+      }
+    }
+    return best;
   }
 
   setVocabulary(vocab) {
@@ -90,6 +202,12 @@ export class CityModel {
       worst = Math.max(worst, i);
     }
     return [worst < 0 ? null : this.bands[worst], per];
+  }
+
+  /** The unit as announced (the device's birth, else the vocabulary), e.g. "ug/m3", "1". */
+  rawUnit(measurement, field, device) {
+    const fromDevice = device && device.measurements && device.measurements[measurement];
+    return (fromDevice && fromDevice[field]) || (this.units[measurement] || {})[field] || "";
   }
 
   /** The unit to show ("" for counts and ratios, whose UCUM unit is "1"). */
@@ -138,6 +256,7 @@ export class CityModel {
         speed: v.speed, heading: v.heading, routeId: v.routeId, tripId: v.tripId,
         passengerCount: v.passengerCount, area: v.area, time: v.time, ts: v.ts_ns,
       });
+      this._arrived(f, v.time, false);
       if (v.location) this._move(f, v.location.lat, v.location.lon);
       this.dirty.add(key);
     }
@@ -152,8 +271,9 @@ export class CityModel {
       f.area = l.area;
       f.lanes.set(l.lane || "", {
         averageVehicleSpeed: l.averageVehicleSpeed, intensity: l.intensity,
-        occupancy: l.occupancy, time: l.time,
+        occupancy: l.occupancy, time: l.time, level: l.congestionLevel,
       });
+      this._arrived(f, l.time, false);
       this._linkLevel(f);
       this.dirty.add(key);
     }
@@ -167,6 +287,7 @@ export class CityModel {
         free: p.availableSpotNumber, total: p.totalSpotNumber, occupancy: p.occupancy,
         location: p.location, area: p.area, time: p.time,
       });
+      this._arrived(f, p.time, false);
       this.dirty.add(key);
     }
   }
@@ -179,6 +300,7 @@ export class CityModel {
       f.area = r.area;
       f.time = r.time;
       [f.band, f.per] = this.aqi(r.fields);
+      this._arrived(f, r.time, false);
       this.dirty.add(key);
     }
   }
@@ -205,6 +327,10 @@ export class CityModel {
         g.online = event.state === "online";
         g.since = event.time;
       }
+      // Its features turn stale (or live again) at once, not at the next staleness sweep.
+      for (const layer of LAYERS) {
+        for (const f of this.layers[layer].values()) if (f.gateway === event.gateway) this.dirty.add(f.key);
+      }
       return "gateways";
     }
     return null;
@@ -223,6 +349,7 @@ export class CityModel {
     if (previous && r.ts_ns && r.ts_ns < previous) return null;
     const x = r.fields || {};
     f.area = r.area ?? f.area;
+    this._arrived(f, r.time, true);
     if (layer === "vehicles") {
       Object.assign(f, {
         speed: x.speed, heading: x.heading, routeId: x.routeId, tripId: x.tripId,
@@ -234,6 +361,7 @@ export class CityModel {
         averageVehicleSpeed: x.averageVehicleSpeed, intensity: x.intensity,
         occupancy: x.occupancy, time: r.time, ts: r.ts_ns,
       });
+      this._laneLevels(f);
       this._linkLevel(f);
     } else if (layer === "parking") {
       f.free = x.availableSpotNumber;
@@ -272,10 +400,20 @@ export class CityModel {
     if (f.trail.length > TRAIL) f.trail.shift();
   }
 
-  _linkLevel(f) {
+  _freeFlow(f) {
     const device = this.devices.get(f.key);
     const announced = device && Number(device.meta && device.meta.freeFlowSpeed);
-    const free = f.freeFlowSpeed || (announced > 0 ? announced : DEFAULT_FREE_FLOW);
+    return f.freeFlowSpeed || (announced > 0 ? announced : DEFAULT_FREE_FLOW);
+  }
+
+  /** Each lane's level, as the API computes it per row of /v1/transport/links. */
+  _laneLevels(f) {
+    const free = this._freeFlow(f);
+    for (const lane of f.lanes.values()) [lane.level] = congestion(lane.averageVehicleSpeed, free);
+  }
+
+  _linkLevel(f) {
+    const free = this._freeFlow(f);
     const speeds = [...f.lanes.values()].map((l) => l.averageVehicleSpeed).filter((s) => typeof s === "number");
     f.speed = speeds.length ? speeds.reduce((a, b) => a + b, 0) / speeds.length : null;
     f.time = [...f.lanes.values()].map((l) => l.time).sort().at(-1);
@@ -297,4 +435,8 @@ export class CityModel {
     for (const layer of LAYERS) if (this.layers[layer].has(key)) return layer;
     return null;
   }
+}
+
+function isFull(f) {
+  return typeof f.occupancy === "number" && f.occupancy >= 0.95;
 }

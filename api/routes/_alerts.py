@@ -176,6 +176,57 @@ async def acknowledge(
     return json_response(acked or alert)
 
 
+class BulkAckBody(BaseModel):
+    """Alerts to acknowledge at once (ids from ``GET /v1/alerts``), with one note."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]],
+        Field(min_length=1, max_length=1000),
+    ]
+    note: Annotated[str, Field(max_length=1024)] = ""
+
+
+class BulkAckOut(msgspec.Struct):
+    #: Acknowledged by this request.
+    acknowledged: list[Alert]
+    #: Ids that were acknowledged already (left as they were).
+    already: list[str]
+    #: Ids of no active alert (resolved meanwhile, or unknown).
+    missing: list[str]
+
+
+@router.post("/alerts/ack", response_model=None, responses=doc(BulkAckOut),
+             summary="Acknowledge many active alerts with one note (operator)")
+async def acknowledge_many(
+    services: ServicesDep, caller: Operator, body: Annotated[BulkAckBody, Body()]
+) -> Response:
+    ids = list(dict.fromkeys(body.ids))
+    found = [services.alerts.active.get(i) for i in ids]
+    missing = [i for i, a in zip(ids, found, strict=True) if a is None]
+    already = [a.id for a in found if a is not None and a.acknowledged]
+    todo = [a for a in found if a is not None and not a.acknowledged]
+    if todo:
+        # Acknowledged through another replica meanwhile: that acknowledgement stands.
+        acks = await asyncio.to_thread(services.db.acks_for, [a.id for a in todo])
+        already += [a.id for a in todo if a.id in acks]
+        todo = [a for a in todo if a.id not in acks]
+    done: list[Alert] = []
+    if todo:
+        rows = await asyncio.to_thread(
+            services.db.add_acks,
+            alerts=[(a.id, a.rule_id, a.gateway + (f"/{a.device}" if a.device else ""))
+                    for a in todo],
+            by_key=caller.key_id, by_name=caller.name, note=body.note,
+        )
+        at = rows[0].at.isoformat().replace("+00:00", "Z")
+        for alert in todo:
+            acked = services.alerts.acknowledge(alert.id, by=caller.name, at=at, note=body.note)
+            if acked is not None:
+                done.append(acked)
+    return json_response(BulkAckOut(done, already, missing))
+
+
 class RuleBody(BaseModel):
     """An alert rule. ``threshold``: measurement, field, op, threshold, duration_s.
     ``staleness``: duration_s. ``congestion``: ratio (of free-flow speed), duration_s."""

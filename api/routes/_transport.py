@@ -2,8 +2,9 @@
 
 Field names follow the Smart Data Models (``Vehicle``, ``TrafficFlowObserved``,
 ``OffStreetParking``). The congestion level of a link is :func:`api.state.congestion_level`
-(speed against free-flow speed). The GTFS-Realtime feed of the same vehicles is served by
-:mod:`api.standards`.
+(speed against free-flow speed). The GTFS-Realtime feeds of the same vehicles are served by
+:mod:`api.standards`; the GTFS static feed (``gtfs_static_path``) and the schedule adherence
+computed against it (:mod:`api.state._schedule`) are served here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from starlette.responses import Response
 
 from api._deps import ServicesDep, Viewer
 from api._encoding import doc, json_response
+from api._errors import NotFound
 from api._params import AreaQuery, Limit, Offset, Page
 from api._services import Services
 from api.state import (
+    Adherence,
     Congestion,
     GeoPoint,
     Latest,
@@ -73,6 +76,29 @@ class LinkPage(Page[LinkOut]):
 
 class ParkingPage(Page[ParkingOut]):
     pass
+
+
+class AdherenceSummary(msgspec.Struct):
+    vehicles: int
+    #: Vehicles whose delay could be computed (on a known trip, on its path).
+    matched: int
+    late: int
+    bunched: int
+
+
+class AdherencePage(Page[Adherence]):
+    """A page of vehicles against their timetable; ``summary`` counts the whole (filtered)
+    list, the thresholds are the settings the flags were computed with."""
+
+    summary: AdherenceSummary | None = None
+    lateThreshold_s: float = 0.0
+    bunchedRatio: float = 0.0
+    #: SHA-256 of the GTFS zip the timetable was read from.
+    feedSha256: str = ""
+
+
+def _no_feed() -> NotFound:
+    return NotFound("no GTFS timetable is configured (setting gtfs_static_path)")
 
 
 def _device_point(services: Services, r: Latest) -> GeoPoint | None:
@@ -153,3 +179,56 @@ async def parking(
             )
         )
     return json_response(ParkingPage.of(rows, offset, limit))
+
+
+@router.get("/transport/adherence", response_model=None, responses=doc(AdherencePage),
+            summary="Schedule adherence: delay, headway, late and bunched flags per vehicle")
+async def adherence(
+    services: ServicesDep,
+    _caller: Viewer,
+    route: RouteQuery = None,
+    late: Annotated[bool | None, Query(description="Only late (true) or not late (false)")]
+    = None,
+    bunched: Annotated[bool | None, Query(description="Only bunched (true) or not (false)")]
+    = None,
+    offset: Offset = 0,
+    limit: Limit = 1000,
+) -> Response:
+    schedule = services.schedule
+    if schedule.feed is None:
+        raise _no_feed()
+    rows = [a.row for a in await schedule.current(services.live)]
+    if route is not None:
+        rows = [r for r in rows if r.routeId == route]
+    if late is not None:
+        rows = [r for r in rows if r.late is late]
+    if bunched is not None:
+        rows = [r for r in rows if r.bunched is bunched]
+    page = AdherencePage.of(rows, offset, limit)
+    page.summary = AdherenceSummary(
+        vehicles=len(rows), matched=sum(r.delay_s is not None for r in rows),
+        late=sum(r.late for r in rows), bunched=sum(r.bunched for r in rows),
+    )
+    page.lateThreshold_s = schedule.late_threshold_s
+    page.bunchedRatio = schedule.bunched_ratio
+    page.feedSha256 = schedule.feed.sha256
+    return json_response(page)
+
+
+@router.get(
+    "/transport/gtfs/static.zip",
+    response_model=None,
+    summary="The GTFS Schedule feed (zip) the timetable is read from",
+    responses={200: {"description": "A GTFS zip",
+                     "content": {"application/zip": {"schema": {"type": "string",
+                                                                "format": "binary"}}}}},
+)
+async def gtfs_static(services: ServicesDep, _caller: Viewer) -> Response:
+    feed = services.schedule.feed
+    if feed is None:
+        raise _no_feed()
+    return Response(
+        feed.raw, media_type="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="gtfs.zip"',
+                 "ETag": f'"{feed.sha256}"', "Cache-Control": "private, max-age=300"},
+    )

@@ -7,6 +7,7 @@ state, and gap repair (missing batches asked of their gateways again).
 
 from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
 from api.state._broker import BrokerLink, prepare_broker
+from api.state._gtfs_feed import GtfsFeed, GtfsFeedError, TripSchedule, load_gtfs
 from api.state._hub import (
     EXTRA_KINDS,
     KINDS,
@@ -28,6 +29,7 @@ from api.state._live import (
     series_key,
 )
 from api.state._repair import GapRepair, RepairRound, seq_ranges
+from api.state._schedule import Adherence, Schedule, ScheduleCollector, VehicleAdherence
 from api.state._transport import (
     Congestion,
     GeoPoint,
@@ -43,6 +45,7 @@ __all__ = [
     "EXTRA_KINDS",
     "KINDS",
     "MEASUREMENT_KIND",
+    "Adherence",
     "Alert",
     "AlertEngine",
     "AlertHistory",
@@ -55,20 +58,27 @@ __all__ = [
     "GapRepair",
     "GatewayState",
     "GeoPoint",
+    "GtfsFeed",
+    "GtfsFeedError",
     "Hub",
     "Inventory",
     "Latest",
     "LiveState",
     "RepairRound",
     "Rule",
+    "Schedule",
+    "ScheduleCollector",
     "StreamFilter",
     "Subscriber",
+    "TripSchedule",
+    "VehicleAdherence",
     "VehicleOut",
     "as_float",
     "as_int",
     "as_str",
     "completeness_of",
     "congestion_level",
+    "load_gtfs",
     "parse_filter",
     "prepare_broker",
     "seq_ranges",

@@ -42,6 +42,7 @@ from api._metrics import ApiMetrics
 from api._params import iso
 from api.state._live import GatewayState, Inventory, Latest
 from api.storage import AlertRule, Database
+from telemetry import MEASUREMENTS
 
 __all__ = ["Alert", "AlertEngine", "AlertHistory", "AlertTransition", "Rule"]
 
@@ -92,6 +93,25 @@ class Alert(msgspec.Struct, kw_only=True):
     ack_by: str | None = None
     ack_at: str | None = None
     ack_note: str | None = None
+
+
+#: UCUM-style symbols of the wire contract, as people write them.
+_DISPLAY_UNITS: Final = {
+    "ug/m3": "µg/m³", "mg/m3": "mg/m³", "m3": "m³", "m3/h": "m³/h", "Cel": "°C",
+    "deg": "°", "%": "%", "1": "", "-": "", "dB(A)": "dB(A)", "dBA": "dB(A)",
+}
+_FIELD_LABELS: Final = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO₂", "o3": "O₃"}
+
+
+def display_unit(unit: str | None) -> str:
+    """``ug/m3`` -> ``µg/m³``, ``Cel`` -> ``°C``, ``deg`` -> ``°``; a count (``1``) -> ``""``."""
+    if not unit:
+        return ""
+    return _DISPLAY_UNITS.get(unit, unit)
+
+
+def field_label(field: str) -> str:
+    return _FIELD_LABELS.get(field, field)
 
 
 def _alert_id(rule_id: int, subject: str, started_ns: int) -> str:
@@ -163,7 +183,8 @@ class AlertEngine:
             return
         threshold = rule.threshold if rule.threshold is not None else 0.0
         holds = _OPS[rule.op](float(value), threshold)
-        message = f"{rule.field} {value:g} {rule.op} {threshold:g}"
+        unit = self._unit(latest, rule.field or "")
+        message = f"{field_label(rule.field or '')} {value:g}{unit} {rule.op} {threshold:g}{unit}"
         self._evaluate(rule, latest, holds, float(value), threshold, message)
 
     def _congestion(self, rule: Rule, latest: Latest) -> None:
@@ -173,8 +194,21 @@ class AlertEngine:
         free = self.free_flow_speed(latest.gateway, latest.device)
         limit = (rule.ratio if rule.ratio is not None else 0.3) * free
         holds = float(speed) < limit
-        message = f"speed {speed:g} km/h under {limit:g} km/h ({rule.ratio:g} of free flow)"
+        share = f"{(rule.ratio if rule.ratio is not None else 0.3) * 100:g} %"
+        message = f"speed {speed:g} km/h under {limit:g} km/h ({share} of free flow)"
         self._evaluate(rule, latest, holds, float(speed), limit, message)
+
+    def _unit(self, latest: Latest, field: str) -> str:
+        """The field's unit for people (" µg/m³", " %", "" for a count), after a space."""
+        state = self._inventory.gateways.get(latest.gateway)
+        dev = state.devices.get(latest.device) if state is not None else None
+        unit = dev.measurements.get(latest.measurement, {}).get(field) if dev else None
+        if unit is None:
+            spec = MEASUREMENTS.get(latest.measurement)
+            known = spec.fields.get(field) if spec is not None else None
+            unit = known.unit if known is not None else ""
+        shown = display_unit(unit)
+        return "" if not shown else shown if shown == "°" else f" {shown}"
 
     def free_flow_speed(self, gateway: str, device: str) -> float:
         state = self._inventory.gateways.get(gateway)
@@ -243,9 +277,11 @@ class AlertEngine:
         alert_id = self._active_by_subject.get(key)
         if holds and alert_id is None and self._may_raise(key):
             what = "offline" if gateway.state == "offline" else "silent"
+            # When it started is the alert's ``started`` (clients show it in their own time
+            # zone); the text carries no raw timestamp.
             self._raise(
                 rule, gateway.id, since, gateway=gateway.id,
-                message=f"gateway {gateway.id} {what} since {iso(since)}",
+                message=f"gateway {gateway.id} {what} for {rule.duration_s / 60:g} min or more",
                 area=gateway.location.area if gateway.location else None,
             )
         elif not holds and alert_id is not None:

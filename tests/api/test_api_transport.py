@@ -144,9 +144,9 @@ def test_congestion_and_staleness_alerts(api_stack: ApiStack, publisher: Publish
     assert rule.status_code == 201, rule.text
     try:
         publisher.birth("jam-gw", [device("loop-j", "loop")])
-        # The default congestion rule wants the link slow for two minutes (device time).
+        # The default congestion rule wants the link slow for five minutes (device time).
         now = time.time_ns()
-        for ts in (now - 121 * 10**9, now):
+        for ts in (now - 301 * 10**9, now):
             publisher.reading("jam-gw", "loop-j", "TrafficFlowObserved",
                               {"averageVehicleSpeed": 10.0}, ts=ts, tags={"lane": "2"})
         congestion = wait_until(lambda: [

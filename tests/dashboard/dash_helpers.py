@@ -14,6 +14,7 @@ test pushes above the alert threshold. The simulator fleet adds the ``small`` sc
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import threading
@@ -30,7 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from api import ApiError, ApiServer, ApiSettings, Database, MqttSettings
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
-from simulators import FleetConfig, GatewayFleet, load_scenario
+from simulators import City, FleetConfig, GatewayFleet, load_scenario
+from simulators._timetable import write_gtfs  # not exported (yet) by simulators
 from smartcity._localstack import Influxd, Mosquitto
 from telemetry import (
     Batch,
@@ -258,13 +260,22 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
                 db.update_rule(rule.id, duration_s=0.0)
         keys = {role: db.create_key(name=f"dash-{role}", role=role)[1]
                 for role in ("viewer", "operator")}
+        scenario = load_scenario("small", start="now", speed=1.0, tick_s=1.0,
+                                 intervals=dict.fromkeys(_KINDS, 1.0))
+        # The small city's bus timetable as GTFS, so late and bunched buses can be counted.
+        timetable = City(scenario).timetable
+        assert timetable is not None
+        today = dt.date.today()
+        write_gtfs(timetable, tmp / "gtfs.zip", start=today - dt.timedelta(days=2),
+                   end=today + dt.timedelta(days=2))
         settings = ApiSettings(
             host="127.0.0.1", port=0,
             mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port,
                               client_id=f"api-dash-{uuid.uuid4().hex[:8]}"),
             topic_root=root, influx_url=influxd.url, influx_database=database,
             database_url=db_url, alert_tick_s=0.2, completeness_refresh_s=2.0,
-            stream_heartbeat_s=2.0,
+            stream_heartbeat_s=2.0, gtfs_static_path=tmp / "gtfs.zip",
+            city_timezone="Europe/Oslo",
         )
         server = ApiServer(settings, db=db)
         server.start()
@@ -272,8 +283,6 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
         city = CraftedCity(mosquitto, root)
         city.start()
         closers.append(city.stop)
-        scenario = load_scenario("small", start="now", speed=1.0, tick_s=1.0,
-                                 intervals=dict.fromkeys(_KINDS, 1.0))
         fleet = GatewayFleet(FleetConfig(scenario=scenario, topic_root=root,
                                          host=mosquitto.host, port=mosquitto.port,
                                          client_prefix=f"dash{uuid.uuid4().hex[:4]}",

@@ -141,7 +141,7 @@ def test_without_a_tile_source_the_page_contacts_no_other_host(
     page: Page, dash_stack: DashStack
 ) -> None:
     with dash_stack.client() as client:
-        assert client.get("/v1/dashboard/config").json() == {"tiles": None}
+        assert client.get("/v1/dashboard/config").json()["tiles"] is None
         assert httpx.get(f"{dash_stack.url}/v1/dashboard/config").status_code == 401
     _open(page, dash_stack.url, dash_stack.keys["viewer"])
     expect(page.locator("#map .basemap")).to_have_count(0)

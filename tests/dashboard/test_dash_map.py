@@ -100,6 +100,8 @@ def test_keyboard_selects_an_item_and_its_history_chart_renders(
     expect(page.locator("#chart-summary")).to_contain_text("15 min as 10s means")
     page.screenshot(path=str(artifacts / "dashboard-1280x800.png"))
     page.set_viewport_size({"width": 820, "height": 1180})
+    # The search zoomed the map to aq-3; back to the whole city to pick a car park.
+    page.click("#zoom-reset")
     page.click(f"#layer-parking g.feature[data-key='{CITY_GW}/park-1']")
     expect(page.locator("#details-title")).to_have_text("Car park park-1")
     expect(chart).to_have_attribute("data-state", "drawn", timeout=15_000)

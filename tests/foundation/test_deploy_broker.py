@@ -241,7 +241,7 @@ class Client:
         self.client.loop_stop()
         # paho closes its wake-up socket pair only in __del__; a client kept in a reference
         # cycle until the session's last collection would be reported as a ResourceWarning.
-        self.client._reset_sockets()  # noqa: SLF001
+        self.client._reset_sockets()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
