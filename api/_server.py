@@ -7,8 +7,6 @@ import importlib.util
 import logging
 import threading
 import time
-from types import TracebackType
-from typing import Self
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,6 +16,7 @@ from api._errors import ApiError
 from api._services import Services
 from api._settings import ApiSettings
 from api.storage import Database
+from foundation import Startable
 
 __all__ = ["ApiServer", "base_url", "serve", "uvicorn_config"]
 
@@ -63,7 +62,7 @@ def serve(settings: ApiSettings) -> None:
         raise ApiError("the API did not start (see the log above)")
 
 
-class ApiServer:
+class ApiServer(Startable):
     """The API on a background thread, for tests, benchmarks and the demo::
 
         with ApiServer(settings) as api:       # returns once serving
@@ -117,15 +116,3 @@ class ApiServer:
     def stop(self, timeout: float = 30.0) -> None:
         self.server.should_exit = True
         self._thread.join(timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

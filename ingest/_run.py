@@ -10,9 +10,8 @@ import asyncio
 import logging
 import signal
 import threading
-from types import TracebackType
-from typing import Self
 
+from foundation import Startable
 from ingest._config import IngestConfig
 from ingest._errors import IngestError
 from ingest._metrics import IngestMetrics
@@ -48,7 +47,7 @@ def run_worker(config: IngestConfig) -> None:
     asyncio.run(_serve(config))
 
 
-class WorkerThread:
+class WorkerThread(Startable):
     """Runs an :class:`IngestWorker` on its own event loop in a background thread.
 
     For synchronous callers (the demo, tests)::
@@ -91,15 +90,3 @@ class WorkerThread:
         self._thread.join(timeout)
         if self._error is not None:
             raise self._error
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

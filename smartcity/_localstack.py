@@ -33,10 +33,9 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
-from foundation import InfluxQueryError, free_port, influxql
+from foundation import InfluxQueryError, Startable, free_port, influxql
 from telemetry import TopicError, check_cluster_id, mqtt_to_nats_subject
 
 __all__ = [
@@ -81,7 +80,7 @@ def find_binary(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> str:
     return found
 
 
-class LocalService:
+class LocalService(Startable):
     """A child process with a data directory, a port and a readiness check."""
 
     name = "service"
@@ -166,18 +165,6 @@ class LocalService:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -544,7 +531,7 @@ accounts {{
         return all(_accepts(self.host, p) for p in (self.port, self.mqtt_port, self.http_port))
 
 
-class NatsCluster:
+class NatsCluster(Startable):
     """A private NATS JetStream cluster on loopback: ``nodes`` servers (odd), JetStream and
     MQTT (3.1.1) on each, routes between them, each node with its own store directory.
 
@@ -731,18 +718,6 @@ class NatsCluster:
             if n.server_name == server_name:
                 return n.index
         raise ServiceError(f"no node named {server_name!r}")
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def find_nats_server() -> str:
