@@ -32,6 +32,7 @@ from api._services import Services
 from api._settings import ApiSettings
 from api.dashboard import mount_dashboard
 from api.storage import Database
+from foundation import LoopLagMonitor
 
 __all__ = ["create_app"]
 
@@ -70,11 +71,16 @@ def create_app(settings: ApiSettings, *, db: Database | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lag = LoopLagMonitor(services.metrics.loop_lag.observe)
         async with services:
             app.state.services = services
             if settings.demo:
                 await _demo_keys(services)
-            yield
+            lag.start()
+            try:
+                yield
+            finally:
+                await lag.aclose()
 
     # Swagger UI and ReDoc load their scripts from a CDN (no subresource integrity in
     # FastAPI's pages): served only when asked for, by default in demo mode alone.

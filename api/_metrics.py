@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from foundation import LAG_BUCKETS
+
 __all__ = ["ApiMetrics"]
 
 
@@ -17,6 +19,11 @@ class ApiMetrics:
         self.latency = Histogram(
             "smartcity_api_request_seconds", "HTTP request latency", ["route"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+        self.loop_lag = Histogram(
+            "smartcity_api_event_loop_lag_seconds",
+            "How late the event loop ran a callback that was due (0.1 s probes)",
+            buckets=LAG_BUCKETS, registry=r,
         )
         self.mqtt_messages = Counter(
             "smartcity_api_mqtt_messages", "Broker messages received", ["kind"], registry=r

@@ -8,6 +8,7 @@ third-party libraries, and every service (``firmware_bridge``, ``edge_agent``, `
 - :class:`Backoff`: the one reconnect schedule (capped, exponential, jittered);
 - :class:`SendPolicy`: the sending rules of a gateway's uplink (window, PUBACK reasons,
   :class:`UnroutedHold`), shared by the edge agent and the simulated fleet;
+- :class:`LoopLagMonitor`: event-loop lag into each service's histogram;
 - logging set-up: structured JSON or console lines, one format for every service;
 - :func:`influxql`: one InfluxQL query over HTTP(S) with the standard library;
 - :func:`free_port`; :class:`Startable` (``with`` for things with ``start()``/``stop()``)
@@ -31,10 +32,12 @@ from foundation._broker import (
 from foundation._influxdb import InfluxQueryError, influxql
 from foundation._lifecycle import Startable, StartableThread
 from foundation._logging import ConsoleFormatter, JsonFormatter, LogFormat, configure_logging
+from foundation._looplag import LAG_BUCKETS, LoopLagMonitor
 from foundation._net import free_port
 from foundation._sending import UNROUTED_BACKOFF, PubackVerdict, SendPolicy, UnroutedHold
 
 __all__ = [
+    "LAG_BUCKETS",
     "UNROUTED_BACKOFF",
     "Backoff",
     "BackoffConfigError",
@@ -45,6 +48,7 @@ __all__ = [
     "InfluxQueryError",
     "JsonFormatter",
     "LogFormat",
+    "LoopLagMonitor",
     "PubackVerdict",
     "SendPolicy",
     "Startable",

@@ -12,6 +12,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from foundation import LAG_BUCKETS
 from ingest._bookkeeping import GatewayBook
 
 __all__ = ["IngestMetrics", "MetricsServer", "Tally"]
@@ -82,6 +83,12 @@ class IngestMetrics:
             f"{p}_batch_latency_seconds",
             "From the first message of a batch received to InfluxDB's 204 (retries included)",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            f"{p}_event_loop_lag_seconds",
+            "How late the event loop ran a callback that was due (0.1 s probes)",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.write_duration = Histogram(

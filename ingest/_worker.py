@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
+from foundation import LoopLagMonitor
 from ingest._batcher import Batch, Batching, Chunk, MessageDecoder
 from ingest._bookkeeping import GatewayBook
 from ingest._config import IngestConfig
@@ -133,6 +134,7 @@ class IngestWorker:
         self._sink: Sink | None = None
         self._writer: Writer | None = None
         self._metrics_server: MetricsServer | None = None
+        self._lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task[None] | None = None
         self._entered = False
@@ -207,6 +209,7 @@ class IngestWorker:
             await self._teardown()
             raise
         self._runner = asyncio.create_task(self._run(), name=f"{self.name}.run")
+        self._lag.start()
         log.info(
             "ingest worker started",
             extra={
@@ -235,6 +238,7 @@ class IngestWorker:
             await self._teardown()
 
     async def _teardown(self) -> None:
+        await self._lag.aclose()
         await self._session.close()
         if self._metrics_server is not None:
             self._metrics_server.close()

@@ -518,3 +518,10 @@ def test_a_rate_limited_ngsi_ld_client_gets_an_etsi_problem(
     assert limited.headers["content-type"] == "application/problem+json"
     assert limited.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest"
     assert limited.json()["status"] == 429
+
+
+def test_the_event_loop_lag_is_on_metrics(make_stack: Callable[..., ApiStack]) -> None:
+    """The tail a benchmark sees is the one an operator sees: event-loop lag histogram."""
+    stack = make_stack()
+    wait_until(lambda: metric(stack, "smartcity_api_event_loop_lag_seconds_count") >= 3)
+    assert metric(stack, "smartcity_api_event_loop_lag_seconds_sum") < 5
