@@ -86,6 +86,9 @@ class WorkerThread(Startable):
             raise self._error
 
     def stop(self, timeout: float = 60.0) -> None:
+        """Stop the worker and wait for its thread; nothing to do if it never started."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            return
         self.worker.stop()
         self._thread.join(timeout)
         if self._error is not None:
