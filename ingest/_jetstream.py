@@ -34,7 +34,6 @@ points are identified by measurement, tags and device time). ``epoch`` is consta
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -53,6 +52,7 @@ from foundation import Backoff, BrokerSetupError
 from foundation.mqtt import Message
 from ingest._config import IngestConfig
 from ingest._errors import BrokerError, ConfigError
+from ingest._inbox import Inbox
 from ingest._metrics import IngestMetrics
 from telemetry import (
     MQTT_STREAM_PREFIX,
@@ -105,7 +105,7 @@ def _mismatch(want: js_api.ConsumerConfig, have: js_api.ConsumerConfig) -> list[
     return out
 
 
-class JetStreamSource:
+class JetStreamSource(Inbox):
     """Messages of the durable consumer, taken and acknowledged like the MQTT session's.
 
     :meth:`connect` (returns once the consumer is created or verified and bound), then the
@@ -135,18 +135,11 @@ class JetStreamSource:
             maximum=float(max(config.mqtt.reconnect_min_delay, config.mqtt.reconnect_max_delay)),
         )
         r = config.window
-        #: Messages fetched and not yet taken by the worker, in delivery order.
-        self.inbox: collections.deque[Message] = collections.deque()
-        self._high_water = max(1, r - r // 2)
-        self._low_water = max(1, self._high_water // 2)
+        super().__init__(r)
         #: Deliveries handed over and not acknowledged yet: mid -> (NATS message, since).
         self._held: dict[int, tuple[Msg, float]] = {}
         self._mids = itertools.count(1)
         self._accepting = True
-        self._idle = False
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
         self._nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: Notifications being handed to the client (awaited at close, like the loops).
@@ -288,8 +281,7 @@ class JetStreamSource:
         while self._taking():
             room = self._high_water - len(self.inbox)
             if room <= 0:
-                self._room.clear()
-                await self._room.wait()
+                await self._wait_for_room()
                 continue
             try:
                 msgs = await psub.fetch(batch=room, timeout=_FETCH_WAIT_S)
@@ -327,15 +319,12 @@ class JetStreamSource:
             delivered = 1
         mid = next(self._mids)
         self._held[mid] = (m, now)
-        self.inbox.append(
+        self._put(
             Message(
                 topic=topic, payload=m.data, qos=1, retain=False, dup=delivered > 1,
                 mid=mid, epoch=_EPOCH, properties=None, conn=None,
             )
         )
-        if self._idle:
-            self._idle = False
-            self._wake.set()
 
     async def _progress(self) -> None:
         """Every AckWait/3, mark deliveries held longer than that as in progress (InfluxDB
@@ -349,29 +338,6 @@ class JetStreamSource:
                 if since <= cutoff:
                     with contextlib.suppress(nats.errors.Error, OSError):
                         await m.in_progress()
-
-    def make_room(self) -> None:
-        """Let the fetch go on once the inbox is below the low-water mark."""
-        if not self._room.is_set() and len(self.inbox) < self._low_water:
-            self._room.set()
-
-    def wake(self) -> None:
-        """End a :meth:`wait_for_messages` now (the worker is stopping)."""
-        self._wake.set()
-        self._room.set()
-
-    async def wait_for_messages(self, timeout: float | None) -> None:  # noqa: ASYNC109
-        """Return when a message is in the inbox, after ``timeout`` s, or on :meth:`wake`."""
-        if self.inbox:
-            return
-        self._wake.clear()
-        self._idle = True
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-        finally:
-            self._idle = False
 
     # -- acks and publishing --------------------------------------------------------------
     async def acknowledge(self, release: Callable[[int], Iterable[tuple[int, int]]]) -> None:

@@ -55,7 +55,6 @@ place that decides, and the epoch check stays in the layer.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -78,6 +77,7 @@ from foundation.mqtt import (
 from foundation.mqtt import MqttSession as SharedSession
 from ingest._config import MqttConfig
 from ingest._errors import BrokerError, ConfigError
+from ingest._inbox import Inbox
 from ingest._metrics import IngestMetrics
 
 __all__ = ["Inbound", "MqttSession"]
@@ -94,7 +94,7 @@ _FATAL_REFUSALS: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8C})
 _WARN_EVERY_S: Final = 60.0
 
 
-class MqttSession:
+class MqttSession(Inbox):
     """A persistent, manually acknowledged shared subscription with Receive Maximum.
 
     Use from the event loop: :meth:`connect` (returns once subscribed), then take messages
@@ -143,17 +143,11 @@ class MqttSession:
             )
         except (BrokerSetupError, MqttConfigError) as exc:
             raise ConfigError(str(exc)) from exc
-        #: Messages handed over and not yet taken by the worker, in receive order.
-        self.inbox: collections.deque[Message] = collections.deque()
-        self._high_water = max(1, r - r // 2)
-        self._low_water = max(1, self._high_water // 2)
+        super().__init__(r)
         #: Messages handed over on the live connection and not acknowledged yet, by mid.
         self._live: dict[int, Message] = {}
         self._accepting = True
         self._subscribed = False
-        self._idle = False
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
         self._stack: contextlib.AsyncExitStack | None = None
         self._pump: asyncio.Task[None] | None = None
         self._undelivered = 0
@@ -267,42 +261,15 @@ class MqttSession:
         async for msg in layer.messages():
             if not self._accepting:
                 return  # stopping: this message and the rest stay with the broker
-            inbox.append(msg)
+            self._put(msg)
             # Only an ack of the live connection can be sent (the epoch changes at CONNACK,
             # before the messages that follow it are delivered).
             if msg.qos and msg.epoch == layer.epoch and layer.connected:
                 live[msg.mid] = msg
-            if self._idle:
-                self._idle = False
-                self._wake.set()
             # Until connect() returns nobody takes from the inbox, and nothing is acked yet,
             # so the broker's Receive Maximum (honoured exactly while no acks flow) bounds it.
             while self._subscribed and len(inbox) >= high and self._accepting:
-                self._room.clear()
-                await self._room.wait()
-
-    def make_room(self) -> None:
-        """Let the hand-off go on once the inbox is below the low-water mark."""
-        if not self._room.is_set() and len(self.inbox) < self._low_water:
-            self._room.set()
-
-    def wake(self) -> None:
-        """End a :meth:`wait_for_messages` now (the worker is stopping)."""
-        self._wake.set()
-        self._room.set()
-
-    async def wait_for_messages(self, timeout: float | None) -> None:  # noqa: ASYNC109
-        """Return when a message is in the inbox, after ``timeout`` s, or on :meth:`wake`."""
-        if self.inbox:
-            return
-        self._wake.clear()
-        self._idle = True
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-        finally:
-            self._idle = False
+                await self._wait_for_room()
 
     # -- acks and publishing --------------------------------------------------------------
     async def acknowledge(self, release: Callable[[int], Iterable[tuple[int, int]]]) -> None:
