@@ -40,6 +40,7 @@ from api.state import (
     AlertEngine,
     AlertHistory,
     AlertTransition,
+    AreaMap,
     BrokerLink,
     Event,
     GapRepair,
@@ -120,6 +121,12 @@ def prepare_connections(settings: ApiSettings) -> None:
         key_file=settings.influx_key_file,
     )
     load_schedule(settings)
+    load_areas(settings)
+
+
+def load_areas(settings: ApiSettings) -> AreaMap | None:
+    """The area map of ``areas_path`` (none when unset); raise :class:`ConfigError`."""
+    return AreaMap.load(settings.areas_path) if settings.areas_path is not None else None
 
 
 def load_schedule(settings: ApiSettings) -> Schedule:
@@ -167,6 +174,8 @@ class Services:
         #: The GTFS timetable (``gtfs_static_path``, read and validated here: a bad feed
         #: stops the start with a ConfigError) and the schedule adherence computed against it.
         self.schedule = load_schedule(settings)
+        #: Where a reading with its own position is (``areas_path``; docs/api.md "Areas").
+        self.areas = load_areas(settings)
         self.metrics.registry.register(ScheduleCollector(self.schedule, self.live))
         self.influx = InfluxClient.from_settings(settings)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
@@ -276,11 +285,19 @@ class Services:
         gw_state.last_seen_ns = time.time_ns()
         applied = 0
         refused = live.refused
+        areas = self.areas
         for r in batch.readings:
             device = gw_state.devices.get(r.device)
-            area = device.area(gw_state) if device is not None else (
-                gw_state.location.area if gw_state.location is not None else None
-            )
+            fields = r.fields
+            lat, lon = fields.get("latitude"), fields.get("longitude")
+            if isinstance(lat, float | int) and isinstance(lon, float | int):
+                # A reading with its own position is where it is now, not where its agent
+                # started (the birth's area). (A bool is no position, and never a field.)
+                area = areas.locate(lat, lon) if areas is not None else None
+            elif device is not None:
+                area = device.area(gw_state)
+            else:
+                area = gw_state.location.area if gw_state.location is not None else None
             latest = Latest(
                 gateway, r.device, r.measurement, iso(r.ts), r.ts, dict(r.fields),
                 r.quality, dict(r.tags), area,

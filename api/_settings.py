@@ -142,6 +142,13 @@ class ApiSettings(YamlSettings):
     #: Free-flow speed of a traffic link when its device does not announce one (km/h).
     free_flow_speed_kmh: _Positive = 50.0
 
+    # Areas ---------------------------------------------------------------------------------
+    #: The city's areas as GeoJSON polygons (docs/api.md, "Areas"): a reading that carries
+    #: its own position (a bus) is placed in the area containing it. Unset: such readings are
+    #: in no area (their start-up area from the birth would be wrong). ``smartcity sim areas``
+    #: writes the simulated city's map. Read and validated at start.
+    areas_path: Path | None = None
+
     # Timetable (GTFS) --------------------------------------------------------------------
     #: The city's GTFS Schedule feed (a zip): served at ``/v1/transport/gtfs/static.zip`` and
     #: the timetable schedule adherence and GTFS-Realtime TripUpdates are computed against.

@@ -17,6 +17,7 @@ Errors: :class:`SimulatorError` and its subclasses (hierarchy in ``simulators._e
 ``docs/simulators.md`` is the guide.
 """
 
+from simulators._areas import areas_geojson, export_areas
 from simulators._city import KIND_SPECS, City, Frame, KindFrame, Layout, build_layout
 from simulators._devicemode import DeviceCity, DeviceEndpoints
 from simulators._errors import (
@@ -108,9 +109,11 @@ __all__ = [
     "TimetableSpec",
     "TripRef",
     "WireEncoder",
+    "areas_geojson",
     "batch_payload",
     "build_layout",
     "compare_with_influx",
+    "export_areas",
     "export_gtfs",
     "hostile_messages",
     "load_scenario",

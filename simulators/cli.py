@@ -10,6 +10,7 @@ and a gateway install does not need server packages to show it.
     smartcity sim run --scenario city --broker mqtts://broker:8883 --ca-file ca.pem
     smartcity sim devices --scenario small --dir /tmp/sim   ptys, Modbus TCP, local MQTT
     smartcity sim gtfs --scenario city --out gtfs.zip     the buses' timetable (GTFS zip)
+    smartcity sim areas --scenario city --out areas.json  the city's areas (GeoJSON polygons)
     smartcity sim chaos --gateways 200 --minutes 5          (added by smartcity: the whole stack)
 """
 
@@ -269,6 +270,25 @@ def devices(
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+@app.command("areas")
+def areas(
+    scenario: ScenarioOption,
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
+                                      help="Where to write the GeoJSON.")] = Path("areas.json"),
+) -> None:
+    """Export the simulated city's areas (centre, inner, outer) as GeoJSON polygons. Point the
+    API's ``areas_path`` at it: a bus is then placed in the area it is driving through."""
+    sc = _load(scenario)
+    from simulators._areas import export_areas
+
+    try:
+        count = export_areas(sc, out)
+    except OSError as exc:
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps({"file": str(out), "bytes": out.stat().st_size, "areas": count}))
 
 
 @app.command("gtfs")

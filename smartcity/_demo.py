@@ -37,6 +37,7 @@ from simulators import (
     FleetConfig,
     GatewayFleet,
     ScenarioError,
+    export_areas,
     export_gtfs,
     load_scenario,
 )
@@ -199,6 +200,9 @@ def run_demo(
                 export_gtfs(load_scenario(scenario), var / "gtfs.zip", days=30)
             except ScenarioError:  # a scenario without buses has no timetable
                 gtfs = None
+            # The city's areas, so that a bus is in the area it drives through.
+            areas = var / "areas.json"
+            export_areas(load_scenario(scenario), areas)
             _say("starting the API (demo mode: loopback only, one key per role)")
             api = ApiServer(
                 ApiSettings(
@@ -213,6 +217,7 @@ def run_demo(
                     database_url=f"sqlite:///{var / 'api.sqlite3'}",
                     city_timezone=load_scenario(scenario).city.timezone,
                     gtfs_static_path=gtfs,
+                    areas_path=areas,
                 )
             )
             api.start()

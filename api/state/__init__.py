@@ -6,6 +6,7 @@ state, and gap repair (missing batches asked of their gateways again).
 """
 
 from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
+from api.state._areas import AreaMap
 from api.state._broker import BrokerLink, prepare_broker
 from api.state._gtfs_feed import GtfsFeed, GtfsFeedError, TripSchedule, load_gtfs
 from api.state._hub import (
@@ -50,6 +51,7 @@ __all__ = [
     "AlertEngine",
     "AlertHistory",
     "AlertTransition",
+    "AreaMap",
     "BrokerLink",
     "Completeness",
     "Congestion",
