@@ -62,6 +62,9 @@ export class CityMap {
     this.hidden = new Set();
     this.filter = null;           // KPI filter: {name, match(layer, key)} or null
     this.alertNodes = new Map();  // subject key -> marker of its worst active alert
+    /** Timeline replay: {vehicles: key -> [lat, lon] | null, links: key -> level}, or null
+     * (live). While set, vehicles and links are drawn as they were, not from the model. */
+    this.replayState = null;
     /** Called with ([lat, lon] of the view's centre, units per pixel, origin latitude). */
     this.onView = null;
     this._bind();
@@ -232,10 +235,11 @@ export class CityMap {
       this.nodes.set(key, node);
     }
     if (layer === "links") {
-      const colour = CONGESTION_COLOURS[f.level || "unknown"];
+      const level = (this.replayState ? this.replayState.links.get(key) : f.level) || "unknown";
+      const colour = CONGESTION_COLOURS[level];
       node.shape.setAttribute("stroke", colour);
       if (node.dot) node.dot.setAttribute("fill", colour);
-      node.g.dataset.level = f.level || "unknown";
+      node.g.dataset.level = level;
     } else if (layer === "parking") {
       const free = typeof f.free === "number" ? f.free : null;
       node.label.textContent = free === null ? "?" : fmtCount(free);
@@ -261,7 +265,8 @@ export class CityMap {
 
   /** Grey and hatch a feature whose data is not live; its age shows on hover. */
   _markStale(layer, key, node) {
-    const stale = this.model.staleness(layer, key);
+    const replayed = this.replayState && (layer === "vehicles" || layer === "links");
+    const stale = replayed ? null : this.model.staleness(layer, key);
     node.g.classList.toggle("stale", Boolean(stale));
     node.g.dataset.stale = stale ? "true" : "false";
     let title = node.g.querySelector(":scope > title");
@@ -273,6 +278,20 @@ export class CityMap {
       ? `${this.describe(layer, key)}. Not live: ${stale.why}${stale.ageS !== null && stale.ageS !== undefined ? `, last reading ${fmtDuration(stale.ageS)} ago` : ""}`
       : this.describe(layer, key);
     return stale;
+  }
+
+  /** Timeline replay: draw vehicles and traffic links as they were (`state`, see
+   * `replayState`), or give them back to the live model (null). A vehicle with no position
+   * at that moment is hidden; a link with no speed is drawn "unknown". */
+  setReplay(state) {
+    this.replayState = state;
+    this.svg.classList.toggle("replaying", Boolean(state));
+    for (const [key, node] of this.nodes) {
+      if (node.layer !== "vehicles" && node.layer !== "links") continue;
+      if (this.model.layers[node.layer].has(key)) this._update(node.layer, key);
+      else if (!state) node.g.classList.remove("replay-absent");
+    }
+    this.host.dataset.replayVehicles = state ? String([...state.vehicles.values()].filter(Boolean).length) : "";
   }
 
   /** Re-evaluate staleness of everything (called every few seconds: time passes). */
@@ -387,7 +406,9 @@ export class CityMap {
 
   _place(key, node) {
     if (node.line || !node.marker) return;
-    const pos = this.model.position(node.layer, key);
+    const replayed = this.replayState && node.layer === "vehicles";
+    const pos = replayed ? this.replayState.vehicles.get(key) : this.model.position(node.layer, key);
+    node.g.classList.toggle("replay-absent", Boolean(replayed && !pos));
     if (!pos) return;
     const [x, y] = this.project(pos[0], pos[1]);
     const u = (this.u || this.unitsPerPx()) * (this.density || 1);

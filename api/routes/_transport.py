@@ -9,7 +9,8 @@ computed against it (:mod:`api.state._schedule`) are served here.
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Final
 
 import msgspec
 from fastapi import APIRouter, Query
@@ -17,8 +18,18 @@ from starlette.responses import Response
 
 from api._deps import ServicesDep, Viewer
 from api._encoding import doc, json_response
-from api._errors import NotFound
-from api._params import AreaQuery, Limit, Offset, Page
+from api._errors import BadParameter, NotFound
+from api._params import (
+    WINDOW_RE,
+    AreaQuery,
+    EndQuery,
+    Limit,
+    Offset,
+    Page,
+    StartQuery,
+    time_range,
+    window_ns,
+)
 from api._services import Services
 from api.state import (
     Adherence,
@@ -31,6 +42,7 @@ from api.state import (
     congestion_level,
 )
 from api.state import vehicles as live_vehicles
+from api.storage import ReplayFrames, read_replay
 
 __all__ = ["router"]
 
@@ -213,6 +225,54 @@ async def adherence(
     page.bunchedRatio = schedule.bunched_ratio
     page.feedSha256 = schedule.feed.sha256
     return json_response(page)
+
+
+#: Steps of a replay: default so that a range has about this many, and at most this many.
+_REPLAY_STEPS: Final = 360
+_REPLAY_MAX_STEPS: Final = 2000
+
+
+@router.get("/transport/replay", response_model=None, responses=doc(ReplayFrames),
+            summary="Vehicles' positions and links' congestion step by step over a past range")
+async def replay(
+    services: ServicesDep,
+    _caller: Viewer,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    step: Annotated[
+        str | None,
+        Query(pattern=f"^{WINDOW_RE.pattern}$",
+              description="Step (e.g. 60s, 5m); default: the range / 360, at least 60 s"),
+    ] = None,
+) -> Response:
+    """The map as it was: per step, each vehicle's last position and each traffic link's mean
+    speed with its congestion level. Default range: the last 6 hours. Columnar: the lists of
+    every series follow ``times``."""
+    settings = services.settings
+    if start is None and end is None:
+        end_ns = time.time_ns()
+        start_ns = end_ns - 6 * 3600 * 10**9
+    else:
+        start_ns, end_ns = time_range(start, end, max_days=settings.max_range_days)
+    if step is None:
+        step_s = max(60, -(-(end_ns - start_ns) // (_REPLAY_STEPS * 10**9)))
+    else:
+        step_s = max(1, window_ns(step) // 10**9)
+    steps = -(-(end_ns - (start_ns - start_ns % (step_s * 10**9))) // (step_s * 10**9))
+    if steps > _REPLAY_MAX_STEPS:
+        raise BadParameter(
+            f"{steps} steps of {step_s} s exceed the limit of {_REPLAY_MAX_STEPS}; use a "
+            "longer step or a shorter range", parameter="step",
+        )
+    frames = await read_replay(
+        services.influx, start_ns=start_ns, end_ns=end_ns, step_s=step_s,
+        max_series=settings.warm_max_series,
+    )
+    for link in frames.links:
+        free = services.alerts.free_flow_speed(link.gateway, link.device)
+        link.freeFlowSpeed = free
+        link.congestionLevel = [congestion_level(v, free)[0] for v in link.speed]
+    return json_response(frames)
 
 
 @router.get(

@@ -31,6 +31,7 @@ from api.storage._queries import (
     select_previous_max_seq,
     show_measurements,
 )
+from api.storage._replay import ReplayFrames, ReplayLink, ReplayVehicle, read_replay
 
 __all__ = [
     "KEY_PREFIX",
@@ -45,6 +46,9 @@ __all__ = [
     "InfluxClient",
     "ObservationQuery",
     "Point",
+    "ReplayFrames",
+    "ReplayLink",
+    "ReplayVehicle",
     "Series",
     "SeriesQuery",
     "hash_key",
@@ -52,6 +56,7 @@ __all__ = [
     "new_key",
     "quote_ident",
     "quote_string",
+    "read_replay",
     "read_series",
     "select_completeness",
     "select_entity_history",

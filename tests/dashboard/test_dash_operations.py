@@ -400,7 +400,9 @@ def test_an_unknown_city_time_zone_is_refused_at_start_up() -> None:
         ApiSettings(city_timezone="Mars/Olympus_Mons")
 
 
-def test_replaying_the_last_hours_of_alerts_on_the_map(page: Page, dash_stack: DashStack) -> None:
+def test_replaying_the_last_hours_of_alerts_and_buses_on_the_map(
+    page: Page, dash_stack: DashStack
+) -> None:
     wait_until(lambda: api_json(dash_stack, "/v1/alerts")["total"] > 0)
     page.wait_for_timeout(1500)  # the API stores transitions about once a second
     sign_in(page, dash_stack)
@@ -418,10 +420,24 @@ def test_replaying_the_last_hours_of_alerts_on_the_map(page: Page, dash_stack: D
     # At the end of the slider (now): the alerts active now, from the stored history.
     wait_until(agrees, timeout=20, interval=0.5)
     expect(page.locator("#layer-alerts g.alert-marker").first).to_be_visible()
-    # Six hours ago (before this test city existed): none.
+    # ... and the buses where the recorded readings put them (GET /v1/transport/replay).
+    buses = page.locator("#layer-vehicles g.feature:not(.replay-absent)")
+    wait_until(lambda: int(status.get_attribute("data-vehicles") or 0) > 0, timeout=10)
+    expect(buses).to_have_count(int(status.get_attribute("data-vehicles") or -1))
+    recorded = api_json(dash_stack, "/v1/transport/replay", step="60s")
+    key = buses.first.get_attribute("data-key") or ""
+    gateway, device = key.split("/", 1)
+    positions = next(v["positions"] for v in recorded["vehicles"]
+                     if (v["gateway"], v["device"]) == (gateway, device))
+    shown = float(buses.first.get_attribute("data-lat") or "nan")
+    assert any(p is not None and abs(p[0] - shown) < 1e-9 for p in positions)
+    # Six hours ago (before this test city existed): no alerts, no buses.
     page.locator("#replay-slider").fill("0")
     expect(status).to_have_attribute("data-active", "0")
+    expect(status).to_have_attribute("data-vehicles", "0")
     expect(page.locator("#layer-alerts g.alert-marker")).to_have_count(0)
+    expect(buses).to_have_count(0)
     # Off: the live markers come back.
     page.uncheck("#replay-toggle")
     expect(page.locator("#layer-alerts g.alert-marker").first).to_be_visible()
+    expect(page.locator("#layer-vehicles g.feature").first).to_be_visible()
