@@ -18,7 +18,7 @@ Errors: :class:`SimulatorError` and its subclasses (hierarchy in ``simulators._e
 """
 
 from simulators._areas import areas_geojson, export_areas
-from simulators._city import KIND_SPECS, City, Frame, KindFrame, Layout, build_layout
+from simulators._city import City, Frame, KindFrame
 from simulators._devicemode import DeviceCity, DeviceEndpoints
 from simulators._errors import (
     BrokerError,
@@ -30,6 +30,8 @@ from simulators._errors import (
 from simulators._faults import ActiveFault, FaultPlan
 from simulators._gtfs import export_gtfs
 from simulators._hostile import HOSTILE_CASES, HostileCase, HostileTally, hostile_messages
+from simulators._kinds import KIND_SPECS
+from simulators._layout import Layout, build_layout
 from simulators._ledger import (
     GatewayCheck,
     GatewayRecord,

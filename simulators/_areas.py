@@ -1,6 +1,6 @@
 """The simulated city's areas as a GeoJSON map, for the API's ``areas_path``.
 
-The city model names three areas by centrality (``_city._area``: 1 at the centre, 0 at the
+The city model names three areas by centrality (:func:`area_of`: 1 at the centre, 0 at the
 grid's corner circle): ``centre`` (centrality >= 0.6), ``inner`` (>= 0.3) and ``outer``. As
 distance from the scenario's centre that is a disc of 0.4 x the radius, a ring out to
 0.7 x the radius and everything beyond. The map draws them as polygons (72-gons; the
@@ -17,15 +17,27 @@ from typing import Any, Final
 
 from simulators._scenario import Scenario
 
-__all__ = ["areas_geojson", "city_radius_m", "export_areas"]
+__all__ = ["M_PER_DEG", "area_of", "areas_geojson", "city_radius_m", "export_areas"]
 
-_M_PER_DEG: Final = 111_320.0
+#: Metres per degree of latitude (and of longitude at the equator), the model's flat earth.
+M_PER_DEG: Final = 111_320.0
+_M_PER_DEG: Final = M_PER_DEG
 _SIDES: Final = 72
-#: Centrality thresholds of ``_city._area`` as fractions of the city radius.
-_CENTRE_R: Final = 1.0 - 0.6
-_INNER_R: Final = 1.0 - 0.3
+#: The centrality at and above which a place is in the centre, and in the inner ring.
+_CENTRE_AT: Final = 0.6
+_INNER_AT: Final = 0.3
+#: The same thresholds as fractions of the city radius.
+_CENTRE_R: Final = 1.0 - _CENTRE_AT
+_INNER_R: Final = 1.0 - _INNER_AT
 #: How far the ``outer`` area reaches, in city radii (beyond: no area).
 _OUTER_R: Final = 3.0
+
+
+def area_of(centrality: float) -> str:
+    """The area of a place of the city model by its centrality."""
+    return "centre" if centrality >= _CENTRE_AT else (
+        "inner" if centrality >= _INNER_AT else "outer"
+    )
 
 
 def city_radius_m(scenario: Scenario) -> float:

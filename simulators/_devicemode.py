@@ -36,9 +36,10 @@ from typing import Any, Final
 import numpy as np
 
 from foundation import StartableThread
-from simulators._city import City, build_layout
+from simulators._city import City
 from simulators._errors import DeviceModeError
 from simulators._faults import FaultPlan
+from simulators._layout import build_layout
 from simulators._scenario import Scenario
 
 __all__ = ["FIRMWARE_BOARD_BASE", "DeviceCity", "DeviceEndpoints"]

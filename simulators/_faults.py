@@ -26,8 +26,9 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from simulators._city import Frame, Layout
+from simulators._city import Frame
 from simulators._errors import ScenarioError
+from simulators._layout import Layout
 from simulators._scenario import GATEWAY_FAULTS, DeviceKind, FaultSpec
 
 __all__ = ["ActiveFault", "FaultPlan"]

@@ -49,9 +49,10 @@ import numpy as np
 import numpy.typing as npt
 
 from simulators._scenario import TimetableSpec
+from telemetry import format_gtfs_time, service_day_anchor
 
 if TYPE_CHECKING:
-    from simulators._city import Layout
+    from simulators._layout import Layout
 
 __all__ = ["GTFS_FILES", "BusState", "Timetable", "TripRef", "write_delays", "write_gtfs"]
 
@@ -165,7 +166,6 @@ class Timetable:
             for k, b in enumerate(rs.buses):
                 self._block[b] = k
                 self._phase[b] = (k * rs.cycle_s) // max(len(rs.buses), 1)
-        self._anchors: dict[dt.date, float] = {}
         self._raw: dict[tuple[int, dt.date], npt.NDArray[np.int64]] = {}
         self._delays: dict[tuple[int, dt.date], npt.NDArray[np.int64]] = {}
 
@@ -184,14 +184,7 @@ class Timetable:
 
     def anchor(self, day: dt.date) -> float:
         """Noon minus 12 h of ``day`` in the city's zone, seconds since the epoch (GTFS)."""
-        got = self._anchors.get(day)
-        if got is None:
-            noon = dt.datetime(day.year, day.month, day.day, 12, tzinfo=self.tz)
-            got = noon.timestamp() - 43_200
-            if len(self._anchors) > 64:
-                self._anchors.clear()
-            self._anchors[day] = got
-        return got
+        return service_day_anchor(day, self.tz)
 
     def _offset(self, bus: int, index: int) -> tuple[int, int]:
         """(seconds after the anchor, direction) of trip ``index`` of ``bus``'s day."""
@@ -320,11 +313,6 @@ def _cycle(least_s: float) -> int:
     return 1440 * 60
 
 
-def _hms(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def write_gtfs(
     timetable: Timetable,
     target: Path | BinaryIO,
@@ -376,7 +364,8 @@ def write_gtfs(
             for seq, node in enumerate(nodes):
                 dist = rs.stop_dist[seq] if trip.direction == 0 else \
                     rs.stop_dist[-1] - rs.stop_dist[len(nodes) - 1 - seq]
-                times.append([trip.trip_id, _hms(t0 + rs.arr[seq]), _hms(t0 + rs.dep[seq]),
+                times.append([trip.trip_id, format_gtfs_time(t0 + rs.arr[seq]),
+                              format_gtfs_time(t0 + rs.dep[seq]),
                               timetable.stop_id(node), str(seq + 1), f"{dist:.1f}"])
     tables["trips.txt"] = trips
     tables["stop_times.txt"] = times

@@ -21,7 +21,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from simulators._city import Frame, KindFrame, Layout
+from simulators._city import Frame, KindFrame
+from simulators._layout import Layout
 from simulators._scenario import DeviceKind
 from telemetry import MAX_PAYLOAD_BYTES, MAX_READINGS
 

@@ -12,6 +12,8 @@
   answer, the same for every gateway;
 - :func:`bookkeeping_line`, :func:`completeness_query`: the per-batch bookkeeping points that
   ingest writes and the API and the chaos run read.
+- :func:`service_day_anchor`, :func:`parse_gtfs_time`, :func:`format_gtfs_time`: GTFS
+  Schedule times, as the simulator writes feeds and the API reads them.
 """
 
 from telemetry._bookkeeping import (
@@ -53,6 +55,7 @@ from telemetry._errors import (
     TopicError,
     UnsupportedVersion,
 )
+from telemetry._gtfs import format_gtfs_time, parse_gtfs_time, service_day_anchor
 from telemetry._lineprotocol import (
     LineProtocolEncoder,
     escape_measurement,
@@ -179,9 +182,12 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "float_fields",
+    "format_gtfs_time",
     "mqtt_to_nats_subject",
     "nats_subject_to_mqtt_topic",
+    "parse_gtfs_time",
     "parse_resend_args",
     "reply_address",
     "resend_result",
+    "service_day_anchor",
 ]

@@ -124,7 +124,9 @@ export class DetailsPanel {
     const vehicle = layer === "vehicles";
     const live = vehicle ? this.model.position("vehicles", this.key) : null;
     const loc = live ? { lat: live[0], lon: live[1] } : info && info.location;
-    const area = vehicle && live ? this.model.areaNear(live[0], live[1]) : (info && info.area) || (f && f.area) || null;
+    // Its area is the API's (placed by its position in the city's area map, `areas_path`),
+    // or, with no map, that of the nearest fixed device.
+    const area = vehicle && live ? (f && f.area) || this.model.areaNear(live[0], live[1]) : (info && info.area) || (f && f.area) || null;
     this.body.append(dl([
       ["Gateway", el("button", { type: "button", class: "link", onclick: () => this.showGateway(gateway) }, gateway)],
       ["Kind", info ? info.kind : null],

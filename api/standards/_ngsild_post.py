@@ -10,19 +10,16 @@ ones in the ``Link`` header. What the GET subset does not evaluate (``temporalQ`
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
-from fastapi import Query, Request
+from fastapi import Request
 from starlette.responses import Response
 
 from api._deps import ServicesDep, Viewer
 from api.standards import _ngsild as ld
 from api.standards._ngsild_http import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
     MAX_TERMS,
     Media,
-    OptionsQuery,
     check_params,
     check_tenant,
     id_pattern,
@@ -32,7 +29,13 @@ from api.standards._ngsild_http import (
     simplified,
 )
 from api.standards._ngsild_query import GeoQuery, parse_georel, parse_q
-from api.standards._ngsild_routes import Selection, answer_entities, parse_ids, parse_types
+from api.standards._ngsild_routes import (
+    EntityPageQuery,
+    Selection,
+    answer_entities,
+    parse_ids,
+    parse_types,
+)
 
 __all__ = ["MAX_QUERY_BYTES", "parse_query_body", "router"]
 
@@ -139,19 +142,12 @@ async def post_query(
     services: ServicesDep,
     _caller: Viewer,
     media: Media,
-    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    count: bool = False,
-    options: OptionsQuery = None,
-    format: Annotated[
-        Literal["keyValues", "simplified", "normalized"] | None, Query()
-    ] = None,
-    local: bool = False,
+    page: EntityPageQuery,
 ) -> Response:
     check_tenant(request)
     check_params(request, frozenset({"limit", "offset", "count", "options", "format",
                                       "local"}))
-    key_values = simplified(options, format)
+    key_values = simplified(page.options, page.format)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in (ld.JSON, ld.LD_JSON):
         raise ld.InvalidRequest("Content-Type must be application/json or application/ld+json",
@@ -179,5 +175,5 @@ async def post_query(
     else:
         context = ld.Context.choose(link_contexts(request.headers.get("link")), own)
     sel = parse_query_body(bytes(raw), context)
-    return answer_entities(request, services, sel, media=media, context=context, limit=limit,
-                           offset=offset, count=count, key_values=key_values)
+    return answer_entities(request, services, sel, media=media, context=context, page=page,
+                           key_values=key_values)

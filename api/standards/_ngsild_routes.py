@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from starlette.responses import Response
 
 from api._deps import ServicesDep, Viewer
@@ -67,7 +67,11 @@ from api.standards._ngsild_query import Query as QueryTerms
 from api.state import Latest
 
 __all__ = [
+    "EntityPage",
+    "EntityPageQuery",
     "Selection",
+    "SelectionParams",
+    "SelectionQuery",
     "TypeQuery",
     "answer_entities",
     "page_links",
@@ -143,6 +147,81 @@ def parse_ids(id: str | None) -> list[str] | None:
     return ids
 
 
+@dataclass(frozen=True, slots=True)
+class SelectionParams:
+    """The selection query parameters of ``GET /entities`` and ``GET /temporal/entities``,
+    as given: :meth:`selection` parses them (after the endpoint checked the parameter names,
+    so that an unknown parameter is reported before a bad value)."""
+
+    id: str | None
+    id_pattern: str | None
+    type: str | None
+    attrs: str | None
+    q: str | None
+    georel: str | None
+    geometry: str | None
+    coordinates: str | None
+    geoproperty: str | None
+
+    def selection(self, context: ld.Context) -> Selection:
+        return Selection(
+            ids=parse_ids(self.id), pattern=id_pattern(self.id_pattern),
+            types=parse_types(self.type, context), wanted=wanted_attrs(self.attrs, context),
+            query=parse_q(self.q, context) if self.q is not None else None,
+            geo=parse_georel(self.georel, self.geometry, self.coordinates),
+            geoproperty=context.expand(self.geoproperty) if self.geoproperty is not None else None,
+        )
+
+
+def _selection_params(
+    id: Annotated[str | None, Query(max_length=20_000,
+                                    description="Comma-separated entity ids")] = None,
+    idPattern: Annotated[str | None, Query(max_length=1000)] = None,
+    type: TypeQuery = None,
+    attrs: AttrsQuery = None,
+    q: Annotated[str | None, Query(max_length=4000, description="NGSI-LD query subset")] = None,
+    georel: Annotated[str | None, Query(max_length=200,
+                                        description="near;maxDistance==<m>")] = None,
+    geometry: Annotated[str | None, Query(max_length=50, description="Point")] = None,
+    coordinates: Annotated[str | None, Query(max_length=200,
+                                             description="[longitude,latitude]")] = None,
+    geoproperty: Annotated[str | None, Query(max_length=200)] = None,
+) -> SelectionParams:
+    return SelectionParams(id, idPattern, type, attrs, q, georel, geometry, coordinates,
+                           geoproperty)
+
+
+SelectionQuery = Annotated[SelectionParams, Depends(_selection_params)]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityPage:
+    """Paging and representation of an entity list (``GET /entities`` and the POST query)."""
+
+    limit: int
+    offset: int
+    count: bool
+    options: str | None
+    format: Literal["keyValues", "simplified", "normalized"] | None
+    local: bool
+
+
+def _entity_page(
+    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    count: bool = False,
+    options: OptionsQuery = None,
+    format: Annotated[
+        Literal["keyValues", "simplified", "normalized"] | None, Query()
+    ] = None,
+    local: bool = False,
+) -> EntityPage:
+    return EntityPage(limit, offset, count, options, format, local)
+
+
+EntityPageQuery = Annotated[EntityPage, Depends(_entity_page)]
+
+
 def select(services: Services, sel: Selection) -> list[tuple[str, Latest]]:
     """The entities of the live state a selection matches, sorted by id."""
     if sel.ids is not None:
@@ -186,8 +265,10 @@ def page_links(request: Request, offset: int, limit: int, total: int) -> dict[st
 
 def answer_entities(
     request: Request, services: Services, sel: Selection, *, media: str,
-    context: ld.Context, limit: int, offset: int, count: bool, key_values: bool,
+    context: ld.Context, page: EntityPage, key_values: bool,
 ) -> Response:
+    """One page of the entities ``sel`` matches."""
+    limit, offset, count = page.limit, page.offset, page.count
     if limit == 0 and not count:
         raise ld.BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
     if sel.is_empty():
@@ -195,10 +276,10 @@ def answer_entities(
             "a query needs at least one of type, id, idPattern, attrs, q or a geo-query",
             parameter="type")
     matched = select(services, sel)
-    page = matched[offset: offset + limit]
+    shown = matched[offset: offset + limit]
     body = [ld.entity(lt, entity_location(services, lt), attrs=sel.wanted,
                       key_values=key_values, context=context)
-            for _, lt in page]
+            for _, lt in shown]
     headers = {"NGSILD-Results-Count": str(len(matched))} if count else {}
     if request.method == "GET":
         headers.update(page_links(request, offset, limit, len(matched)))
@@ -213,38 +294,13 @@ async def query_entities(
     _caller: Viewer,
     media: Media,
     context: ContextDep,
-    id: Annotated[str | None, Query(max_length=20_000,
-                                    description="Comma-separated entity ids")] = None,
-    idPattern: Annotated[str | None, Query(max_length=1000)] = None,
-    type: TypeQuery = None,
-    attrs: AttrsQuery = None,
-    q: Annotated[str | None, Query(max_length=4000, description="NGSI-LD query subset")] = None,
-    georel: Annotated[str | None, Query(max_length=200,
-                                        description="near;maxDistance==<m>")] = None,
-    geometry: Annotated[str | None, Query(max_length=50, description="Point")] = None,
-    coordinates: Annotated[str | None, Query(max_length=200,
-                                             description="[longitude,latitude]")] = None,
-    geoproperty: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    count: bool = False,
-    options: OptionsQuery = None,
-    format: Annotated[
-        Literal["keyValues", "simplified", "normalized"] | None, Query()
-    ] = None,
-    local: bool = False,
+    params: SelectionQuery,
+    page: EntityPageQuery,
 ) -> Response:
     check_params(request, _ENTITY_PARAMS)
-    key_values = simplified(options, format)
-    sel = Selection(
-        ids=parse_ids(id), pattern=id_pattern(idPattern), types=parse_types(type, context),
-        wanted=wanted_attrs(attrs, context),
-        query=parse_q(q, context) if q is not None else None,
-        geo=parse_georel(georel, geometry, coordinates),
-        geoproperty=context.expand(geoproperty) if geoproperty is not None else None,
-    )
-    return answer_entities(request, services, sel, media=media, context=context, limit=limit,
-                           offset=offset, count=count, key_values=key_values)
+    key_values = simplified(page.options, page.format)
+    return answer_entities(request, services, params.selection(context), media=media,
+                           context=context, page=page, key_values=key_values)
 
 
 @router.get("/entities/{entityId}", response_model=None, responses=ngsi_responses("Entity"),

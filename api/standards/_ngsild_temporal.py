@@ -37,20 +37,15 @@ from api.standards._ngsild_http import (
     Media,
     OptionsQuery,
     check_params,
-    id_pattern,
     lookup,
     new_router,
     ngsi_responses,
     respond,
     wanted_attrs,
 )
-from api.standards._ngsild_query import parse_georel, parse_q
 from api.standards._ngsild_routes import (
-    Selection,
-    TypeQuery,
+    SelectionQuery,
     page_links,
-    parse_ids,
-    parse_types,
     select,
 )
 from api.state import Latest
@@ -227,15 +222,7 @@ async def query_temporal(
     _caller: Viewer,
     media: Media,
     context: ContextDep,
-    id: Annotated[str | None, Query(max_length=20_000)] = None,
-    idPattern: Annotated[str | None, Query(max_length=1000)] = None,
-    type: TypeQuery = None,
-    attrs: AttrsQuery = None,
-    q: Annotated[str | None, Query(max_length=4000)] = None,
-    georel: Annotated[str | None, Query(max_length=200)] = None,
-    geometry: Annotated[str | None, Query(max_length=50)] = None,
-    coordinates: Annotated[str | None, Query(max_length=200)] = None,
-    geoproperty: Annotated[str | None, Query(max_length=200)] = None,
+    params: SelectionQuery,
     timerel: Annotated[Literal["before", "after", "between"] | None, Query()] = None,
     timeAt: Annotated[dt.datetime | None, Query()] = None,
     endTimeAt: Annotated[dt.datetime | None, Query()] = None,
@@ -253,13 +240,7 @@ async def query_temporal(
         raise ld.BadRequestData("a temporal query needs timerel and timeAt (clause 5.7.4)",
                                 parameter="timerel")
     when = _when(timerel, timeAt, endTimeAt)
-    sel = Selection(
-        ids=parse_ids(id), pattern=id_pattern(idPattern), types=parse_types(type, context),
-        wanted=wanted_attrs(attrs, context),
-        query=parse_q(q, context) if q is not None else None,
-        geo=parse_georel(georel, geometry, coordinates),
-        geoproperty=context.expand(geoproperty) if geoproperty is not None else None,
-    )
+    sel = params.selection(context)
     if sel.types is None and sel.ids is None and sel.wanted is None:
         raise ld.BadRequestData("a temporal query needs type, id or attrs (clause 5.7.4)",
                                 parameter="type")

@@ -28,7 +28,7 @@ import math
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from api._errors import ConfigError
+from telemetry import parse_gtfs_time, service_day_anchor
 
 __all__ = ["GtfsFeed", "GtfsFeedError", "Stop", "TripSchedule", "load_gtfs", "parse_gtfs"]
 
@@ -45,7 +46,6 @@ log = logging.getLogger("api.gtfs")
 F64 = npt.NDArray[np.float64]
 
 _M_PER_DEG: Final = 111_320.0
-_TIME_RE: Final = re.compile(r"^\s*(\d{1,3}):([0-5]\d):([0-5]\d)\s*$")
 _DATE_RE: Final = re.compile(r"^\d{8}$")
 _ID_MAX: Final = 255
 _DAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -119,7 +119,6 @@ class GtfsFeed:
     lat0: float
     lon0: float
     sha256: str = ""
-    _anchors: dict[dt.date, float] = field(default_factory=dict)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -128,14 +127,7 @@ class GtfsFeed:
     def anchor(self, day: dt.date) -> float:
         """Noon minus 12 h of ``day`` in the agency's zone (GTFS times count from it), in
         seconds since the epoch."""
-        got = self._anchors.get(day)
-        if got is None:
-            noon = dt.datetime(day.year, day.month, day.day, 12, tzinfo=self.tz)
-            got = noon.timestamp() - 43_200
-            if len(self._anchors) > 64:
-                self._anchors.clear()
-            self._anchors[day] = got
-        return got
+        return service_day_anchor(day, self.tz)
 
     def active(self, service_id: str, day: dt.date) -> bool:
         """Whether ``service_id`` runs on ``day`` (calendar, then calendar_dates)."""
@@ -263,10 +255,10 @@ class _Table:
         value = row.get(column, "")
         if not value:
             return None
-        m = _TIME_RE.match(value)
-        if m is None:
+        seconds = parse_gtfs_time(value)
+        if seconds is None:
             raise self.fail(f"not a time HH:MM:SS: {value[:40]!r}", column)
-        return int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3])
+        return seconds
 
     def date(self, row: dict[str, str], column: str) -> dt.date:
         value = row.get(column, "")

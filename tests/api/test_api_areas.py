@@ -18,7 +18,7 @@ from api import ApiError, ApiSettings
 from api._services import prepare_connections
 from api.state import AreaMap
 from simulators import areas_geojson, export_areas, load_scenario
-from simulators._areas import city_radius_m
+from simulators._areas import area_of, city_radius_m
 from smartcity._localstack import Influxd, Mosquitto
 
 
@@ -110,7 +110,7 @@ def test_the_simulated_citys_map_agrees_with_the_city_model() -> None:
             continue
         lat = lat0 + d * math.sin(a) / 111_320.0
         lon = lon0 + d * math.cos(a) / (111_320.0 * math.cos(math.radians(lat0)))
-        expected = "centre" if centrality >= 0.6 else "inner" if centrality >= 0.3 else "outer"
+        expected = area_of(centrality)  # the city model's own rule
         assert areas.locate(lat, lon) == expected, (d / radius, a)
         checked += 1
     assert checked > 2500

@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from api import ApiError, ApiServer, ApiSettings, Database, MqttSettings
 from ingest import InfluxConfig, IngestConfig, MqttConfig, WorkerThread
-from simulators import City, FleetConfig, GatewayFleet, load_scenario
+from simulators import City, FleetConfig, GatewayFleet, export_areas, load_scenario
 from simulators._timetable import write_gtfs  # not exported (yet) by simulators
 from smartcity._localstack import Influxd, Mosquitto
 from telemetry import (
@@ -268,6 +268,8 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
         today = dt.date.today()
         write_gtfs(timetable, tmp / "gtfs.zip", start=today - dt.timedelta(days=2),
                    end=today + dt.timedelta(days=2))
+        # The city's areas, so that a bus is in the area it drives through.
+        export_areas(scenario, tmp / "areas.json")
         settings = ApiSettings(
             host="127.0.0.1", port=0,
             mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port,
@@ -275,7 +277,7 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
             topic_root=root, influx_url=influxd.url, influx_database=database,
             database_url=db_url, alert_tick_s=0.2, completeness_refresh_s=2.0,
             stream_heartbeat_s=2.0, gtfs_static_path=tmp / "gtfs.zip",
-            city_timezone="Europe/Oslo",
+            city_timezone="Europe/Oslo", areas_path=tmp / "areas.json",
         )
         server = ApiServer(settings, db=db)
         server.start()
