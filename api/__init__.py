@@ -33,6 +33,7 @@ from api._errors import (
 )
 from api._server import ApiServer, serve
 from api._settings import ApiSettings, MqttSettings, load_settings
+from api._settings_replicas import InfluxReplica, ReplicaLagSettings
 from api.storage import Database
 
 __all__ = [
@@ -43,11 +44,13 @@ __all__ = [
     "ConfigError",
     "Database",
     "Forbidden",
+    "InfluxReplica",
     "MqttSettings",
     "NotFound",
     "Principal",
     "ProblemError",
     "RateLimited",
+    "ReplicaLagSettings",
     "Role",
     "Unauthorized",
     "UpstreamUnavailable",

@@ -13,7 +13,10 @@ overlapping (:mod:`simulators._chaos`):
   start it on the same data: gap repair (the API asks the gateways to resend) refills what
   the broker forgot;
 * uplink loss and reboots of a tenth of the gateways;
-* with ``--hostile N``, N hostile gateways publish beside the honest ones throughout.
+* with ``--hostile N``, N hostile gateways publish beside the honest ones throughout;
+* with ``--edge-agents N``, N real edge agent processes (simulated inputs, their own spools)
+  publish beside the fleet and are SIGKILLed now and then; their spools are their ledger
+  (``by_kind.edge_agents`` in the report; smartcity/_chaos_edge.py).
 
 Then the fleet stops, the drain is awaited (bounded) and the ledger is compared with
 InfluxDB: readings acknowledged by the broker against distinct points stored (``lost``,
@@ -23,7 +26,9 @@ Throughput (readings stored per second; acknowledged to the fleet per second) du
 set against a reference phase of the same fleet without faults, in the same run.
 
 Run by hand: ``.venv/bin/python bench/soak.py [--gateways 200] [--minutes 5] [--seed 1]
-[--hostile N]``. Progress lines first; the last line is one JSON object, the chaos report
+[--hostile N]``; ``--cluster [--replicas 2]`` runs it in the cluster profile (NATS nodes,
+leaders, full restarts, InfluxDB replicas: docs/cluster.md, "Chaos and benchmark").
+Progress lines first; the last line is one JSON object, the chaos report
 (docs/operations.md) with, among others, ``honest_lost``, ``honest_duplicated``,
 ``hostile_cases`` (per case: sent, acked, refused...), ``service_crashes`` (ingest workers and
 API processes that exited on their own; the schedule's kills are not counted) and
@@ -58,6 +63,12 @@ def main() -> int:
                         help="seconds of the no-fault reference phase")
     parser.add_argument("--hostile", type=int, default=0,
                         help="hostile gateways beside the honest ones")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster profile: 3 NATS nodes, InfluxDB replicas "
+                        "(docs/cluster.md, smartcity/_chaos_cluster.py)")
+    parser.add_argument("--replicas", type=int, default=2, help="InfluxDB replicas (--cluster)")
+    parser.add_argument("--edge-agents", type=int, default=0,
+                        help="real edge agent processes beside the fleet")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep services' data and logs here (default: a temporary dir)")
     args = parser.parse_args()
@@ -72,6 +83,9 @@ def main() -> int:
         quiet_s=max(30.0, 0.15 * duration),
         data_dir=args.data_dir,
         hostile=args.hostile,
+        cluster=args.cluster,
+        replicas=args.replicas,
+        edge_agents=args.edge_agents,
     )
     report = run_chaos(config)
     result = report.to_dict()
@@ -81,6 +95,13 @@ def main() -> int:
         f"doubled {report.duplicate_seqs}; events {report.events}; "
         f"service crashes {report.service_crashes}; repair_s {report.repair_s}"
     )
+    if report.edge_agents:
+        e = report.edge_agents
+        print(
+            f"edge agents: {e['agents']}, spooled {e['spooled_readings']} readings, stored "
+            f"{e['stored']}: lost {e['lost']}, duplicated {e['duplicated']}; seqs missing "
+            f"{e['missing_seqs']}; agent kills {e['agent_kills']}"
+        )
     print(json.dumps(result))
     return 0 if report.ok else 1
 

@@ -23,6 +23,7 @@ from telemetry import TopicError, check_cluster_id
 
 __all__ = [
     "BatchConfig",
+    "DeadLetterStreamConfig",
     "InfluxConfig",
     "IngestConfig",
     "IntakeConfig",
@@ -72,6 +73,25 @@ class MqttConfig(BrokerAccess):
     reconnect_max_delay: Annotated[int, Field(ge=1)] = 30
 
 
+class DeadLetterStreamConfig(_Model):
+    """The dead-letter stream of the ``jetstream`` source (``jetstream.deadletters``): every
+    dead-letter record is stored there, replicated, before the refused message is
+    acknowledged (a JetStream publish whose PubAck is awaited). Created or verified at start.
+    The record is also an ``ingest_deadletter`` point in InfluxDB, as in the single-node
+    profile. Subject: the dead-letter topic's (``<root>.v1._sys.deadletter.<service>``)."""
+
+    #: Stream name; ``null``: no stream (records go to InfluxDB and, best effort, to core
+    #: NATS subscribers of the dead-letter topic, as before).
+    stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = "SC_DEADLETTERS"
+    #: Replicas of the stream (``null``: as many as the consumed stream has).
+    replicas: Annotated[int, Field(ge=1, le=5)] | None = None
+    #: Limits retention: the oldest records go first past either limit.
+    max_bytes: Annotated[int, Field(ge=1024**2)] = 1024**3
+    max_age_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+    #: Create the stream when it is missing (otherwise a missing one stops the worker).
+    create: bool = True
+
+
 class JetStreamConfig(BrokerAccess):
     """The ``jetstream`` source (``source: jetstream``, the cluster profile, docs/cluster.md):
     a durable pull consumer on the stream where the NATS server's MQTT gateway stores every
@@ -97,6 +117,8 @@ class JetStreamConfig(BrokerAccess):
     replicas: Annotated[int, Field(ge=1, le=5)] | None = None
     #: Create the consumer when it is missing (otherwise a missing one stops the worker).
     create: bool = True
+    #: Where dead letters are stored before the refused message is acknowledged.
+    deadletters: DeadLetterStreamConfig = DeadLetterStreamConfig()
 
 
 class RetentionConfig(_Model):

@@ -13,7 +13,11 @@ and ack ledger are the same in both profiles.
     task ingest[<id>].fetch  fetch(batch = room in the inbox) ──▶ inbox (deque) ─▶ batch loop
     task ingest[<id>].progress  every AckWait/3: +WPI (in progress) for messages held longer
     acknowledge(ledger.release) ──▶ +ACK of each released delivery (after InfluxDB's 204)
-    publish() ──▶ core NATS publish of a dead-letter notification (best effort, no ack held)
+    publish()  ──▶ dead-letter record: JetStream publish to the dead-letter stream, retried
+                   until its PubAck (task ingest[<id>].deadletter); acknowledge() waits for
+                   every such store started before it, so a refused message is acked only
+                   once its record is stored (replicated). No stream configured: a core NATS
+                   notification, best effort, as in the single-node profile.
 
 Why a consumer on ``$MQTT_msgs`` and not a stream of our own: the MQTT gateway sends the
 PUBACK once the message is stored in ``$MQTT_msgs`` (replicated); a user stream capturing
@@ -51,6 +55,7 @@ from nats.js import api as js_api
 from foundation import Backoff, BrokerSetupError
 from foundation.mqtt import Message
 from ingest._config import IngestConfig
+from ingest._dlq_stream import DeadLetterStream
 from ingest._errors import BrokerError, ConfigError
 from ingest._inbox import Inbox
 from ingest._metrics import IngestMetrics
@@ -145,6 +150,12 @@ class JetStreamSource(Inbox):
         #: Notifications being handed to the client (awaited at close, like the loops).
         self._notifying: set[asyncio.Task[None]] = set()
         self._undelivered = 0
+        #: The dead-letter stream (``jetstream.deadletters``; ``None``: notifications only).
+        self._dlq = (
+            DeadLetterStream(config, metrics=metrics, backoff=self._backoff, name=self._name)
+            if config.jetstream.deadletters.stream is not None
+            else None
+        )
 
     @property
     def connected(self) -> bool:
@@ -188,6 +199,8 @@ class JetStreamSource(Inbox):
         self._nc = nc
         try:
             await self._ensure_consumer(nc)
+            if self._dlq is not None:
+                await self._dlq.ensure(nc)
             psub = await nc.jetstream().pull_subscribe_bind(
                 durable=js_cfg.durable, stream=js_cfg.stream
             )
@@ -255,6 +268,8 @@ class JetStreamSource(Inbox):
         self._wake.set()
         self._room.set()
         tasks, self._tasks = [*self._tasks, *self._notifying], []
+        if self._dlq is not None:
+            await self._dlq.close()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -344,6 +359,8 @@ class JetStreamSource(Inbox):
         """Acknowledge each delivery ``release(epoch)`` returns (their points are stored).
         An ack that cannot be sent now is not retried: JetStream redelivers the message
         after AckWait, and writing it again is harmless."""
+        if self._dlq is not None and not await self._dlq.settled():
+            return  # a record was not stored: its message must not be acked (redelivered)
         held = self._held
         for mid, _qos in release(_EPOCH):
             entry = held.pop(mid, None)
@@ -358,9 +375,14 @@ class JetStreamSource(Inbox):
                 )
 
     def publish(self, topic: str, payload: bytes) -> None:
-        """Publish a dead-letter notification on core NATS (MQTT subscribers of ``topic``
-        get it at QoS 0): best effort, it holds no ack. :class:`BrokerError` when it cannot
-        be sent now."""
+        """Store a dead-letter record in the dead-letter stream: a task publishes it until
+        JetStream confirms it stored (PubAck), and :meth:`acknowledge` waits for it (MQTT
+        subscribers of ``topic`` get it too, at QoS 0). Without a stream: a core NATS
+        notification, best effort, holding no ack; :class:`BrokerError` when it cannot be
+        sent now."""
+        if self._dlq is not None:
+            self._dlq.store(self._nc, payload)
+            return
         nc = self._nc
         if nc is None or not nc.is_connected:
             self._metrics.notifications_undelivered.labels("connection_lost").inc()

@@ -54,6 +54,17 @@ class IngestMetrics:
             "Dead-letter points InfluxDB refused (kept only in the log and the notification)",
             registry=r,
         )
+        self.deadletters_streamed = Counter(
+            f"{p}_deadletters_streamed",
+            "Dead-letter records the JetStream dead-letter stream confirmed stored (PubAck; "
+            "jetstream source only), the refused message acknowledged after it",
+            registry=r,
+        )
+        self.deadletter_stream_retries = Counter(
+            f"{p}_deadletter_stream_retries",
+            "Dead-letter records published again: no PubAck (no quorum, timeout, refused)",
+            registry=r,
+        )
         self.notifications_undelivered = Counter(
             f"{p}_notifications_undelivered",
             "Live dead-letter notifications not delivered (best effort; the durable copy is "

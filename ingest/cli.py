@@ -207,6 +207,16 @@ def deadletters_replay(
     timeout: Annotated[
         float, typer.Option(min=1, help="Give up when InfluxDB has not taken it in this many s.")
     ] = 60.0,
+    from_stream: Annotated[
+        bool,
+        typer.Option("--from-stream", help="Read the records from the replicated dead-letter "
+                     "stream (jetstream.deadletters, the cluster profile) instead of InfluxDB."),
+    ] = False,
+    replica: Annotated[
+        list[str] | None,
+        typer.Option(help="With --from-stream: an InfluxDB (base URL) to replay into; repeat "
+                     "it for each replica. Default: the config's influx.url."),
+    ] = None,
 ) -> None:
     """Replay stored dead letters through today's checks and configuration, after what
     refused them was fixed (a gateway's clock, the vocabulary, a bug).
@@ -214,10 +224,19 @@ def deadletters_replay(
     Every check of the live path applies; what passes is written with its bookkeeping point,
     and rewriting what was stored before doubles nothing. Prints one line per record
     (stored, partly, refused, truncated, unreadable, write_refused) and a JSON summary last.
+    With --from-stream the records come from the dead-letter stream and go into every
+    --replica (docs/cluster.md, "Dead letters in the cluster profile").
     """
     from foundation import InfluxQueryError
     from ingest._replay import replay, stored_records
 
+    if from_stream:
+        _replay_from_stream(config, influx_url, database, replica or [], since=since,
+                            gateway=gateway, kind=kind, limit=limit, dry_run=dry_run,
+                            timeout=timeout)  # fmt: skip
+        return
+    if replica:
+        raise typer.BadParameter("--replica needs --from-stream (or use --influx-url)")
     cfg = _load(config, _overrides(influx__url=influx_url, influx__database=database))
     query = _deadletter_query(since=since, gateway=gateway, kind=kind, limit=limit)
     try:
@@ -229,6 +248,51 @@ def deadletters_replay(
         typer.echo(f"{o.time}  {o.gateway}  {o.kind}  {o.result}  readings={o.readings}  "
                    f"{o.reason}")
     typer.echo(json.dumps({"dry_run": dry_run, **report.summary()}))
+
+
+def _replay_from_stream(
+    config: Path | None, influx_url: str | None, database: str | None, replicas: list[str],
+    *, since: str, gateway: str | None, kind: str | None, limit: int, dry_run: bool,
+    timeout: float,
+) -> None:
+    """``deadletters replay --from-stream``: read the stream once, replay into each replica.
+    Progress on stderr; one line per record (the first replica's outcome), one JSON summary
+    per replica, and the overall JSON summary last."""
+    import sys
+
+    from ingest._errors import IngestError
+    from ingest._replay import replay
+    from ingest._replay_stream import parse_since, read_stream
+
+    _deadletter_query(since=since, gateway=gateway, kind=kind, limit=limit)  # validates them
+    cfg = _load(config, _overrides(influx__url=influx_url, influx__database=database))
+    targets = [_load(config, _overrides(influx__url=url, influx__database=database))
+               for url in replicas] or [cfg]  # fmt: skip
+
+    def progress(read: int, total: int) -> None:
+        sys.stderr.write(f"\rread {read}/{total} records from the dead-letter stream")
+        sys.stderr.flush()
+
+    try:
+        found = read_stream(cfg, since_s=parse_since(since), gateway=gateway, kind=kind,
+                            limit=limit, progress=progress, timeout=timeout)  # fmt: skip
+        sys.stderr.write("\n")
+        reports = {}
+        for target in targets:
+            sys.stderr.write(f"replaying {len(found.points)} records into {target.influx.url}\n")
+            reports[target.influx.url] = replay(target, found.points, dry_run=dry_run,
+                                                timeout=timeout)  # fmt: skip
+    except (IngestError, TimeoutError) as exc:
+        typer.echo(f"error: {exc or 'InfluxDB did not take the writes in time'}", err=True)
+        raise typer.Exit(code=1) from exc
+    first = next(iter(reports.values()))
+    for o in first.outcomes:
+        typer.echo(f"{o.time}  {o.gateway}  {o.kind}  {o.result}  readings={o.readings}  "
+                   f"{o.reason}")
+    for url, report in reports.items():
+        typer.echo(json.dumps({"replica": url, **report.summary()}))
+    typer.echo(json.dumps({"dry_run": dry_run, **found.summary(),
+                           "replicas": {u: r.summary() for u, r in reports.items()}}))
 
 
 influxdb_app = typer.Typer(

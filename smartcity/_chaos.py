@@ -25,6 +25,8 @@ once, on one machine, from real processes::
                                from the restart to the last hole refilled
                uplink_loss     a share of the gateways lose their connection (spool, replay)
                reboot          a share of the gateways reboot (produce nothing, keep the spool)
+               agent_kill      SIGKILL one real edge agent (edge_agents, _chaos_edge.py), start
+                               it again on the same state dir after a few s
 
 The schedule (:func:`plan_chaos`) is drawn from the seed: at least one event of each kind,
 then more at random gaps; events on different components overlap, two events never hit the
@@ -61,38 +63,35 @@ processes, the broker kill), ``_chaos_report.py`` (the monitor and the verdict).
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from simulators import FaultSpec, FleetConfig, GatewayFleet, SimulatorError, compare_with_influx
+from simulators import SimulatorError
+from smartcity._chaos_cluster import ClusterRun
+from smartcity._chaos_edge import EdgeRun
 from smartcity._chaos_plan import (
     CHAOS_KINDS,
+    CLUSTER_KINDS,
     ChaosConfig,
     ChaosEvent,
     ChaosKind,
     plan_chaos,
     scaled_scenario,
-    sim_start_ns,
 )
-from smartcity._chaos_procs import ApiProcess, WorkerProcess, kill_broker, worker_config
 from smartcity._chaos_report import (
-    BOOKKEEPING,
     ChaosReport,
-    Monitor,
-    bookkeeping_check,
+    check_stores,
     rate,
     repair_times,
 )
-from smartcity._localstack import Influxd, Mosquitto
+from smartcity._chaos_run import _Run
 
 __all__ = [
     "CHAOS_KINDS",
+    "CLUSTER_KINDS",
     "ChaosConfig",
     "ChaosEvent",
     "ChaosKind",
@@ -101,187 +100,6 @@ __all__ = [
     "run_chaos",
     "scaled_scenario",
 ]
-
-
-class _Run:
-    """The services, the fleet and the timeline of one chaos run."""
-
-    def __init__(self, config: ChaosConfig, data_dir: Path, say: Callable[[str], None]) -> None:
-        self.config = config
-        self.data = data_dir
-        self.say = say
-        self.broker = Mosquitto(
-            data_dir=data_dir / "mosquitto",
-            max_queued_messages=config.max_queued_messages,
-            max_queued_bytes=config.max_queued_bytes,
-        )
-        self.influxd = Influxd(data_dir=data_dir / "influxd")
-        self.workers: list[WorkerProcess] = []
-        self.api: ApiProcess | None = None
-        self.api_restarts = 0
-        #: Per broker_kill: when mosquitto was started again (monotonic, wall) and the mode.
-        self.kills: list[dict[str, Any]] = []
-        self.fleet: GatewayFleet | None = None
-        self.fleet_thread: threading.Thread | None = None
-        self.fleet_error: BaseException | None = None
-        self.monitor: Monitor | None = None
-        self.t0 = time.monotonic()
-        self.unplanned = 0
-        self.timeline: list[dict[str, Any]] = []
-
-    def note(self, what: str, **details: Any) -> None:
-        t = time.monotonic() - self.t0
-        self.timeline.append({"t": round(t, 2), "what": what, **details})
-        extra = " ".join(f"{k}={v}" for k, v in details.items())
-        self.say(f"[chaos] {t:7.1f}s {what} {extra}".rstrip())
-
-    # -- start and stop --------------------------------------------------------------------
-    def start(self) -> None:
-        cfg = self.config
-        self.note("starting mosquitto", url=self.broker.url)
-        self.broker.start()
-        self.note("starting influxd", url=self.influxd.url)
-        self.influxd.start()
-        self.influxd.create_database(cfg.database)
-        for n in range(cfg.workers):
-            cid = f"ingest-{n}"
-            path = self.data / f"{cid}.yaml"
-            path.write_text(json.dumps(worker_config(cfg, cid, self.broker, self.influxd)))
-            worker = WorkerProcess(cid, path, self.data / f"{cid}.log")
-            self.workers.append(worker)
-            worker.start()
-        # Sinks first: on a first start the workers have no session yet, and a message
-        # published before they subscribed would go to nobody.
-        deadline = time.monotonic() + 60
-        while not all(w.connected() for w in self.workers):
-            for w in self.workers:
-                if not w.running:
-                    raise SimulatorError(f"{w.client_id} exited at start; see {w.log_path}")
-            if time.monotonic() > deadline:
-                raise SimulatorError("ingest workers did not connect within 60 s")
-            time.sleep(0.2)
-        self.note("workers connected", workers=cfg.workers)
-        scenario = scaled_scenario(cfg)
-        now = time.time_ns()
-        start_ns = sim_start_ns(scenario, cfg, now)
-        if cfg.api:
-            # From the simulated start to the end of the run, with an hour to spare.
-            window = (now - start_ns) // 10**9 + round(
-                cfg.reference_s + cfg.duration_s + cfg.drain_timeout_s + 3600
-            )
-            self.api = ApiProcess(cfg, self.broker, self.influxd, self.data, int(window))
-            self.api.start()
-            deadline = time.monotonic() + 60
-            while not self.api.ready():
-                if not self.api.running:
-                    raise SimulatorError(f"the API exited at start; see {self.api.log_path}")
-                if time.monotonic() > deadline:
-                    raise SimulatorError("the API was not ready within 60 s")
-                time.sleep(0.2)
-            self.note("api ready", gap_repair_interval_s=cfg.gap_repair_interval_s)
-        self.fleet = GatewayFleet(
-            FleetConfig(
-                scenario=scenario, host=self.broker.host, port=self.broker.port,
-                client_prefix="chaos", drain_timeout_s=min(cfg.drain_timeout_s, 120.0),
-                retry_unrouted=True, start_ns=start_ns,
-            )
-        )  # fmt: skip
-        self.fleet_thread = threading.Thread(target=self._run_fleet, name="chaos.fleet",
-                                             daemon=True)  # fmt: skip
-        self.fleet_thread.start()
-        self.monitor = Monitor(self.influxd, cfg.database, self.fleet)
-        self.monitor.start()
-        self.note("fleet started", gateways=self.fleet.layout.gateways, speed=cfg.speed)
-
-    def _run_fleet(self) -> None:
-        assert self.fleet is not None
-        try:
-            self.fleet.run()
-        except BaseException as exc:  # noqa: BLE001 - handed to the controlling thread
-            self.fleet_error = exc
-
-    def close(self) -> None:
-        """Stop everything that is still running; safe to call more than once."""
-        if self.fleet is not None:
-            self.fleet.stop()
-        if self.fleet_thread is not None:
-            self.fleet_thread.join(180)
-        if self.monitor is not None:
-            self.monitor.stop()
-        if self.api is not None:
-            self.api.terminate()
-        for w in self.workers:
-            w.terminate()
-        self.influxd.stop()
-        self.broker.stop()
-
-    # -- faults ------------------------------------------------------------------------------
-    def worker(self, client_id: str) -> WorkerProcess:
-        return next(w for w in self.workers if w.client_id == client_id)
-
-    def begin(self, event: ChaosEvent, now: float) -> None:
-        cfg = self.config
-        event.started_s = now
-        if event.kind == "worker_kill":
-            w = self.worker(event.target)
-            w.held_down = True
-            w.kill()
-            self.note("SIGKILL", worker=w.client_id, down_s=event.down_s)
-        elif event.kind == "influxd_outage":
-            self.influxd.stop()
-            self.note("influxd stopped", down_s=event.down_s)
-        elif event.kind == "broker_restart":
-            self.broker.stop()
-            self.note("mosquitto stopped (SIGTERM)", down_s=event.down_s)
-        elif event.kind == "broker_kill":
-            save_first = event.target == "after autosave"
-            saved = kill_broker(self.broker, save_first=save_first)
-            self.note("mosquitto SIGKILL", mode=event.target, saved=saved, down_s=event.down_s)
-        else:
-            assert self.fleet is not None
-            n = max(1, round(cfg.gateway_fraction * self.fleet.layout.gateways))
-            self.fleet.inject(
-                FaultSpec(type=event.kind, at_s=0, duration_s=event.down_s * cfg.speed, count=n)
-            )
-            self.note(event.kind, gateways=n, down_s=event.down_s)
-
-    def end(self, event: ChaosEvent) -> None:
-        if event.kind == "worker_kill":
-            w = self.worker(event.target)
-            if not w.running:
-                w.start()
-            w.held_down = False
-            self.note("restarted", worker=w.client_id)
-        elif event.kind == "influxd_outage":
-            self.influxd.start(timeout=60)
-            self.note("influxd started")
-        elif event.kind in ("broker_restart", "broker_kill"):
-            self.broker.start(timeout=30)
-            if event.kind == "broker_kill":
-                self.kills.append(
-                    {"mode": event.target, "t": time.monotonic(), "wall": time.time()}
-                )
-            self.note("mosquitto started", port=self.broker.port)
-        else:
-            self.note(f"{event.kind} over")
-
-    def supervise(self) -> None:
-        """Restart workers and the API when they exited on their own (as systemd
-        ``Restart=always`` would), and count them."""
-        for w in self.workers:
-            if not w.held_down and not w.running:
-                code = None if w.proc is None else w.proc.returncode
-                self.unplanned += 1
-                self.note("worker exited, restarting", worker=w.client_id, code=code)
-                w.start()
-        api = self.api
-        if api is not None and not api.stopping and not api.running:
-            code = None if api.proc is None else api.proc.returncode
-            self.api_restarts += 1
-            self.note("api exited, restarting", code=code)
-            api.start()
-        if self.fleet_error is not None:
-            raise SimulatorError(f"the fleet failed: {self.fleet_error}") from self.fleet_error
 
 
 def _progress_line(run: _Run, phase: str) -> str:
@@ -294,9 +112,7 @@ def _progress_line(run: _Run, phase: str) -> str:
     return (
         f"[chaos] {time.monotonic() - run.t0:7.1f}s {phase:9s} acked {fleet.ledger.readings} "
         f"stored {stored} online {fleet.stats.online}/{fleet.layout.gateways} "
-        f"spooled {fleet.spooled_batches()} workers {up} "
-        f"influxd {'up' if run.influxd.running else 'DOWN'} "
-        f"broker {'up' if run.broker.running else 'DOWN'}"
+        f"spooled {fleet.spooled_batches()} workers {up} {run.status()}"
     )
 
 
@@ -319,7 +135,12 @@ def run_chaos(
         else:
             data = Path(config.data_dir)
             data.mkdir(parents=True, exist_ok=True)
-        run = _Run(config, data, say)
+        if config.cluster:
+            run: _Run = ClusterRun(config, data, say)
+        elif config.edge_agents:
+            run = EdgeRun(config, data, say)
+        else:
+            run = _Run(config, data, say)
         stack.callback(run.close)
         return _execute(run, events, progress_every_s)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
@@ -380,7 +201,7 @@ def _execute(run: _Run, events: list[ChaosEvent], progress_every_s: float) -> Ch
     # Drain: the fleet stops producing but stays connected (its spools drain, it answers the
     # API's resend requests) until InfluxDB holds everything the broker acknowledged.
     run.note("pausing the fleet (it drains its spools and still answers resend)")
-    fleet.pause()
+    run.pause()
     paused_at = time.monotonic()
     drain_deadline = paused_at + cfg.drain_timeout_s
     next_progress = time.monotonic() + progress_every_s
@@ -388,7 +209,8 @@ def _execute(run: _Run, events: list[ChaosEvent], progress_every_s: float) -> Ch
     while time.monotonic() < drain_deadline:
         run.supervise()
         stored = monitor.stored()
-        if fleet.spooled_batches() == 0 and stored is not None and stored >= fleet.ledger.readings:
+        if (fleet.spooled_batches() == 0 and stored is not None
+                and stored >= fleet.ledger.readings and run.drained()):  # fmt: skip
             drained_at = time.monotonic()
             break
         if time.monotonic() >= next_progress:
@@ -413,15 +235,19 @@ def _execute(run: _Run, events: list[ChaosEvent], progress_every_s: float) -> Ch
     report.acked_batches = totals["acked_batches"]
     report.replays = totals["replays"]
     report.no_subscribers = fleet.stats.no_subscribers
-    check = compare_with_influx(fleet.ledger, run.influxd, cfg.database, bookkeeping=BOOKKEEPING)
-    report.stored, report.lost, report.extra = check.stored, check.lost, check.extra
-    bookkeeping_check(run.influxd, cfg.database, fleet, report)
+    check_stores(run.stores, cfg.database, fleet, report)
     report.drained = drained_at is not None
     report.final_drain_s = None if drained_at is None else drained_at - paused_at
     caught_up = monitor.first_stored_at_least(acked_at_last_fault, last_fault_end)
     if caught_up is None and drained_at is not None:
         caught_up = drained_at
     report.catch_up_after_last_fault_s = None if caught_up is None else caught_up - last_fault_end
+    if len(run.stores) > 1:
+        for i, replica in enumerate(report.replicas):
+            when = monitor.first_stored_at_least(acked_at_last_fault, last_fault_end, replica=i)
+            replica["catch_up_after_last_fault_s"] = (
+                None if when is None else round(when - last_fault_end, 1)
+            )
     report.events = dict(Counter(e.kind for e in events if e.ended_s is not None))
     report.unplanned_worker_restarts = run.unplanned
     report.api_restarts = run.api_restarts
@@ -431,14 +257,16 @@ def _execute(run: _Run, events: list[ChaosEvent], progress_every_s: float) -> Ch
     report.resend_missing = stats.resend_missing
     report.hostile_gateways = cfg.hostile
     report.hostile_cases = fleet.hostile.cases()
-    repair_times(
-        run.influxd, cfg.database, fleet, kills=run.kills, t0=run.t0, events=events,
-        chaos_start=chaos_start, report=report,
-    )  # fmt: skip
+    if run.kills:
+        repair_times(
+            run.stores[0], cfg.database, fleet, kills=run.kills, t0=run.t0, events=events,
+            chaos_start=chaos_start, report=report,
+        )  # fmt: skip
     samples = monitor.samples
     report.reference_acked_per_s = rate(samples, ref_start, chaos_start, "acked")
     report.chaos_acked_per_s = rate(samples, chaos_start, chaos_end, "acked")
     report.reference_stored_per_s = rate(samples, ref_start, chaos_start, "stored")
     report.chaos_stored_per_s = rate(samples, chaos_start, chaos_end, "stored")
+    run.finish(report)
     report.timeline = run.timeline
     return report

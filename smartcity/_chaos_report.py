@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from simulators import GatewayFleet
-from smartcity._chaos_plan import HOSTILE_PREFIX, ChaosEvent
+from simulators import GatewayFleet, compare_with_influx
+from smartcity._chaos_plan import AGENT_PREFIX, HOSTILE_PREFIX, ChaosEvent
 from smartcity._localstack import Influxd, ServiceError
 from telemetry import BOOKKEEPING_MEASUREMENT
 
@@ -26,6 +27,7 @@ __all__ = [
     "Monitor",
     "Sample",
     "bookkeeping_check",
+    "check_stores",
     "rate",
     "repair_times",
 ]
@@ -90,6 +92,16 @@ class ChaosReport:
     chaos_acked_per_s: float = 0.0
     reference_stored_per_s: float = 0.0
     chaos_stored_per_s: float = 0.0
+    #: The cluster profile: per InfluxDB replica, its own verdict (``stored``, ``lost``,
+    #: ``duplicates``, ``missing_seqs``, ... ``ok``) and ``catch_up_after_last_fault_s``;
+    #: the fields above are the worst replica's. Empty with one InfluxDB.
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    #: The real edge agents (``ChaosConfig.edge_agents``): their spools' ledger against
+    #: InfluxDB (``spooled_readings``, ``stored``, ``lost``, ``duplicated``, ``missing_seqs``,
+    #: ... ``ok``; ``gateways``: per agent). Empty without agents.
+    edge_agents: dict[str, Any] = field(default_factory=dict)
+    #: Edge agents that exited on their own and were restarted (the schedule's kills aside).
+    agent_restarts: int = 0
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -98,14 +110,28 @@ class ChaosReport:
 
     @property
     def service_crashes(self) -> int:
-        """Ingest workers and API processes that exited on their own (not the schedule's)."""
-        return self.unplanned_worker_restarts + self.api_restarts
+        """Ingest workers, API processes and edge agents that exited on their own (not the
+        schedule's kills)."""
+        return self.unplanned_worker_restarts + self.api_restarts + self.agent_restarts
 
     @property
     def ok(self) -> bool:
         return (
             self.drained
             and self.lost == 0
+            and self.duplicates == 0
+            and self.missing_seqs == 0
+            and self.unknown_seqs == 0
+            and self.bookkeeping_readings == self.stored
+            and all(r["ok"] for r in self.replicas)
+            and bool(self.edge_agents.get("ok", True))
+        )
+
+    @property
+    def verdict_ok(self) -> bool:
+        """This report's own counts (one store) say nothing lost or doubled."""
+        return (
+            self.lost == 0
             and self.duplicates == 0
             and self.missing_seqs == 0
             and self.unknown_seqs == 0
@@ -121,6 +147,7 @@ class ChaosReport:
         data["honest_duplicated"] = self.duplicates
         data["service_crashes"] = self.service_crashes
         data["ok"] = self.ok
+        data["by_kind"] = self.by_kind()
         ref, chaos = self.reference_stored_per_s, self.chaos_stored_per_s
         data["stored_throughput_ratio"] = round(chaos / ref, 3) if ref else None
         ref_a, chaos_a = self.reference_acked_per_s, self.chaos_acked_per_s
@@ -138,26 +165,43 @@ class ChaosReport:
                 data[key] = round(data[key], 1)
         return data
 
+    def by_kind(self) -> dict[str, dict[str, Any]]:
+        """The honest verdict per kind of gateway: the simulated fleet, the real edge agents."""
+        kinds: dict[str, dict[str, Any]] = {
+            "fleet": {
+                "gateways": self.gateways, "acked_readings": self.sent, "stored": self.stored,
+                "lost": self.lost, "duplicated": self.duplicates,
+                "missing_seqs": self.missing_seqs, "ok": self.verdict_ok,
+            },
+        }  # fmt: skip
+        if self.edge_agents:
+            kinds["edge_agents"] = {k: v for k, v in self.edge_agents.items() if k != "gateways"}
+        return kinds
+
 
 @dataclass(slots=True)
 class Sample:
     t: float
     acked: int
+    #: The least any store holds (``None`` while one does not answer), and each store's.
     stored: int | None
+    per_store: tuple[int | None, ...] = ()
 
 
 class Monitor(threading.Thread):
     """Samples (time, readings acknowledged to the fleet, readings stored) once a second.
 
-    Stored readings are ``sum(readings)`` of the honest gateways' bookkeeping points (one per
-    batch: cheap to sum, and a replay overwrites its point); ``None`` while influxd does not
-    answer. A thread
-    of its own, so a query hanging on a stopping influxd never delays the schedule.
+    Stored readings are ``sum(readings)`` of the honest simulated gateways' bookkeeping points
+    (one per batch: cheap to sum, and a replay overwrites its point; the real edge agents
+    have their own ledger); ``None`` while influxd does not
+    answer. With several stores (InfluxDB replicas) ``stored`` is the least of them, so
+    "caught up" means every replica caught up. A thread of its own, so a query hanging on a
+    stopping influxd never delays the schedule.
     """
 
-    def __init__(self, influxd: Influxd, database: str, fleet: GatewayFleet) -> None:
+    def __init__(self, stores: Sequence[Influxd], database: str, fleet: GatewayFleet) -> None:
         super().__init__(name="chaos.monitor", daemon=True)
-        self.influxd = influxd
+        self.stores = list(stores)
         self.database = database
         self.fleet = fleet
         self.samples: list[Sample] = []
@@ -165,10 +209,15 @@ class Monitor(threading.Thread):
         self._lock = threading.Lock()
 
     def stored(self) -> int | None:
+        """The least any store holds now (``None`` while one does not answer)."""
+        per = [self.stored_in(store) for store in self.stores]
+        return None if None in per else min(p for p in per if p is not None)
+
+    def stored_in(self, influxd: Influxd) -> int | None:
         try:
-            answer = self.influxd.query(
+            answer = influxd.query(
                 f'SELECT sum("readings") FROM "{BOOKKEEPING}" '  # noqa: S608
-                f'WHERE "gateway" !~ /^{HOSTILE_PREFIX}-/',
+                f'WHERE "gateway" !~ /^({HOSTILE_PREFIX}|{AGENT_PREFIX})-/',
                 db=self.database,
             )
         except (ServiceError, OSError):
@@ -179,19 +228,24 @@ class Monitor(threading.Thread):
     def run(self) -> None:
         while not self._stop.is_set():
             acked = self.fleet.ledger.readings
-            stored = self.stored()
+            per = tuple(self.stored_in(store) for store in self.stores)
+            stored = None if None in per else min(p for p in per if p is not None)
             with self._lock:
-                self.samples.append(Sample(time.monotonic(), acked, stored))
+                self.samples.append(Sample(time.monotonic(), acked, stored, per))
             self._stop.wait(_POLL_S)
 
     def last(self) -> Sample | None:
         with self._lock:
             return self.samples[-1] if self.samples else None
 
-    def first_stored_at_least(self, target: int, after: float) -> float | None:
+    def first_stored_at_least(
+        self, target: int, after: float, *, replica: int | None = None
+    ) -> float | None:
+        """When every store (or store ``replica``) first held ``target`` after ``after``."""
         with self._lock:
             for s in self.samples:
-                if s.t >= after and s.stored is not None and s.stored >= target:
+                value = s.stored if replica is None else s.per_store[replica]
+                if s.t >= after and value is not None and value >= target:
                     return s.t
         return None
 
@@ -209,6 +263,39 @@ def rate(samples: list[Sample], start: float, end: float, attr: str) -> float:
     if b.t <= a.t:
         return 0.0
     return float(getattr(b, attr) - getattr(a, attr)) / (b.t - a.t)
+
+
+def check_stores(
+    stores: Sequence[Influxd], database: str, fleet: GatewayFleet, report: ChaosReport
+) -> None:
+    """The ledger against every store: distinct points (``lost``, ``extra``) and the
+    per-gateway bookkeeping. One store fills ``report``; several (replicas) each get their
+    entry in ``report.replicas``, and ``report`` takes the worst one's counts."""
+    verdicts: list[ChaosReport] = []
+    for store in stores:
+        one = ChaosReport(gateways=report.gateways, seed=report.seed, speed=report.speed,
+                          reference_s=report.reference_s, chaos_s=report.chaos_s)  # fmt: skip
+        check = compare_with_influx(fleet.ledger, store, database, bookkeeping=BOOKKEEPING)
+        one.stored, one.lost, one.extra = check.stored, check.lost, check.extra
+        bookkeeping_check(store, database, fleet, one)
+        verdicts.append(one)
+
+    def badness(r: ChaosReport) -> int:
+        return r.lost + r.duplicates + r.missing_seqs + r.unknown_seqs
+
+    worst = max(verdicts, key=badness)  # the first on a tie
+    for key in ("stored", "lost", "extra", "stored_batches", "missing_seqs", "duplicate_seqs",
+                "unknown_seqs", "bookkeeping_readings"):  # fmt: skip
+        setattr(report, key, getattr(worst, key))
+    if len(stores) > 1:
+        report.replicas = [
+            {"replica": i, "url": store.url, "stored": r.stored, "lost": r.lost,
+             "duplicates": r.duplicates, "stored_batches": r.stored_batches,
+             "missing_seqs": r.missing_seqs, "duplicate_seqs": r.duplicate_seqs,
+             "unknown_seqs": r.unknown_seqs, "bookkeeping_readings": r.bookkeeping_readings,
+             "ok": r.verdict_ok}
+            for i, (store, r) in enumerate(zip(stores, verdicts, strict=True))
+        ]  # fmt: skip
 
 
 def bookkeeping_check(
@@ -236,8 +323,8 @@ def bookkeeping_check(
         report.missing_seqs += max(rec.acked_batches - int(seqs), 0)
         if rec.acked_batches == rec.batches:  # fully drained: acked seqs are first..last
             report.unknown_seqs += int(lo < rec.first_seq) + int(hi > rec.last_seq)
-    hostile = set(fleet.hostile_gateway_ids) | {
-        gw for gw in rows if gw.startswith(f"{HOSTILE_PREFIX}-")
+    hostile = set(fleet.hostile_gateway_ids) | {  # the edge agents have their own ledger
+        gw for gw in rows if gw.startswith((f"{HOSTILE_PREFIX}-", f"{AGENT_PREFIX}-"))
     }
     for gw in set(rows) - set(fleet.ledger.gateways()) - hostile:
         report.unknown_seqs += int(rows[gw][2])

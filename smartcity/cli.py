@@ -139,6 +139,11 @@ def demo(
         str, typer.Option(help="Simulated city: a packaged scenario name or a YAML file.")
     ] = "city",
     api_port: Annotated[int, typer.Option(help="API port (0: a free one).")] = 0,
+    cluster: Annotated[
+        bool,
+        typer.Option(help="Cluster profile: 3 NATS nodes, 2 ingest workers, 2 InfluxDB "
+                     "replicas (docs/cluster.md)."),
+    ] = False,
 ) -> None:
     """Run the platform on this machine: broker, database, services and a simulated city."""
     try:
@@ -154,6 +159,12 @@ def demo(
         )
         raise typer.Exit(code=1) from None
 
+    if cluster:
+        from smartcity._demo_cluster import run_cluster_demo
+
+        raise typer.Exit(code=run_cluster_demo(
+            var_dir=var_dir, duration=duration, scenario=scenario, api_port=api_port
+        ))
     raise typer.Exit(
         code=run_demo(var_dir=var_dir, duration=duration, scenario=scenario, api_port=api_port)
     )
@@ -183,10 +194,31 @@ def chaos(
             "apart; only the honest ledger is compared).",
         ),
     ] = 0,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="The cluster profile (docs/cluster.md): 3 NATS JetStream nodes "
+            "(MQTT 3.1.1) and --replicas InfluxDB replicas, each fed by its own two ingest "
+            "workers and durable consumer; events: SIGKILL of a node (stream and meta "
+            "leaders included), full-cluster restart, SIGKILL of a replica, worker kills, "
+            "gateway faults. Every replica is checked against the ledger.",
+        ),
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="InfluxDB replicas with --cluster.")
+    ] = 2,
+    edge_agents: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Real edge agents (python -m edge_agent run, simulated inputs) beside "
+            "the fleet, SIGKILLed now and then (agent_kill); their spools are their ledger.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a fleet against local mosquitto, influxd, two ingest workers and the API (gap
     repair) while all of them fail (seeded), then compare the honest ledger with InfluxDB;
-    the last line is a JSON report. Exit 1 when an honest reading was lost or doubled."""
+    the last line is a JSON report. Exit 1 when an honest reading was lost or doubled.
+    With --cluster: the same on a NATS JetStream cluster and InfluxDB replicas."""
     from simulators import SimulatorError
     from smartcity._chaos import ChaosConfig, run_chaos
     from smartcity._localstack import ServiceError
@@ -196,7 +228,8 @@ def chaos(
         config = ChaosConfig(
             gateways=gateways, scenario=scenario, speed=speed, seed=seed,
             reference_s=reference, duration_s=duration, quiet_s=max(30.0, 0.15 * duration),
-            data_dir=directory, hostile=hostile,
+            data_dir=directory, hostile=hostile, cluster=cluster, replicas=replicas,
+            edge_agents=edge_agents,
         )  # fmt: skip
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from api._deps import ServicesDep, Viewer, authenticate_key
 from api._encoding import doc, json_response
 from api.standards import BANDS, BREAKPOINTS
+from api.storage import ReplicaHealth
 from telemetry import MEASUREMENTS
 
 __all__ = ["router"]
@@ -44,6 +45,30 @@ async def readyz(services: ServicesDep) -> Response:
         Ready("ok" if ok else "degraded", services.broker.connected, influx, services.warmed),
         status=200 if ok else 503,
     )
+
+
+class InfluxHealth(msgspec.Struct):
+    #: The replica queries go to now.
+    reading_from: str
+    replicas: list[ReplicaHealth]
+
+
+class HealthOut(msgspec.Struct):
+    #: ``ok``: subscribed to the broker and some InfluxDB replica answers and has caught up.
+    status: str
+    broker: bool
+    influxdb: InfluxHealth
+
+
+@router.get("/v1/health", response_model=None, responses=doc(HealthOut), tags=["meta"],
+            summary="Broker link and each InfluxDB replica: up, consumer lag, which one is read")
+async def health(services: ServicesDep, _caller: Viewer) -> Response:
+    replicas = services.influx.replicas.health()
+    reading = next((r.name for r in replicas if r.reading), replicas[0].name)
+    ok = services.broker.connected and any(r.healthy and r.caught_up for r in replicas)
+    return json_response(HealthOut(
+        "ok" if ok else "degraded", services.broker.connected, InfluxHealth(reading, replicas)
+    ))
 
 
 @router.get("/metrics", response_model=None, tags=["meta"],

@@ -2,9 +2,10 @@
 
 The InfluxDB v1 client, every InfluxQL statement of the API (built from validated values
 only, in one module), the bounded history answers, and the operator database (API keys,
-alert rules, acknowledgements, alert history; SQLAlchemy).
+alert rules, acknowledgements, alert history, the audit trail, gateway enrolments; SQLAlchemy).
 """
 
+from api.storage._audit import AuditEntry, AuditLog
 from api.storage._db import (
     KEY_PREFIX,
     AlertAck,
@@ -12,6 +13,7 @@ from api.storage._db import (
     AlertRule,
     ApiKey,
     Database,
+    Enrolment,
     hash_key,
     new_key,
 )
@@ -32,6 +34,7 @@ from api.storage._queries import (
     show_measurements,
 )
 from api.storage._replay import ReplayFrames, ReplayLink, ReplayVehicle, read_replay
+from api.storage._replicas import ReplicaHealth
 
 __all__ = [
     "KEY_PREFIX",
@@ -39,7 +42,10 @@ __all__ = [
     "AlertEvent",
     "AlertRule",
     "ApiKey",
+    "AuditEntry",
+    "AuditLog",
     "Database",
+    "Enrolment",
     "FieldCondition",
     "FieldFilter",
     "HistoryOut",
@@ -49,6 +55,7 @@ __all__ = [
     "ReplayFrames",
     "ReplayLink",
     "ReplayVehicle",
+    "ReplicaHealth",
     "Series",
     "SeriesQuery",
     "hash_key",

@@ -7,6 +7,9 @@ our side and becomes a 502 with InfluxDB's message kept in the log, not in the a
 An ``https://`` InfluxDB is verified against ``ca_file`` (or the system's CA store) and is
 shown the client certificate when one is given; a certificate that does not verify is a
 503 like any unreachable InfluxDB, and the log says which certificate and which CA.
+
+In the cluster profile the client reads from InfluxDB replicas (``influx_replicas``): each
+query goes to the best one and fails over to the next (:mod:`api.storage._replicas`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import msgspec
+from prometheus_client import CollectorRegistry
 
 from api._errors import ConfigError, UpstreamUnavailable
+from api._settings_replicas import InfluxReplica, ReplicaLagSettings
+from api.storage._replicas import Replica, ReplicaMonitor, ReplicaSet
 from foundation import BrokerSetupError, BrokerTls
 
 if TYPE_CHECKING:
@@ -56,67 +63,57 @@ _decoder = msgspec.json.Decoder(_Answer)
 
 
 def influx_verify(
-    url: str, *, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+    url: str,
+    *,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    key: str = "influx_",
 ) -> ssl.SSLContext | bool:
     """The TLS context for an ``https://`` InfluxDB (files read now), ``True`` for plain
-    http; :class:`ConfigError` naming the ``influx_*`` setting and the file. Start-up and
-    ``api check-config`` both call it."""
+    http; :class:`ConfigError` naming the setting (``key`` + ``ca_file``...) and the file.
+    Start-up and ``api check-config`` both call it."""
     if url.lower().startswith("https://"):
         tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         try:
-            return tls.ssl_context("influx_")
+            return tls.ssl_context(key)
         except BrokerSetupError as exc:
             raise ConfigError(str(exc)) from exc
     if ca_file or cert_file or key_file:
-        raise ConfigError(f"influx_ca_file and the client certificate need https://, not {url}")
+        raise ConfigError(f"{key}ca_file and the client certificate need https://, not {url}")
     return True
 
 
-class InfluxClient:
-    """Async InfluxQL client for one database. Use as ``async with InfluxClient(...) as c``."""
+class _Endpoint:
+    """One InfluxDB server: ``/query`` and ``/ping`` over a pooled httpx client."""
 
     def __init__(
         self,
         *,
         url: str,
         database: str,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 10.0,
-        ca_file: Path | None = None,
-        cert_file: Path | None = None,
-        key_file: Path | None = None,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        ca_file: Path | None,
+        cert_file: Path | None,
+        key_file: Path | None,
+        key: str = "influx_",
     ) -> None:
-        """``ca_file``, ``cert_file``/``key_file``: TLS to an ``https://`` URL (unset: the
-        system's CA store, no client certificate); an unusable file is a
-        :class:`ConfigError` naming the ``influx_*`` setting."""
         self.url = url.rstrip("/")
         self.database = database
         self._timeout = timeout
-        self._trust = f"influx_ca_file {ca_file}" if ca_file else "the system CA store"
+        self._trust = f"{key}ca_file {ca_file}" if ca_file else "the system CA store"
         auth = httpx.BasicAuth(username, password or "") if username else None
-        verify = influx_verify(self.url, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        verify = influx_verify(
+            self.url, ca_file=ca_file, cert_file=cert_file, key_file=key_file, key=key
+        )
         self._client = httpx.AsyncClient(
             base_url=self.url,
             auth=auth,
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             verify=verify,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: ApiSettings) -> InfluxClient:
-        """The client the ``influx_*`` settings describe (URL, credentials, TLS, timeout)."""
-        password = settings.influx_password
-        return cls(
-            url=settings.influx_url,
-            database=settings.influx_database,
-            username=settings.influx_username,
-            password=password.get_secret_value() if password is not None else None,
-            timeout=settings.influx_timeout_s,
-            ca_file=settings.influx_ca_file,
-            cert_file=settings.influx_cert_file,
-            key_file=settings.influx_key_file,
         )
 
     def _log_failure(self, exc: BaseException) -> None:
@@ -129,21 +126,12 @@ class InfluxClient:
                 extra={"url": self.url, "trust": self._trust, "error": cause.verify_message},
             )
         else:
-            log.warning("influx query failed", extra={"error": repr(exc)})
+            log.warning("influx query failed", extra={"url": self.url, "error": repr(exc)})
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         await self._client.aclose()
 
     async def query(self, q: str, *, epoch: str = "ns") -> list[Series]:
-        """Run one InfluxQL statement; return its series (empty when nothing matched)."""
         try:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.post(
@@ -153,7 +141,8 @@ class InfluxClient:
             self._log_failure(exc)
             raise UpstreamUnavailable("InfluxDB did not answer") from exc
         if response.status_code >= 500:
-            log.warning("influx query failed", extra={"status": response.status_code})
+            log.warning("influx query failed",
+                        extra={"url": self.url, "status": response.status_code})
             raise UpstreamUnavailable(f"InfluxDB answered {response.status_code}")
         try:
             answer = _decoder.decode(response.content)
@@ -174,3 +163,136 @@ class InfluxClient:
         except (httpx.HTTPError, TimeoutError):
             return False
         return response.status_code == 204
+
+
+class InfluxClient:
+    """Async InfluxQL client for one database, on one InfluxDB or on replicas of it.
+
+    Use as ``async with InfluxClient(...) as c``. With ``replicas`` (the cluster profile,
+    :mod:`api.storage._replicas`) each query goes to the best replica and fails over to
+    the next when one is unreachable, times out or answers 5xx; entering starts the
+    monitor that pings the replicas and reads their consumers' lag.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str = "http://127.0.0.1:8086",
+        database: str,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        replicas: Sequence[InfluxReplica] = (),
+        lag: ReplicaLagSettings | None = None,
+    ) -> None:
+        """``ca_file``, ``cert_file``/``key_file``: TLS to an ``https://`` URL (unset: the
+        system's CA store, no client certificate); an unusable file is a
+        :class:`ConfigError` naming the setting. ``replicas`` replace ``url`` and its
+        credentials; ``lag`` says where their consumers' lag is read."""
+        self.database = database
+        if replicas:
+            self._endpoints = [
+                _Endpoint(
+                    url=r.url, database=database, username=r.username,
+                    password=r.password.get_secret_value() if r.password else None,
+                    timeout=timeout, ca_file=r.ca_file, cert_file=r.cert_file,
+                    key_file=r.key_file, key=f"influx_replicas[{r.name}].",
+                )
+                for r in replicas
+            ]
+            names = [(r.name, r.durable) for r in replicas]
+        else:
+            self._endpoints = [
+                _Endpoint(
+                    url=url, database=database, username=username, password=password,
+                    timeout=timeout, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                )
+            ]
+            names = [("influx", None)]
+        self._endpoint_of = {name: e for (name, _), e in zip(names, self._endpoints, strict=True)}
+        self.replicas = ReplicaSet(
+            [Replica(name=n, durable=d, ping=self._endpoint_of[n].ping) for n, d in names],
+            max_lag=lag.max_lag if lag else 0,
+        )
+        self._monitor = (
+            ReplicaMonitor(self.replicas, lag or ReplicaLagSettings()) if replicas else None
+        )
+        if self._monitor is not None:
+            self._monitor.prepare()
+
+    @property
+    def url(self) -> str:
+        """The URL queries go to now (the first replica's in the order)."""
+        return self._endpoint_of[self.replicas.order()[0].name].url
+
+    @classmethod
+    def from_settings(
+        cls, settings: ApiSettings, *, registry: CollectorRegistry | None = None
+    ) -> InfluxClient:
+        """The client the ``influx_*`` settings describe (URL, credentials, TLS, timeout),
+        or ``influx_replicas`` with ``replica_lag`` when set. With ``registry``, the
+        replicas' health, lag and failovers are exported there."""
+        password = settings.influx_password
+        client = cls(
+            url=settings.influx_url,
+            database=settings.influx_database,
+            username=settings.influx_username,
+            password=password.get_secret_value() if password is not None else None,
+            timeout=settings.influx_timeout_s,
+            ca_file=settings.influx_ca_file,
+            cert_file=settings.influx_cert_file,
+            key_file=settings.influx_key_file,
+            replicas=settings.influx_replicas,
+            lag=settings.replica_lag,
+        )
+        if registry is not None:
+            registry.register(client.replicas)
+        return client
+
+    async def __aenter__(self) -> Self:
+        if self._monitor is not None:
+            await self._monitor.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._monitor is not None:
+                await self._monitor.__aexit__(exc_type, exc, tb)
+        finally:
+            for endpoint in self._endpoints:
+                await endpoint.aclose()
+
+    async def query(self, q: str, *, epoch: str = "ns") -> list[Series]:
+        """Run one InfluxQL statement; return its series (empty when nothing matched). On
+        replicas, one that fails is marked and the next is asked; the last error is
+        raised when none answers. A refused query (502) is not retried elsewhere."""
+        replicas = self.replicas
+        last: UpstreamUnavailable | None = None
+        for i, replica in enumerate(replicas.order()):
+            try:
+                series = await self._endpoint_of[replica.name].query(q, epoch=epoch)
+            except UpstreamUnavailable as exc:
+                if exc.status_code == 502:
+                    raise
+                replicas.failed(replica, exc.detail)
+                last = exc
+                continue
+            replicas.answered(replica, after_failover=i > 0)
+            return series
+        assert last is not None
+        raise last
+
+    async def ping(self) -> bool:
+        """Whether some replica answers ``/ping`` (the only one, in the single profile)."""
+        for replica in self.replicas.order():
+            if await self._endpoint_of[replica.name].ping():
+                return True
+        return False

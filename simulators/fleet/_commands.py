@@ -2,7 +2,9 @@
 
 One task per connected gateway (``fleet[<gw>].commands``) subscribes to ``<gw>/cmd`` and
 answers ``ping``, ``reannounce``, ``health`` and ``resend`` on the request's response topic
-with its correlation data (same results, same errors as the edge agent; the ``resend``
+with its correlation data, or over MQTT 3.1.1 (the cluster profile) on the body's
+``reply_to`` with ``correlation`` echoed in the answer's body (:func:`telemetry.reply_address`;
+same results, same errors as the edge agent; the ``resend``
 arguments and result are the contract's :func:`telemetry.parse_resend_args` and
 :func:`telemetry.resend_result`).
 """
@@ -37,6 +39,7 @@ from telemetry import (
     decode_message,
     encode_message,
     parse_resend_args,
+    reply_address,
 )
 
 __all__ = ["CommandAnswerer"]
@@ -75,21 +78,39 @@ class CommandAnswerer:
             await self._answer(gw, session, msg)
 
     async def _answer(self, gw: Gateway, session: MqttSession, msg: Message) -> None:
-        topic = msg.response_topic
-        if topic is None:
-            self.stats.commands_unanswered += 1
-            return
+        # MQTT v5: the reply address is in the properties; MQTT 3.1.1 (the cluster profile):
+        # in the body (reply_to, correlation), so the body is decoded first.
+        req: CommandRequest | None = None
+        error: PayloadError | None = None
         try:
             req = decode_message(msg.payload, CommandRequest)
-            resp = CommandResponse(ok=True, result=self._run(gw, session, req))
-            self.stats.commands += 1
         except PayloadError as exc:  # InvalidCommand included
-            resp = CommandResponse(ok=False, error=str(exc))
+            error = exc
+        reply = reply_address(
+            response_topic=msg.response_topic,
+            correlation_data=msg.correlation_data,
+            reply_to=None if req is None else req.reply_to,
+            correlation=None if req is None else req.correlation,
+        )
+        if reply is None:
+            self.stats.commands_unanswered += 1
+            return
+        echo = req.correlation if reply.in_body and req is not None else None
+        try:
+            if req is None:
+                assert error is not None
+                raise error
+            resp = CommandResponse(ok=True, result=self._run(gw, session, req), correlation=echo)
+            self.stats.commands += 1
+        except PayloadError as exc:
+            resp = CommandResponse(ok=False, error=str(exc), correlation=echo)
             self.stats.commands_refused += 1
-        props = publish_properties(correlation_data=msg.correlation_data)
+        props = None
+        if not reply.in_body and session.config.version == "5":
+            props = publish_properties(correlation_data=reply.correlation)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await session.publish(topic, encode_message(resp), qos=1, properties=props)
+                await session.publish(reply.topic, encode_message(resp), qos=1, properties=props)
         except (MqttError, TimeoutError):
             self.stats.commands_unanswered += 1  # the requester asks again
 

@@ -4,15 +4,17 @@ counted (:class:`FleetStats`)."""
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError
 
 from foundation import BrokerAccess, BrokerTls, check_broker_security
 from simulators._errors import BrokerError, ScenarioError
 from simulators._scenario import Scenario
+from telemetry import TopicError, check_cluster_id
 
 __all__ = ["BrokerUrl", "FleetConfig", "FleetStats", "settings_reason"]
 
@@ -64,6 +66,25 @@ class FleetConfig:
     #: Development only: permits ``tls.insecure`` and a password over plain TCP to a broker
     #: that is not on loopback.
     allow_insecure: bool = False
+    #: ``mqtt5`` (mosquitto, the default) or ``mqtt311``: the cluster profile, a NATS
+    #: JetStream cluster, speaks only MQTT 3.1.1 (docs/cluster.md). There a PUBACK carries no
+    #: reason code (so ``retry_unrouted`` never fires: start ingest, which creates the
+    #: durable consumer, before the fleet), commands carry their reply address in the body,
+    #: and every gateway id, client id and topic-root level must be a NATS-safe id (no ``.``;
+    #: checked when the fleet is built).
+    protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
+    #: More broker addresses ``(host, port)`` after ``host``/``port`` (the nodes of a
+    #: cluster): each gateway's session fails over between them in order
+    #: (:class:`foundation.mqtt.SessionConfig` ``hosts``).
+    hosts: tuple[tuple[str, int], ...] = ()
+    #: With ``hosts``: gateway ``i`` starts at address ``i mod n`` and fails over from there
+    #: in order, so that a fleet spreads over the nodes (as DNS round robin would); off:
+    #: every gateway starts at ``host``.
+    spread_hosts: bool = True
+    #: Per-gateway credentials: ``(username, password)`` by gateway id (a NATS cluster gives
+    #: every gateway its own user, allowed only under its own topics). Overrides
+    #: ``username``/``password``/``password_file``; TLS still comes from ``tls``.
+    credentials: Callable[[str], tuple[str, str]] | None = None
     centre: tuple[float, float] = (59.9139, 10.7522)
     scenario: Scenario | None = None
     speed: float | None = None
@@ -98,6 +119,34 @@ class FleetConfig:
             )
         if self.keep_delivered_bytes < 0:
             raise ScenarioError("must be >= 0", source="FleetConfig", key="keep_delivered_bytes")
+        if self.protocol not in ("mqtt5", "mqtt311"):
+            raise ScenarioError(
+                f"must be 'mqtt5' or 'mqtt311', not {self.protocol!r}",
+                source="FleetConfig", key="protocol",
+            )  # fmt: skip
+        if (self.host, self.port) in self.hosts or len(set(self.hosts)) != len(self.hosts):
+            raise ScenarioError("lists an address twice", source="FleetConfig", key="hosts")
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker address in failover order: ``(host, port)`` then ``hosts``."""
+        return ((self.host, self.port), *self.hosts)
+
+    def check_cluster_ids(self, topic_root: str, gateway_ids: Iterable[str]) -> None:
+        """With ``mqtt311`` (the cluster profile): every topic-root level, gateway id and
+        client id must map to itself as one NATS subject token
+        (:func:`telemetry.check_cluster_id`); :class:`ScenarioError` names the first that
+        does not. Nothing to check with ``mqtt5``."""
+        if self.protocol != "mqtt311":
+            return
+        try:
+            for level in topic_root.split("/"):
+                check_cluster_id("topic root level", level)
+            for gw in gateway_ids:
+                check_cluster_id("gateway id", gw)
+                check_cluster_id("client id", f"{self.client_prefix}-{gw}")
+        except TopicError as exc:
+            raise ScenarioError(exc.reason, source="FleetConfig", key="protocol") from exc
 
     def broker_access(self) -> BrokerAccess:
         """Credentials and TLS as the shared model; :class:`ValueError` when the platform's
@@ -108,12 +157,13 @@ class FleetConfig:
             password_file=self.password_file,
             tls=self.tls,
         )
-        check_broker_security(
-            host=self.host,
-            tls=self.tls,
-            has_password=access.has_password,
-            allow_insecure=self.allow_insecure,
-        )
+        for host, _port in self.addresses:
+            check_broker_security(
+                host=host,
+                tls=self.tls,
+                has_password=access.has_password or self.credentials is not None,
+                allow_insecure=self.allow_insecure,
+            )
         return access
 
     def resolved_scenario(self) -> Scenario:

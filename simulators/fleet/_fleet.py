@@ -108,6 +108,7 @@ class GatewayFleet:
         except TopicError as exc:
             raise ScenarioError(str(exc), key="topic_root") from exc
         self.layout: Layout = build_layout(self.scenario)
+        self.config.check_cluster_ids(self.scenario.topic_root, self.layout.gateway_ids)
         self.city = City(self.scenario, self.layout)
         self.start_ns = (
             self.config.start_ns if self.config.start_ns is not None else self.scenario.start_ns()

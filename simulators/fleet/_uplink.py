@@ -9,8 +9,11 @@ One task per gateway (``fleet[<gw>].uplink``, in the fleet's task group)::
         the fleet stops: publish the death ``shutdown``, wait for its PUBACK, DISCONNECT
 
 Each connection is a fresh clean-start client; the spool is the session (the sender replays
-it on every connect). The session reconnects by itself after a loss; a refused or failed
-first connect is retried here on the same capped, jittered schedule.
+it on every connect). With ``FleetConfig.protocol`` ``mqtt311`` (a NATS JetStream cluster)
+the session speaks MQTT 3.1.1 and fails over between ``FleetConfig.addresses`` as the edge
+agent's uplink does: a failed connect or a lost connection moves on to the next node.
+The session reconnects by itself after a loss; a refused or failed first connect is retried
+here on the same capped, jittered schedule.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Final
+
+from pydantic import SecretStr
 
 from foundation import Backoff, BrokerAccess
 from foundation.mqtt import (
@@ -99,9 +104,18 @@ class GatewayUplinks:
         cfg = self.config
         access = self._access
         assert access is not None
+        if cfg.credentials is not None:
+            user, password = cfg.credentials(gw.id)
+            access = access.model_copy(
+                update={"username": user, "password": SecretStr(password), "password_file": None}
+            )
         return SessionConfig(
             host=cfg.host,
             port=cfg.port,
+            # MQTT 3.1.1 (a NATS cluster): no properties, no session expiry; the will and
+            # the birth are the same messages, the spool is the session as with v5.
+            version="3.1.1" if cfg.protocol == "mqtt311" else "5",
+            hosts=_rotated(cfg.addresses, gw.index if cfg.spread_hosts else 0) if cfg.hosts else (),
             client_id=f"{cfg.client_prefix}-{gw.id}",
             access=access,
             ssl_context=self._ssl,
@@ -228,6 +242,12 @@ class GatewayUplinks:
         self.sender.disconnected(gw)
         if status.last_error is not None:
             self.stats.last_error = f"{gw.id}: {status.last_error}"
+
+
+def _rotated(addresses: tuple[tuple[str, int], ...], start: int) -> tuple[tuple[str, int], ...]:
+    """The failover order of a gateway that starts at ``addresses[start mod n]``."""
+    k = start % len(addresses)
+    return addresses[k:] + addresses[:k]
 
 
 def wake(gw: Gateway) -> None:

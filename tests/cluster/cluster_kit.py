@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from smartcity._localstack import NatsCluster
+from smartcity._localstack_nats import NatsCluster
 
 ClusterFactory = Callable[..., NatsCluster]
 

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from cluster_kit import ClusterFactory
 
-from smartcity._localstack import NatsCluster, NatsUser, ServiceError
+from smartcity._localstack import ServiceError
+from smartcity._localstack_nats import NatsCluster, NatsUser
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ from foundation.mqtt import (
     Outgoing,
     SessionConfig,
 )
-from smartcity._localstack import NatsCluster, NatsUser, ServiceError
+from smartcity._localstack import ServiceError
+from smartcity._localstack_nats import NatsCluster, NatsUser
 from telemetry import (
     MQTT_STREAM,
     MQTT_STREAM_PREFIX,

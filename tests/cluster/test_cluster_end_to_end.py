@@ -27,7 +27,8 @@ from foundation import BrokerAccess
 from foundation.mqtt import MqttSession, SessionConfig
 from ingest import BrokerError, load_config
 from ingest._run import WorkerThread
-from smartcity._localstack import Influxd, NatsCluster, NatsUser
+from smartcity._localstack import Influxd
+from smartcity._localstack_nats import NatsCluster, NatsUser
 from telemetry import CommandRequest, CommandResponse, Reading, decode_message, encode_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
