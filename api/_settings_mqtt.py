@@ -7,7 +7,7 @@ what the API's own session needs::
     mqtt:
       host: broker.city.example
       port: 8883
-      username: _api
+      username: _api-1          # pinned to client id api-1 (provision.sh add-service api 1)
       password_file: /etc/smartcity/api.mqtt-password
       tls: {ca_file: /etc/smartcity/certs/ca.pem, cert_file: ..., key_file: ...}
       client_id: api-1

@@ -6,7 +6,11 @@
 #                                            its FILE (default /var/lib/mosquitto/dynamic-
 #                                            security.json): admin user `_admin`, deny by
 #                                            default; and the admin's connection options
-#   provision.sh add-service ingest|api      the user `_ingest` or `_api` and its role
+#   provision.sh add-service ingest|api [N...]
+#                                            one user per instance N: `_ingest-N` pinned to
+#                                            client id `ingest-N` (default N: 0), `_api-N`
+#                                            pinned to `api-N` (default N: 1); the service's
+#                                            role; one password (stdin) for all N given
 #   provision.sh add-gateway ID [CLIENT_ID]  the user ID and its own role `gateway:ID`; it may
 #                                            connect only with CLIENT_ID (default edge-ID,
 #                                            the edge agent's default client id)
@@ -36,10 +40,12 @@ ROOT=${SMARTCITY_TOPIC_ROOT:-sc}
 V="$ROOT/v1"
 # telemetry.ID_RE: a gateway id is one topic level and never starts with `_`.
 ID_RE='^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'
+# A service instance: the N of `_ingest-N` / client id `ingest-N`.
+INSTANCE_RE='^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$'
 
 die() { echo "provision.sh: $*" >&2; exit 1; }
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 read_password() {
     local pw
@@ -99,6 +105,20 @@ make_role() {
     expect "role $role" "$(ctl getRole "$role")" "Rolename: $role" "${want[@]}"
 }
 
+# The same, for a role several users share: made once, checked every time.
+ensure_role() {
+    local role=$1 answer
+    answer=$(XDG_CONFIG_HOME=$CTRL_HOME timeout 30 mosquitto_ctrl dynsec getRole "$role" 2>&1 || true)
+    if grep -q "^Rolename: *$role\$" <<<"$answer"; then
+        shift
+        local want=()
+        while [ $# -gt 0 ]; do want+=("$1 : allow : $2 ("); shift 2; done
+        expect "role $role" "$answer" "${want[@]}"
+    else
+        make_role "$@"
+    fi
+}
+
 # USER CLIENT_ID(or "") ROLE PASSWORD
 make_client() {
     local user=$1 cid=$2 role=$3 pw=$4
@@ -134,37 +154,52 @@ cmd_init() {
     if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
         chown mosquitto: "$file"
     fi
-    echo "wrote $file and $ADMIN_OPTS; start the broker, then add-service ingest, add-service api"
+    echo "wrote $file and $ADMIN_OPTS; start the broker, then add-service ingest 0 1 ..., add-service api 1 ..."
 }
 
 cmd_add_service() {
-    local pw
-    case "${1:-}" in
+    # One user per instance, pinned to its client id: the plugin (2.0) pins one client id per
+    # user and has no prefix match, and an unpinned service user could connect as any client
+    # id and take over, and empty, an ingest worker's or a gateway's session.
+    local service=${1:-} pw n
+    [ $# -gt 0 ] && shift
+    local instances=("$@")
+    case "$service" in
+        ingest) [ ${#instances[@]} -gt 0 ] || instances=(0) ;;
+        api) [ ${#instances[@]} -gt 0 ] || instances=(1) ;;
+        *) usage ;;
+    esac
+    for n in "${instances[@]}"; do
+        [[ $n =~ $INSTANCE_RE ]] || die "instance '$n' must match $INSTANCE_RE"
+    done
+    pw=$(read_password "_$service-${instances[0]}")
+    case "$service" in
         ingest)
-            pw=$(read_password _ingest)
             # Only through ingest's own share group; only the telemetry; only its dead letters.
-            make_role smartcity-ingest \
+            ensure_role smartcity-ingest \
                 subscribeLiteral "\$share/ingest/$V/+/telemetry" \
                 publishClientReceive "$V/+/telemetry" \
-                publishClientSend "$V/_sys/deadletter/ingest"
-            make_client _ingest "" smartcity-ingest "$pw" ;;
+                publishClientSend "$V/_sys/deadletter/ingest" ;;
         api)
-            pw=$(read_password _api)
             local rules=() t
             for t in telemetry status health config/reported config/desired "cmd/response/#"; do
                 rules+=(subscribePattern "$V/+/$t" publishClientReceive "$V/+/$t")
             done
-            make_role smartcity-api "${rules[@]}" \
+            ensure_role smartcity-api "${rules[@]}" \
                 subscribePattern "$V/_sys/#" publishClientReceive "$V/_sys/#" \
-                publishClientSend "$V/+/config/desired" publishClientSend "$V/+/cmd"
-            make_client _api "" smartcity-api "$pw" ;;
-        *) usage ;;
+                publishClientSend "$V/+/config/desired" publishClientSend "$V/+/cmd" ;;
     esac
+    for n in "${instances[@]}"; do
+        make_client "_$service-$n" "$service-$n" "smartcity-$service" "$pw"
+        echo "service user _$service-$n: client id $service-$n only, role smartcity-$service"
+    done
 }
 
 cmd_add_gateway() {
     local id=${1:-} cid
     [[ $id =~ $ID_RE ]] || die "gateway id '$id' must match $ID_RE"
+    # On the certificate listener the gateway id becomes the client id (docs/security.md).
+    case "$id" in ingest-*|api-*) die "gateway id '$id' is reserved for the services" ;; esac
     cid=${2:-edge-$id}
     [[ $cid =~ $ID_RE ]] || die "client id '$cid' must match $ID_RE"
     case "$cid" in ingest-*|api-*) die "client id '$cid' is reserved for the services" ;; esac

@@ -61,7 +61,7 @@ def gateway(broker: ShippedBroker, gw: str, **kwargs: Any) -> Client:
 
 
 def test_a_gateway_cannot_join_any_share_group(broker: ShippedBroker) -> None:
-    member = Client(broker, "_ingest")  # a stand-in ingest worker in the real share group
+    member = Client(broker, "_ingest-0")  # a stand-in ingest worker in the real share group
     honest = gateway(broker, HONEST)
     hostile = gateway(broker, HOSTILE, session_expiry=3600)
     old: Client | None = None
@@ -125,7 +125,7 @@ def test_a_gateway_cannot_subscribe_to_other_gateways_or_the_broker(
 
 
 def test_a_gateway_can_connect_only_with_its_own_client_id(broker: ShippedBroker) -> None:
-    ingest = Client(broker, "_ingest", client_id="ingest-0")
+    ingest = Client(broker, "_ingest-0")
     honest = gateway(broker, HONEST)
     try:
         assert ingest.connected() == 0
@@ -291,7 +291,7 @@ def test_a_gateway_certificate_is_that_gateway_only(
     pki = broker.pki
     honest_cert = issue_client_cert(pki, HONEST)
     hostile_cert = issue_client_cert(pki, HOSTILE)
-    member = Client(broker, "_ingest", client_id="ingest-0")  # the worker, on its listener
+    member = Client(broker, "_ingest-0")  # the worker, on its listener
     honest = Client(broker, None, tls=False, client_id="edge-gw-honest",
                     certificate=honest_cert)
     hijacker: Client | None = None

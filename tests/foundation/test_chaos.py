@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from simulators import HOSTILE_CASES
 from smartcity._chaos import CHAOS_KINDS, ChaosConfig, plan_chaos, run_chaos, scaled_scenario
 
 #: ~30 gateways, 75 s of chaos with a 20 s quiet tail: about 2 minutes in all. Seed 29 puts a
@@ -83,41 +82,5 @@ def test_everything_failing_at_once_loses_and_doubles_nothing(tmp_path: Path) ->
     assert report.ok
 
 
-#: Hostile gateways beside honest ones (``smartcity sim chaos --hostile N``): a shorter run,
-#: its only faults worker kills, so that whatever the honest gateways lose is the hostile
-#: gateways' doing.
-HOSTILE = ChaosConfig(
-    gateways=12,
-    hostile=2,
-    speed=30.0,
-    seed=5,
-    reference_s=4.0,
-    duration_s=30.0,
-    quiet_s=12.0,
-    gap_s=(6.0, 10.0),
-    kinds=("worker_kill",),
-    drain_timeout_s=60.0,
-)
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_hostile_gateways_beside_honest_ones_cost_the_honest_nothing(tmp_path: Path) -> None:
-    """Every hostile case is sent (wrong field types, a reserved measurement, timestamps days
-    ahead, control characters and a trailing newline, bad UTF-8, deep nesting, a payload of
-    control characters near the size limit, seq 0 then 2^62); the honest ledger must still
-    equal InfluxDB, and no service may crash."""
-    lines: list[str] = []
-    report = run_chaos(dataclasses.replace(HOSTILE, data_dir=tmp_path), say=lines.append)
-    log = "\n".join(lines[-40:])
-    cases = report.hostile_cases
-    assert set(cases) == set(HOSTILE_CASES), cases
-    assert all(c["sent"] > 0 for c in cases.values()), cases
-    assert report.drained, log
-    assert report.service_crashes == 0, log
-    assert report.lost == 0, report.to_dict()
-    assert report.duplicates == 0, report.to_dict()
-    assert report.missing_seqs == 0, report.to_dict()
-    assert report.unknown_seqs == 0, report.to_dict()
-    assert report.stored == report.sent == report.bookkeeping_readings
-    assert report.ok
+# Hostile gateways beside honest ones (fleet and real edge agents) run in one chaos run:
+# tests/adversarial/test_chaos_edge_agents.py.

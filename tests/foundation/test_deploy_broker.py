@@ -40,7 +40,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
 PROVISION = DEPLOY / "provision.sh"
-SERVICES = {"_ingest": "pw-ingest", "_api": "pw-api"}
+#: One service user per instance, each pinned to its client id (the name without `_`).
+SERVICES = {"_ingest-0": "pw-ingest", "_ingest-1": "pw-ingest", "_api-1": "pw-api"}
 GATEWAYS = {"gw-a": "pw-a", "gw-b": "pw-b"}
 USERS = {**GATEWAYS, **SERVICES}
 NOT_AUTHORIZED = 0x87
@@ -105,8 +106,8 @@ class ShippedBroker(Mosquitto):
         return done
 
     def provision_users(self, gateways: dict[str, str]) -> None:
-        self.provision("add-service", "ingest", password=SERVICES["_ingest"])
-        self.provision("add-service", "api", password=SERVICES["_api"])
+        self.provision("add-service", "ingest", "0", "1", password=SERVICES["_ingest-0"])
+        self.provision("add-service", "api", password=SERVICES["_api-1"])  # _api-1
         for gateway, password in gateways.items():
             self.provision("add-gateway", gateway, password=password)
 
@@ -133,18 +134,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedBroker]:
 class Client:
     """A paho MQTT v5 client over the TLS listener that records what the broker answers.
 
-    A gateway (a user whose name does not start with `_`) connects with the client id
-    provision.sh gave it unless ``client_id`` says otherwise; services get a unique one.
+    A user connects with the client id provision.sh pinned it to unless ``client_id`` says
+    otherwise: a gateway ``<id>`` as ``edge-<id>``, a service user ``_<x>`` as ``<x>``.
     """
 
     def __init__(self, broker: ShippedBroker, user: str | None, password: str | None = None,
                  *, tls: bool = True, will: tuple[str, bytes] | None = None,
                  client_id: str | None = None, session_expiry: int = 0,
+                 clean_start: bool = True,
                  protocol: int = mqtt.MQTTv5,
                  certificate: tuple[Path, Path] | None = None) -> None:
         if client_id is None:
-            client_id = (gateway_client_id(user) if user and not user.startswith("_")
-                         else f"{user or 'anon'}-{uuid.uuid4().hex[:6]}")
+            client_id = (f"anon-{uuid.uuid4().hex[:6]}" if user is None
+                         else user[1:] if user.startswith("_") else gateway_client_id(user))
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol)
         if tls or certificate is not None:
@@ -172,7 +174,7 @@ class Client:
         if protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = session_expiry
-            self.client.connect("127.0.0.1", port, clean_start=True, properties=props)
+            self.client.connect("127.0.0.1", port, clean_start=clean_start, properties=props)
         else:
             self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -253,18 +255,20 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 class IngestProcess:
-    """A real ingest worker, ``python -m ingest run``, as the shipped broker's `_ingest` user
-    over TLS (the password in the environment, as deploy/ingest.yaml advises)."""
+    """A real ingest worker, ``python -m ingest run``, as the shipped broker's user
+    ``_<client_id>`` over TLS (the password in the environment, as deploy/ingest.yaml
+    advises)."""
 
     def __init__(self, broker: ShippedBroker, influx_url: str, database: str, workdir: Path,
                  *, client_id: str = "ingest-0", group: str = "ingest") -> None:
         self.metrics_port = free_port()
+        self.username = f"_{client_id}"
         self.config_path = workdir / f"ingest-{client_id}.yaml"
         self.log_path = workdir / f"ingest-{client_id}.log"
         self.config_path.write_text(json.dumps({
             "mqtt": {"host": "127.0.0.1", "port": broker.tls_port, "topic_root": "sc",
                      "client_id": client_id, "group": group, "keepalive": 10,
-                     "username": "_ingest", "tls": {"ca_file": str(broker.pki.ca)}},
+                     "username": self.username, "tls": {"ca_file": str(broker.pki.ca)}},
             "influx": {"url": influx_url, "database": database},
             "batch": {"max_age": 0.05, "retry": {"initial_delay": 0.1, "max_delay": 1.0}},
             "metrics_host": "127.0.0.1",
@@ -284,7 +288,7 @@ class IngestProcess:
         return "smartcity_ingest_broker_connected 1.0" in text
 
     def start(self) -> None:
-        env = {**os.environ, "SMARTCITY_INGEST_MQTT__PASSWORD": SERVICES["_ingest"]}
+        env = {**os.environ, "SMARTCITY_INGEST_MQTT__PASSWORD": SERVICES[self.username]}
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ingest", "run", "--config", str(self.config_path)],
@@ -324,7 +328,7 @@ def test_no_anonymous_clients_and_wrong_passwords_are_refused(broker: ShippedBro
             client.close()
     # A last will on another gateway's status topic would be a forged death notice: the
     # broker accepts the connection but never publishes that will.
-    api = Client(broker, "_api")
+    api = Client(broker, "_api-1")
     try:
         assert api.connected() == 0
         assert api.subscribe("sc/v1/+/status") == [1]
@@ -349,8 +353,8 @@ def test_no_anonymous_clients_and_wrong_passwords_are_refused(broker: ShippedBro
 
 
 def test_a_gateway_is_confined_to_its_own_topics(broker: ShippedBroker) -> None:
-    ingest = Client(broker, "_ingest")
-    api = Client(broker, "_api")
+    ingest = Client(broker, "_ingest-0")
+    api = Client(broker, "_api-1")
     gw_a = Client(broker, "gw-a", will=("sc/v1/gw-a/status", b"offline"))
     gw_b = Client(broker, "gw-b")
     try:
@@ -398,7 +402,7 @@ def test_a_gateway_is_confined_to_its_own_topics(broker: ShippedBroker) -> None:
 
 
 def test_the_api_pushes_config_and_reads_what_gateways_report(broker: ShippedBroker) -> None:
-    api = Client(broker, "_api")
+    api = Client(broker, "_api-1")
     gw_b = Client(broker, "gw-b")
     try:
         assert api.connected() == 0
@@ -421,6 +425,57 @@ def test_the_api_pushes_config_and_reads_what_gateways_report(broker: ShippedBro
         api.close()
 
 
+def test_service_users_connect_only_with_their_own_client_id(broker: ShippedBroker) -> None:
+    """Each service user is pinned like a gateway: a leaked `_api-1` password cannot take
+    over ingest-0's session (and empty what is queued in it), nor a gateway's; `_ingest-0`
+    cannot take ingest-1's or the API's. Refused at CONNECT, before any session is touched."""
+    for user, client_id in (("_api-1", "ingest-0"), ("_api-1", "api-2"), ("_api-1", "edge-gw-a"),
+                            ("_ingest-0", "ingest-1"), ("_ingest-0", "api-1"),
+                            ("_ingest-1", "ingest-0"), ("_ingest-0", "ingest-0x")):
+        intruder = Client(broker, user, client_id=client_id)
+        try:
+            assert intruder.connected() == NOT_AUTHORIZED, (user, client_id)
+        finally:
+            intruder.close()
+    # ingest-0 offline with a message queued in its persistent session: the API user's
+    # attempt to connect as ingest-0 leaves the session and the message where they were.
+    worker = Client(broker, "_ingest-0", session_expiry=3600)
+    gw_a = Client(broker, "gw-a")
+    try:
+        assert worker.connected() == 0
+        assert worker.subscribe("$share/pin/sc/v1/+/telemetry") == [NOT_AUTHORIZED]
+        assert worker.subscribe("$share/ingest/sc/v1/gw-a/telemetry") == [NOT_AUTHORIZED]
+        assert worker.subscribe("$share/ingest/sc/v1/+/telemetry") == [1]
+        worker.close()  # DISCONNECT: the session (expiry 3600 s) stays
+        assert gw_a.connected() == 0
+        assert gw_a.publish("sc/v1/gw-a/telemetry", b"queued-for-ingest-0") == 0
+        hijack = Client(broker, "_api-1", client_id="ingest-0", session_expiry=3600)
+        try:
+            assert hijack.connected() == NOT_AUTHORIZED
+        finally:
+            hijack.close()
+        back = Client(broker, "_ingest-0", session_expiry=3600, clean_start=False)
+        try:
+            assert back.connected() == 0
+            assert back.session_present
+            back.wait(lambda: ("sc/v1/gw-a/telemetry", b"queued-for-ingest-0") in back.messages)
+        finally:
+            back.close()
+    finally:
+        gw_a.close()
+    for user in ("_api-1", "_ingest-1"):
+        own = Client(broker, user)
+        try:
+            assert own.connected() == 0, user
+        finally:
+            own.close()
+    cleanup = Client(broker, "_ingest-0")  # clean start, expiry 0: the session is gone
+    try:
+        assert cleanup.connected() == 0
+    finally:
+        cleanup.close()
+
+
 def test_provision_refuses_bad_input_and_reports_broker_errors(broker: ShippedBroker) -> None:
     """provision.sh fails loudly (mosquitto_ctrl 2.0.11 itself exits 0 on most errors)."""
     cases = [
@@ -433,7 +488,12 @@ def test_provision_refuses_bad_input_and_reports_broker_errors(broker: ShippedBr
         (("add-gateway", "gw-a"), "pw", "already exists"),   # no silent overwrite
         (("remove-gateway", "gw-nobody"), None, "not found"),
         (("set-password", "nobody"), "pw", "not found"),
-        (("add-service", "ingest"), "pw", "already exists"),
+        (("add-service", "ingest"), "pw", "already exists"),  # _ingest-0
+        (("add-service", "api", "1"), "pw", "already exists"),
+        (("add-service", "ingest", "a/b"), "pw", "must match"),
+        (("add-service", "ingest", "-x"), "pw", "must match"),
+        (("add-gateway", "ingest-9"), "pw", "reserved"),  # a certificate CN is a client id
+        (("add-gateway", "api-2"), "pw", "reserved"),
     ]
     for args, password, message in cases:
         done = broker.provision(*args, password=password, check=False)
@@ -511,8 +571,7 @@ def test_a_real_edge_agent_reaches_influxdb_through_the_shipped_broker(
         series = answer["results"][0].get("series")
         return int(series[0]["values"][0][1]) if series else 0
 
-    with IngestProcess(broker, influxd.url, influx_db, tmp_path,
-                       client_id=f"ingest-{uuid.uuid4().hex[:6]}"):
+    with IngestProcess(broker, influxd.url, influx_db, tmp_path, client_id="ingest-1"):
         with (tmp_path / "edge.log").open("ab") as log:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "edge_agent", "run", "--config", str(agent_config)],
@@ -550,7 +609,8 @@ def test_the_shipped_api_and_ingest_settings_load(tmp_path: Path) -> None:
     path = tmp_path / "api.yaml"
     path.write_text(text)
     settings = load_settings(path)
-    assert settings.mqtt_username == "_api"
+    assert settings.mqtt_username == "_api-1"
+    assert settings.mqtt_client_id == "api-1"  # the one client id provision.sh pins it to
     assert settings.mqtt_port == 8883
     assert settings.tls_cert_file == pki.server_cert
     assert not settings.demo

@@ -10,7 +10,7 @@ __all__ = ["broker"]  # the module-scoped shipped broker fixture, used here too
 def test_the_api_sends_resend_and_reads_the_answer_on_its_response_topic(
     broker: ShippedBroker,
 ) -> None:
-    api = Client(broker, "_api")
+    api = Client(broker, "_api-1")
     gw_a = Client(broker, "gw-a")
     gw_b = Client(broker, "gw-b")
     try:
