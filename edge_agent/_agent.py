@@ -53,9 +53,11 @@ from edge_agent._commands import MAX_RESEND_SEQS, Commands, parse_resend_args, r
 from edge_agent._config import AgentConfig
 from edge_agent._errors import ConfigError, ConfigIssue, EdgeError
 from edge_agent._local import SOCKET_NAME, LocalEndpoint
+from edge_agent._looplag import LoopLagHistogram
 from edge_agent._notify import DEBUG_STALL_ENV, Notifier, debug_stall, parse_stall
 from edge_agent._pipeline import ChannelPipeline, RestoreReport
 from edge_agent._remote import load_persisted, persist, validate_remote
+from edge_agent._remote_ops import RemoteOps, register_ops
 from edge_agent._snapshot import (
     AgentSnapshot,
     CheckpointStats,
@@ -69,8 +71,10 @@ from edge_agent._snapshot import (
 )
 from edge_agent._spool import Spool
 from edge_agent._supervisor import InputCounters, supervise
+from edge_agent._update import order_update, read_result
 from edge_agent._uplink import ControlMessage, Uplink
 from edge_agent.inputs import Input, build_input
+from foundation import LoopLagMonitor
 from telemetry import (
     Birth,
     ConfigDesired,
@@ -133,6 +137,11 @@ class EdgeAgent:
             on_control=self._on_control,
         )
         self._commands = Commands(self, self.uplink)
+        #: logs, restart, sync-time-check, time-sync (edge_agent._remote_ops).
+        self.ops = RemoteOps(self)
+        register_ops(self.ops, self._commands)
+        #: Set by the ``restart`` command: ``run_agent`` returns True, ``edge run`` restarts.
+        self.restart_requested = False
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._swap = asyncio.Event()
@@ -150,6 +159,8 @@ class EdgeAgent:
         self.notifier = Notifier()
         #: The local endpoint (/metrics, /healthz, /status) while running.
         self.endpoint: LocalEndpoint | None = None
+        #: The event loop's lag while running (``edge_event_loop_lag_seconds``).
+        self.loop_lag = LoopLagHistogram()
         self.version = _version()
 
     # -- public ----------------------------------------------------------------------------------
@@ -172,6 +183,7 @@ class EdgeAgent:
     async def run(self) -> None:
         """Run until :meth:`stop`; flush everything into the spool before returning."""
         self.spool.open()
+        logging.getLogger().addHandler(self.ops.ring)
         try:
             self._restore()
             m = self.file_config.metrics
@@ -179,8 +191,16 @@ class EdgeAgent:
                 self.snapshot,
                 tcp=None if m.port is None else (m.host, m.port),
                 unix_path=self.file_config.gateway.state_dir / SOCKET_NAME,
+                loop_lag=self.loop_lag,
             )
-            async with self.endpoint, asyncio.TaskGroup() as tg:
+            lag = LoopLagMonitor(self.loop_lag.observe)
+            async with (
+                self.endpoint,
+                contextlib.AsyncExitStack() as stack,
+                asyncio.TaskGroup() as tg,
+            ):
+                lag.start()
+                stack.push_async_callback(lag.aclose)
                 gw = self.gateway
                 up = tg.create_task(self.uplink.run(), name=f"uplink[{gw}].run")
                 tick = tg.create_task(self._tick_loop(), name=f"agent[{gw}].tick")
@@ -188,6 +208,7 @@ class EdgeAgent:
                 prune = tg.create_task(self._prune_loop(), name=f"agent[{gw}].prune")
                 inputs = tg.create_task(self._inputs_loop(), name=f"inputs[{gw}].supervisor")
                 dog = tg.create_task(self.notifier.watchdog(), name=f"agent[{gw}].watchdog")
+                jobs = tg.create_task(self._commands.run_jobs(), name=f"agent[{gw}].commands")
                 stall = parse_stall(os.environ.get(DEBUG_STALL_ENV))
                 debug = None
                 if stall is not None:
@@ -201,6 +222,7 @@ class EdgeAgent:
                 await self._stop.wait()
                 self.notifier.notify("STOPPING=1")
                 dog.cancel()
+                jobs.cancel()
                 if debug is not None:
                     debug.cancel()
                 # Commit and ack while the inputs are connected; then stop the sources
@@ -220,6 +242,7 @@ class EdgeAgent:
                 await self.uplink.close()
                 up.cancel()
         finally:
+            logging.getLogger().removeHandler(self.ops.ring)
             self.spool.close()
         log.info("edge agent stopped", extra={"gateway": self.gateway})
 
@@ -398,6 +421,8 @@ class EdgeAgent:
             },
             disk_free_bytes=disk_free_bytes(self.file_config.spool_path.parent),
             version=self.version,
+            clock=self.ops.clock,
+            update=read_result(self.file_config.gateway.state_dir),
             submitted=self.submitted,
             checkpoints=self.checkpoints,
             cpu_s=process_cpu_s(),
@@ -440,6 +465,23 @@ class EdgeAgent:
     def resend(self, seqs: list[int]) -> dict[str, Any]:
         """Publish again the held batches with these seqs (the ``resend`` command)."""
         return resend(self.spool, self.uplink, seqs)
+
+    def update(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The ``update`` command: leave a request for the root-side updater (_update)."""
+        return order_update(self.file_config.gateway.state_dir, args)
+
+    def request_restart(self) -> None:
+        """Stop cleanly, then ``edge run`` starts again (the ``restart`` command)."""
+        self.restart_requested = True
+        self.stop()
+
+    def firmware_links(self) -> list[tuple[str, Any]]:
+        """(input name, open FirmwareLink) of every ``firmware`` input (``time-sync``)."""
+        return [
+            (inp.name, link)
+            for inp in self._runtime.inputs
+            if (link := getattr(inp, "firmware_link", None)) is not None
+        ]
 
     # -- control plane ---------------------------------------------------------------------------
     def _on_control(self, msg: ControlMessage) -> None:
@@ -542,8 +584,9 @@ def _version() -> str:
         return "unknown"
 
 
-async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> None:
-    """Run an agent until SIGTERM/SIGINT (or cancellation); the CLI's ``run`` uses this."""
+async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> bool:
+    """Run an agent until SIGTERM/SIGINT (or cancellation); the CLI's ``run`` uses this.
+    Returns whether a ``restart`` command stopped it (the caller starts it again)."""
     import signal
 
     agent = EdgeAgent(config)
@@ -552,3 +595,4 @@ async def run_agent(config: AgentConfig, *, install_signals: bool = True) -> Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
     await agent.run()
+    return agent.restart_requested

@@ -1,16 +1,26 @@
 """Commands (``<root>/v1/<gw>/cmd``, MQTT v5 request/response): ``ping``, ``reannounce``,
-``health``, ``resend``.
+``health``, ``resend``, ``update`` (:mod:`edge_agent._update`).
 
 A request carries a response topic and correlation data; the answer goes to that topic with
 the same correlation. The persistent session may redeliver a request whose PUBACK was lost
 with the connection (DUP set): each (response topic, correlation) is answered once (the last
 :data:`_ANSWERED_KEPT` are remembered). ``resend`` publishes held batches again by seq (the
 platform's gap repair), at most :data:`MAX_RESEND_SEQS` seqs per request.
+
+More handlers are registered by name (:meth:`Commands.register`: ``logs``, ``restart``,
+``sync-time-check`` of :mod:`edge_agent._remote_ops`). One that has to wait (``time-sync``
+waits for the firmware devices' acks) is registered with :meth:`Commands.register_async`: its
+request is queued (at most :data:`MAX_JOBS`; beyond that it is refused as busy) and run by
+the agent's ``agent[gw].commands`` task (:meth:`Commands.run_jobs`), each bounded by
+:data:`JOB_TIMEOUT_S`; the answer goes out when it finishes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from edge_agent._errors import CommandError, SpoolError
@@ -21,6 +31,7 @@ from telemetry import (
     CommandResponse,
     Health,
     PayloadError,
+    ReplyAddress,
     decode_message,
     encode_message,
     reply_address,
@@ -32,6 +43,22 @@ log: Final = logging.getLogger("edge_agent")
 _ANSWERED_KEPT: Final = 256
 #: Most seqs one ``resend`` request may name (seqs and ranges together).
 MAX_RESEND_SEQS: Final = 10_000
+#: Commands waiting for or in the job task at once; more are refused (busy).
+MAX_JOBS: Final = 4
+#: An async command that takes longer is answered with an error.
+JOB_TIMEOUT_S: Final = 30.0
+
+#: A registered command: its ``args`` in, its ``result`` out (:class:`CommandError`: refused).
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+AsyncHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    handler: AsyncHandler
+    req: CommandRequest
+    reply: ReplyAddress
+    echo: str | None
 
 
 class CommandTarget(Protocol):
@@ -45,6 +72,8 @@ class CommandTarget(Protocol):
 
     def resend(self, seqs: list[int]) -> dict[str, Any]: ...
 
+    def update(self, args: dict[str, Any]) -> dict[str, Any]: ...
+
 
 class Commands:
     """Answers command requests arriving on the uplink, each once."""
@@ -54,6 +83,34 @@ class Commands:
         self.uplink = uplink
         #: (response topic, correlation) of recently answered commands, oldest first.
         self._answered: dict[tuple[str, bytes], None] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._async: dict[str, AsyncHandler] = {}
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue(MAX_JOBS)
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Answer ``name`` with ``handler(args)``."""
+        self._handlers[name] = handler
+
+    def register_async(self, name: str, handler: AsyncHandler) -> None:
+        """Answer ``name`` with ``await handler(args)``, run by :meth:`run_jobs`."""
+        self._async[name] = handler
+
+    async def run_jobs(self) -> None:
+        """Run queued async commands one at a time and answer each (until cancelled)."""
+        while True:
+            job = await self._jobs.get()
+            try:
+                async with asyncio.timeout(JOB_TIMEOUT_S):
+                    result = await job.handler(job.req.args)
+                resp = CommandResponse(ok=True, result=result, correlation=job.echo)
+            except CommandError as exc:
+                resp = CommandResponse(ok=False, error=str(exc), correlation=job.echo)
+            except TimeoutError:
+                resp = CommandResponse(
+                    ok=False, error=f"{job.req.cmd}: not done within {JOB_TIMEOUT_S:g} s",
+                    correlation=job.echo,
+                )
+            self._answer(job.reply, resp)
 
     def handle(self, msg: ControlMessage) -> None:
         # MQTT v5: the reply address is in the properties; MQTT 3.1.1 (the cluster profile):
@@ -88,10 +145,22 @@ class Commands:
             if req is None:
                 assert error is not None
                 raise error
+            handler = self._async.get(req.cmd)
+            if handler is not None:
+                try:
+                    self._jobs.put_nowait(_Job(handler, req, reply, echo))
+                    return
+                except asyncio.QueueFull:
+                    raise CommandError(
+                        f"{req.cmd}: busy ({MAX_JOBS} commands waiting), try again"
+                    ) from None
             result = self._run(req)
             resp = CommandResponse(ok=True, result=result, correlation=echo)
         except (PayloadError, CommandError) as exc:
             resp = CommandResponse(ok=False, error=str(exc), correlation=echo)
+        self._answer(reply, resp)
+
+    def _answer(self, reply: ReplyAddress, resp: CommandResponse) -> None:
         self.uplink.publish_control(
             reply.topic,
             encode_message(resp),
@@ -110,9 +179,13 @@ class Commands:
             return result
         if req.cmd == "resend":
             return self.target.resend(parse_resend_args(req.args))
-        raise CommandError(
-            f"unknown command {req.cmd!r} (known: ping, reannounce, health, resend)"
-        )
+        if req.cmd == "update":  # edge_agent._update.order_update: a request for the updater
+            return self.target.update(req.args)
+        handler = self._handlers.get(req.cmd)
+        if handler is not None:
+            return handler(req.args)
+        known = ["ping", "reannounce", "health", "resend", "update", *self._handlers, *self._async]
+        raise CommandError(f"unknown command {req.cmd!r} (known: {', '.join(known)})")
 
 
 def resend(spool: Spool, uplink: Uplink, seqs: list[int]) -> dict[str, Any]:

@@ -28,9 +28,14 @@ import socket
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from edge_agent._snapshot import AgentSnapshot, dropped_with_links
+import msgspec
+
+from edge_agent._snapshot import AgentSnapshot, dropped_with_links, update_report
+
+if TYPE_CHECKING:
+    from edge_agent._looplag import LoopLagHistogram
 
 __all__ = ["SOCKET_NAME", "LocalEndpoint", "status_document"]
 
@@ -98,8 +103,18 @@ def status_document(snap: AgentSnapshot) -> dict[str, Any]:
                 for name, inp in snap.input_links.items()
                 if inp.clock_offset_s is not None
             },
+            # The last sync-time-check the platform recorded (None: none since start).
+            "server": None if snap.clock is None else {
+                "offset_s": snap.clock.offset_s,
+                "delay_s": snap.clock.delay_s,
+                "checked_at_s": snap.clock.checked_ts / 1e9,
+                "age_s": round(snap.ts / 1e9 - snap.clock.checked_ts / 1e9, 1),
+                "threshold_s": snap.clock.threshold_s,
+                "off": snap.clock.off,
+            },
         },
         "process": {"rss_bytes": snap.rss_bytes, "cpu_s": round(snap.cpu_s, 3)},
+        "update": None if snap.update is None else msgspec.to_builtins(update_report(snap.update)),
     }
 
 
@@ -112,8 +127,10 @@ class LocalEndpoint:
         *,
         tcp: tuple[str, int] | None,
         unix_path: Path | None,
+        loop_lag: LoopLagHistogram | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self._loop_lag = loop_lag
         self._tcp = tcp
         self._unix_path = unix_path
         self._servers: list[asyncio.Server] = []
@@ -224,7 +241,7 @@ class LocalEndpoint:
 
         if self._registry is None:
             self._registry = CollectorRegistry()
-            self._registry.register(SnapshotCollector(self._snapshot))
+            self._registry.register(SnapshotCollector(self._snapshot, loop_lag=self._loop_lag))
         return bytes(generate_latest(self._registry))
 
 

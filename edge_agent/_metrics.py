@@ -3,6 +3,11 @@
 The collector is given a function returning a snapshot, not the agent: it reads what the
 health message reads, and nothing else. The local endpoint (:mod:`edge_agent._local`) serves
 it on ``GET /metrics``.
+
+The one exception is the event loop's lag (``edge_event_loop_lag_seconds``), a histogram
+that :class:`foundation.LoopLagMonitor` fills ten times a second
+(:class:`~edge_agent._looplag.LoopLagHistogram`: an addition per probe, rendered at the
+scrape like the rest).
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge_agent._looplag import LoopLagHistogram
 from edge_agent._snapshot import AgentSnapshot
 
-__all__ = ["SnapshotCollector"]
+__all__ = ["LoopLagHistogram", "SnapshotCollector"]
 
 
 class SnapshotCollector(Collector):
-    """Renders the snapshot ``snapshot()`` returns at each scrape."""
+    """Renders the snapshot ``snapshot()`` returns at each scrape (and the loop lag, if
+    given)."""
 
-    def __init__(self, snapshot: Callable[[], AgentSnapshot]) -> None:
+    def __init__(
+        self, snapshot: Callable[[], AgentSnapshot], *, loop_lag: LoopLagHistogram | None = None
+    ) -> None:
         self.snapshot = snapshot
+        self.loop_lag = loop_lag
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
@@ -115,6 +125,10 @@ class SnapshotCollector(Collector):
         if snap.disk_free_bytes is not None:
             yield _one(_G, "edge_spool_disk_free_bytes",
                        "Free bytes on the spool's filesystem", gw, snap.disk_free_bytes)
+        if snap.clock is not None:  # the platform's last sync-time-check (_remote_ops)
+            yield _one(_G, "edge_server_clock_offset_seconds",
+                       "Gateway clock minus the server's at the last clock check", gw,
+                       snap.clock.offset_s)
         info = GaugeMetricFamily(
             "edge_build_info", "The agent's version (value 1)", labels=["gateway", "version"]
         )
@@ -160,6 +174,8 @@ class SnapshotCollector(Collector):
         yield events
         yield drops
         yield offset
+        if self.loop_lag is not None:
+            yield self.loop_lag.metric(gw)
 
 
 _G = GaugeMetricFamily

@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Final
 
 from edge_agent._spool import SpoolStats
+from edge_agent._update import UpdateResult
 from edge_agent._uplink import UplinkStats
-from telemetry import Health, SpoolHealth
+from telemetry import Health, SpoolHealth, UpdateReport
 
 __all__ = [
     "INPUT_LINK",
     "AgentSnapshot",
     "CheckpointStats",
+    "ClockSnapshot",
     "CpuMeter",
     "InputSnapshot",
     "UplinkSnapshot",
@@ -131,6 +133,22 @@ class InputSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSnapshot:
+    """The last clock check the platform recorded (``sync-time-check``,
+    :mod:`edge_agent._remote_ops`)."""
+
+    #: Gateway clock minus the server's clock, s (within ± ``delay_s`` / 2).
+    offset_s: float
+    #: Round trip of the check through the broker, s.
+    delay_s: float
+    #: When the server measured it (its clock), ns since the epoch.
+    checked_ts: int
+    #: The server's "clock off" threshold and the verdict.
+    threshold_s: float
+    off: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSnapshot:
     """The agent's state at one instant (:meth:`edge_agent.EdgeAgent.snapshot`)."""
 
@@ -162,6 +180,10 @@ class AgentSnapshot:
     #: Free bytes on the spool's filesystem (None: unknown).
     disk_free_bytes: int | None = None
     version: str = "unknown"
+    #: The last clock check (None: never checked since start).
+    clock: ClockSnapshot | None = None
+    #: The last ``smartcity edge update`` (``<state_dir>/last-update.json``), if any.
+    update: UpdateResult | None = None
 
     @property
     def links(self) -> dict[str, str]:
@@ -205,6 +227,24 @@ def health_message(snap: AgentSnapshot, *, cpu_percent: float) -> Health:
         links=snap.links,
         cpu_percent=cpu_percent,
         rss_bytes=snap.rss_bytes,
+        update=None if snap.update is None else update_report(snap.update),
+        version=snap.version,
+        disk_free_bytes=snap.disk_free_bytes,
+        clock_offset_s=None if snap.clock is None else snap.clock.offset_s,
+        clock_delay_s=None if snap.clock is None else snap.clock.delay_s,
+        clock_checked_ts=None if snap.clock is None else snap.clock.checked_ts,
+    )
+
+
+def update_report(u: UpdateResult) -> UpdateReport:
+    """The last update as the health message carries it (reason cut to 500 characters)."""
+    reason = None if u.reason is None else str(u.reason)[:500]
+    return UpdateReport(
+        version=str(u.version),
+        status=str(u.status),
+        ts=float(u.ts),
+        previous_version=u.previous_version,
+        reason=reason,
     )
 
 

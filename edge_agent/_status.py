@@ -101,6 +101,21 @@ def _bytes(n: float | None) -> str:
     return f"{n:.1f} TiB"
 
 
+def _clock_line(clock: object) -> str:
+    """The gateway clock against the server's (the platform's last ``sync-time-check``)."""
+    if not isinstance(clock, dict) or not isinstance(clock.get("offset_s"), int | float):
+        return "clock: not checked since start (the platform's sync-time-check command)"
+    off = " -- CLOCK OFF" if clock.get("off") else ""
+    delay = clock.get("delay_s")
+    error = f" (±{delay / 2:.3f}s)" if isinstance(delay, int | float) else ""
+    threshold = clock.get("threshold_s")
+    limit = f", threshold {threshold:g}s" if isinstance(threshold, int | float) else ""
+    return (
+        f"clock: offset {clock['offset_s']:+.3f}s{error} against the server, checked "
+        f"{_age(clock.get('age_s'))} ago{limit}{off}"
+    )
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """The status as an engineer reads it on a terminal."""
     up = doc.get("uplink", {})
@@ -145,4 +160,6 @@ def format_status(doc: dict[str, Any]) -> str:
     )
     proc = doc.get("process", {})
     lines.append(f"process: RSS {_bytes(proc.get('rss_bytes'))}, CPU {proc.get('cpu_s')}s")
+    clock = doc.get("clock")
+    lines.append(_clock_line(clock.get("server") if isinstance(clock, dict) else None))
     return "\n".join(lines)

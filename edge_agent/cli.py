@@ -99,7 +99,9 @@ def run(
 ) -> None:
     """Run the agent until SIGTERM/SIGINT; pending readings are flushed to the spool.
 
-    Exit 78 (EX_CONFIG) on a config problem (the same checks as ``check``), 1 on a failure."""
+    Exit 78 (EX_CONFIG) on a config problem (the same checks as ``check``), 1 on a failure.
+    After a ``restart`` command: exit 75 under systemd (the unit restarts it), else run again
+    in this process (re-executed)."""
     import asyncio
 
     from edge_agent._agent import run_agent
@@ -112,13 +114,17 @@ def run(
     configure_logging(log_level, log_format)  # type: ignore[arg-type]
     cfg, _notes = _load_checked(config)
     try:
-        asyncio.run(run_agent(cfg))
+        restart = asyncio.run(run_agent(cfg))
     except UplinkError as exc:  # TLS files or credentials that became unusable meanwhile
         typer.echo(f"edge agent: config problem: {exc}", err=True)
         raise typer.Exit(code=EXIT_CONFIG) from None
     except EdgeError as exc:
         typer.echo(f"edge agent failed: {exc}", err=True)
         raise typer.Exit(code=1) from None
+    if restart:
+        from edge_agent._remote_ops import restart_process
+
+        restart_process()
 
 
 @app.command("init")
@@ -198,3 +204,91 @@ def status(
         typer.echo(f"edge status: {exc}", err=True)
         raise typer.Exit(code=1) from None
     typer.echo(json.dumps(doc, indent=2) if as_json else format_status(doc))
+
+
+@app.command("update")
+def update(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="A wheel or a locked requirements file (path or http(s) URL)."),
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="Expected SHA-256 (required for URLs).")
+    ] = None,
+    deadline: Annotated[
+        float, typer.Option(help="Seconds for the new agent to connect and send its birth.")
+    ] = 120.0,
+    config: ConfigOption = Path("/etc/smartcity-edge/edge.yaml"),
+    root: Annotated[Path, typer.Option(help="Install root (releases/, current, previous).")] = (
+        Path("/opt/smartcity-edge")
+    ),
+    requirements: Annotated[
+        Path | None,
+        typer.Option(help="Lock for a wheel's dependencies (default: the running release's)."),
+    ] = None,
+    installer: Annotated[str, typer.Option(help="pip, or a uv executable.")] = "pip",
+    unit: Annotated[str, typer.Option(help="systemd unit to restart.")] = "smartcity-edge.service",
+    pid_file: Annotated[
+        Path | None,
+        typer.Option(help="Without systemd: restart the agent whose pid is in this file."),
+    ] = None,
+    request: Annotated[
+        Path | None, typer.Option(help="Carry out the agent's update-request.json instead.")
+    ] = None,
+    allow_url_prefix: Annotated[
+        list[str] | None, typer.Option(help="URL prefixes a --request may name (repeat).")
+    ] = None,
+) -> None:
+    """Install a new release next to the running one, switch to it, restart the agent and
+    roll back on its own if it does not reconnect within --deadline (docs/gateway-install.md).
+    Exit 0 updated, 1 not updated, 2 rolled back, 3 rollback failed."""
+    from edge_agent._status import fetch_status
+    from edge_agent._update import update_command
+
+    code = update_command(
+        source=source, sha256=sha256, deadline_s=deadline, config=config, root=root,
+        requirements=requirements, installer=installer, unit=unit, pid_file=pid_file,
+        request=request, allow_url_prefix=allow_url_prefix or [],
+        say=lambda line: typer.echo(line, err=True),
+        fetch_status=fetch_status,
+    )
+    raise typer.Exit(code=code)
+
+
+@app.command("enroll")
+def enroll(
+    api: Annotated[str, typer.Option(help="The platform API's base URL (https://...).")],
+    token: Annotated[
+        str,
+        typer.Option(help="The one-time claim token an engineer got for this gateway.",
+                     envvar="SMARTCITY_CLAIM_TOKEN"),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Where to write the credentials and the broker block.")
+    ] = Path("/etc/smartcity-edge"),
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA bundle to trust at the API (default: system).")
+    ] = None,
+    allow_insecure: Annotated[
+        bool, typer.Option(help="Permit plain http to an API not on loopback (test benches).")
+    ] = False,
+) -> None:
+    """Redeem a claim token for this gateway's own broker credentials (docs/security.md,
+    "Enrolment"): writes broker-password (0600), broker-ca.pem and broker.yaml into --out.
+    A token works once; exit 1 when it is refused."""
+    from edge_agent._enroll import EnrollError
+    from edge_agent._enroll import enroll as redeem
+
+    try:
+        done = redeem(api, token, out, ca_file=ca_file, allow_insecure=allow_insecure)
+    except EnrollError as exc:
+        typer.echo(f"enroll: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"enrolled gateway {done.gateway} (client id {done.client_id}, {done.broker})")
+    typer.echo(f"  password  {done.password_file} (mode 600)")
+    if done.ca_file is not None:
+        typer.echo(f"  broker CA {done.ca_file}")
+    typer.echo(f"  broker:   {done.broker_yaml}")
+    typer.echo("next: copy the broker: block of broker.yaml into edge.yaml (gateway.id "
+               f"{done.gateway}), then `smartcity edge check --config edge.yaml` and start "
+               "the agent (`systemctl restart smartcity-edge` or `smartcity edge run`).")

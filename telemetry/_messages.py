@@ -27,6 +27,7 @@ __all__ = [
     "Health",
     "Location",
     "SpoolHealth",
+    "UpdateReport",
     "decode_message",
     "decode_status",
     "encode_message",
@@ -90,6 +91,19 @@ class SpoolHealth(msgspec.Struct, frozen=True, kw_only=True):
     dropped_readings: int
 
 
+class UpdateReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A gateway's last agent update (``smartcity edge update``, docs/gateway-install.md)."""
+
+    #: The version it updated (or tried to update) to.
+    version: str
+    #: ``pending``, ``ok``, ``failed`` (nothing switched), ``rolled_back``, ``rollback_failed``.
+    status: str
+    #: When the result was written, seconds since the epoch.
+    ts: float
+    previous_version: str | None = None
+    reason: str | None = None
+
+
 class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Periodic gateway health."""
 
@@ -105,6 +119,17 @@ class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     links: dict[str, str] = {}
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    #: The agent's package version.
+    version: str | None = None
+    #: Free bytes on the spool's filesystem.
+    disk_free_bytes: int | None = None
+    #: The last clock check (``sync-time-check``): gateway clock minus server clock (s), the
+    #: check's round trip (s), when the server measured it (ns since the epoch).
+    clock_offset_s: float | None = None
+    clock_delay_s: float | None = None
+    clock_checked_ts: int | None = None
+    #: The last agent update, if any.
+    update: UpdateReport | None = None
 
 
 class ConfigDesired(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,8 @@ import { CityMap } from "./map.js";
 import { attachBaseMap } from "./basemap.js";
 import { LiveStream } from "./live.js";
 import { AlertsPanel, DetailsPanel, GatewaysPanel } from "./panels.js";
+import { AuditPanel } from "./audit.js";
+import { FleetPanel } from "./fleet.js";
 import { Notifier } from "./notify.js";
 import { AlertReplay } from "./replay.js";
 import { ago, el, fmtDuration, setTimeZone } from "./util.js";
@@ -149,6 +151,15 @@ class Dashboard {
       });
     }
     this.gateways = new GatewaysPanel($("#gateways"), { api, model: this.model, onSelectGateway: selectGateway });
+    // The fleet view (versions, clocks, disks): fed by the gateway loads below; filtered by
+    // the API.
+    this.fleet = new FleetPanel($("#fleet"), { api, onSelectGateway: selectGateway });
+    // The audit trail, for admin keys only (the API refuses it to the others).
+    if (this.me.can && this.me.can.read_audit) {
+      $("#audit").hidden = false;
+      this.audit = new AuditPanel($("#audit"), { api });
+      this.audit.refresh();
+    }
     this.notifier = new Notifier();
     this.replay = new AlertReplay({ api, map: this.map, onStop: () => this.alerts.render() });
     this._bindToolbar();
@@ -169,6 +180,7 @@ class Dashboard {
     this.timers.push(setInterval(() => this.refreshInventory(), 15000));
     this.timers.push(setInterval(() => this.refreshAdherence(), 15000));
     this.timers.push(setInterval(() => this.refreshAlerts(), 30000));
+    if (this.audit) this.timers.push(setInterval(() => { if (!this.audit.loading && !this.audit.next) this.audit.refresh(); }, 30000));
     this.timers.push(setInterval(() => this.tick(), 1000));
     // Time passes: what was live becomes stale without any event.
     this.timers.push(setInterval(() => { this.map.refreshStale(); this._renderKpis(); }, 5000));
@@ -197,6 +209,7 @@ class Dashboard {
       const m = this.model;
       m.setDevices(devices);
       m.setGateways(gateways);
+      this.fleet.update(gateways);
       m.setVehicles(vehicles);
       m.setLinks(links);
       m.setParking(parking);
@@ -222,6 +235,7 @@ class Dashboard {
       const [devices, gateways] = await Promise.all([this.api.getAll("/v1/devices"), this.api.getAll("/v1/gateways")]);
       this.model.setDevices(devices);
       this.model.setGateways(gateways);
+      this.fleet.update(gateways);
       this.gatewaysDirty = true;
       this.scheduleRender();
     } catch {

@@ -10,6 +10,9 @@ from fastapi import APIRouter
 from api.routes import (
     _admin,
     _alerts,
+    _audit,
+    _commands,
+    _enrolment,
     _history,
     _inventory,
     _meta,
@@ -21,6 +24,9 @@ from api.routes import (
 __all__ = [
     "admin",
     "alerts",
+    "audit",
+    "commands",
+    "enrolment",
     "history",
     "inventory",
     "meta",
@@ -30,10 +36,13 @@ __all__ = [
 ]
 
 inventory: APIRouter = _inventory.router
+commands: APIRouter = _commands.router
+enrolment: APIRouter = _enrolment.router
 history: APIRouter = _history.router
 transport: APIRouter = _transport.router
 resources: APIRouter = _resources.router
 stream: APIRouter = _stream.router
 alerts: APIRouter = _alerts.router
 admin: APIRouter = _admin.router
+audit: APIRouter = _audit.router
 meta: APIRouter = _meta.router

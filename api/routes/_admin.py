@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated, Literal
 
 import msgspec
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from api._audit import audited, note
 from api._auth import Role
 from api._deps import Admin, Caller, ServicesDep
 from api._encoding import doc, json_response
@@ -19,7 +19,6 @@ from api.storage import ApiKey
 __all__ = ["router"]
 
 router = APIRouter()
-audit = logging.getLogger("api.audit")
 
 
 class KeyOut(msgspec.Struct):
@@ -61,12 +60,13 @@ async def list_keys(services: ServicesDep, _caller: Admin) -> Response:
 
 @router.post("/v1/keys", response_model=None, status_code=201, tags=["admin"],
              responses=doc(KeyCreated, "Created; `key` is shown this once", status=201),
-             summary="Create an API key (admin)")
+             summary="Create an API key (admin)", openapi_extra=audited("key.create"))
 async def create_key(
-    services: ServicesDep, caller: Admin, body: Annotated[KeyBody, Body()]
+    services: ServicesDep, _caller: Admin, body: Annotated[KeyBody, Body()]
 ) -> Response:
     row, key = await asyncio.to_thread(services.db.create_key, name=body.name, role=body.role)
-    audit.info("key created", extra={"key": row.id, "role": row.role, "by": caller.key_id})
+    entry = note()
+    entry.target, entry.detail = row.id, {"name": row.name, "role": row.role}
     out = _key_out(row)
     return json_response(
         KeyCreated(**{f: getattr(out, f) for f in out.__struct_fields__}, key=key), status=201
@@ -74,15 +74,16 @@ async def create_key(
 
 
 @router.delete("/v1/keys/{key_id}", response_model=None, responses=doc(KeyOut), tags=["admin"],
-               summary="Revoke an API key (admin)")
+               summary="Revoke an API key (admin)",
+               openapi_extra=audited("key.revoke", target="key_id"))
 async def revoke_key(
     services: ServicesDep,
-    caller: Admin,
+    _caller: Admin,
     key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
 ) -> Response:
     row = await asyncio.to_thread(services.db.revoke_key, key_id)
     services.keys.invalidate()
-    audit.info("key revoked", extra={"key": row.id, "by": caller.key_id})
+    note().detail = {"name": row.name, "role": row.role}
     return json_response(_key_out(row))
 
 
@@ -102,6 +103,7 @@ _ACTIONS: dict[str, Role] = {
     "manage_alert_rules": Role.operator,
     "configure_gateways": Role.engineer,
     "manage_keys": Role.admin,
+    "read_audit": Role.admin,
 }
 
 

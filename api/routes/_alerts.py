@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
+from api._audit import audited, note
 from api._deps import Operator, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
@@ -154,7 +155,8 @@ class AckBody(BaseModel):
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=None, responses=doc(Alert),
-             summary="Acknowledge an active alert (operator)")
+             summary="Acknowledge an active alert (operator)",
+             openapi_extra=audited("alert.ack", target="alert_id"))
 async def acknowledge(
     services: ServicesDep,
     caller: Operator,
@@ -164,14 +166,16 @@ async def acknowledge(
     alert = services.alerts.active.get(alert_id)
     if alert is None:
         raise NotFound(f"no active alert {alert_id!r}", parameter="alert_id", location="path")
-    note = body.note if body is not None else ""
+    text = body.note if body is not None else ""
     subject = alert.gateway + (f"/{alert.device}" if alert.device else "")
+    entry = note()
+    entry.gateway, entry.detail = alert.gateway, {"rule": alert.rule, "subject": subject}
     row = await asyncio.to_thread(
         services.db.add_ack, alert_id=alert_id, rule_id=alert.rule_id, subject=subject,
-        by_key=caller.key_id, by_name=caller.name, note=note,
+        by_key=caller.key_id, by_name=caller.name, note=text,
     )
     acked = services.alerts.acknowledge(
-        alert_id, by=caller.name, at=row.at.isoformat().replace("+00:00", "Z"), note=note
+        alert_id, by=caller.name, at=row.at.isoformat().replace("+00:00", "Z"), note=text
     )
     return json_response(acked or alert)
 
@@ -197,7 +201,8 @@ class BulkAckOut(msgspec.Struct):
 
 
 @router.post("/alerts/ack", response_model=None, responses=doc(BulkAckOut),
-             summary="Acknowledge many active alerts with one note (operator)")
+             summary="Acknowledge many active alerts with one note (operator)",
+             openapi_extra=audited("alert.ack"))
 async def acknowledge_many(
     services: ServicesDep, caller: Operator, body: Annotated[BulkAckBody, Body()]
 ) -> Response:
@@ -224,6 +229,9 @@ async def acknowledge_many(
             acked = services.alerts.acknowledge(alert.id, by=caller.name, at=at, note=body.note)
             if acked is not None:
                 done.append(acked)
+    # One entry for the request; the ids it acknowledged (a page of them, at most 1000).
+    note().detail = {"acknowledged": [a.id for a in done][:100], "count": len(done),
+                     "already": len(already), "missing": len(missing)}
     return json_response(BulkAckOut(done, already, missing))
 
 
@@ -265,7 +273,8 @@ async def list_rules(services: ServicesDep, _caller: Viewer) -> Response:
 
 
 @router.post("/alert-rules", response_model=None, status_code=201,
-             responses=doc(RuleOut, "Created", status=201), summary="Add a rule (operator)")
+             responses=doc(RuleOut, "Created", status=201), summary="Add a rule (operator)",
+             openapi_extra=audited("alert_rule.create"))
 async def add_rule(
     services: ServicesDep, _caller: Operator, body: Annotated[RuleBody, Body()]
 ) -> Response:
@@ -274,23 +283,28 @@ async def add_rule(
         values["measurement"] = values["measurement"] or "TrafficFlowObserved"
         values["field"] = values["field"] or "averageVehicleSpeed"
     row = await asyncio.to_thread(services.db.add_rule, **values)
+    entry = note()
+    entry.target, entry.detail = str(row.id), {"name": row.name, "kind": row.kind}
     await services.reload_rules()
     return json_response(RuleOut.from_row(row), status=201)
 
 
 @router.put("/alert-rules/{rule_id}", response_model=None, responses=doc(RuleOut),
-            summary="Replace a rule (operator)")
+            summary="Replace a rule (operator)",
+            openapi_extra=audited("alert_rule.update", target="rule_id"))
 async def replace_rule(
     services: ServicesDep, _caller: Operator, rule_id: RuleIdPath,
     body: Annotated[RuleBody, Body()],
 ) -> Response:
     row = await asyncio.to_thread(services.db.update_rule, rule_id, **body.model_dump())
+    note().detail = {"name": row.name, "kind": row.kind, "enabled": row.enabled}
     await services.reload_rules()
     return json_response(RuleOut.from_row(row))
 
 
 @router.delete("/alert-rules/{rule_id}", status_code=204, response_model=None,
-               summary="Delete a rule (operator)")
+               summary="Delete a rule (operator)",
+               openapi_extra=audited("alert_rule.delete", target="rule_id"))
 async def delete_rule(services: ServicesDep, _caller: Operator, rule_id: RuleIdPath) -> Response:
     await asyncio.to_thread(services.db.delete_rule, rule_id)
     await services.reload_rules()

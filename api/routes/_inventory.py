@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -11,9 +10,22 @@ from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from api._audit import audited, note
 from api._deps import Engineer, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
+from api._fleet import (
+    FleetClock,
+    FleetContext,
+    UpdateOut,
+    clock_of,
+    disk_free_of,
+    flags_of,
+    fleet_context,
+    health_version,
+    links_of,
+    update_of,
+)
 from api._params import (
     NAME_PATTERN,
     AreaQuery,
@@ -33,7 +45,6 @@ from telemetry import ConfigDesired, SpoolHealth, encode_message
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
-audit = logging.getLogger("api.audit")
 
 
 class LocationOut(msgspec.Struct, omit_defaults=True):
@@ -63,6 +74,17 @@ class GatewaySummary(msgspec.Struct):
     completeness: Completeness | None
     #: Spool backlog from the last health report; ``null`` before the first one.
     spool: SpoolOut | None
+    # The fleet view (api._fleet), from the last health report unless said otherwise.
+    version: str | None = None
+    last_update: UpdateOut | None = None
+    #: The last clock check (this API's or the one the gateway reports, the newer).
+    clock: FleetClock | None = None
+    #: Enrolment state (pending, enrolled, revoked, expired); null: not enrolled here.
+    enrolment: str | None = None
+    disk_free_bytes: int | None = None
+    links: dict[str, str] = {}
+    #: Of ``outdated``, ``clock_off``, ``disk_low`` (``?status=`` filters on them).
+    flags: list[str] = []
 
 
 class DeviceOut(msgspec.Struct):
@@ -126,7 +148,11 @@ def _spool(health: dict[str, Any] | None) -> SpoolOut | None:
     return SpoolOut(**spool, reported_at=iso(health["ts"]) if health else "")
 
 
-def _summary(services: Services, gw: GatewayState, now_ns: int) -> GatewaySummary:
+def _summary(
+    services: Services, gw: GatewayState, now_ns: int, fleet: FleetContext | None = None
+) -> GatewaySummary:
+    version, clock = health_version(gw), clock_of(services, gw)
+    disk_free = disk_free_of(gw.health)
     return GatewaySummary(
         id=gw.id,
         state=gw.state,
@@ -140,6 +166,13 @@ def _summary(services: Services, gw: GatewayState, now_ns: int) -> GatewaySummar
         devices=len(gw.devices),
         completeness=gw.completeness,
         spool=_spool(gw.health),
+        version=version,
+        last_update=update_of(gw.health),
+        clock=clock,
+        enrolment=None if fleet is None else fleet.enrolments.get(gw.id),
+        disk_free_bytes=disk_free,
+        links=links_of(gw.health),
+        flags=[] if fleet is None else flags_of(services, fleet, version, clock, disk_free),
     )
 
 
@@ -162,21 +195,28 @@ def device_out(services: Services, gw: GatewayState, dev: DeviceState, now_ns: i
 
 
 @router.get("/gateways", response_model=None, responses=doc(GatewayPage),
-            summary="Gateways with presence, last seen and data completeness")
+            summary="Gateways with presence, last seen, completeness and the fleet view")
 async def list_gateways(
     services: ServicesDep,
     _caller: Viewer,
     state: Annotated[Literal["online", "offline", "unknown"] | None, Query()] = None,
     area: AreaQuery = None,
+    status: Annotated[
+        list[Literal["outdated", "clock_off", "disk_low"]] | None,
+        Query(description="Only gateways with any of these flags"),
+    ] = None,
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> Response:
     now = time.time_ns()
+    fleet = await fleet_context(services)
     rows = [
-        _summary(services, gw, now)
+        row
         for _, gw in sorted(services.inventory.gateways.items())
         if (state is None or gw.state == state)
         and (area is None or (gw.location is not None and gw.location.area == area))
+        and (row := _summary(services, gw, now, fleet))
+        and (not status or any(f in row.flags for f in status))
     ]
     return json_response(GatewayPage.of(rows, offset, limit))
 
@@ -188,7 +228,7 @@ async def get_gateway(services: ServicesDep, _caller: Viewer, gateway: GatewayPa
     if gw is None:
         raise NotFound(f"no gateway {gateway!r}", parameter="gateway", location="path")
     now = time.time_ns()
-    base = _summary(services, gw, now)
+    base = _summary(services, gw, now, await fleet_context(services))
     detail = GatewayDetail(
         **{f: getattr(base, f) for f in base.__struct_fields__},
         health=gw.health,
@@ -257,6 +297,14 @@ async def list_live(
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> Response:
+    return json_response(live_page(services, measurement, gateway, device, area, offset, limit))
+
+
+def live_page(
+    services: Services, measurement: str | None, gateway: str | None, device: str | None,
+    area: str | None, offset: int, limit: int,
+) -> LatestPage:
+    """``GET /v1/live``'s page (also answered by the fast lane, :mod:`api._fastlane`)."""
     live = services.live
     if measurement is not None:
         rows = live.measurement(measurement)
@@ -268,7 +316,7 @@ async def list_live(
         and (device is None or r.device == device)
         and (area is None or r.area == area)
     ]
-    return json_response(LatestPage.of(rows, offset, limit))
+    return LatestPage.of(rows, offset, limit)
 
 
 @router.get("/live/{gateway}/{device}", response_model=None, responses=doc(DeviceLatest),
@@ -276,11 +324,16 @@ async def list_live(
 async def get_live(
     services: ServicesDep, _caller: Viewer, gateway: GatewayPath, device: DevicePath
 ) -> Response:
+    return json_response(device_latest(services, gateway, device))
+
+
+def device_latest(services: Services, gateway: str, device: str) -> DeviceLatest:
+    """``GET /v1/live/{gateway}/{device}``'s body (also answered by the fast lane)."""
     readings = services.live.device(gateway, device)
     if not readings:
         raise NotFound(f"no readings of device {device!r} on gateway {gateway!r}",
                        parameter="device", location="path")
-    return json_response(DeviceLatest(gateway, device, readings))
+    return DeviceLatest(gateway, device, readings)
 
 
 class ConfigBody(BaseModel):
@@ -294,7 +347,8 @@ class ConfigBody(BaseModel):
 @router.put("/gateways/{gateway}/config", response_model=None, status_code=202,
             responses=doc(ConfigPushed, "Published, retained, on the gateway's config topic",
                           status=202),
-            summary="Push a desired config to a gateway (engineer)")
+            summary="Push a desired config to a gateway (engineer)",
+            openapi_extra=audited("config.push"))
 async def push_config(
     services: ServicesDep,
     caller: Engineer,
@@ -304,8 +358,5 @@ async def push_config(
     topic = services.broker.topics.config_desired(gateway)
     payload = encode_message(ConfigDesired(version=body.version, config=body.config))
     await services.broker.publish(topic, payload, qos=1, retain=True)
-    audit.info(
-        "config pushed", extra={"gateway": gateway, "version": body.version,
-                                "key": caller.key_id, "by": caller.name},
-    )
+    note().detail = {"version": body.version}  # its one audit entry (api._audit)
     return json_response(ConfigPushed(gateway, topic, body.version), status=202)

@@ -8,6 +8,7 @@ state, and gap repair (missing batches asked of their gateways again).
 from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition, Rule
 from api.state._areas import AreaMap
 from api.state._broker import BrokerLink, prepare_broker
+from api.state._commands import ClockCheck, CommandAnswer, CommandTimeout, GatewayCommands
 from api.state._gtfs_feed import GtfsFeed, GtfsFeedError, TripSchedule, load_gtfs
 from api.state._hub import (
     EXTRA_KINDS,
@@ -53,11 +54,15 @@ __all__ = [
     "AlertTransition",
     "AreaMap",
     "BrokerLink",
+    "ClockCheck",
+    "CommandAnswer",
+    "CommandTimeout",
     "Completeness",
     "Congestion",
     "DeviceState",
     "Event",
     "GapRepair",
+    "GatewayCommands",
     "GatewayState",
     "GeoPoint",
     "GtfsFeed",

@@ -36,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from api._errors import ConfigError, NotFound
+from api.storage._shipped_rules import _SUPERSEDED_RULES, DEFAULT_RULES
 
 __all__ = [
     "KEY_PREFIX",
@@ -44,12 +45,16 @@ __all__ = [
     "AlertRule",
     "ApiKey",
     "Database",
+    "Enrolment",
+    "EnrolmentState",
     "RuleKind",
     "hash_key",
     "new_key",
 ]
 
 KEY_PREFIX: Final = "sck_"
+#: Gateway claim tokens (one-time, POST /v1/enrol): ``sce_`` + 43 characters (256 bits).
+TOKEN_PREFIX: Final = "sce_"  # noqa: S105 (a prefix, not a secret)
 RuleKind = Literal["threshold", "staleness", "congestion"]
 
 
@@ -139,29 +144,38 @@ class AlertEvent(_Base):
     note: Mapped[str | None] = mapped_column(String(1024), default=None)
 
 
-DEFAULT_RULES: Final = (
-    {"name": "PM2.5 above 35 ug/m3 for 10 minutes", "kind": "threshold",
-     "measurement": "AirQualityObserved", "field": "pm25", "op": ">", "threshold": 35.0,
-     "duration_s": 600.0, "severity": "warning"},
-    {"name": "Gateway offline for 5 minutes", "kind": "staleness", "duration_s": 300.0,
-     "severity": "critical"},
-    # Held for five minutes: one slow reading is not a jam, and a link hovering at the limit
-    # does not raise and resolve an alert again and again. Measured on the simulator's
-    # morning rush hour (tests/api/test_api_alert_rules.py): a link near the limit raised
-    # up to 91 alerts in 2.5 h at 0 s, 4 at 2 minutes, 1 at 5 minutes.
-    {"name": "Link speed under 30% of free flow for 5 minutes", "kind": "congestion",
-     "measurement": "TrafficFlowObserved", "field": "averageVehicleSpeed", "ratio": 0.3,
-     "duration_s": 300.0, "severity": "warning"},
-)
+EnrolmentState = Literal["pending", "enrolled", "revoked", "expired"]
 
 
-#: Rules earlier releases seeded, as (name, kind, duration_s), and what replaces each. A
-#: database keeps its rules across upgrades; only a shipped rule still exactly as shipped
-#: (same name, kind and duration: nobody edited it) is brought up to today's default.
-_SUPERSEDED_RULES: Final = {
-    ("Link speed under 30% of free flow", "congestion", 0.0): DEFAULT_RULES[2],
-    ("Link speed under 30% of free flow for 2 minutes", "congestion", 120.0): DEFAULT_RULES[2],
-}
+class Enrolment(_Base):
+    """A gateway registered for enrolment: its claim token (hashed) and where it stands.
+
+    ``pending`` (token issued) -> ``enrolled`` (token redeemed, broker user made) ->
+    ``revoked`` (broker user deleted); a pending token past ``expires_at`` reads ``expired``.
+    Registering again issues a new token (the old one stops working).
+    """
+
+    __tablename__ = "gateway_enrolments"
+
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    enrolled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    client_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    def effective_state(self, now: dt.datetime | None = None) -> EnrolmentState:
+        if self.state == "pending" and _aware(self.expires_at) <= (now or _now()):
+            return "expired"
+        return self.state  # type: ignore[return-value]
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands datetimes back without their zone; every one stored is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 def _upgrade_shipped_rules(s: Session) -> None:
@@ -308,6 +322,89 @@ class Database:
             rows = s.scalars(select(AlertAck).where(AlertAck.alert_id.in_(alert_ids))).all()
         return {row.alert_id: row for row in rows}
 
+
+    # -- gateway enrolment ------------------------------------------------------------------
+    def register_enrolment(
+        self, gateway: str, *, ttl_s: float, by: str
+    ) -> tuple[Enrolment, str] | None:
+        """Issue a claim token for ``gateway`` (replacing a pending one); return the row and
+        the token (shown once, stored hashed), or ``None`` when it is enrolled already."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = _now()
+        with self.session() as s:
+            row = s.get(Enrolment, gateway)
+            if row is not None and row.state == "enrolled":
+                return None
+            if row is None:
+                row = Enrolment(gateway=gateway)
+                s.add(row)
+            row.state, row.token_hash, row.created_at, row.created_by = (
+                "pending", hash_key(token), now, by[:128])
+            row.expires_at = now + dt.timedelta(seconds=ttl_s)
+            row.enrolled_at = row.revoked_at = row.client_id = None
+        return row, token
+
+    def claim_enrolment(self, token: str) -> tuple[Enrolment | None, str]:
+        """Redeem a claim token once: ``(row, "ok")`` moves it to ``enrolled``; else
+        ``(row or None, reason)`` with reason ``unknown``, ``used``, ``expired`` or
+        ``revoked``. The update is conditional, so of two concurrent claims one wins."""
+        from sqlalchemy import update
+
+        digest = hash_key(token)
+        now = _now()
+        with self.session() as s:
+            row = s.scalar(select(Enrolment).where(Enrolment.token_hash == digest))
+            if row is None:
+                return None, "unknown"
+            state = row.effective_state(now)
+            if state != "pending":
+                return row, "used" if state == "enrolled" else state
+            won = s.execute(
+                update(Enrolment)
+                .where(Enrolment.gateway == row.gateway, Enrolment.token_hash == digest,
+                       Enrolment.state == "pending")
+                .values(state="enrolled", enrolled_at=now)
+            )
+            if not getattr(won, "rowcount", 0):
+                return row, "used"
+            row.state, row.enrolled_at = "enrolled", now
+        return row, "ok"
+
+    def unclaim_enrolment(self, gateway: str, token: str) -> None:
+        """Undo :meth:`claim_enrolment` when the broker user could not be made, so the
+        gateway can try its token again (until it expires)."""
+        with self.session() as s:
+            row = s.get(Enrolment, gateway)
+            if row is not None and row.state == "enrolled" and row.token_hash == hash_key(token):
+                row.state, row.enrolled_at = "pending", None
+
+    def set_enrolment_client(self, gateway: str, client_id: str) -> None:
+        with self.session() as s:
+            row = s.get(Enrolment, gateway)
+            if row is not None:
+                row.client_id = client_id
+
+    def revoke_enrolment(self, gateway: str) -> Enrolment:
+        """Mark ``gateway`` revoked (its token stops working); NotFound when never
+        registered."""
+        with self.session() as s:
+            row = s.get(Enrolment, gateway)
+            if row is None:
+                raise NotFound(f"gateway {gateway!r} was never registered for enrolment",
+                               parameter="gateway", location="path")
+            if row.state != "revoked":
+                row.state, row.revoked_at = "revoked", _now()
+            return row
+
+    def enrolment(self, gateway: str) -> Enrolment | None:
+        with self.session() as s:
+            return s.get(Enrolment, gateway)
+
+    def enrolments(self) -> dict[str, str]:
+        """Every registered gateway's enrolment state (the fleet view reads it)."""
+        now = _now()
+        with self.session() as s:
+            return {r.gateway: r.effective_state(now) for r in s.scalars(select(Enrolment))}
 
     # -- alert history ------------------------------------------------------------------------
     def record_alert_events(self, events: Sequence[dict[str, object]]) -> int:

@@ -363,6 +363,12 @@ class FirmwareInput(_BridgeInput):
         super().__init__(cfg.name)
         self.cfg = cfg
 
+    @property
+    def firmware_link(self) -> Any:
+        """The open :class:`firmware_bridge.FirmwareLink` (None while closed): the
+        ``time-sync`` command sends TIME_SYNC through it."""
+        return self._link
+
     def _open(self) -> AbstractAsyncContextManager[Any]:
         from firmware_bridge import FirmwareLink
 

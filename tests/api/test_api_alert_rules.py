@@ -13,7 +13,7 @@ import numpy as np
 from api import Database
 from api.state import Alert, AlertEngine, AlertTransition, Inventory, Latest, Rule
 from api.storage import AlertRule
-from api.storage._db import DEFAULT_RULES
+from api.storage._shipped_rules import DEFAULT_RULES
 from simulators import load_scenario
 from simulators._city import City
 

@@ -75,7 +75,7 @@ def test_me_tells_each_key_its_role_and_what_it_may_do(api_stack: ApiStack) -> N
         "operator": {"acknowledge_alerts", "manage_alert_rules"},
         "engineer": {"acknowledge_alerts", "manage_alert_rules", "configure_gateways"},
         "admin": {"acknowledge_alerts", "manage_alert_rules", "configure_gateways",
-                  "manage_keys"},
+                  "manage_keys", "read_audit"},
     }
     for role in ROLES:
         me = api_stack.client(role).get("/v1/me").json()

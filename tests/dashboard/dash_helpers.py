@@ -259,7 +259,7 @@ def start_dash_stack(mosquitto: Mosquitto, influxd: Influxd, tmp: Path) -> DashS
             if rule.kind == "congestion":
                 db.update_rule(rule.id, duration_s=0.0)
         keys = {role: db.create_key(name=f"dash-{role}", role=role)[1]
-                for role in ("viewer", "operator")}
+                for role in ("viewer", "operator", "admin")}
         scenario = load_scenario("small", start="now", speed=1.0, tick_s=1.0,
                                  intervals=dict.fromkeys(_KINDS, 1.0))
         # The small city's bus timetable as GTFS, so late and bunched buses can be counted.

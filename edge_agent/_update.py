@@ -1,0 +1,629 @@
+"""Agent updates: ``smartcity edge update`` and the agent's ``update`` command.
+
+Install layout (docs/gateway-install.md, "Updates and rollback")::
+
+    /opt/smartcity-edge/
+    ├── releases/0.1.0-3f2a9c1b7d4e/   one venv per release (<version>-<sha256[:12]>), with
+    │                                   smartcity-lock.txt: the lock it was installed from
+    ├── current  -> releases/...       the unit runs current/bin/smartcity edge run
+    ├── previous -> releases/...       what a rollback goes back to
+    └── downloads/                     wheels / requirements fetched from URLs
+
+    fetch + sha256 ─▶ venv next to current ─▶ lock + release ─▶ `edge check` (new code) ─▶
+    switch current (symlink + rename) ─▶ restart ─▶ /status: new version, new process,
+    uplink up (birth sent on connect) within the deadline ─┬─ yes: ok, older releases pruned
+                                                           └─ no: current back, restart the old
+                                                              one, wait for it: rolled_back
+
+The result (version, status, reason, time) is written to ``<state_dir>/last-update.json``;
+the agent reads it (mtime-cached) into its health message and ``/status``. The ``update``
+command (API, engineer role) only writes ``<state_dir>/update-request.json``: the agent runs
+unprivileged, so a root-side service (``smartcity edge update --request FILE``, started by a
+systemd path unit) carries it out and accepts only URLs under its ``--allow-url-prefix``.
+Hierarchy: ``EdgeError`` > ``UpdateError`` (anything that stops an update before a switch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+from edge_agent._errors import CommandError, EdgeError
+
+__all__ = [
+    "REQUEST_NAME",
+    "RESULT_NAME",
+    "PidfileRestarter",
+    "SystemdRestarter",
+    "UpdateError",
+    "UpdateOptions",
+    "UpdateResult",
+    "install_release",
+    "order_update",
+    "read_request",
+    "read_result",
+    "run_update",
+]
+
+log: Final = logging.getLogger("edge_agent")
+RESULT_NAME: Final = "last-update.json"
+REQUEST_NAME: Final = "update-request.json"
+LOCK_NAME: Final = "smartcity-lock.txt"
+PROJECT: Final = "smartcity-telemetry"
+MAX_DOWNLOAD: Final = 512 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_WHEEL = re.compile(r"smartcity_telemetry-([0-9][A-Za-z0-9.+!_]*)-[^/]*\.whl")
+_PINNED = re.compile(r"^smartcity[-_]telemetry==([0-9][A-Za-z0-9.+!]*)", re.MULTILINE | re.I)
+Status = Literal["pending", "ok", "failed", "rolled_back", "rollback_failed"]
+
+
+class UpdateError(EdgeError):
+    """An update that cannot go on (bad source, checksum, install, new release refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """The last update, as kept in ``<state_dir>/last-update.json``."""
+
+    version: str
+    status: Status
+    ts: float
+    previous_version: str | None = None
+    reason: str | None = None
+    source: str | None = None
+    sha256: str | None = None
+
+
+def write_result(state_dir: Path, result: UpdateResult) -> None:
+    _write_json(state_dir / RESULT_NAME, asdict(result), mode=0o644)
+
+
+_cache: dict[Path, tuple[tuple[int, int], UpdateResult | None]] = {}
+
+
+def read_result(state_dir: Path) -> UpdateResult | None:
+    """The last update result, or None (none yet, unreadable); cached by mtime and size."""
+    path = state_dir / RESULT_NAME
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _cache.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    result: UpdateResult | None = None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        if st.st_size <= 64 * 1024:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            result = UpdateResult(**{k: data.get(k) for k in UpdateResult.__slots__})
+    _cache[path] = (key, result)
+    return result
+
+
+def _write_json(path: Path, data: dict[str, Any], *, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+# -- the agent's side: the `update` command ----------------------------------------------------
+def order_update(state_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The ``update`` command: ``{"url": "https://...whl", "sha256": "<hex>", "deadline": 120}``.
+
+    Validates and writes ``update-request.json`` for the root-side updater; the agent itself
+    installs nothing (it has no rights to, and must not: it may be the hostile party)."""
+    unknown = set(args) - {"url", "sha256", "deadline"}
+    if unknown:
+        raise CommandError(f"update: unknown argument(s) {sorted(unknown)} (url, sha256, deadline)")
+    url, sha, deadline = args.get("url"), args.get("sha256"), args.get("deadline", 120)
+    if not isinstance(url, str) or len(url) > 2048 or not url.startswith(("https://", "http://")):
+        raise CommandError("update: url must be an http(s) URL of at most 2048 characters")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+        raise CommandError("update: sha256 must be 64 hex digits")
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise CommandError("update: deadline must be a number of seconds")
+    if not 10 <= deadline <= 3600:
+        raise CommandError("update: deadline must be between 10 and 3600 s")
+    path = state_dir / REQUEST_NAME
+    if path.exists():
+        raise CommandError("update: another update request is waiting to be carried out")
+    request = {"url": url, "sha256": sha.lower(), "deadline": float(deadline), "ts": time.time()}
+    try:
+        _write_json(path, request, mode=0o640)
+    except OSError as exc:
+        raise CommandError(f"update: cannot write {path}: {exc.strerror or exc}") from exc
+    log.info("update requested", extra={"url": url, "sha256": sha, "deadline": deadline})
+    return {"accepted": True, "request": str(path)}
+
+
+def read_request(path: Path, allowed_prefixes: list[str]) -> tuple[str, str, float]:
+    """Take (read and delete) an update request; its content is untrusted."""
+    try:
+        raw = path.read_bytes()[: 16 * 1024]
+        path.unlink()
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"update request {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UpdateError(f"update request {path}: not a JSON object")
+    try:
+        order_update_check = {k: data[k] for k in ("url", "sha256", "deadline")}
+    except KeyError as exc:
+        raise UpdateError(f"update request {path}: missing {exc}") from exc
+    url, sha, deadline = order_update_check.values()
+    if not isinstance(url, str) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise UpdateError(f"update request {path}: bad url or sha256")
+    if not isinstance(deadline, int | float) or not 10 <= deadline <= 3600:
+        raise UpdateError(f"update request {path}: bad deadline")
+    if not any(url.startswith(p) for p in allowed_prefixes):
+        raise UpdateError(f"update request: {url} is not under an --allow-url-prefix")
+    return url, sha, float(deadline)
+
+
+# -- restarting the agent -----------------------------------------------------------------------
+class Restarter(Protocol):
+    def restart(self) -> None: ...
+
+    def exited(self) -> int | None:
+        """The new agent's exit code if it is known to have exited."""
+
+
+class SystemdRestarter:
+    """``systemctl restart <unit>`` (the agent runs under systemd)."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+
+    def restart(self) -> None:
+        res = subprocess.run(
+            ["systemctl", "restart", self.unit], capture_output=True, text=True, timeout=120
+        )
+        if res.returncode != 0:
+            log.warning("systemctl restart failed", extra={"unit": self.unit, "err": res.stderr})
+
+    def exited(self) -> int | None:
+        return None  # systemd restarts a crashing agent: only the deadline decides
+
+
+class PidfileRestarter:
+    """Without systemd (containers, tests): stop the pid in ``pidfile`` (SIGTERM, SIGKILL
+    after ``stop_timeout_s``), start ``command`` detached, write its pid."""
+
+    def __init__(
+        self, pidfile: Path, command: list[str], log_path: Path, stop_timeout_s: float = 30
+    ) -> None:
+        self.pidfile, self.command, self.log_path = pidfile, command, log_path
+        self.stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def restart(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            _stop_pid(int(self.pidfile.read_text().strip()), self.stop_timeout_s)
+        if self._proc is not None and self._proc.poll() is None:
+            _stop_pid(self._proc.pid, self.stop_timeout_s)
+        with self.log_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                self.command,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd="/",
+            )
+        self.pidfile.write_text(f"{self._proc.pid}\n")
+
+    def exited(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+
+def _stop_pid(pid: int, timeout_s: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # gone
+        if state == "Z":
+            return  # exited, not reaped by its parent yet
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# -- installing a release -----------------------------------------------------------------------
+def fetch(source: str, downloads: Path, sha256: str | None) -> tuple[Path, str]:
+    """A local copy of ``source`` (path or http(s) URL) and its sha256, checked if given."""
+    if source.startswith(("https://", "http://")):
+        import urllib.parse  # here: the agent imports this module for read_result only
+        import urllib.request
+
+        if sha256 is None:
+            raise UpdateError("a URL source needs --sha256")
+        name = Path(urllib.parse.urlparse(source).path).name or "download"
+        downloads.mkdir(parents=True, exist_ok=True)
+        path = downloads / name
+        tmp = downloads / f".{name}.part"
+        try:
+            # S310: the scheme is http(s), checked above
+            with urllib.request.urlopen(source, timeout=60) as resp, tmp.open("wb") as out:  # noqa: S310
+                got = 0
+                while chunk := resp.read(1 << 16):
+                    got += len(chunk)
+                    if got > MAX_DOWNLOAD:
+                        raise UpdateError(f"{source}: larger than {MAX_DOWNLOAD} bytes")
+                    out.write(chunk)
+        except OSError as exc:
+            raise UpdateError(f"cannot download {source}: {exc}") from exc
+        os.replace(tmp, path)
+    else:
+        path = Path(source).absolute()
+        if not path.is_file():
+            raise UpdateError(f"{source}: no such file")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    got_sha = digest.hexdigest()
+    if sha256 is not None and got_sha != sha256.lower():
+        raise UpdateError(f"{path.name}: sha256 {got_sha} is not the expected {sha256.lower()}")
+    return path, got_sha
+
+
+def source_version(path: Path) -> str:
+    """The release's version: from a wheel's name, or the pin in a requirements file."""
+    if path.suffix == ".whl":
+        m = _WHEEL.fullmatch(path.name)
+        if m is None:
+            raise UpdateError(f"{path.name}: not a {PROJECT} wheel")
+        return m.group(1)
+    m = _PINNED.search(path.read_text(encoding="utf-8", errors="replace"))
+    if m is None:
+        raise UpdateError(f"{path.name}: a requirements file must pin {PROJECT}==VERSION")
+    return m.group(1)
+
+
+def _run(cmd: list[str], what: str, timeout: float = 900) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UpdateError(f"{what}: {exc}") from exc
+    if res.returncode != 0:
+        tail = (res.stderr or res.stdout).strip()[-1500:]
+        raise UpdateError(f"{what} failed (exit {res.returncode}): {tail}")
+    return res.stdout
+
+
+def install_release(
+    root: Path, source: Path, sha256: str, *, lock: Path | None, installer: str = "pip"
+) -> tuple[Path, str]:
+    """A fresh venv ``releases/<version>-<sha[:12]>`` holding ``source`` (a wheel, with its
+    dependencies from ``lock``, or a locked requirements file); returns (dir, version)."""
+    version = source_version(source)
+    release = root / "releases" / f"{version}-{sha256[:12]}"
+    if release.exists():
+        shutil.rmtree(release)  # a leftover of an earlier attempt (never current: checked)
+    release.parent.mkdir(parents=True, exist_ok=True)
+    use_uv = installer != "pip"
+    venv = [sys.executable, "-m", "venv", *(["--without-pip"] if use_uv else []), str(release)]
+    try:
+        _run(venv, "creating the venv", timeout=300)
+        py = str(release / "bin" / "python")
+        pip = (
+            [installer, "pip", "install", "--python", py]
+            if use_uv
+            else [py, "-m", "pip", "install"]
+        )
+        if source.suffix == ".whl":
+            if lock is None:
+                raise UpdateError(
+                    "no lock for the wheel's dependencies: give --requirements"
+                    " (requirements/gateway.txt of the release)"
+                )
+            _run(
+                [*pip, "-q", "--require-hashes", "--no-deps", "-r", str(lock)],
+                "installing the lock",
+            )
+            _run([*pip, "-q", "--no-deps", str(source)], "installing the wheel")
+            shutil.copyfile(lock, release / LOCK_NAME)
+        else:
+            _run([*pip, "-q", "--require-hashes", "--no-deps", "-r", str(source)], "installing")
+            shutil.copyfile(source, release / LOCK_NAME)
+        got = _run(
+            [py, "-c", f"import importlib.metadata as m; print(m.version({PROJECT!r}))"],
+            "reading the installed version",
+        ).strip()
+        if got != version:
+            raise UpdateError(f"installed version {got}, expected {version}")
+    except BaseException:
+        shutil.rmtree(release, ignore_errors=True)
+        raise
+    return release, version
+
+
+def _switch(root: Path, current: Path, previous: Path | None) -> None:
+    """Point ``current`` (and ``previous``) at releases, each by an atomic rename."""
+    for name, target in (("previous", previous), ("current", current)):
+        link = root / name
+        if target is None:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            continue
+        tmp = root / f".{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(target.relative_to(root))
+        os.replace(tmp, link)
+
+
+def _spool_schema(path: Path) -> tuple[int, int] | None:
+    """(schema, compat) of a spool file, read-only, without opening it as a spool."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            schema = int(db.execute("PRAGMA user_version").fetchone()[0])
+            row = db.execute("SELECT value FROM meta WHERE key = 'compat_version'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return schema, (schema if row is None else int(row[0]))
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".update.lock").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpdateError(f"another update is running in {root}") from None
+        yield
+
+
+# -- the update ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateOptions:
+    root: Path
+    source: str
+    sha256: str | None
+    deadline_s: float
+    state_dir: Path
+    spool_path: Path
+    lock: Path | None
+    installer: str
+    #: ``<release>/bin/smartcity edge check`` arguments for the new code (pre-switch).
+    check_args: list[str]
+    restarter: Restarter
+    #: The agent's /status document (raises when it does not answer).
+    status: Callable[[], dict[str, Any]]
+    say: Callable[[str], None] = print
+
+
+def run_update(opts: UpdateOptions) -> UpdateResult:
+    """Install, switch, restart, wait; roll back on its own. Never raises for a failed update
+    after the switch: the result says what happened (and is kept on disk)."""
+    with _locked(opts.root):
+        return _update(opts)
+
+
+def _update(opts: UpdateOptions) -> UpdateResult:
+    t0 = time.monotonic()
+
+    def say(line: str) -> None:
+        opts.say(f"[{time.monotonic() - t0:5.1f}s] {line}")
+
+    o = replace(opts, say=say)
+    root = o.root.absolute()
+    current_link = root / "current"
+    if not current_link.is_symlink():
+        raise UpdateError(f"{current_link} is not a symlink to a release (docs/gateway-install.md)")
+    old = current_link.resolve()
+    prev_link = root / "previous"
+    old_previous = prev_link.resolve() if prev_link.is_symlink() else None
+    old_version = _run(
+        [
+            str(old / "bin" / "python"),
+            "-c",
+            f"import importlib.metadata as m; print(m.version({PROJECT!r}))",
+        ],
+        "reading the running version",
+    ).strip()
+    src, sha = fetch(o.source, root / "downloads", o.sha256)
+    version = source_version(src)
+    if (root / "releases" / f"{version}-{sha[:12]}").resolve() == old:
+        raise UpdateError(f"{version} ({sha[:12]}) is the running release")
+
+    def result(status: Status, reason: str | None = None) -> UpdateResult:
+        r = UpdateResult(
+            version=version,
+            status=status,
+            ts=time.time(),
+            reason=reason,
+            previous_version=old_version,
+            source=o.source,
+            sha256=sha,
+        )
+        write_result(o.state_dir, r)
+        return r
+
+    lock = o.lock or (old / LOCK_NAME if (old / LOCK_NAME).exists() else None)
+    result("pending")
+    o.say(f"installing {version} next to {old.name}")
+    try:
+        new, _ = install_release(root, src, sha, lock=lock, installer=o.installer)
+        o.say(f"installed in {new}; checking the config with it")
+        _run(
+            [str(new / "bin" / "smartcity"), "edge", "check", *o.check_args],
+            f"`edge check` of {version}",
+            timeout=120,
+        )
+    except UpdateError as exc:
+        return result("failed", str(exc))
+    o.say(f"switching current to {new.name}, restarting the agent")
+    _switch(root, new, old)
+    reason = _wait_healthy(o, version, time.monotonic())
+    if reason is None:
+        _prune(root, keep={new, old})
+        o.say(f"{version} is up: uplink connected, birth sent")
+        return result("ok")
+    o.say(f"{version} did not come up ({reason}): rolling back to {old_version}")
+    _switch(root, old, old_previous)
+    from edge_agent._spool import SCHEMA_VERSION
+
+    schema = _spool_schema(o.spool_path)
+    if schema is not None and schema[1] > SCHEMA_VERSION:  # see _spool: refused, untouched
+        reason += (
+            f"; the spool now has schema {schema[0]} (compat {schema[1]}), which "
+            f"{old_version} cannot use"
+        )
+    back = _wait_healthy(o, old_version, time.monotonic())
+    if back is not None:
+        return result(
+            "rollback_failed", f"{reason}; {old_version} did not come back either: {back}"
+        )
+    shutil.rmtree(new, ignore_errors=True)
+    o.say(f"rolled back: {old_version} is up again")
+    return result("rolled_back", reason)
+
+
+def _wait_healthy(o: UpdateOptions, version: str, started: float) -> str | None:
+    """Restart, then wait for an agent of ``version`` started after ``started`` with its
+    uplink up (the birth is the first publish of every connect). None, or why not."""
+    o.restarter.restart()
+    deadline = started + o.deadline_s
+    why = "no answer yet"
+    while time.monotonic() < deadline:
+        code = o.restarter.exited()
+        if code is not None:
+            return f"the agent exited with code {code}"
+        try:
+            doc = o.status()
+        except EdgeError as exc:
+            why = f"no answer on its status endpoint ({exc})"
+        else:
+            up = doc.get("uplink") or {}
+            if doc.get("version") != version:
+                why = f"the agent answering is version {doc.get('version')}"
+            elif float(doc.get("uptime_s") or 0) > time.monotonic() - started + 1:
+                why = "the agent answering was not restarted"
+            elif up.get("state") != "up":
+                why = f"uplink {up.get('state')}: {up.get('last_error') or 'not connected yet'}"
+            else:
+                return None
+        time.sleep(0.2)
+    return f"not healthy within {o.deadline_s:g} s: {why}"
+
+
+def _prune(root: Path, keep: set[Path]) -> None:
+    for release in (root / "releases").iterdir():
+        if release.resolve() not in keep:
+            shutil.rmtree(release, ignore_errors=True)
+
+
+def update_command(
+    *,
+    source: str | None,
+    sha256: str | None,
+    deadline_s: float,
+    config: Path,
+    root: Path,
+    requirements: Path | None,
+    installer: str,
+    unit: str,
+    pid_file: Path | None,
+    request: Path | None,
+    allow_url_prefix: list[str],
+    say: Callable[[str], None],
+    fetch_status: Callable[..., dict[str, Any]],
+) -> int:
+    """``smartcity edge update``; returns the exit code: 0 updated, 1 not updated (nothing
+    switched), 2 rolled back, 3 rollback failed, 78 config problem. ``fetch_status`` is
+    :func:`edge_agent._status.fetch_status` (passed in: _status imports this module)."""
+    from edge_agent._config import load_config
+    from edge_agent._errors import ConfigError
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        say(str(exc))
+        return 78
+    try:
+        if request is not None:
+            if source is not None:
+                raise UpdateError("give SOURCE or --request, not both")
+            source, sha256, deadline_s = read_request(request, allow_url_prefix)
+        elif source is None:
+            raise UpdateError("give SOURCE (a wheel or a locked requirements file) or --request")
+        smartcity = str(root.absolute() / "current" / "bin" / "smartcity")
+        restarter: Restarter
+        if pid_file is not None:
+            restarter = PidfileRestarter(
+                pid_file,
+                [
+                    smartcity,
+                    "edge",
+                    "run",
+                    "--config",
+                    str(config.absolute()),
+                    "--log-format",
+                    "json",
+                ],
+                cfg.gateway.state_dir / "agent.log",
+            )
+        else:
+            restarter = SystemdRestarter(unit)
+        result = run_update(
+            UpdateOptions(
+                root=root,
+                source=source,
+                sha256=sha256,
+                deadline_s=deadline_s,
+                state_dir=cfg.gateway.state_dir,
+                spool_path=cfg.spool_path,
+                lock=requirements,
+                installer=installer,
+                check_args=["--config", str(config.absolute())],
+                restarter=restarter,
+                status=lambda: fetch_status(cfg, timeout=2.0),
+                say=say,
+            )
+        )
+    except UpdateError as exc:
+        say(f"edge update: {exc}")
+        return 1
+    say(
+        f"edge update: {result.version}: {result.status}"
+        + (f" ({result.reason})" if result.reason else "")
+    )
+    return {"ok": 0, "failed": 1, "rolled_back": 2}.get(result.status, 3)
