@@ -28,7 +28,9 @@ __all__ = [
     "ServicesDep",
     "Viewer",
     "authenticate_key",
+    "authorize",
     "document_security",
+    "presented_key",
 ]
 
 async def get_services(request: Request) -> Services:
@@ -88,14 +90,34 @@ def _too_many_failures(wait: float) -> RateLimited:
 
 
 
-def _presented_key(request: Request) -> str | None:
-    """``X-API-Key``, else the ``Authorization: Bearer`` token (what ``_api_key`` and
-    ``_bearer`` read, without two more dependencies per request)."""
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """``X-API-Key``, else the ``Authorization: Bearer`` token, from an ASGI scope's raw
+    headers (the first of each name, as Starlette's ``Headers.get`` reads them)."""
+    api_key = authorization = None
+    for name, value in headers:
+        if name == b"x-api-key":
+            if api_key is None:
+                api_key = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+    if api_key:
+        return api_key.decode("latin-1")
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def authorize(services: Services, key: str | None, client: str, role: Role) -> Principal:
+    """:func:`authenticate_key`, then the role check (403 below ``role``): what every route
+    needing a key runs, FastAPI's (``Viewer``, ``Admin``...) and the fast lane's."""
+    return _role_check(await authenticate_key(services, key, client), role)
+
+
+def _role_check(caller: Principal, role: Role) -> Principal:
+    if caller.role < role:
+        raise Forbidden(f"needs role {role.name} or higher; this key is {caller.role.name}")
+    return caller
 
 
 def _require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
@@ -105,10 +127,10 @@ def _require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     async def check(request: Request) -> Principal:
         services: Services = request.app.state.services
         client = request.client.host if request.client else "unknown"
-        caller = await authenticate_key(services, _presented_key(request), client)
-        if caller.role < role:
-            raise Forbidden(f"needs role {role.name} or higher; this key is {caller.role.name}")
-        return caller
+        caller = await authenticate_key(services, presented_key(request.scope["headers"]), client)
+        # Named on the request, so the audit trail can say who was refused (api._audit).
+        request.scope.setdefault("state", {})["caller"] = caller
+        return _role_check(caller, role)
 
     check.required_role = role  # type: ignore[attr-defined]
     return check

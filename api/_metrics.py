@@ -48,6 +48,24 @@ class ApiMetrics:
         self.stream_clients = Gauge(
             "smartcity_api_stream_clients", "Live push clients", ["transport"], registry=r
         )
+        self.stream_delay = Histogram(
+            "smartcity_api_stream_delay_seconds",
+            "Live push: from an event's entry into the hub to its hand-off to the client's "
+            "socket (queue wait and send)", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.gc_pause = Histogram(
+            "smartcity_api_gc_full_pause_seconds",
+            "Full (generation 2) collections of the cyclic garbage collector: the event loop "
+            "stands still meanwhile", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.mqtt_handle = Histogram(
+            "smartcity_api_mqtt_handle_seconds",
+            "Time to handle one broker message (decode, live state, alerts, live push); "
+            "messages behind it wait that long", registry=r,
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+        )
         self.stream_dropped = Counter(
             "smartcity_api_stream_dropped",
             "Events dropped for slow live clients (oldest first)", registry=r,
@@ -74,6 +92,16 @@ class ApiMetrics:
         self.alert_history_written = Counter(
             "smartcity_api_alert_history_written",
             "Alert transitions stored in the alert history", registry=r,
+        )
+        self.audit_failed = Counter(
+            "smartcity_api_audit_failed",
+            "Audit entries that could not be written (the operation's answer stands)",
+            registry=r,
+        )
+        self.enrol_refused = Counter(
+            "smartcity_api_enrol_refused",
+            "Gateway enrolments refused (unknown, used, expired or revoked token; rate limit)",
+            ["reason"], registry=r,
         )
         self.alert_history_failed = Counter(
             "smartcity_api_alert_history_failed",

@@ -30,10 +30,12 @@ def base_url(settings: ApiSettings) -> str:
     return f"{scheme}://{host}:{settings.port}"
 
 
-def uvicorn_config(settings: ApiSettings, *, db: Database | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    settings: ApiSettings, *, db: Database | None = None, freeze_gc: bool = False
+) -> uvicorn.Config:
     fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
-        create_app(settings, db=db),
+        create_app(settings, db=db, freeze_gc=freeze_gc),
         host=settings.host,
         port=settings.port,
         loop="uvloop" if fast else "asyncio",
@@ -55,7 +57,8 @@ def _announce(settings: ApiSettings) -> None:
 
 def serve(settings: ApiSettings) -> None:
     """Run the API until SIGINT/SIGTERM (what ``smartcity api run`` does)."""
-    server = uvicorn.Server(uvicorn_config(settings))
+    # The process is the API's own: its start-up objects may be frozen (create_app).
+    server = uvicorn.Server(uvicorn_config(settings, freeze_gc=True))
     _announce(settings)
     server.run()
     if not server.started:

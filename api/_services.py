@@ -10,6 +10,7 @@
     └── TaskGroup "api[<client id>]"
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
           ├── .gap-repair      missing batches -> ``resend`` to their gateway (api.state)
+          ├── .audit           audit entries older than audit_keep_days pruned, hourly
           └── .alerts          staleness tick every second, rules reload every 30 s, live
                                series silent for live_series_ttl_s evicted every 60 s
 
@@ -30,6 +31,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from api._auth import KeyVerifier, RateLimiter
+from api._dynsec import Dynsec
 from api._errors import UpstreamUnavailable
 from api._metrics import ApiMetrics
 from api._params import iso
@@ -44,6 +46,7 @@ from api.state import (
     BrokerLink,
     Event,
     GapRepair,
+    GatewayCommands,
     Hub,
     Inventory,
     Latest,
@@ -56,6 +59,7 @@ from api.state import (
     prepare_broker,
 )
 from api.storage import (
+    AuditLog,
     Database,
     InfluxClient,
     influx_verify,
@@ -177,7 +181,7 @@ class Services:
         #: Where a reading with its own position is (``areas_path``; docs/api.md "Areas").
         self.areas = load_areas(settings)
         self.metrics.registry.register(ScheduleCollector(self.schedule, self.live))
-        self.influx = InfluxClient.from_settings(settings)
+        self.influx = InfluxClient.from_settings(settings, registry=self.metrics.registry)
         self.broker = BrokerLink(settings, self.handle, self.metrics)
         self.repair: GapRepair | None = None
         if settings.gap_repair:
@@ -188,7 +192,20 @@ class Services:
                 inventory=self.inventory,
                 metrics=self.metrics,
             )
+        #: Commands that wait for the gateway's answer (api.routes._commands), clock checks.
+        self.commands = GatewayCommands(self.broker)
+        self.command_limiter = RateLimiter(
+            rate=settings.command_rate_per_min / 60.0, burst=settings.command_burst
+        )
         self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
+        #: The audit trail (api.storage._audit; ``GET /v1/audit``), pruned by ``.audit``.
+        self.audit = AuditLog(self.db, keep_days=settings.audit_keep_days)
+        #: Gateway enrolment (api.routes._enrolment): the broker's dynamic-security admin
+        #: (None: not configured) and the per-address limit of token redemptions.
+        enrol = settings.enrolment
+        self.dynsec = (Dynsec(enrol.dynsec, self.broker.topics)
+                       if enrol.dynsec is not None else None)
+        self.enrol_limiter = RateLimiter(rate=enrol.rate_per_min / 60.0, burst=enrol.rate_burst)
         self.name = f"api[{settings.mqtt.client_id}]"
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -210,6 +227,7 @@ class Services:
                 group.create_task(self._completeness_loop(), name=f"{self.name}.completeness"),
                 group.create_task(self._alerts_loop(), name=f"{self.name}.alerts"),
                 group.create_task(self._history.run(), name=f"{self.name}.alert-history"),
+                group.create_task(self.audit.run(), name=f"{self.name}.audit"),
             ]
             if self.repair is not None:
                 self._tasks.append(
@@ -312,7 +330,7 @@ class Services:
             self.alerts.on_reading(latest)
             if hub:
                 kind = MEASUREMENT_KIND.get(r.measurement, "other")
-                if hub.wants(kind):
+                if hub.wants(kind, r.device, area):
                     event = _ReadingEvent("reading", kind, latest)
                     self._push(kind, r.device, gateway, area, event)
         self.metrics.readings.inc(applied)

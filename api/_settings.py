@@ -23,8 +23,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import PydanticBaseSettingsSource, SettingsConfigDict
 
 from api._errors import ConfigError
+from api._settings_enrol import EnrolSettings
 from api._settings_mqtt import FoldedSource, LegacyEnvSource, MqttSettings
-from foundation import BrokerTls, is_loopback
+from api._settings_replicas import InfluxReplica, ReplicaLagSettings
+from foundation import BrokerTls, check_broker_security, is_loopback
 from foundation.settings import SettingsError, YamlSettings, build_settings
 
 __all__ = ["ApiSettings", "MqttSettings", "load_settings"]
@@ -82,6 +84,10 @@ class ApiSettings(YamlSettings):
     #: Serve Swagger UI at ``/docs`` (it loads its script from a CDN, so it is off unless
     #: asked for; ``None``: only in demo mode). ``/openapi.json`` is always served.
     openapi_docs: bool | None = None
+    #: Answer ``GET /v1/live`` and ``/v1/live/{gateway}/{device}`` in the fast lane
+    #: (:mod:`api._fastlane`: same auth, bodies, errors and metrics, without FastAPI's
+    #: routing); ``false`` sends them through FastAPI like every other route.
+    fast_lane: bool = True
 
     # Broker ------------------------------------------------------------------------------
     #: The broker and how the API gets in (:class:`api._settings_mqtt.MqttSettings`: host,
@@ -108,6 +114,13 @@ class ApiSettings(YamlSettings):
     #: on loopback.
     influx_allow_insecure: bool = False
     influx_timeout_s: _Positive = 10.0
+    #: Cluster profile: the InfluxDB replicas to read from (:mod:`api._settings_replicas`;
+    #: each fed by its own durable consumer). Reads go to a healthy replica whose consumer
+    #: lag is within ``replica_lag.max_lag`` and fail over to the next on an error. Empty
+    #: (the default): ``influx_url`` alone, as in the single-node profile.
+    influx_replicas: list[InfluxReplica] = Field(default_factory=list)
+    #: Where the replicas' consumer lag is read: NATS servers, credentials, tolerance.
+    replica_lag: ReplicaLagSettings = Field(default_factory=ReplicaLagSettings)
     #: Warm the live state from readings newer than this at start.
     warm_window: _Duration = "1d"
     #: Warm-up reads at most this many series per measurement (the newest are not chosen:
@@ -131,6 +144,20 @@ class ApiSettings(YamlSettings):
     #: seq); a jump larger than this between two seqs is a reset (numbering starts again
     #: there), not a hole. Bounds the work a gateway's seqs can cause.
     gap_repair_window: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    #: Remote operations (``POST /v1/gateways/{gw}/commands/{name}``, engineer role): how long
+    #: a call waits for the gateway's answer by default and at most (``?timeout_s=``), and
+    #: how many calls one key may make per minute (burst: at once).
+    command_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    command_timeout_max_s: Annotated[float, Field(gt=0, le=300)] = 60.0
+    command_rate_per_min: Annotated[float, Field(gt=0, le=6000)] = 30.0
+    command_burst: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: Fleet view (``GET /v1/gateways?status=``): a gateway's clock is "off" past this offset
+    #: from the API's (``sync-time-check``), its disk "low" under this many free bytes on the
+    #: spool's filesystem, and it is "outdated" below ``fleet_version`` (unset: below the
+    #: newest version any gateway reports).
+    clock_off_threshold_s: Annotated[float, Field(gt=0, le=86_400)] = 2.0
+    disk_low_bytes: Annotated[int, Field(ge=0)] = 200 * 2**20
+    fleet_version: Annotated[str, Field(pattern=r"^[0-9A-Za-z.+!_-]{1,64}$")] | None = None
 
     # Behaviour -----------------------------------------------------------------------------
     #: Most points one history answer may hold; beyond it the request is refused with 400.
@@ -185,6 +212,13 @@ class ApiSettings(YamlSettings):
     live_series_ttl_s: Annotated[float, Field(ge=1)] = 86_400.0
     #: Alert history (raised, acknowledged, resolved) is kept this many days.
     alert_history_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    #: The audit trail (``GET /v1/audit``: key, config, command, enrolment and alert
+    #: operations) is kept this many days, then pruned (hourly).
+    audit_keep_days: Annotated[int, Field(ge=1, le=36_500)] = 400
+    #: Gateway enrolment (``/v1/gateways/{id}/enrolment``, ``POST /v1/enrol``): claim
+    #: tokens, and the broker's dynamic-security admin that makes each gateway's user
+    #: (:mod:`api._settings_enrol`; docs/security.md, "Enrolment").
+    enrolment: EnrolSettings = Field(default_factory=EnrolSettings)
 
     # Dashboard -----------------------------------------------------------------------------
     #: Base map under the dashboard's drawing: an XYZ tile URL template with ``{z}``, ``{x}``,
@@ -249,6 +283,34 @@ class ApiSettings(YamlSettings):
             raise ValueError(
                 f"an InfluxDB password over plain http to a remote host ({host}) is refused: "
                 "use an https:// influx_url (or influx_allow_insecure for development)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ApiSettings:
+        replicas = self.influx_replicas
+        if not replicas:
+            return self
+        if "influx_url" in self.model_fields_set:
+            raise ValueError("set influx_url or influx_replicas, not both")
+        names = [r.name for r in replicas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"influx_replicas: names must be distinct, got {names}")
+        for r in replicas:
+            if (r.password is not None and not r.https and not is_loopback(r.host)
+                    and not self.influx_allow_insecure):
+                raise ValueError(
+                    f"influx_replicas {r.name}: a password over plain http to a remote host "
+                    f"({r.host}) is refused: use https:// (or influx_allow_insecure)"
+                )
+        lag = self.replica_lag
+        if any(r.durable for r in replicas) and not lag.servers:
+            raise ValueError("influx_replicas name durable consumers: set replica_lag.servers")
+        for server in lag.servers:
+            check_broker_security(
+                host=urlsplit(server).hostname or "", tls=lag.tls, has_password=lag.has_password,
+                allow_insecure=self.influx_allow_insecure, tls_key="replica_lag.tls",
+                allow_key="influx_allow_insecure",
             )
         return self
 

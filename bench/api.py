@@ -17,7 +17,14 @@ It starts its own mosquitto and influxd (smartcity._localstack) on free loopback
    sequentially, 200 times;
 4. ``live_p50_ms`` / ``live_p99_ms``: while a 1,000-gateway fleet process publishes 5,000
    readings/s, a probe publishes one reading every 20 ms carrying its send time; a WebSocket
-   client filtered to the probe device measures send-to-receive time.
+   client filtered to the probe device measures send-to-receive time. Where the time went
+   (``live_breakdown``, from the API's own histograms, scraped before and after the run):
+   ``smartcity_api_mqtt_handle_seconds`` (one broker message handled: every message behind
+   it waits that long; the fleet publishes its 1,000 messages per second in one burst),
+   ``smartcity_api_stream_delay_seconds`` (hub to the client's socket) and the event-loop lag;
+5. ``sta_observations_p50_ms`` / ``_p99_ms``: a SensorThings Observations page (100 points of
+   one Datastream, ``/sta/v1.1/Datastreams('...')/Observations``), sequentially, 200 times;
+   ``sta_thing_p50_ms`` / ``_p99_ms``: one Thing with its Datastreams and Locations expanded.
 
 Ceilings, measured in the same run (issue: a figure without its ceiling does not say whether
 it is our code or the machine):
@@ -28,7 +35,14 @@ it is our code or the machine):
   bare_max_rps (target >= 0.5);
 - ``live_bare_p99_ms``: a bare MQTT subscriber (paho, its own process) on the probe topic
   during the live run, send-to-receive time of the same probes: ``live_p99_ratio_to_bare`` =
-  live_p99 / live_bare_p99 (target <= 3).
+  live_p99 / live_bare_p99 (target <= 3). With ``--bare-all`` a second bare subscriber takes
+  every telemetry message of the run (the fleet's bursts too, as the API must) and times the
+  probes among them: ``live_bare_all_p99_ms``, ``live_p99_ratio_to_bare_all`` (off by
+  default: its CPU is taken from the API's, so the run is not comparable with one without);
+- ``sta_observations_ratio_to_influx``: the API's p99 for the Observations page over the
+  p99 of the same InfluxQL query sent straight to influxd (same client, same run);
+  ``sta_thing_ratio_to_bare``: the expanded Thing's p99 over the bare stack's p99 answering
+  a constant body of the same size.
 
 The load generator is a raw HTTP/1.1 client on asyncio (an HTTP library would measure itself).
 The last line of output is one JSON object.
@@ -51,6 +65,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _api_parts import (
+    BARE,
+    BARE_SUBSCRIBER,
+    FLEET,
+    breakdown,
+    counter,
+    influx_observations,
+    scrape,
+    sta_observations,
+    sta_thing,
+)
 
 ROOT = "bench"
 DATABASE = "bench"
@@ -119,10 +144,18 @@ class RawHttp:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
+        chunked = False
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        await self.reader.readexactly(length)
+            elif line.lower() == b"transfer-encoding: chunked":  # influxd's /query
+                chunked = True
+        if not chunked:
+            await self.reader.readexactly(length)
+            return status
+        while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+            await self.reader.readexactly(size + 2)
+        await self.reader.readuntil(b"\r\n")
         return status
 
     def close(self) -> None:
@@ -206,34 +239,30 @@ async def history(host: str, port: int, key: str, now_ns: int, n: int = 200) -> 
     return out
 
 
-BARE = """
-import sys
-import uvicorn
-from starlette.applications import Starlette
-from starlette.responses import Response
-from starlette.routing import Route
-
-body = sys.argv[2].encode()
-
-
-async def latest(request):
-    if not request.headers.get("x-api-key"):
-        return Response(status_code=401)
-    return Response(body, media_type="application/json")
-
-
-app = Starlette(routes=[Route("/v1/live/{gw}/{device}", latest)])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
-            log_config=None, access_log=False)
-"""
+async def sequential(host: str, port: int, key: str, path_of: Any, n: int = 200,
+                     what: str = "request") -> list[float]:
+    """``n`` GETs one after the other on one keep-alive connection; milliseconds each."""
+    conn = RawHttp(host, port, key)
+    await conn.open()
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        status = await conn.get(path_of(i))
+        out.append((time.perf_counter() - t) * 1000)
+        if status != 200:
+            raise SystemExit(f"{what} answered {status}: {path_of(i)}")
+    conn.close()
+    return out
 
 
-def bare_stack(key: str, body: bytes, seconds: float) -> float:
-    """Closed-loop req/s of the bare server stack answering ``body``."""
+def bare_stack(key: str, body: bytes, thing: bytes, seconds: float) -> tuple[float, list[float]]:
+    """Closed-loop req/s of the bare server stack answering ``body``, and its sequential
+    latencies answering ``thing``."""
     from smartcity._localstack import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE, str(port), body.decode()],
+    proc = subprocess.Popen([sys.executable, "-c", BARE, str(port), body.decode(),
+                             thing.decode()],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -250,73 +279,54 @@ def bare_stack(key: str, body: bytes, seconds: float) -> float:
         rps, errors = asyncio.run(closed_loop("127.0.0.1", port, key, seconds))
         if errors:
             raise SystemExit(f"the bare stack answered {errors} errors")
-        return rps
+        return rps, asyncio.run(sequential("127.0.0.1", port, key, lambda _i: "/thing"))
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-BARE_SUBSCRIBER = r"""
-import json, sys, time
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from telemetry import decode_batch
-
-out = []
-
-
-def on_message(_c, _u, msg):
-    now = time.time_ns()
-    for r in decode_batch(msg.payload).readings:
-        out.append((now - r.fields["sent"]) / 1e6)
+def _bare_subscriber(port: int, topic: str, probe: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_SUBSCRIBER, str(port), topic, probe],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("the bare subscriber did not start")
+    return proc
 
 
-c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-c.on_message = on_message
-c.connect("127.0.0.1", int(sys.argv[1]))
-c.subscribe(sys.argv[2], qos=0)
-c.loop_start()
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-sys.stdin.readline()
-c.loop_stop()
-sys.stdout.write(json.dumps(out) + "\n")
-"""
-
-
-FLEET = """
-import sys
-from simulators import FleetConfig, GatewayFleet
-fleet = GatewayFleet(FleetConfig(gateways=1000, devices_per_gateway=5, interval_s=1.0,
-                                 topic_root=sys.argv[1], port=int(sys.argv[2]), seed=7))
-fleet.run(duration_s=float(sys.argv[3]))
-"""
+def _bare_result(proc: subprocess.Popen[str]) -> list[float]:
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    result: list[float] = json.loads(proc.stdout.readline())
+    return result
 
 
 def live(
-    api_url: str, key: str, broker: Any, seconds: float
-) -> tuple[list[float], int, list[float]]:
+    api_url: str, key: str, broker: Any, seconds: float, *, bare_all: bool = False
+) -> tuple[list[float], int, list[float], list[float]]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
     from websockets.sync.client import connect
 
-    from telemetry import Batch, Reading, Topics, encode_batch
+    from telemetry import Batch, Reading, TopicKind, Topics, encode_batch
 
     fleet = subprocess.Popen(
         [sys.executable, "-c", FLEET, ROOT, str(broker.port), str(seconds + 10)]
     )
     latencies: list[float] = []
     topics = Topics(ROOT)
-    bare = subprocess.Popen(
-        [sys.executable, "-c", BARE_SUBSCRIBER, str(broker.port), topics.telemetry("probe-gw")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
+    probe_topic = topics.telemetry("probe-gw")
+    bares = [_bare_subscriber(broker.port, probe_topic, probe_topic)]
+    if bare_all:
+        bares.append(_bare_subscriber(
+            broker.port, topics.all_gateways(TopicKind.TELEMETRY), probe_topic))
     bare_latencies: list[float] = []
+    bare_all_latencies: list[float] = []
     try:
-        assert bare.stdout is not None
-        assert bare.stdin is not None
-        if bare.stdout.readline().strip() != "ready":
-            raise SystemExit("the bare subscriber did not start")
         time.sleep(4)  # births, first ticks
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect(broker.host, broker.port)
@@ -354,21 +364,24 @@ def live(
             thread.join(3)
         client.disconnect()
         client.loop_stop()
-        bare.stdin.write("\n")
-        bare.stdin.flush()
-        bare_latencies = json.loads(bare.stdout.readline())
+        bare_latencies = _bare_result(bares[0])
+        if bare_all:
+            bare_all_latencies = _bare_result(bares[1])
     finally:
         fleet.terminate()
         fleet.wait(30)
-        bare.kill()
-        bare.wait(30)
-    return latencies, sent, bare_latencies
+        for bare in bares:
+            bare.kill()
+            bare.wait(30)
+    return latencies, sent, bare_latencies, bare_all_latencies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--bare-all", action="store_true",
+                        help="also a bare subscriber to all telemetry (see the docstring)")
     args = parser.parse_args()
     # Run as a script, this file's directory comes first on sys.path and its name ("api")
     # would shadow the api package.
@@ -427,27 +440,46 @@ def main() -> None:
                 max_rps, max_errors = asyncio.run(
                     closed_loop("127.0.0.1", port, key, args.seconds))
                 print(f"latest closed loop: {max_rps:.0f} req/s, errors {max_errors}", flush=True)
-                sample = urllib.request.Request(  # noqa: S310
-                    f"{url}{_paths()[0]}", headers={"X-API-Key": key})
-                with urllib.request.urlopen(sample) as r:  # noqa: S310
-                    body = r.read()
-                bare_rps = bare_stack(key, body, args.seconds)
+                bodies = []
+                for path in (_paths()[0], sta_thing(0)):
+                    sample = urllib.request.Request(  # noqa: S310
+                        f"{url}{path}", headers={"X-API-Key": key})
+                    with urllib.request.urlopen(sample) as r:  # noqa: S310
+                        bodies.append(r.read())
+                bare_rps, bare_thing = bare_stack(key, bodies[0], bodies[1], args.seconds)
                 print(f"bare stack closed loop: {bare_rps:.0f} req/s "
                       f"(ratio {max_rps / bare_rps:.2f})", flush=True)
                 hist = asyncio.run(history("127.0.0.1", port, key, now))
                 print(f"history 24h/5m: p50 {_pct(hist, 50):.2f} ms, "
                       f"p99 {_pct(hist, 99):.2f} ms", flush=True)
-                live_lat, probes, bare_lat = live(url, key, broker, args.seconds)
+                sta_obs = asyncio.run(sequential("127.0.0.1", port, key, sta_observations,
+                                                 what="STA Observations"))
+                influx_obs = asyncio.run(sequential(influxd.host, influxd.port, key,
+                                                    influx_observations, what="influxd"))
+                sta_th = asyncio.run(sequential("127.0.0.1", port, key, sta_thing,
+                                                what="STA Thing"))
+                print(f"STA Observations page (100): p50 {_pct(sta_obs, 50):.2f} ms, p99 "
+                      f"{_pct(sta_obs, 99):.2f} ms; the same InfluxQL straight to influxd p50 "
+                      f"{_pct(influx_obs, 50):.2f} ms, p99 {_pct(influx_obs, 99):.2f} ms",
+                      flush=True)
+                print(f"STA Thing, Datastreams and Locations expanded ({len(bodies[1])} bytes): "
+                      f"p50 {_pct(sta_th, 50):.2f} ms, p99 {_pct(sta_th, 99):.2f} ms; bare "
+                      f"stack, same size: p50 {_pct(bare_thing, 50):.2f} ms, p99 "
+                      f"{_pct(bare_thing, 99):.2f} ms", flush=True)
+                before = scrape(url, key)
+                t = time.perf_counter()
+                live_lat, probes, bare_lat, bare_all_lat = live(
+                    url, key, broker, args.seconds, bare_all=args.bare_all)
+                metrics = scrape(url, key)
+                spent = breakdown(before, metrics, time.perf_counter() - t)
                 print(f"live: {len(live_lat)}/{probes} probes, p50 {_pct(live_lat, 50):.2f} ms,"
                       f" p99 {_pct(live_lat, 99):.2f} ms; bare subscriber p50 "
                       f"{_pct(bare_lat, 50):.2f} ms, p99 {_pct(bare_lat, 99):.2f} ms", flush=True)
-                request = urllib.request.Request(  # noqa: S310
-                    f"{url}/metrics", headers={"X-API-Key": key}
-                )
-                with urllib.request.urlopen(request) as r:  # noqa: S310
-                    metrics = r.read().decode()
-                readings = next((float(line.split()[1]) for line in metrics.splitlines()
-                                 if line.startswith("smartcity_api_readings_total")), 0.0)
+                if args.bare_all:
+                    print(f"bare subscriber to all telemetry: p50 {_pct(bare_all_lat, 50):.2f} "
+                          f"ms, p99 {_pct(bare_all_lat, 99):.2f} ms", flush=True)
+                print(f"live breakdown: {json.dumps(spent)}", flush=True)
+                readings = counter(metrics, "smartcity_api_readings_total")
             finally:
                 api.terminate()
                 api.wait(30)
@@ -467,6 +499,21 @@ def main() -> None:
         "live_bare_p50_ms": round(_pct(bare_lat, 50), 3),
         "live_bare_p99_ms": round(_pct(bare_lat, 99), 3),
         "live_p99_ratio_to_bare": round(_pct(live_lat, 99) / _pct(bare_lat, 99), 3),
+        "live_breakdown": spent,
+        "sta_observations_p50_ms": round(_pct(sta_obs, 50), 3),
+        "sta_observations_p99_ms": round(_pct(sta_obs, 99), 3),
+        "sta_observations_influx_p50_ms": round(_pct(influx_obs, 50), 3),
+        "sta_observations_influx_p99_ms": round(_pct(influx_obs, 99), 3),
+        "sta_observations_ratio_to_influx": round(_pct(sta_obs, 99) / _pct(influx_obs, 99), 3),
+        "sta_thing_p50_ms": round(_pct(sta_th, 50), 3),
+        "sta_thing_p99_ms": round(_pct(sta_th, 99), 3),
+        "sta_thing_bare_p50_ms": round(_pct(bare_thing, 50), 3),
+        "sta_thing_bare_p99_ms": round(_pct(bare_thing, 99), 3),
+        "sta_thing_ratio_to_bare": round(_pct(sta_th, 99) / _pct(bare_thing, 99), 3),
+        **({"live_bare_all_p50_ms": round(_pct(bare_all_lat, 50), 3),
+            "live_bare_all_p99_ms": round(_pct(bare_all_lat, 99), 3),
+            "live_p99_ratio_to_bare_all": round(_pct(live_lat, 99) / _pct(bare_all_lat, 99), 3)}
+           if args.bare_all else {}),
         "live_probes_received": len(live_lat),
         "live_probes_sent": probes,
         "api_readings_applied": readings,

@@ -20,6 +20,16 @@ in one run, measures:
 
 Publishing runs in this process, consumers in their own processes, as in production. The
 last line of output is one JSON object; with ``--repeat N`` its figures are medians.
+
+Where the time goes (``docs/ingest.md``):
+
+- every end-to-end phase also reports the CPU each process spent per reading during it
+  (``cpu_us_per_reading``: worker, influxd, broker, publisher; from ``/proc/<pid>/stat``) and
+  ``worker_busy``, the worker's CPU seconds per wall second (1.0: one core, all the time);
+  ``influx_direct_cpu_us_per_point`` is influxd's own cost in the direct phase;
+- ``--stages`` times the worker's pure steps in this process on the same payloads (CPU time,
+  best of 5: msgspec decode, name checks, conform, line protocol, request body) and exits;
+- ``--profile DIR`` runs the worker under cProfile and leaves ``DIR/worker-<phase>.prof``.
 """
 
 from __future__ import annotations
@@ -242,6 +252,82 @@ def bench_influx_direct(
     return asyncio.run(run())
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 if unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name: field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def bench_stages(messages: list[tuple[str, bytes]], readings: int) -> dict[str, float]:
+    """CPU ns per reading of each pure step of the worker, best of 5, in this process."""
+    import gc
+
+    # This file is "ingest" on sys.path[0] (bench/): import the package from the repo instead.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.modules.pop("ingest", None)
+    from ingest._batcher import MessageDecoder
+    from ingest._writer import _body
+    from telemetry import Conformer, Intake
+    from telemetry._codec import _batch_decoder, _check_batch_names
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(5):
+            gc.collect()
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+        return min(times) * 1e9 / readings
+
+    payloads = [p for _, p in messages]
+    batches = [_batch_decoder.decode(p) for p in payloads]
+    now = time.time()
+    now_ns = int(now * 1e9)
+    topics = Topics(ROOT)
+    enc = LineProtocolEncoder()
+    out: dict[str, float] = {}
+    out["msgspec_decode"] = best(lambda: [_batch_decoder.decode(p) for p in payloads])
+    out["check_names"] = best(lambda: [_check_batch_names(b) for b in batches])
+
+    def conform() -> None:
+        c = Conformer(max_clock_skew_s=300, max_series_per_gateway=20_000)
+        for b in batches:
+            c.conform_all(b.readings, now_ns, gateway=b.gateway)
+
+    out["conform"] = best(conform)
+    out["line_protocol"] = best(lambda: [enc.line_list(b.gateway, b.readings) for b in batches])
+
+    def intake() -> None:  # conform + line protocol in one pass, as the worker does
+        i = Intake(max_clock_skew_s=300, max_series_per_gateway=20_000)
+        for b in batches:
+            i.encode(b.gateway, b.readings, now_ns)
+
+    out["intake_conform_and_encode"] = best(intake)
+
+    def decode_all() -> list[Any]:
+        d = MessageDecoder(topics, worker="w", max_clock_skew=300, max_series_per_gateway=20_000)
+        return [d.decode(t, p, dup=False, now=now)[0] for t, p in messages]
+
+    out["message_decoder_total"] = best(decode_all)
+    chunks = decode_all()
+    out["request_body"] = best(
+        lambda: [_body([c.lines for c in chunks[i : i + 50]]) for i in range(0, len(chunks), 50)]
+    )
+    return {k: round(v) for k, v in out.items()}
+
+
 def _metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
@@ -276,8 +362,11 @@ def bench_end_to_end(
             }
         )
     )
+    profile = [] if args.profile is None else [
+        "-m", "cProfile", "-o", str(Path(args.profile).resolve() / f"worker-{db}.prof")
+    ]
     worker = subprocess.Popen(
-        [PYTHON, "-m", "ingest", "run", "--config", str(config)], cwd=REPO,
+        [PYTHON, *profile, "-m", "ingest", "run", "--config", str(config)], cwd=REPO,
         stderr=open(tmp / f"worker-{db}.log", "wb"),  # noqa: SIM115
     )
     try:
@@ -288,7 +377,10 @@ def bench_end_to_end(
             time.sleep(0.1)
         time.sleep(0.5)  # the SUBACK follows the CONNACK
         pub = Publisher(mq.port)
+        pids = {"worker": worker.pid, "influxd": ix.pid, "broker": mq.pid}
         try:
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            cpu0["publisher"] = own_cpu_seconds()
             start = pub.publish_all(messages)
             deadline = time.monotonic() + 600
             written = 0.0
@@ -296,6 +388,8 @@ def bench_end_to_end(
                 time.sleep(0.05)  # polling /metrics costs the worker CPU too
                 written = _metric(metrics_port, "smartcity_ingest_readings_written_total") or 0
             end = time.monotonic()
+            cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+            cpu["publisher"] = own_cpu_seconds() - cpu0["publisher"]
             pub.done.wait(30)
         finally:
             pub.close()
@@ -310,6 +404,8 @@ def bench_end_to_end(
             "lost": max(0, expected - stored),
             "duplicates": max(0, stored - expected),
             "rewritten": max(0.0, written - expected),
+            "worker_busy": cpu["worker"] / (end - start),
+            **{f"cpu_us_per_reading_{name}": v * 1e6 / expected for name, v in cpu.items()},
         }
     finally:
         worker.terminate()
@@ -326,6 +422,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--receive-maximum", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--stages", action="store_true",
+                        help="time the worker's pure steps in this process, then exit")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run the worker under cProfile, profiles into DIR")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the services started below are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -334,15 +434,21 @@ def main() -> None:
     messages, batches = make_payloads(args.readings, args.gateways, 100, base_ts)
     # Singles are stamped 20 minutes before the batches: distinct points, and in the past, since
     # ingest refuses readings stamped beyond its clock-skew allowance.
+    if args.stages:
+        print(json.dumps({"ns_per_reading_cpu": bench_stages(messages, args.readings),
+                          "readings": args.readings}), flush=True)
+        return
     singles, _ = make_payloads(args.single_messages, args.gateways, 1, base_ts - 1200 * 10**9)
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         with Mosquitto(data_dir=tmp / "mosquitto") as mq, Influxd(data_dir=tmp / "influxd") as ix:
             for run in range(args.repeat):
+                influx_cpu0 = cpu_seconds(ix.pid)
                 direct_s = bench_influx_direct(
                     ix, f"direct{run}", batches, args.batch_size, args.concurrency
                 )
+                direct_cpu = cpu_seconds(ix.pid) - influx_cpu0
                 bare_s = bench_broker_bare(mq, messages)
                 e2e = bench_end_to_end(
                     mq, ix, f"e2e{run}", messages, args.readings, args, tmp
@@ -360,6 +466,8 @@ def main() -> None:
                     "single_reading_msgs_per_s": single["rate"],
                     "single_lost": single["lost"],
                     "single_duplicates": single["duplicates"],
+                    "influx_direct_cpu_us_per_point": direct_cpu * 1e6 / args.readings,
+                    **{k: v for k, v in e2e.items() if k.startswith(("cpu_", "worker_"))},
                 }
                 r["ratio_to_limit"] = r["readings_per_s"] / min(
                     r["influx_direct_points_per_s"], r["broker_bare_readings_per_s"]

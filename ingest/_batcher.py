@@ -2,8 +2,9 @@
 
 ::
 
-    (topic, payload, dup) ──decode──▶ conform (telemetry.Conformer: vocabulary types,
-                             │           reserved measurements, clock skew, control chars)
+    (topic, payload, dup) ──decode──▶ conform + encode in one pass (telemetry.Intake:
+                             │           vocabulary types, reserved measurements, clock
+                             │           skew, control chars, series budget)
                              ├───────▶ Chunk: a list of lines, one per valid reading, then
                              │          one bookkeeping line (ingest_batch)
                              └───────▶ Refusal: the whole message, or the refused readings
@@ -34,8 +35,7 @@ from ingest._ledger import Entry
 from ingest._writer import RefusedPart
 from telemetry import (
     DEFAULT_MAX_CLOCK_SKEW_S,
-    Conformer,
-    LineProtocolEncoder,
+    Intake,
     Nonconformity,
     PayloadError,
     Reading,
@@ -149,10 +149,11 @@ def _item(index: int, why: Nonconformity, reading: Reading) -> RejectedItem:
 
 
 class MessageDecoder:
-    """Validates a message against the telemetry contract and the vocabulary
-    (:class:`telemetry.Conformer`) and encodes its line protocol."""
+    """Validates a message against the telemetry contract and the vocabulary and encodes its
+    line protocol (:class:`telemetry.Intake`: the conformer's checks and the encoder in one
+    pass)."""
 
-    __slots__ = ("_conformer", "_encoder", "_topics", "_worker")
+    __slots__ = ("_intake", "_topics", "_worker")
 
     def __init__(
         self, topics: Topics, *, worker: str,
@@ -161,8 +162,7 @@ class MessageDecoder:
     ) -> None:
         self._topics = topics
         self._worker = worker
-        self._encoder = LineProtocolEncoder()
-        self._conformer = Conformer(
+        self._intake = Intake(
             max_clock_skew_s=max_clock_skew, max_series_per_gateway=max_series_per_gateway or None
         )
 
@@ -218,17 +218,15 @@ class MessageDecoder:
         ]
         bad = {r.index for r in decoded.rejected}
         decoded_index = [i for i in range(total) if i not in bad] if bad else None
-        readings, nonconforming = self._conformer.conform_all(
-            batch.readings, received_ns, gateway=gateway
-        )
-        for n, why in nonconforming:
+        encoded = self._intake.encode(gateway, batch.readings, received_ns)
+        for n, why in encoded.refused:
             index = decoded_index[n] if decoded_index else n
             items.append(_item(index, why, batch.readings[n]))
             bad.add(index)
         codes: dict[str, int] = {}
         for item in items:
             codes[item.code or "contract"] = codes.get(item.code or "contract", 0) + 1
-        n_good = len(readings)
+        n_good = encoded.kept
         refusal: Refusal | None = None
         good_index: list[int] | None = None
         if items:
@@ -240,8 +238,11 @@ class MessageDecoder:
             )
             good_index = [i for i in range(total) if i not in bad]
         # With no valid reading there is no device time: the ingest clock's hour it is.
-        newest = max(r.ts for r in readings) if n_good else received_ns // _HOUR_NS * _HOUR_NS
-        lines = self._encoder.line_list(gateway, readings)
+        newest = (
+            encoded.newest_ts if encoded.newest_ts is not None
+            else received_ns // _HOUR_NS * _HOUR_NS
+        )
+        lines = encoded.lines
         lines.append(bookkeeping_line(
             gateway=gateway, seq=batch.seq, newest_ts=newest, readings=n_good,
             rejected=len(items), dup=dup, worker=self._worker, received_ns=received_ns,

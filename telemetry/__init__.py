@@ -5,6 +5,7 @@
 - :class:`Topics`: the versioned MQTT topic namespace;
 - :class:`Birth`, :class:`Death`, :class:`Health`, config and command messages;
 - :class:`LineProtocolEncoder`: readings to InfluxDB line protocol;
+- :class:`Intake`: conformance and line protocol in one pass (ingest's hot path);
 - :data:`MEASUREMENTS`: the Smart Data Models vocabulary the platform knows;
 - :class:`Conformer`: a decoded reading made fit for storage (vocabulary types, reserved
   measurements, clock skew, control characters) or refused with a reason;
@@ -56,6 +57,7 @@ from telemetry._errors import (
     UnsupportedVersion,
 )
 from telemetry._gtfs import format_gtfs_time, parse_gtfs_time, service_day_anchor
+from telemetry._intake import Intake, IntakeResult
 from telemetry._lineprotocol import (
     LineProtocolEncoder,
     escape_measurement,
@@ -73,6 +75,7 @@ from telemetry._messages import (
     Health,
     Location,
     SpoolHealth,
+    UpdateReport,
     decode_message,
     decode_status,
     encode_message,
@@ -148,6 +151,8 @@ __all__ = [
     "FieldSpec",
     "FieldValue",
     "Health",
+    "Intake",
+    "IntakeResult",
     "InvalidCommand",
     "InvalidPayload",
     "LineProtocolEncoder",
@@ -168,6 +173,7 @@ __all__ = [
     "TopicKind",
     "Topics",
     "UnsupportedVersion",
+    "UpdateReport",
     "bookkeeping_line",
     "bookkeeping_ts",
     "check_cluster_id",

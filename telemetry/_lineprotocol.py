@@ -17,8 +17,10 @@ Point identity in InfluxDB is measurement + tag set + timestamp, so the tag set 
 
 Speed comes from caches and from formatting numbers in bulk, not from cleverness per reading:
 
-- the escaped measurement + tag set prefix is cached per (measurement, gateway, device, tags);
-- the field set is a ``%s`` template cached per (measurement, field names, value types);
+- a line's whole ``%s`` template (escaped measurement and tag set, field names, quality and
+  clock) is cached per (gateway, measurement, device, tags, field names, value types,
+  quality, clock): one dictionary lookup per reading. Its parts are cached apart, so a
+  new device or a cleared cache costs a concatenation, not an escape;
 - the numbers and booleans of a whole body are rendered by one ``msgspec.json`` call (C float
   formatting with the shortest round-trip digits, ~7x faster than ``repr``) and split;
   readings carrying string fields take a per-reading path with line-protocol escaping.
@@ -27,7 +29,7 @@ Speed comes from caches and from formatting numbers in bulk, not from cleverness
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 import msgspec
 
@@ -52,6 +54,11 @@ def escape_string_field(text: str) -> str:
 
 
 _CACHE_LIMIT: Final = 100_000
+#: gateway, measurement, device, tag items, field names, value types, quality, clock
+LineKey: TypeAlias = tuple[
+    str, str, str, tuple[tuple[str, str], ...] | None, tuple[str, ...], tuple[type, ...], str,
+    str,
+]
 
 
 class LineProtocolEncoder:
@@ -62,13 +69,16 @@ class LineProtocolEncoder:
     The encoder is not thread-safe (its caches are plain dicts): use one per thread.
     """
 
-    __slots__ = ("_extra_tags", "_json", "_prefixes", "_suffixes", "_templates")
+    __slots__ = ("_extra_tags", "_json", "_lines", "_prefixes", "_suffixes", "_templates")
 
     def __init__(self, *, extra_tags: Mapping[str, str] | None = None) -> None:
         self._extra_tags = dict(extra_tags or {})
         self._prefixes: dict[tuple[str, str, str, tuple[tuple[str, str], ...] | None], str] = {}
         self._templates: dict[tuple[str, tuple[str, ...], tuple[type, ...]], _Template] = {}
         self._suffixes: dict[tuple[str, str], str] = {}
+        # The whole line's template per reading shape (see the module docstring); None for
+        # a shape with string fields (those are escaped per reading).
+        self._lines: dict[LineKey, str | None] = {}
         self._json = msgspec.json.Encoder()
 
     def encode(self, gateway: str, readings: Iterable[Reading]) -> bytes:
@@ -94,57 +104,107 @@ class LineProtocolEncoder:
         return [self._body(gateway, (r,)).encode()[:-1] for r in readings]
 
     def _body(self, gateway: str, readings: Iterable[Reading]) -> str:
-        prefixes, templates, suffixes = self._prefixes, self._templates, self._suffixes
+        lines_cache = self._lines
         # Pass 1: per reading, the line's %-template (prefix + fields + suffix + time) and
         # its numeric values (fields then timestamp) queued in one flat list.
         shapes: list[str] = []
         flat: list[object] = []
         shape = shapes.append
         queue = flat.extend
+        push = flat.append
         for r in readings:
             tags = r.tags
-            pkey = (r.measurement, gateway, r.device, tuple(tags.items()) if tags else None)
-            prefix = prefixes.get(pkey)
-            if prefix is None:
-                prefix = self._prefix(r.measurement, gateway, r.device, tags)
-                if len(prefixes) >= _CACHE_LIMIT:
-                    prefixes.clear()
-                prefixes[pkey] = prefix
             fields = r.fields
-            values = tuple(fields.values())
-            tkey = (r.measurement, tuple(fields), tuple(map(type, values)))
-            template = templates.get(tkey)
-            if template is None:
-                template = _Template.build(*tkey)
-                if len(templates) >= _CACHE_LIMIT:
-                    templates.clear()
-                templates[tkey] = template
-            skey = (r.quality, r.clock)
-            suffix = suffixes.get(skey)
-            if suffix is None:
-                suffix = f',quality="{r.quality}"'
-                if r.clock != "device":
-                    suffix += f',clock="{r.clock}"'
-                suffix += " %s\n"
-                suffixes[skey] = suffix
-            if template.has_strings:
+            key = (
+                gateway, r.measurement, r.device, tuple(tags.items()) if tags else None,
+                tuple(fields), tuple(map(type, fields.values())), r.quality, r.clock,
+            )
+            if key in lines_cache:
+                line = lines_cache[key]
+            else:
+                line = self._line(key)
+                if len(lines_cache) >= _CACHE_LIMIT:
+                    lines_cache.clear()
+                lines_cache[key] = line
+            if line is None:
                 # Rare: string fields need line-protocol escaping, done here, and the
                 # finished line is %-escaped so the body-wide format leaves it alone.
-                escaped = tuple(escape_string_field(v) if type(v) is str else v for v in values)
-                text = (template.slow % escaped).replace("%", "%%")
-                shape(f"{prefix}{text}{suffix}")
-                flat.append(r.ts)
+                shape(self._string_line(gateway, r))
             else:
-                shape(prefix + template.fast + suffix)
-                queue(values)
-                flat.append(r.ts)
+                shape(line)
+                queue(fields.values())
+            push(r.ts)
+        return self._render(shapes, flat)
+
+    def _render(self, shapes: list[str], flat: list[object]) -> str:
+        """Pass 2: one C call renders every number, boolean and timestamp (msgspec's float
+        formatting is the shortest round-trip form, ~7x faster than repr), one format
+        operation splices them into the whole body."""
         if not shapes:
             return ""
-        # Pass 2: one C call renders every number, boolean and timestamp (msgspec's float
-        # formatting is the shortest round-trip form, ~7x faster than repr), one format
-        # operation splices them into the whole body.
         parts = self._json.encode(flat)[1:-1].decode().split(",")
         return "".join(shapes) % tuple(parts)
+
+    def _line(self, key: LineKey) -> str | None:
+        """The %-template of a line of this shape (``None``: it has string fields)."""
+        gateway, measurement, device, tag_items, names, types, quality, clock = key
+        template = self._template(measurement, names, types)
+        if template.has_strings:
+            return None
+        return (
+            self._prefix_of(measurement, gateway, device, tag_items)
+            + template.fast + self._suffix(quality, clock)
+        )
+
+    def _string_line(self, gateway: str, r: Reading) -> str:
+        """A line with string fields, rendered but for its timestamp (``%s``)."""
+        tags = r.tags
+        values = tuple(r.fields.values())
+        template = self._template(r.measurement, tuple(r.fields), tuple(map(type, values)))
+        escaped = tuple(escape_string_field(v) if type(v) is str else v for v in values)
+        text = (template.slow % escaped).replace("%", "%%")
+        prefix = self._prefix_of(
+            r.measurement, gateway, r.device, tuple(tags.items()) if tags else None
+        )
+        return f"{prefix}{text}{self._suffix(r.quality, r.clock)}"
+
+    def _prefix_of(
+        self, measurement: str, gateway: str, device: str,
+        tag_items: tuple[tuple[str, str], ...] | None,
+    ) -> str:
+        prefixes = self._prefixes
+        pkey = (measurement, gateway, device, tag_items)
+        prefix = prefixes.get(pkey)
+        if prefix is None:
+            prefix = self._prefix(measurement, gateway, device, dict(tag_items or ()))
+            if len(prefixes) >= _CACHE_LIMIT:
+                prefixes.clear()
+            prefixes[pkey] = prefix
+        return prefix
+
+    def _template(
+        self, measurement: str, names: tuple[str, ...], types: tuple[type, ...]
+    ) -> _Template:
+        templates = self._templates
+        tkey = (measurement, names, types)
+        template = templates.get(tkey)
+        if template is None:
+            template = _Template.build(*tkey)
+            if len(templates) >= _CACHE_LIMIT:
+                templates.clear()
+            templates[tkey] = template
+        return template
+
+    def _suffix(self, quality: str, clock: str) -> str:
+        skey = (quality, clock)
+        suffix = self._suffixes.get(skey)
+        if suffix is None:
+            suffix = f',quality="{quality}"'
+            if clock != "device":
+                suffix += f',clock="{clock}"'
+            suffix += " %s\n"
+            self._suffixes[skey] = suffix
+        return suffix
 
     def _prefix(
         self, measurement: str, gateway: str, device: str, tags: Mapping[str, str]

@@ -118,8 +118,10 @@ async def _pump(
         if dropped:
             services.metrics.stream_dropped.inc(dropped)
             await emit(json.dumps({"type": "dropped", "count": dropped}))
+        observe, clock = services.metrics.stream_delay.observe, time.perf_counter
         for event in events:
             await emit(event.data.decode())
+            observe(clock() - event.published)
 
 
 class _SlowClient(Exception):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Literal, Self
@@ -84,6 +85,8 @@ _BACKOFF: Final = Backoff(initial=1.0, maximum=30.0)
 #: Publishes waiting for their PUBACK at once (config pushes, gap repair's commands).
 _MAX_INFLIGHT: Final = 100
 _REFUSED: Final = 0x80
+#: The consumer gives the event loop back at least this often while messages are queued.
+_HOLD_LOOP_S: Final = 0.002
 
 
 def prepare_broker(mqtt: MqttSettings) -> ssl.SSLContext | None:
@@ -147,8 +150,19 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
 
     def on_response(self, handler: ResponseHandler) -> None:
-        """Receive answers to this API's commands (set before entering)."""
-        self._responses = handler
+        """Receive answers to this API's commands (set before entering). Several handlers
+        (gap repair, the command endpoint) each see every answer and take their own
+        correlations."""
+        first = self._responses
+        if first is None:
+            self._responses = handler
+            return
+
+        def both(topic: str, correlation: bytes | None, payload: bytes) -> None:
+            first(topic, correlation, payload)
+            handler(topic, correlation, payload)
+
+        self._responses = both
 
     def response_topic(self, gateway: str) -> str:
         return self.topics.command_response(gateway, self.client_id)
@@ -253,11 +267,21 @@ class BrokerLink:
 
     async def _consume(self, session: MqttSession) -> None:
         handler, suffix = self._handler, self._response_suffix
+        observe, clock = self._metrics.mqtt_handle.observe, time.perf_counter
+        held_since = clock()
         async for msg in session.messages():
             if msg.topic.endswith(suffix) and self._responses is not None:
                 self._response(msg)
             else:
+                start = clock()
                 handler(msg.topic, msg.payload)
+                observe(clock() - start)
+            # While messages are queued, taking the next one never suspends: a burst of a
+            # thousand gateways would hold the loop until it is handled, and the live events
+            # it made (and HTTP requests) would wait for the whole of it.
+            if clock() - held_since > _HOLD_LOOP_S:
+                await asyncio.sleep(0)
+                held_since = clock()
 
     def _response(self, msg: Message) -> None:
         assert self._responses is not None
@@ -290,18 +314,23 @@ class BrokerLink:
     async def publish(
         self, topic: str, payload: bytes, *, qos: Literal[0, 1] = 1, retain: bool = False,
         wait_s: float = 10.0, response_topic: str | None = None,
-        correlation: bytes | None = None,
+        correlation: bytes | None = None, expiry_s: int | None = None,
     ) -> int:
         """Publish and wait up to ``wait_s`` for the broker's acknowledgement (MQTT v5
         request/response: ``response_topic`` and ``correlation`` data, optional); return
-        the PUBACK reason code (0, or 0x10 when nobody subscribes). :class:`UpstreamUnavailable`
-        when not connected, lost, refused (>= 0x80) or not acknowledged in time."""
+        the PUBACK reason code (0, or 0x10 when nobody subscribes). ``expiry_s``: the MQTT v5
+        message expiry (the broker drops it undelivered after that; 3.1.1: none).
+        :class:`UpstreamUnavailable` when not connected, lost, refused (>= 0x80) or not
+        acknowledged in time."""
         props = None
         if (response_topic is not None or correlation is not None) and not self._v5:
             # MQTT 3.1.1 (no properties): the reply address goes in the request's body.
             payload = _with_reply_address(payload, response_topic, correlation)
-        elif response_topic is not None or correlation is not None:
-            props = publish_properties(response_topic=response_topic, correlation_data=correlation)
+        elif self._v5 and (
+            response_topic is not None or correlation is not None or expiry_s is not None
+        ):
+            props = publish_properties(response_topic=response_topic, correlation_data=correlation,
+                                       message_expiry_s=expiry_s)
         try:
             async with asyncio.timeout(wait_s):
                 reason = await self.session.publish(

@@ -50,6 +50,7 @@ __all__ = [
     "select_latest",
     "select_present_seqs",
     "select_previous_max_seq",
+    "select_replay",
     "show_measurements",
 ]
 
@@ -209,6 +210,29 @@ def select_entity_history(
     order = (f"ORDER BY time DESC LIMIT {int(last)}" if last
              else f"ORDER BY time ASC LIMIT {int(limit)}")
     return f"SELECT {select} FROM {quote_ident(measurement)} WHERE {where} {order}"  # noqa: S608
+
+
+# -- timeline replay --------------------------------------------------------------------------
+
+
+def select_replay(measurement: str, start_ns: int, end_ns: int, step_s: int, max_series: int,
+                  ) -> str:
+    """The timeline replay's statement for one measurement, grouped by time step and series:
+    the vehicles' last position (``Vehicle``) or the links' mean speed over their lanes
+    (``TrafficFlowObserved``); every value is an int or a constant of this function."""
+    if measurement == "Vehicle":
+        select = 'last("latitude") AS "lat", last("longitude") AS "lon"'
+    elif measurement == "TrafficFlowObserved":
+        select = 'mean("averageVehicleSpeed") AS "speed"'
+    else:
+        raise ValueError(f"no replay of {measurement!r}")
+    return (
+        f"SELECT {select} FROM {quote_ident(measurement)} "  # noqa: S608
+        f"WHERE time >= {int(start_ns)} AND time < {int(end_ns)} "
+        f'GROUP BY time({int(step_s)}s), "gateway", "device" fill(none) '
+        f"SLIMIT {int(max_series)}"
+    )
+
 
 
 # -- SensorThings Observations ---------------------------------------------------------------

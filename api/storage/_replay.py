@@ -1,12 +1,9 @@
 """The city as it was: vehicles' positions and traffic links' speeds per time step, for the
 dashboard's timeline replay (``GET /v1/transport/replay``).
 
-Two InfluxQL statements, one per measurement, each grouped by time step and by series::
-
-    SELECT last("latitude"), last("longitude") FROM "Vehicle"
-      WHERE time >= start AND time < end GROUP BY time(step), "gateway", "device" fill(none)
-    SELECT mean("averageVehicleSpeed") FROM "TrafficFlowObserved"   (lanes averaged)
-      WHERE ... GROUP BY time(step), "gateway", "device" fill(none)
+Two statements (:func:`api.storage._queries.select_replay`), one per measurement, each
+grouped by time step and by series: the vehicles' last latitude and longitude, the links' mean
+speed (lanes averaged).
 
 The answer is columnar (one list per series, one slot per step, ``null`` where the series had
 no point in the step), so six hours of a city of a few hundred links at 5-minute steps is a
@@ -23,9 +20,9 @@ import msgspec
 
 from api._params import iso
 from api.storage._influx import InfluxClient
-from api.storage._queries import quote_ident
+from api.storage._queries import select_replay
 
-__all__ = ["ReplayFrames", "ReplayLink", "ReplayVehicle", "read_replay", "select_replay"]
+__all__ = ["ReplayFrames", "ReplayLink", "ReplayVehicle", "read_replay"]
 
 _VEHICLE: Final = "Vehicle"
 _LINK: Final = "TrafficFlowObserved"
@@ -59,24 +56,6 @@ class ReplayFrames(msgspec.Struct):
     times: list[str]
     vehicles: list[ReplayVehicle]
     links: list[ReplayLink]
-
-
-def select_replay(measurement: str, start_ns: int, end_ns: int, step_s: int, max_series: int,
-                  ) -> str:
-    """The grouped statement of one replay measurement (``Vehicle`` or
-    ``TrafficFlowObserved``); every value is an int or a constant of this module."""
-    if measurement == _VEHICLE:
-        select = 'last("latitude") AS "lat", last("longitude") AS "lon"'
-    elif measurement == _LINK:
-        select = 'mean("averageVehicleSpeed") AS "speed"'
-    else:
-        raise ValueError(f"no replay of {measurement!r}")
-    return (
-        f"SELECT {select} FROM {quote_ident(measurement)} "  # noqa: S608
-        f"WHERE time >= {int(start_ns)} AND time < {int(end_ns)} "
-        f'GROUP BY time({int(step_s)}s), "gateway", "device" fill(none) '
-        f"SLIMIT {int(max_series)}"
-    )
 
 
 def _number(value: object) -> float | None:

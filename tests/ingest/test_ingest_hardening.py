@@ -101,17 +101,17 @@ def test_an_unexpected_exception_becomes_the_messages_dead_letter() -> None:
         pass
 
     class Exploding:
-        def line_list(self, *_a: object) -> list[bytes]:
+        def encode(self, *_a: object) -> object:
             raise Boom("kaput")
 
-    decoder._encoder = Exploding()  # type: ignore[assignment]
+    decoder._intake = Exploding()  # type: ignore[assignment]
     payload = msgspec.json.encode({"v": 1, "gw": "gw-1", "seq": 1, "r": [
         {"d": "d", "m": "TrafficFlowObserved", "t": TS, "f": {"intensity": 1.0}}]})
     chunk, refusal = decoder.decode(f"{ROOT}/v1/gw-1/telemetry", payload, dup=False, now=NOW)
     assert chunk is None
     assert refusal is not None
     assert (refusal.stage, refusal.kind, refusal.gateway) == ("internal", "internal_error", "gw-1")
-    assert refusal.reason.startswith("Boom: kaput at line_list (test_ingest_hardening.py:")
+    assert refusal.reason.startswith("Boom: kaput at encode (test_ingest_hardening.py:")
 
 
 def test_internal_refusal_names_the_innermost_frames_first() -> None:
