@@ -44,6 +44,7 @@ from api.state import (
     AlertTransition,
     AreaMap,
     BrokerLink,
+    ConfigPushes,
     Event,
     GapRepair,
     GatewayCommands,
@@ -200,6 +201,11 @@ class Services:
         self._history = AlertHistory(self.db, self.metrics, keep_days=settings.alert_history_days)
         #: The audit trail (api.storage._audit; ``GET /v1/audit``), pruned by ``.audit``.
         self.audit = AuditLog(self.db, keep_days=settings.audit_keep_days)
+        #: Config pushes waiting for the gateway's report (their audit entries' results).
+        self.config_pushes = ConfigPushes(
+            self.audit, on_failed=self.metrics.audit_failed.inc,
+            name=f"api[{settings.mqtt.client_id}]",
+        )
         #: Gateway enrolment (api.routes._enrolment): the broker's dynamic-security admin
         #: (None: not configured) and the per-address limit of token redemptions.
         enrol = settings.enrolment
@@ -271,6 +277,7 @@ class Services:
             elif kind is TopicKind.CONFIG_REPORTED and payload:
                 reported = decode_message(payload, ConfigReported)
                 self.inventory.gateway(gateway).config_reported = msgspec.to_builtins(reported)
+                self.config_pushes.answered(gateway, reported)
         except PayloadError as exc:
             self.metrics.mqtt_invalid.labels(kind.value).inc()
             log.debug("invalid payload", extra={"topic": topic, "reason": str(exc)})

@@ -26,24 +26,33 @@ Hierarchy: ``EdgeError`` > ``UpdateError`` (anything that stops an update before
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 from edge_agent._errors import CommandError, EdgeError
+from edge_agent._releases import (
+    LOCK_NAME,
+    PROJECT,
+    SHA256_RE,
+    PidfileRestarter,
+    Restarter,
+    SystemdRestarter,
+    UpdateError,
+    fetch,
+    install_release,
+    release_lock,
+    run_tool,
+    source_version,
+    spool_schema,
+    switch_current,
+)
 
 __all__ = [
     "REQUEST_NAME",
@@ -53,6 +62,7 @@ __all__ = [
     "UpdateError",
     "UpdateOptions",
     "UpdateResult",
+    "fetch",
     "install_release",
     "order_update",
     "read_request",
@@ -61,19 +71,9 @@ __all__ = [
 ]
 
 log: Final = logging.getLogger("edge_agent")
+Status = Literal["pending", "ok", "failed", "rolled_back", "rollback_failed"]
 RESULT_NAME: Final = "last-update.json"
 REQUEST_NAME: Final = "update-request.json"
-LOCK_NAME: Final = "smartcity-lock.txt"
-PROJECT: Final = "smartcity-telemetry"
-MAX_DOWNLOAD: Final = 512 * 1024 * 1024
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_WHEEL = re.compile(r"smartcity_telemetry-([0-9][A-Za-z0-9.+!_]*)-[^/]*\.whl")
-_PINNED = re.compile(r"^smartcity[-_]telemetry==([0-9][A-Za-z0-9.+!]*)", re.MULTILINE | re.I)
-Status = Literal["pending", "ok", "failed", "rolled_back", "rollback_failed"]
-
-
-class UpdateError(EdgeError):
-    """An update that cannot go on (bad source, checksum, install, new release refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +140,7 @@ def order_update(state_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     url, sha, deadline = args.get("url"), args.get("sha256"), args.get("deadline", 120)
     if not isinstance(url, str) or len(url) > 2048 or not url.startswith(("https://", "http://")):
         raise CommandError("update: url must be an http(s) URL of at most 2048 characters")
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+    if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower()):
         raise CommandError("update: sha256 must be 64 hex digits")
     if isinstance(deadline, bool) or not isinstance(deadline, int | float):
         raise CommandError("update: deadline must be a number of seconds")
@@ -173,242 +173,13 @@ def read_request(path: Path, allowed_prefixes: list[str]) -> tuple[str, str, flo
     except KeyError as exc:
         raise UpdateError(f"update request {path}: missing {exc}") from exc
     url, sha, deadline = order_update_check.values()
-    if not isinstance(url, str) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+    if not isinstance(url, str) or not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
         raise UpdateError(f"update request {path}: bad url or sha256")
     if not isinstance(deadline, int | float) or not 10 <= deadline <= 3600:
         raise UpdateError(f"update request {path}: bad deadline")
     if not any(url.startswith(p) for p in allowed_prefixes):
         raise UpdateError(f"update request: {url} is not under an --allow-url-prefix")
     return url, sha, float(deadline)
-
-
-# -- restarting the agent -----------------------------------------------------------------------
-class Restarter(Protocol):
-    def restart(self) -> None: ...
-
-    def exited(self) -> int | None:
-        """The new agent's exit code if it is known to have exited."""
-
-
-class SystemdRestarter:
-    """``systemctl restart <unit>`` (the agent runs under systemd)."""
-
-    def __init__(self, unit: str) -> None:
-        self.unit = unit
-
-    def restart(self) -> None:
-        res = subprocess.run(
-            ["systemctl", "restart", self.unit], capture_output=True, text=True, timeout=120
-        )
-        if res.returncode != 0:
-            log.warning("systemctl restart failed", extra={"unit": self.unit, "err": res.stderr})
-
-    def exited(self) -> int | None:
-        return None  # systemd restarts a crashing agent: only the deadline decides
-
-
-class PidfileRestarter:
-    """Without systemd (containers, tests): stop the pid in ``pidfile`` (SIGTERM, SIGKILL
-    after ``stop_timeout_s``), start ``command`` detached, write its pid."""
-
-    def __init__(
-        self, pidfile: Path, command: list[str], log_path: Path, stop_timeout_s: float = 30
-    ) -> None:
-        self.pidfile, self.command, self.log_path = pidfile, command, log_path
-        self.stop_timeout_s = stop_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def restart(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            _stop_pid(int(self.pidfile.read_text().strip()), self.stop_timeout_s)
-        if self._proc is not None and self._proc.poll() is None:
-            _stop_pid(self._proc.pid, self.stop_timeout_s)
-        with self.log_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                self.command,
-                stdout=out,
-                stderr=out,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd="/",
-            )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
-
-    def exited(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
-
-
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return  # gone
-        if state == "Z":
-            return  # exited, not reaped by its parent yet
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-# -- installing a release -----------------------------------------------------------------------
-def fetch(source: str, downloads: Path, sha256: str | None) -> tuple[Path, str]:
-    """A local copy of ``source`` (path or http(s) URL) and its sha256, checked if given."""
-    if source.startswith(("https://", "http://")):
-        import urllib.parse  # here: the agent imports this module for read_result only
-        import urllib.request
-
-        if sha256 is None:
-            raise UpdateError("a URL source needs --sha256")
-        name = Path(urllib.parse.urlparse(source).path).name or "download"
-        downloads.mkdir(parents=True, exist_ok=True)
-        path = downloads / name
-        tmp = downloads / f".{name}.part"
-        try:
-            # S310: the scheme is http(s), checked above
-            with urllib.request.urlopen(source, timeout=60) as resp, tmp.open("wb") as out:  # noqa: S310
-                got = 0
-                while chunk := resp.read(1 << 16):
-                    got += len(chunk)
-                    if got > MAX_DOWNLOAD:
-                        raise UpdateError(f"{source}: larger than {MAX_DOWNLOAD} bytes")
-                    out.write(chunk)
-        except OSError as exc:
-            raise UpdateError(f"cannot download {source}: {exc}") from exc
-        os.replace(tmp, path)
-    else:
-        path = Path(source).absolute()
-        if not path.is_file():
-            raise UpdateError(f"{source}: no such file")
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    got_sha = digest.hexdigest()
-    if sha256 is not None and got_sha != sha256.lower():
-        raise UpdateError(f"{path.name}: sha256 {got_sha} is not the expected {sha256.lower()}")
-    return path, got_sha
-
-
-def source_version(path: Path) -> str:
-    """The release's version: from a wheel's name, or the pin in a requirements file."""
-    if path.suffix == ".whl":
-        m = _WHEEL.fullmatch(path.name)
-        if m is None:
-            raise UpdateError(f"{path.name}: not a {PROJECT} wheel")
-        return m.group(1)
-    m = _PINNED.search(path.read_text(encoding="utf-8", errors="replace"))
-    if m is None:
-        raise UpdateError(f"{path.name}: a requirements file must pin {PROJECT}==VERSION")
-    return m.group(1)
-
-
-def _run(cmd: list[str], what: str, timeout: float = 900) -> str:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UpdateError(f"{what}: {exc}") from exc
-    if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip()[-1500:]
-        raise UpdateError(f"{what} failed (exit {res.returncode}): {tail}")
-    return res.stdout
-
-
-def install_release(
-    root: Path, source: Path, sha256: str, *, lock: Path | None, installer: str = "pip"
-) -> tuple[Path, str]:
-    """A fresh venv ``releases/<version>-<sha[:12]>`` holding ``source`` (a wheel, with its
-    dependencies from ``lock``, or a locked requirements file); returns (dir, version)."""
-    version = source_version(source)
-    release = root / "releases" / f"{version}-{sha256[:12]}"
-    if release.exists():
-        shutil.rmtree(release)  # a leftover of an earlier attempt (never current: checked)
-    release.parent.mkdir(parents=True, exist_ok=True)
-    use_uv = installer != "pip"
-    venv = [sys.executable, "-m", "venv", *(["--without-pip"] if use_uv else []), str(release)]
-    try:
-        _run(venv, "creating the venv", timeout=300)
-        py = str(release / "bin" / "python")
-        pip = (
-            [installer, "pip", "install", "--python", py]
-            if use_uv
-            else [py, "-m", "pip", "install"]
-        )
-        if source.suffix == ".whl":
-            if lock is None:
-                raise UpdateError(
-                    "no lock for the wheel's dependencies: give --requirements"
-                    " (requirements/gateway.txt of the release)"
-                )
-            _run(
-                [*pip, "-q", "--require-hashes", "--no-deps", "-r", str(lock)],
-                "installing the lock",
-            )
-            _run([*pip, "-q", "--no-deps", str(source)], "installing the wheel")
-            shutil.copyfile(lock, release / LOCK_NAME)
-        else:
-            _run([*pip, "-q", "--require-hashes", "--no-deps", "-r", str(source)], "installing")
-            shutil.copyfile(source, release / LOCK_NAME)
-        got = _run(
-            [py, "-c", f"import importlib.metadata as m; print(m.version({PROJECT!r}))"],
-            "reading the installed version",
-        ).strip()
-        if got != version:
-            raise UpdateError(f"installed version {got}, expected {version}")
-    except BaseException:
-        shutil.rmtree(release, ignore_errors=True)
-        raise
-    return release, version
-
-
-def _switch(root: Path, current: Path, previous: Path | None) -> None:
-    """Point ``current`` (and ``previous``) at releases, each by an atomic rename."""
-    for name, target in (("previous", previous), ("current", current)):
-        link = root / name
-        if target is None:
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-            continue
-        tmp = root / f".{name}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(target.relative_to(root))
-        os.replace(tmp, link)
-
-
-def _spool_schema(path: Path) -> tuple[int, int] | None:
-    """(schema, compat) of a spool file, read-only, without opening it as a spool."""
-    if not path.exists():
-        return None
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            schema = int(db.execute("PRAGMA user_version").fetchone()[0])
-            row = db.execute("SELECT value FROM meta WHERE key = 'compat_version'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
-    return schema, (schema if row is None else int(row[0]))
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".update.lock").open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UpdateError(f"another update is running in {root}") from None
-        yield
 
 
 # -- the update ---------------------------------------------------------------------------------
@@ -433,7 +204,7 @@ class UpdateOptions:
 def run_update(opts: UpdateOptions) -> UpdateResult:
     """Install, switch, restart, wait; roll back on its own. Never raises for a failed update
     after the switch: the result says what happened (and is kept on disk)."""
-    with _locked(opts.root):
+    with release_lock(opts.root):
         return _update(opts)
 
 
@@ -451,7 +222,7 @@ def _update(opts: UpdateOptions) -> UpdateResult:
     old = current_link.resolve()
     prev_link = root / "previous"
     old_previous = prev_link.resolve() if prev_link.is_symlink() else None
-    old_version = _run(
+    old_version = run_tool(
         [
             str(old / "bin" / "python"),
             "-c",
@@ -483,7 +254,7 @@ def _update(opts: UpdateOptions) -> UpdateResult:
     try:
         new, _ = install_release(root, src, sha, lock=lock, installer=o.installer)
         o.say(f"installed in {new}; checking the config with it")
-        _run(
+        run_tool(
             [str(new / "bin" / "smartcity"), "edge", "check", *o.check_args],
             f"`edge check` of {version}",
             timeout=120,
@@ -491,17 +262,17 @@ def _update(opts: UpdateOptions) -> UpdateResult:
     except UpdateError as exc:
         return result("failed", str(exc))
     o.say(f"switching current to {new.name}, restarting the agent")
-    _switch(root, new, old)
+    switch_current(root, new, old)
     reason = _wait_healthy(o, version, time.monotonic())
     if reason is None:
         _prune(root, keep={new, old})
         o.say(f"{version} is up: uplink connected, birth sent")
         return result("ok")
     o.say(f"{version} did not come up ({reason}): rolling back to {old_version}")
-    _switch(root, old, old_previous)
+    switch_current(root, old, old_previous)
     from edge_agent._spool import SCHEMA_VERSION
 
-    schema = _spool_schema(o.spool_path)
+    schema = spool_schema(o.spool_path)
     if schema is not None and schema[1] > SCHEMA_VERSION:  # see _spool: refused, untouched
         reason += (
             f"; the spool now has schema {schema[0]} (compat {schema[1]}), which "

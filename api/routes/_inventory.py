@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
-from api._audit import audited, note
+from api._audit import audited
 from api._deps import Engineer, ServicesDep, Viewer
 from api._encoding import doc, json_response
 from api._errors import NotFound
@@ -45,6 +47,7 @@ from telemetry import ConfigDesired, SpoolHealth, encode_message
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
+log = logging.getLogger("api.audit")
 
 
 class LocationOut(msgspec.Struct, omit_defaults=True):
@@ -358,5 +361,17 @@ async def push_config(
     topic = services.broker.topics.config_desired(gateway)
     payload = encode_message(ConfigDesired(version=body.version, config=body.config))
     await services.broker.publish(topic, payload, qos=1, retain=True)
-    note().detail = {"version": body.version}  # its one audit entry (api._audit)
+    # Its one audit entry, pending until the gateway reports what it did with that version
+    # (applied: acked; rejected: failed with its reason). A refused request never gets here:
+    # the audit middleware records it (api._audit).
+    try:
+        entry = await services.audit.record(
+            actor=caller, action="config.push", gateway=gateway,
+            detail={"version": body.version}, result="pending",
+        )
+    except SQLAlchemyError as exc:  # the push stands; a lost entry is an error to see
+        services.metrics.audit_failed.inc()
+        log.error("audit entry not written", extra={"action": "config.push", "error": repr(exc)})
+    else:
+        services.config_pushes.pushed(gateway, body.version, entry)
     return json_response(ConfigPushed(gateway, topic, body.version), status=202)

@@ -124,9 +124,21 @@ class World:
             self._cache[set_] = {row.id: row for row in build()}
         return self._cache[set_]
 
-    def _series(self) -> Iterable[Latest]:
-        for series in self.services.live.by_device.values():
-            yield from series.values()
+    def _series(self, only: str | None = None) -> Iterable[Latest]:
+        """Every live series, or only those of gateway ``only``."""
+        for (gw, _dev), series in self.services.live.by_device.items():
+            if only is None or gw == only:
+                yield from series.values()
+
+    def of_gateway(self, set_: str, gw: str) -> list[Row]:
+        """The Locations or Datastreams of one gateway: filtered from the whole set when this
+        request built it already, else built for that gateway alone (an expanded Thing costs
+        its own series, not the city's)."""
+        cached = self._cache.get(set_)
+        if cached is not None:
+            return [r for r in cached.values() if r.gateway == gw]
+        build = self._locations if set_ == "Locations" else self._datastreams
+        return list(build(only=gw))
 
     def _things(self) -> Iterable[Row]:
         gateways = set(self.services.inventory.gateways)
@@ -143,13 +155,18 @@ class World:
                 "name": gw, "description": f"gateway {gw}",
                 "properties": {**properties, "devices": devices}}, gateway=gw)
 
-    def _locations(self) -> Iterable[Row]:
+    def _locations(self, only: str | None = None) -> Iterable[Row]:
         positions: dict[tuple[str, str], dict[str, Any]] = {}
-        for latest in self._series():
+        for latest in self._series(only):
             point = _live_position(latest)
             if point is not None:
                 positions[(latest.gateway, latest.device)] = point
-        for gw, state in sorted(self.services.inventory.gateways.items()):
+        gateways = self.services.inventory.gateways
+        if only is None:
+            states = sorted(gateways.items())
+        else:
+            states = [(only, gateways[only])] if only in gateways else []
+        for gw, state in states:
             if state.location is not None:
                 yield Row("Locations", sta.encode(gw), {
                     "name": f"{gw}", "description": f"location of gateway {gw}",
@@ -199,8 +216,8 @@ class World:
                     "properties": {"measurement": measurement, "unit": field.unit}},
                     field=name, measurement=measurement)
 
-    def _datastreams(self) -> Iterable[Row]:
-        for latest in sorted(self._series(), key=lambda lt: (lt.gateway, lt.device,
+    def _datastreams(self, only: str | None = None) -> Iterable[Row]:
+        for latest in sorted(self._series(only), key=lambda lt: (lt.gateway, lt.device,
                                                              lt.measurement,
                                                              sorted(lt.tags.items()))):
             yield from self._datastreams_of(latest)
@@ -275,11 +292,8 @@ class World:
 
     def related(self, row: Row, name: str) -> list[Row]:
         match (row.set, name):
-            case ("Things", "Locations"):
-                return [r for r in self.rows("Locations").values() if r.gateway == row.gateway]
-            case ("Things", "Datastreams"):
-                return [r for r in self.rows("Datastreams").values()
-                        if r.gateway == row.gateway]
+            case ("Things", "Locations") | ("Things", "Datastreams"):
+                return self.of_gateway(name, row.gateway)
             case ("Locations", "Things") | ("HistoricalLocations", "Thing"):
                 thing = self.rows("Things").get(sta.encode(row.gateway))
                 return [thing] if thing else []

@@ -9,6 +9,7 @@ from api.state._alerts import Alert, AlertEngine, AlertHistory, AlertTransition,
 from api.state._areas import AreaMap
 from api.state._broker import BrokerLink, prepare_broker
 from api.state._commands import ClockCheck, CommandAnswer, CommandTimeout, GatewayCommands
+from api.state._config_pushes import ConfigPushes
 from api.state._gtfs_feed import GtfsFeed, GtfsFeedError, TripSchedule, load_gtfs
 from api.state._hub import (
     EXTRA_KINDS,
@@ -58,6 +59,7 @@ __all__ = [
     "CommandAnswer",
     "CommandTimeout",
     "Completeness",
+    "ConfigPushes",
     "Congestion",
     "DeviceState",
     "Event",

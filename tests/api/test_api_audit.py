@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from api_helpers import ApiStack, Publisher, device, wait_until
 
 from api import Database
 from api.storage import AuditLog
+from telemetry import ConfigReported, encode_message
 
 
 def entries(stack: ApiStack, **params: Any) -> list[dict[str, Any]]:
@@ -73,7 +75,26 @@ def test_each_kind_of_operation_leaves_exactly_one_entry(
     body = {"version": 7, "config": {"tick_s": 1}}
     e = one_entry(s, lambda: engineer.put(f"/v1/gateways/{gw}/config", json=body), 202)
     assert (e["action"], e["gateway"], e["result"], e["detail"]["version"]) == (
-        "config.push", gw, "ok", 7)
+        "config.push", gw, "pending", 7)
+    # The gateway's report of that version gives the entry its result (acked), once.
+    pushed = e["id"]
+    reported = ConfigReported(gw=gw, ts=time.time_ns(), version=7, status="applied",
+                              running_version=7)
+    publisher.client.publish(publisher.topics.config_reported(gw), encode_message(reported),
+                             qos=1, retain=True).wait_for_publish(5)
+    acked = wait_until(lambda: next((x for x in entries(s, limit=20) if x["id"] == pushed
+                                     and x["result"] != "pending"), None))
+    assert acked["result"] == "acked"
+    assert acked["detail"]["running_version"] == 7
+    e = one_entry(s, lambda: engineer.put(f"/v1/gateways/{gw}/config",
+                                          json={**body, "version": 8}), 202)
+    rejected = ConfigReported(gw=gw, ts=time.time_ns(), version=8, status="rejected",
+                              reason="serial url not allowed", running_version=7)
+    publisher.client.publish(publisher.topics.config_reported(gw), encode_message(rejected),
+                             qos=1, retain=True).wait_for_publish(5)
+    failed = wait_until(lambda: next((x for x in entries(s, limit=20) if x["id"] == e["id"]
+                                      and x["result"] != "pending"), None))
+    assert failed["result"] == "failed: rejected: serial url not allowed"
     e = one_entry(s, lambda: viewer.put(f"/v1/gateways/{gw}/config", json=body), 403)
     assert (e["action"], e["gateway"], e["actor"]["role"]) == ("config.push", gw, "viewer")
     e = one_entry(s, lambda: engineer.put(f"/v1/gateways/{gw}/config", json={"v": 1}), 400)
@@ -154,7 +175,8 @@ def test_the_trail_is_for_admins_and_filters_and_pages(api_stack: ApiStack) -> N
     assert rest["next_offset"] is None
     assert {e["id"] for e in page["items"] + rest["items"]} == {e["id"] for e in mine}
     assert len(entries(s, gateway=gw, result="refused")) == 1
-    assert len(entries(s, gateway=gw, result="ok", actor="test-engineer")) == 3
+    # pending until the gateway reports each version (none does here)
+    assert len(entries(s, gateway=gw, result="pending", actor="test-engineer")) == 3
     assert len(entries(s, gateway=gw, actor="test-viewer")) == 1
     assert {e["action"] for e in entries(s, action="config.")} == {"config.push"}
     assert entries(s, action="config", gateway=gw) == mine  # a prefix
