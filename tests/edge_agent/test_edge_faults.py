@@ -30,7 +30,7 @@ def reading(i: int, device: str = "dev-1") -> Reading:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_broker_down_30s_while_readings_flow_loses_nothing(
+def test_broker_down_while_readings_flow_loses_nothing(
     mosquitto_factory: Callable[..., Mosquitto],
     topic_root: str,
     tmp_path: Path,
@@ -53,7 +53,7 @@ def test_broker_down_30s_while_readings_flow_loses_nothing(
         async with running(agent):
             await feed(2.0)
             await asyncio.to_thread(broker.stop)
-            await feed(30.0)
+            await feed(12.0)  # several reconnect rounds of the backoff
             assert agent.spool.stats().readings > 0
             await asyncio.to_thread(broker.start)
             await feed(2.0)

@@ -1,4 +1,4 @@
-"""Faults with real processes: influxd down for 20 s, a worker SIGKILLed mid-stream."""
+"""Faults with real processes: influxd down for 10 s, a worker SIGKILLed mid-stream."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _publish_stream(
     publisher.flush()
 
 
-def test_influxd_down_for_20s_mid_stream_loses_nothing(
+def test_influxd_down_mid_stream_loses_nothing(
     mosquitto: Mosquitto, influxd_factory: Callable[[], Influxd], topic_root: str,
     publisher: Publisher, base_ts: int,
 ) -> None:
@@ -62,9 +62,9 @@ def test_influxd_down_for_20s_mid_stream_loses_nothing(
         wait_for(lambda: count_points(server, db) >= 30 * gateways * per_batch, 30, "part 1")
         server.stop()
         _publish_stream(publisher, gateways, range(30, 60), per_batch, base_ts, pause=0.05)
-        time.sleep(10)
+        time.sleep(6)  # the stream is published (4.5 s) and the in-flight bound reached
         taken = worker.stats()
-        time.sleep(10)
+        time.sleep(4)
         held = worker.stats()
         # The worker stopped taking messages: the broker holds them, nothing is acked.
         assert held.messages_received == taken.messages_received

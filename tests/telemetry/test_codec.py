@@ -80,7 +80,7 @@ def test_wire_form_uses_short_keys_and_omits_defaults() -> None:
 
 
 @given(batches())
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_any_valid_batch_round_trips(batch: Batch) -> None:
     assert decode_batch(encode_batch(batch)) == batch
 

@@ -117,7 +117,7 @@ def test_a_string_ending_in_a_newline_fails_the_contract_itself() -> None:
 
 
 @given(st.lists(readings(), min_size=1, max_size=10))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 def test_what_conforms_matches_the_vocabulary_and_is_otherwise_unchanged(
     batch: list[Reading],
 ) -> None:
@@ -141,7 +141,7 @@ def test_what_conforms_matches_the_vocabulary_and_is_otherwise_unchanged(
 
 
 @given(st.lists(readings(), min_size=1, max_size=10))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 def test_line_i_is_always_reading_i(batch: list[Reading]) -> None:
     """Even for readings built in code with newlines in values (never validated)."""
     poisoned = [

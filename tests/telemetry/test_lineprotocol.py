@@ -23,7 +23,7 @@ def encode_one(gateway: str, r: Reading, **kw: object) -> str:
 
 
 @given(gateway=ids, reading=normal)
-@settings(max_examples=400)
+@settings(max_examples=200)
 def test_every_valid_reading_parses_back_identically(gateway: str, reading: Reading) -> None:
     line = encode_one(gateway, reading)
     assert line.endswith("\n")
