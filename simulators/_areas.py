@@ -21,7 +21,6 @@ __all__ = ["M_PER_DEG", "area_of", "areas_geojson", "city_radius_m", "export_are
 
 #: Metres per degree of latitude (and of longitude at the equator), the model's flat earth.
 M_PER_DEG: Final = 111_320.0
-_M_PER_DEG: Final = M_PER_DEG
 _SIDES: Final = 72
 #: The centrality at and above which a place is in the centre, and in the inner ring.
 _CENTRE_AT: Final = 0.6
@@ -47,14 +46,14 @@ def city_radius_m(scenario: Scenario) -> float:
 
 
 def _circle(lat0: float, lon0: float, radius_m: float, *, clockwise: bool) -> list[list[float]]:
-    m_per_deg_lon = _M_PER_DEG * math.cos(math.radians(lat0))
+    m_per_deg_lon = M_PER_DEG * math.cos(math.radians(lat0))
     steps = range(_SIDES, -1, -1) if clockwise else range(_SIDES + 1)
     ring = []
     for k in steps:
         a = 2 * math.pi * (k % _SIDES) / _SIDES
         ring.append([
             round(lon0 + radius_m * math.cos(a) / m_per_deg_lon, 7),
-            round(lat0 + radius_m * math.sin(a) / _M_PER_DEG, 7),
+            round(lat0 + radius_m * math.sin(a) / M_PER_DEG, 7),
         ])
     return ring
 

@@ -18,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from api._errors import BadParameter
 from api._params import iso
 from api.storage._influx import InfluxClient
 from api.storage._queries import select_replay
@@ -65,14 +66,21 @@ def _number(value: object) -> float | None:
 
 
 async def read_replay(
-    influx: InfluxClient, *, start_ns: int, end_ns: int, step_s: int, max_series: int
+    influx: InfluxClient, *, start_ns: int, end_ns: int, step_s: int, max_steps: int,
+    max_series: int,
 ) -> ReplayFrames:
     """Vehicles' positions and links' speeds in ``[start_ns, end_ns)``, step by step. The
     steps are aligned on multiples of ``step_s`` since the epoch (InfluxDB's ``GROUP BY
-    time`` buckets): the first starts at or before ``start_ns``."""
+    time`` buckets): the first starts at or before ``start_ns``. More than ``max_steps``
+    steps is a :class:`BadParameter`, before any query."""
     step_ns = step_s * 10**9
     first = start_ns - start_ns % step_ns
     n = -(-(end_ns - first) // step_ns)
+    if n > max_steps:
+        raise BadParameter(
+            f"{n} steps of {step_s} s exceed the limit of {max_steps}; use a longer step or a "
+            "shorter range", parameter="step",
+        )
     times = [iso(first + i * step_ns) for i in range(n)]
 
     def slot(t: object) -> int | None:
