@@ -120,8 +120,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The suite on two workers (pytest-xdist), one test file per worker at a time, so a file's
+# module fixtures (a gateway venv, a NATS cluster) are built once; each worker starts its own
+# mosquitto and influxd. Files with slow tests go first (tests/conftest.py), in that order. TEST_WORKERS=0 runs it in this process, one test after another.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder)
+
 test: setup check-lock lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 # The unlocked resolution: newest versions the ranges of pyproject.toml allow, in a venv of
 # its own, then the whole suite. Not part of CI; run it before widening or tightening a range.
@@ -133,7 +140,7 @@ test-latest: system-packages
 	$(VENV_LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade -e '.[dev]'
 	@$(VENV_LATEST)/bin/python -m pip freeze --exclude-editable --disable-pip-version-check \
 	  | $(VENV_LATEST)/bin/python requirements/compare.py $(REQ)/dev.txt
-	$(VENV_LATEST)/bin/pytest -p no:cacheprovider
+	$(VENV_LATEST)/bin/pytest -p no:cacheprovider $(PYTEST_WORKERS)
 
 # Unit tests only (no real services): quick feedback while editing.
 test-fast: setup

@@ -17,6 +17,7 @@ PUBACKed, and every PUBACKed message reached "a": nothing PUBACKed was lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 
@@ -43,7 +44,12 @@ FILTER = "$MQTT.msgs.sc.v1.*.telemetry"
 
 class Gateway:
     """A publisher that keeps what is not PUBACKed (paho resends it after a reconnect, as
-    the edge agent's spool does) and records which of its messages were PUBACKed."""
+    the edge agent's spool does) and records which of its messages were PUBACKed.
+
+    paho calls ``on_publish`` holding its own lock, and ``publish`` takes that lock too: the
+    callback therefore only queues the mid (no lock of ours), and the mids are matched to
+    message numbers under our lock, never the other way round (that order deadlocked).
+    """
 
     def __init__(self, cluster: NatsCluster, user: NatsUser) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user.name,
@@ -54,7 +60,8 @@ class Gateway:
         self.client.reconnect_delay_set(1, 1)
         self._lock = threading.Lock()
         self._mids: dict[int, int] = {}
-        self.acked: set[int] = set()
+        self._pubacks: collections.deque[int] = collections.deque()
+        self._acked: set[int] = set()
         self.published = 0
         self.disconnects = 0
         self.last_ack = time.monotonic()
@@ -65,9 +72,20 @@ class Gateway:
         self.client.loop_start()
 
     def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        self._pubacks.append(mid)
+        self.last_ack = time.monotonic()
+
+    def _match(self) -> None:
+        """Under ``self._lock``: the queued PUBACKs' message numbers into ``_acked``."""
+        while self._pubacks:
+            self._acked.add(self._mids[self._pubacks.popleft()])
+
+    @property
+    def acked(self) -> set[int]:
+        """The numbers of the messages PUBACKed so far."""
         with self._lock:
-            self.acked.add(self._mids[mid])
-            self.last_ack = time.monotonic()
+            self._match()
+            return set(self._acked)
 
     def _on_disconnect(self, *_args: object) -> None:
         self.disconnects += 1
@@ -77,7 +95,8 @@ class Gateway:
         ``stop``."""
         while not stop.is_set() and (total is None or self.published < total):
             with self._lock:
-                if self.published - len(self.acked) < IN_FLIGHT:
+                self._match()
+                if self.published - len(self._acked) < IN_FLIGHT:
                     n = self.published
                     payload = b"x" * SIZE + f"{n:08d}".encode()
                     info = self.client.publish("sc/v1/gw-0/telemetry", payload, qos=1)
