@@ -26,7 +26,7 @@ from api._errors import ConfigError
 from api._settings_enrol import EnrolSettings
 from api._settings_mqtt import FoldedSource, LegacyEnvSource, MqttSettings
 from api._settings_replicas import InfluxReplica, ReplicaLagSettings
-from foundation import BrokerTls, check_broker_security, is_loopback
+from foundation import InfluxAccess, check_broker_security
 from foundation.settings import SettingsError, YamlSettings, build_settings
 
 __all__ = ["ApiSettings", "MqttSettings", "load_settings"]
@@ -264,26 +264,13 @@ class ApiSettings(YamlSettings):
 
     @model_validator(mode="after")
     def _influx_access(self) -> ApiSettings:
-        if (self.influx_cert_file is None) != (self.influx_key_file is None):
-            raise ValueError("influx_cert_file and influx_key_file go together")
-        tls = self.influx_tls
-        https = self.influx_url.lower().startswith("https://")
-        if tls is not None and not https:
-            raise ValueError(
-                f"influx_ca_file, influx_cert_file and influx_key_file need an https:// "
-                f"influx_url, not {self.influx_url}"
-            )
-        host = urlsplit(self.influx_url).hostname or ""
-        if (
-            self.influx_password is not None
-            and not https
-            and not is_loopback(host)
-            and not self.influx_allow_insecure
-        ):
-            raise ValueError(
-                f"an InfluxDB password over plain http to a remote host ({host}) is refused: "
-                "use an https:// influx_url (or influx_allow_insecure for development)"
-            )
+        influx = self.influx
+        influx.check("influx_")
+        influx.check_security(
+            allow_insecure=self.influx_allow_insecure,
+            prefix="influx_",
+            allow_key="influx_allow_insecure",
+        )
         return self
 
     @model_validator(mode="after")
@@ -297,12 +284,11 @@ class ApiSettings(YamlSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"influx_replicas: names must be distinct, got {names}")
         for r in replicas:
-            if (r.password is not None and not r.https and not is_loopback(r.host)
-                    and not self.influx_allow_insecure):
-                raise ValueError(
-                    f"influx_replicas {r.name}: a password over plain http to a remote host "
-                    f"({r.host}) is refused: use https:// (or influx_allow_insecure)"
-                )
+            r.check_security(
+                allow_insecure=self.influx_allow_insecure,
+                prefix=f"influx_replicas[{r.name}].",
+                allow_key="influx_allow_insecure",
+            )
         lag = self.replica_lag
         if any(r.durable for r in replicas) and not lag.servers:
             raise ValueError("influx_replicas name durable consumers: set replica_lag.servers")
@@ -315,12 +301,18 @@ class ApiSettings(YamlSettings):
         return self
 
     @property
-    def influx_tls(self) -> BrokerTls | None:
-        """The InfluxDB TLS files as the shared TLS model (``None`` when none is set)."""
-        ca, cert, key = self.influx_ca_file, self.influx_cert_file, self.influx_key_file
-        if ca is None and cert is None and key is None:
-            return None
-        return BrokerTls(ca_file=ca, cert_file=cert, key_file=key)
+    def influx(self) -> InfluxAccess:
+        """The ``influx_*`` access keys as the platform's InfluxDB access model. Built
+        without validation: :meth:`_influx_access` judges it (naming the flat keys) when
+        the settings are validated."""
+        return InfluxAccess.model_construct(
+            url=self.influx_url,
+            username=self.influx_username,
+            password=self.influx_password,
+            ca_file=self.influx_ca_file,
+            cert_file=self.influx_cert_file,
+            key_file=self.influx_key_file,
+        )
 
     @property
     def https(self) -> bool:

@@ -24,57 +24,36 @@ when the connections are prepared at start-up.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Self
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
-from foundation import BrokerAccess, BrokerTls
+from foundation import BrokerAccess, InfluxAccess
 
 __all__ = ["InfluxReplica", "ReplicaLagSettings"]
 
 _Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 
 
-class InfluxReplica(BaseModel):
-    """One InfluxDB replica (an item of ``influx_replicas``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class InfluxReplica(InfluxAccess):
+    """One InfluxDB replica (an item of ``influx_replicas``): ``url``, ``username``,
+    ``password``, the TLS files and their rules come from :class:`foundation.InfluxAccess`,
+    as ingest's ``influx`` block spells them."""
 
     #: Shown in ``/v1/health``, the metrics' ``replica`` label and the logs.
     name: _Id
-    url: str = Field(pattern=r"^https?://")
     #: The durable JetStream consumer that feeds this replica (its ingest group's
     #: ``jetstream.durable``); unset: its lag is not tracked and it counts as caught up.
     durable: _Id | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
 
     @model_validator(mode="after")
-    def _access(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        if self.tls is not None and not self.https:
-            raise ValueError(f"ca_file, cert_file and key_file need https://, not {self.url}")
+    def _read_by_the_api(self) -> Self:
+        if self.token is not None or not self.verify_tls:
+            raise ValueError(
+                "token and verify_tls are not read by the API: it reads with username and "
+                "password, over verified TLS"
+            )
         return self
-
-    @property
-    def https(self) -> bool:
-        return self.url.lower().startswith("https://")
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def tls(self) -> BrokerTls | None:
-        if self.ca_file is None and self.cert_file is None and self.key_file is None:
-            return None
-        return BrokerTls(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 class ReplicaLagSettings(BrokerAccess):

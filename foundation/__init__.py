@@ -10,6 +10,8 @@ third-party libraries, and every service (``firmware_bridge``, ``edge_agent``, `
   :class:`UnroutedHold`), shared by the edge agent and the simulated fleet;
 - :class:`LoopLagMonitor`: event-loop lag into each service's histogram;
 - logging set-up: structured JSON or console lines, one format for every service;
+- :class:`InfluxAccess`: how a service reaches an InfluxDB (URL, credentials, TLS) and the
+  rules that judge it, shared by ingest and the API;
 - :func:`influxql`: one InfluxQL query over HTTP(S) with the standard library;
 - :func:`free_port`; :class:`Startable` (``with`` for things with ``start()``/``stop()``)
   and :class:`StartableThread`.
@@ -29,6 +31,7 @@ from foundation._broker import (
     configure_client,
     is_loopback,
 )
+from foundation._influx_access import InfluxAccess
 from foundation._influxdb import InfluxQueryError, influxql
 from foundation._lifecycle import Startable, StartableThread
 from foundation._logging import ConsoleFormatter, JsonFormatter, LogFormat, configure_logging
@@ -45,6 +48,7 @@ __all__ = [
     "BrokerSetupError",
     "BrokerTls",
     "ConsoleFormatter",
+    "InfluxAccess",
     "InfluxQueryError",
     "JsonFormatter",
     "LogFormat",

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from foundation import BrokerAccess, BrokerTls, check_broker_security, is_loopback
+from foundation import BrokerAccess, BrokerTls, InfluxAccess, check_broker_security
 from foundation.settings import SettingsError, YamlSettings, build_settings
 from ingest._errors import ConfigError
 from telemetry import TopicError, check_cluster_id
@@ -131,30 +131,17 @@ class RetentionConfig(_Model):
     default: bool = True
 
 
-class InfluxConfig(_Model):
-    """Where readings go. ``api: v1`` is the InfluxQL/line-protocol API every version speaks."""
+class InfluxConfig(InfluxAccess):
+    """Where readings go. ``api: v1`` is the InfluxQL/line-protocol API every version speaks.
+    ``url``, ``username``, ``password``, ``token``, the TLS files, ``verify_tls`` and their
+    rules come from :class:`foundation.InfluxAccess`, as the API spells them."""
 
     api: Literal["v1", "v2"] = "v1"
-    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
     database: _Id = "smartcity"
     retention: RetentionConfig = RetentionConfig()
     create_database: bool = True
-    username: str | None = None
-    password: SecretStr | None = None
-    #: v2 API (or a v1-compatibility endpoint that wants a token).
-    token: SecretStr | None = None
     org: str | None = None
     bucket: str | None = None
-    #: CA bundle (PEM) that an ``https://`` server's certificate is verified against;
-    #: unset: the system's CA store. Read when the worker starts.
-    ca_file: Path | None = None
-    #: Client certificate and its key (PEM, together), for a server or a TLS proxy in front
-    #: of InfluxDB that asks for one (influxd 1.x itself never does).
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    #: ``false`` accepts any certificate (no chain, no hostname check): development only,
-    #: refused unless ``allow_insecure``.
-    verify_tls: bool = True
     gzip: bool = False
     timeout: _Seconds = 10.0
 
@@ -162,32 +149,7 @@ class InfluxConfig(_Model):
     def _v2(self) -> InfluxConfig:
         if self.api == "v2" and (self.token is None or not self.org or not self.bucket):
             raise ValueError("api v2 needs token, org and bucket")
-        if self.username is not None and self.password is None:
-            raise ValueError("username needs a password")
         return self
-
-    @model_validator(mode="after")
-    def _tls(self) -> InfluxConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (client certificate)")
-        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
-        if files and not self.https:
-            raise ValueError(f"{files[0]} needs an https:// url (TLS), not {self.url}")
-        if self.ca_file is not None and not self.verify_tls:
-            raise ValueError("ca_file has no effect with verify_tls false: set one or the other")
-        return self
-
-    @property
-    def https(self) -> bool:
-        return self.url.lower().startswith("https://")
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.url).hostname or ""
-
-    @property
-    def has_credentials(self) -> bool:
-        return self.password is not None or self.token is not None
 
 
 class RetryConfig(_Model):
@@ -307,19 +269,7 @@ class IngestConfig(YamlSettings):
             allow_insecure=self.allow_insecure,
             tls_key="mqtt.tls",
         )
-        if not self.allow_insecure and not self.influx.verify_tls:
-            raise ValueError("influx.verify_tls false needs allow_insecure: true")
-        influx = self.influx
-        if (
-            not self.allow_insecure
-            and influx.has_credentials
-            and not influx.https
-            and not is_loopback(influx.host)
-        ):
-            raise ValueError(
-                f"influx credentials over plain http to a remote InfluxDB ({influx.host}) are "
-                "refused: use an https:// influx.url (or allow_insecure: true for development)"
-            )
+        self.influx.check_security(allow_insecure=self.allow_insecure, prefix="influx.")
         return self
 
 

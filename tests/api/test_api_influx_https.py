@@ -132,12 +132,12 @@ def test_influx_tls_settings_refusals(tmp_path: Path, pki: Pki) -> None:
     settings = load_settings(influx_url=https, influx_ca_file=missing)
     with pytest.raises(ConfigError, match="influx_ca_file: file not found"):
         InfluxClient.from_settings(settings)
-    with pytest.raises(ConfigError, match="need an https:// influx_url"):
+    with pytest.raises(ConfigError, match="influx_ca_file needs an https:// influx_url"):
         load_settings(influx_url="http://127.0.0.1:8086", influx_ca_file=pki.ca)
     with pytest.raises(ConfigError, match="influx_cert_file and influx_key_file go together"):
         load_settings(influx_url=https, influx_cert_file=pki.client_cert)
     remote = "http://influx.city.example:8086"
-    with pytest.raises(ConfigError, match=r"password over plain http to a remote host"):
+    with pytest.raises(ConfigError, match=r"credentials over plain http to a remote InfluxDB"):
         load_settings(influx_url=remote, influx_username="api", influx_password="pw")
     # Loopback, https or influx_allow_insecure: accepted.
     load_settings(influx_url="http://127.0.0.1:8086", influx_username="api", influx_password="pw")
