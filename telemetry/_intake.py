@@ -6,7 +6,7 @@ those look a reading's shape up in their own caches (a key of measurement, field
 value types, built per reading), and a profile of the ingest worker showed that building it
 twice was a fifth of the worker's CPU. Here one key per reading decides both::
 
-    reading ─▶ key = (measurement, device, tag items, field names, value types, quality, clock)
+    reading ─▶ key = (measurement, device, quality, clock, tag items, field names, value types)
                │
                ├─ key known for this gateway and ts within the clock-skew allowance
                │    ──▶ the cached line template; values and time queued (no other check)
@@ -53,7 +53,10 @@ class IntakeResult:
     __slots__ = ("kept", "lines", "newest_ts", "refused")
 
     def __init__(
-        self, lines: list[bytes], kept: int, refused: list[tuple[int, Nonconformity]],
+        self,
+        lines: list[bytes],
+        kept: int,
+        refused: list[tuple[int, Nonconformity]],
         newest_ts: int | None,
     ) -> None:
         #: one line per kept reading, in order, without newlines
@@ -71,8 +74,8 @@ class _Gateway:
 
     def __init__(self) -> None:
         self.series: set[_Series] = set()
-        #: line templates by (measurement, device, tag items, field names, value types,
-        #: quality, clock): the encoder's key without the gateway
+        #: line templates by (measurement, device, quality, clock, *tag items, None,
+        #: *field names, *value types): the encoder's key without the gateway, flattened
         self.lines: dict[tuple[object, ...], str] = {}
 
 
@@ -122,9 +125,17 @@ class Intake:
             tags = r.tags
             fields = r.fields
             ts = r.ts
+            # Flat (no nested tuples to build and hash): the tag items, a None, then the
+            # field names and their value types (names are str, types are not: unambiguous).
             key = (
-                r.measurement, r.device, tuple(tags.items()) if tags else None,
-                tuple(fields), tuple(map(type, fields.values())), r.quality, r.clock,
+                r.measurement,
+                r.device,
+                r.quality,
+                r.clock,
+                *tags.items(),
+                None,
+                *fields,
+                *map(type, fields.values()),
             )
             line = cache.get(key)
             if line is None or ts > limit:
@@ -132,19 +143,25 @@ class Intake:
                 if isinstance(outcome, Nonconformity):
                     refused.append((index, outcome))
                     continue
-                if outcome is not r:  # coerced: its own key, never cached
-                    r = outcome
-                    fields = r.fields
-                    line = encoder._line((
-                        gateway, r.measurement, r.device, key[2], tuple(fields),
-                        tuple(map(type, fields.values())), r.quality, r.clock,
-                    ))
-                else:
-                    line = encoder._line((gateway, *key))
-                    if line is not None:
-                        self._make_room(cache)
-                        cache[key] = line
-                        self._cached += 1
+                coerced = outcome is not r  # then its own line, never cached
+                r = outcome
+                fields = r.fields
+                line = encoder._line(
+                    (
+                        gateway,
+                        r.measurement,
+                        r.device,
+                        tuple(tags.items()) if tags else None,
+                        tuple(fields),
+                        tuple(map(type, fields.values())),
+                        r.quality,
+                        r.clock,
+                    )
+                )
+                if not coerced and line is not None:
+                    self._make_room(cache)
+                    cache[key] = line
+                    self._cached += 1
                 if line is None:  # string fields: rendered here, escaped
                     shape(encoder._string_line(gateway, r))
                     push(ts)
@@ -183,8 +200,12 @@ class Intake:
             return outcome
         tags = r.tags
         series = (
-            r.measurement, r.device,
-            () if not tags else tuple(tags.items()) if len(tags) == 1
+            r.measurement,
+            r.device,
+            ()
+            if not tags
+            else tuple(tags.items())
+            if len(tags) == 1
             else tuple(sorted(tags.items())),
         )
         known = state.series
