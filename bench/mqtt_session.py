@@ -19,6 +19,11 @@ Each shape runs, interleaved in every repeat:
 - ``session``: foundation.mqtt (manual ack in (a); ``await publish()`` in (b));
 - ``session_nowait`` (b only): ``publish_nowait()`` with done callbacks, as the fleet uses it.
 
+Each figure comes with the benchmark process's CPU time per message over the same window
+(``cpu_us_per_msg``: the client's cost, which the shared machine's load disturbs less than
+the rate; the broker runs in its own process). ``--profile DIR`` runs every variant under
+cProfile and leaves ``DIR/<shape>-<variant>-<repeat>.prof`` (its rates are not figures).
+
 Run by hand (never in the test suite): ``.venv/bin/python bench/mqtt_session.py``; quick:
 ``--messages 20000 --sessions 100 --seconds 3 --repeats 3``. Figures are medians over the
 repeats; ratios are medians of the per-repeat ratios to ``paho``. The last line is one
@@ -29,13 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
 import functools
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,34 @@ from foundation.mqtt import Message, MqttSession, SessionConfig
 from smartcity._localstack import Mosquitto
 
 Args = argparse.Namespace
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """Messages over a window of wall time, with the process's CPU time in that window."""
+
+    messages: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / max(self.messages, 1) * 1e6
+
+
+class Window:
+    """Starts a measuring window (wall and process CPU time); :meth:`stop` closes it."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def stop(self, messages: int) -> Measured:
+        return Measured(messages, time.perf_counter() - self.t0, time.process_time() - self.cpu0)
 
 
 # -- raw paho in the event loop: the reference driver ------------------------------------------
@@ -128,7 +164,7 @@ async def prepare_backlog(port: int, client_id: str, topic: str, args: Args) -> 
         await asyncio.gather(*futs)
 
 
-async def drain_paho(port: int, client_id: str, args: Args) -> float:
+async def drain_paho(port: int, client_id: str, args: Args) -> Measured:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -148,15 +184,14 @@ async def drain_paho(port: int, client_id: str, args: Args) -> float:
 
     client.on_message = on_message
     await driver.connect(port, clean_start=False, properties=_connect_props(args.receive_maximum))
-    t0 = time.perf_counter()
+    window = Window()
     await done
-    elapsed = time.perf_counter() - t0
+    measured = window.stop(args.messages)
     await driver.disconnect()
-    messages: int = args.messages
-    return messages / elapsed
+    return measured
 
 
-async def drain_aiomqtt(port: int, client_id: str, args: Args) -> float:
+async def drain_aiomqtt(port: int, client_id: str, args: Args) -> Measured:
     client = aiomqtt.Client(
         "127.0.0.1",
         port,
@@ -166,17 +201,16 @@ async def drain_aiomqtt(port: int, client_id: str, args: Args) -> float:
         properties=_connect_props(args.receive_maximum),
     )
     async with client:
-        t0 = time.perf_counter()
+        window = Window()
         count = 0
         async for _ in client.messages:  # acked by paho on receipt: no manual ack in aiomqtt
             count += 1
             if count == args.messages:
                 break
-        total: int = args.messages
-        return total / (time.perf_counter() - t0)
+        return window.stop(count)
 
 
-async def drain_session(port: int, client_id: str, args: Args) -> float:
+async def drain_session(port: int, client_id: str, args: Args) -> Measured:
     cfg = SessionConfig(
         port=port,
         client_id=client_id,
@@ -186,7 +220,7 @@ async def drain_session(port: int, client_id: str, args: Args) -> float:
         receive_maximum=args.receive_maximum,
     )
     async with MqttSession(cfg) as s:
-        t0 = time.perf_counter()
+        window = Window()
         count = 0
         msg: Message
         async for msg in s.messages():
@@ -194,30 +228,45 @@ async def drain_session(port: int, client_id: str, args: Args) -> float:
             count += 1
             if count == args.messages:
                 break
-        total: int = args.messages
-        return total / (time.perf_counter() - t0)
+        return window.stop(count)
 
 
-INGEST: dict[str, Callable[[int, str, Args], Awaitable[float]]] = {
+INGEST: dict[str, Callable[[int, str, Args], Awaitable[Measured]]] = {
     "paho": drain_paho,
     "aiomqtt": drain_aiomqtt,
     "session": drain_session,
 }
 
 
-async def bench_ingest(port: int, args: Args, run: int) -> dict[str, float]:
+@contextlib.contextmanager
+def profiled(args: Args, name: str) -> Iterator[None]:
+    """Run the block under cProfile when ``--profile DIR`` is given (``DIR/<name>.prof``)."""
+    if args.profile is None:
+        yield
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        prof.dump_stats(Path(args.profile) / f"{name}.prof")
+
+
+async def bench_ingest(port: int, args: Args, run: int) -> dict[str, Measured]:
     rates = {}
     for name, drain in INGEST.items():
         client_id = f"bench-{name}-{run}"
         topic = f"bench/ingest/{name}/{run}"
         await prepare_backlog(port, client_id, topic, args)
         async with asyncio.timeout(300):
-            rates[name] = await drain(port, client_id, args)
+            with profiled(args, f"ingest-{name}-{run}"):
+                rates[name] = await drain(port, client_id, args)
     return rates
 
 
 # -- (b) the fleet shape -----------------------------------------------------------------------
-async def fleet_paho(port: int, args: Args) -> float:
+async def fleet_paho(port: int, args: Args) -> Measured:
     payload = b"y" * args.fleet_payload
     acked = 0
     measuring = False
@@ -248,9 +297,9 @@ async def fleet_paho(port: int, args: Args) -> float:
             d.client.publish(f"bench/fleet/{i}", payload, qos=1)
     await asyncio.sleep(0.5)
     measuring = True
-    t0 = time.perf_counter()
+    window = Window()
     await asyncio.sleep(args.seconds)
-    rate = acked / (time.perf_counter() - t0)
+    rate = window.stop(acked)
     running = False
     await asyncio.sleep(0.2)
     for d in drivers:
@@ -258,14 +307,14 @@ async def fleet_paho(port: int, args: Args) -> float:
     return rate
 
 
-async def _timed(counter: list[int], args: Args) -> float:
+async def _timed(counter: list[int], args: Args) -> Measured:
     await asyncio.sleep(0.5)
-    before, t0 = counter[0], time.perf_counter()
+    before, window = counter[0], Window()
     await asyncio.sleep(args.seconds)
-    return (counter[0] - before) / (time.perf_counter() - t0)
+    return window.stop(counter[0] - before)
 
 
-async def fleet_aiomqtt(port: int, args: Args) -> float:
+async def fleet_aiomqtt(port: int, args: Args) -> Measured:
     payload = b"y" * args.fleet_payload
     counter = [0]
     clients = [
@@ -297,7 +346,7 @@ async def fleet_aiomqtt(port: int, args: Args) -> float:
     return rate
 
 
-async def fleet_session(port: int, args: Args) -> float:
+async def fleet_session(port: int, args: Args) -> Measured:
     payload = b"y" * args.fleet_payload
     counter = [0]
     sessions = [
@@ -327,7 +376,7 @@ async def fleet_session(port: int, args: Args) -> float:
     return rate
 
 
-async def fleet_session_nowait(port: int, args: Args) -> float:
+async def fleet_session_nowait(port: int, args: Args) -> Measured:
     payload = b"y" * args.fleet_payload
     counter = [0]
     running = True
@@ -361,7 +410,7 @@ async def fleet_session_nowait(port: int, args: Args) -> float:
     return rate
 
 
-FLEET: dict[str, Callable[[int, Args], Awaitable[float]]] = {
+FLEET: dict[str, Callable[[int, Args], Awaitable[Measured]]] = {
     "paho": fleet_paho,
     "aiomqtt": fleet_aiomqtt,
     "session": fleet_session,
@@ -369,22 +418,27 @@ FLEET: dict[str, Callable[[int, Args], Awaitable[float]]] = {
 }
 
 
-async def bench_fleet(port: int, args: Args) -> dict[str, float]:
+async def bench_fleet(port: int, args: Args, repeat: int) -> dict[str, Measured]:
     rates = {}
     for name, run in FLEET.items():
         async with asyncio.timeout(120):
-            rates[name] = await run(port, args)
+            with profiled(args, f"fleet-{name}-{repeat}"):
+                rates[name] = await run(port, args)
     return rates
 
 
 # -- report ------------------------------------------------------------------------------------
-def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+def summarise(runs: list[dict[str, Measured]]) -> dict[str, Any]:
     names = list(runs[0])
     out: dict[str, Any] = {}
     for n in names:
-        out[f"{n}_msgs_per_s"] = round(statistics.median(r[n] for r in runs))
+        out[f"{n}_msgs_per_s"] = round(statistics.median(r[n].rate for r in runs))
+        out[f"{n}_cpu_us_per_msg"] = round(statistics.median(r[n].cpu_us for r in runs), 1)
         if n != "paho":
-            out[f"{n}_vs_paho"] = round(statistics.median(r[n] / r["paho"] for r in runs), 3)
+            vs = statistics.median(r[n].rate / r["paho"].rate for r in runs)
+            cpu_vs = statistics.median(r[n].cpu_us / r["paho"].cpu_us for r in runs)
+            out[f"{n}_vs_paho"] = round(vs, 3)
+            out[f"{n}_cpu_vs_paho"] = round(cpu_vs, 3)
     return out
 
 
@@ -399,10 +453,13 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=("ingest", "fleet"), default=None)
+    p.add_argument("--profile", metavar="DIR", default=None, help="cProfile every variant")
     args = p.parse_args()
+    if args.profile is not None:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
 
-    ingest_runs: list[dict[str, float]] = []
-    fleet_runs: list[dict[str, float]] = []
+    ingest_runs: list[dict[str, Measured]] = []
+    fleet_runs: list[dict[str, Measured]] = []
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(data_dir=Path(tmp), max_queued_messages=10 * args.messages + 10)
         broker.start()
@@ -412,7 +469,7 @@ def main() -> int:
                     ingest_runs.append(asyncio.run(bench_ingest(broker.port, args, run)))
                     print(f"ingest run {run}: {_fmt(ingest_runs[-1])}", file=sys.stderr)
                 if args.only in (None, "fleet"):
-                    fleet_runs.append(asyncio.run(bench_fleet(broker.port, args)))
+                    fleet_runs.append(asyncio.run(bench_fleet(broker.port, args, run)))
                     print(f"fleet run {run}: {_fmt(fleet_runs[-1])}", file=sys.stderr)
         finally:
             broker.stop()
@@ -438,8 +495,8 @@ def main() -> int:
     return 0
 
 
-def _fmt(rates: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items())
+def _fmt(rates: dict[str, Measured]) -> str:
+    return ", ".join(f"{k} {v.rate:,.0f}/s ({v.cpu_us:.1f} us cpu)" for k, v in rates.items())
 
 
 if __name__ == "__main__":

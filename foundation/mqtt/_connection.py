@@ -4,6 +4,7 @@
 
     socket hand-off (attach)  paho connected in the executor; from then on, loop only:
       add_reader ─▶ loop_read ─▶ _on_connect / _on_message / _on_publish / _on_subscribe
+                    (paho's reads served by a ReadAhead: one recv per readable socket)
       call_soon / add_writer ─▶ loop_write   (only while paho has bytes queued)
       call_later(1 s) ─▶ loop_misc           (keepalive PINGREQ)
     in-flight   publish() ─▶ future per mid ◀── PUBACK reason code (_on_publish)
@@ -45,8 +46,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from foundation.mqtt._config import SessionConfig
-from foundation.mqtt._errors import MqttConnectError, MqttDisconnected, MqttError
+from foundation.mqtt._errors import (
+    MqttConfigError,
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+)
 from foundation.mqtt._message import Message, held_properties
+from foundation.mqtt._readahead import ReadAhead
 
 __all__ = ["SUCCESS", "Connection", "ConnectionOwner"]
 
@@ -104,6 +111,10 @@ class Connection:
         self.ledger: deque[Message] = deque()
         self.misc: asyncio.TimerHandle | None = None
         self.resume_at: asyncio.TimerHandle | None = None
+        self.ahead: ReadAhead | None = None
+        self._manual_ack = session.config.manual_ack
+        self._v5 = session.config.version == "5"
+        self._slot_freed = session.slot_freed
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -120,6 +131,7 @@ class Connection:
             raise MqttConnectError("no socket after connect", url=self.session.url)
         self.fd = sock.fileno()
         self.tls = isinstance(sock, ssl.SSLSocket)
+        self.ahead = _read_ahead(client)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
@@ -142,15 +154,25 @@ class Connection:
                 handle.cancel()
 
     def on_readable(self) -> None:
+        if not self.reading:
+            return
         client = self.client
         for _ in range(_READS_PER_WAKE):
             before = self.packets
             if client.loop_read() != SUCCESS or self.lost.done() or not self.reading:
                 return
-            if self.packets == before and not (self.tls and self._tls_pending()):
+            if self.packets == before and not self._pending():
                 return
+        if self._pending():  # epoll does not see bytes already read: come back at once
+            self.loop.call_soon(self.on_readable)
 
-    def _tls_pending(self) -> bool:
+    def _pending(self) -> bool:
+        """Bytes read off the socket that paho has not parsed yet (read-ahead or TLS)."""
+        ahead = self.ahead
+        if ahead is not None and ahead.pending:
+            return True
+        if not self.tls:
+            return False
         sock = self.client.socket()
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
@@ -211,6 +233,8 @@ class Connection:
         if not self.reader:
             self.reader = True
             self.loop.add_reader(self.fd, self.on_readable)
+        if self._pending():
+            self.loop.call_soon(self.on_readable)
 
     # -- paho callbacks (inside loop_read / loop_write / loop_misc) -------------------------
     def _on_connect(
@@ -251,12 +275,13 @@ class Connection:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         self.packets += 1
-        session = self.session
-        manual = session.config.manual_ack and m.qos > 0
+        qos = m.qos
+        manual = self._manual_ack and qos > 0
+        payload = m.payload
         msg = Message(
             topic=m.topic,
-            payload=m.payload if isinstance(m.payload, bytes) else bytes(m.payload),
-            qos=m.qos,
+            payload=payload if type(payload) is bytes else bytes(payload),
+            qos=qos,
             retain=bool(m.retain),
             dup=bool(m.dup),
             mid=m.mid,
@@ -266,7 +291,7 @@ class Connection:
         )
         if manual:
             self.ledger.append(msg)
-        session.deliver(msg, self)
+        self.session.deliver(msg, self)
 
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None
@@ -277,7 +302,7 @@ class Connection:
             return  # QoS 0 written, or a publish nobody waits for
         if not fut.done():
             fut.set_result(rc.value)
-        self.session.slot_freed()
+        self._slot_freed()
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any
@@ -297,7 +322,9 @@ class Connection:
         self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None
     ) -> asyncio.Future[int]:
         """Hand a PUBLISH to paho; the future resolves to the PUBACK reason code (0 at once
-        for QoS 0). The caller has checked the window and the protocol version."""
+        for QoS 0). The caller has checked the window."""
+        if properties is not None and not self._v5:
+            raise MqttConfigError("properties", "are MQTT v5 only (version is '3.1.1')")
         try:
             info = self.client.publish(topic, payload, qos, retain, properties)
         except ValueError as exc:
@@ -346,6 +373,8 @@ class Connection:
         if self.lost.done():
             return
         self._detach()
+        if self.ahead is not None:
+            self.ahead.clear()  # paho is to see the end of the stream, not what was read
         sock = self.client.socket()
         if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             with contextlib.suppress(OSError):
@@ -365,3 +394,15 @@ class Connection:
         self.inflight.clear()
         self.subacks.clear()
         self.ledger.clear()
+
+
+def _read_ahead(client: mqtt.Client) -> ReadAhead | None:
+    """Put a :class:`ReadAhead` in front of paho's socket reads (``Client._sock_recv``, the
+    one method paho 2.x reads its socket with); ``None`` on a paho without it."""
+    recv = getattr(client, "_sock_recv", None)
+    if recv is None:
+        return None
+    ahead = ReadAhead(recv)
+    # An instance attribute shadows the method for this client only.
+    client._sock_recv = ahead.recv  # type: ignore[method-assign]
+    return ahead

@@ -20,8 +20,9 @@
 The rooms of the layer: this module (lifecycle, reconnect and failover, the publish window,
 remembered subscriptions, the inbox); ``_connection.py`` (one paho client and socket: the
 hand-off to the loop, backpressure, in-flight futures, the ack ledger, and why acks belong
-to a connection); ``_connect.py`` (opening a connection, MQTT 5 vs 3.1.1); ``_message.py``
-(:class:`Message`); ``_waiters.py``; ``_config.py`` and ``_errors.py``.
+to a connection); ``_readahead.py`` (one socket read for paho's many small ones);
+``_connect.py`` (opening a connection, MQTT 5 vs 3.1.1); ``_message.py`` (:class:`Message`);
+``_waiters.py``; ``_config.py`` and ``_errors.py``.
 
 Why paho in the loop and not aiomqtt (measured with ``bench/mqtt_session.py``, see
 ``docs/mqtt-session.md``): aiomqtt 2.5.1 drops the PUBACK reason code (0x10 is invisible),
@@ -119,6 +120,7 @@ class MqttSession:
         self._aborted = False
         self._conn: Connection | None = None
         self._inbox: deque[Message] = deque()
+        self._buffer_limit = config.buffer_limit
         self._message_waiters = Waiters()
         self._slot_waiters = Waiters()
         self._state_waiters = Waiters()
@@ -380,20 +382,7 @@ class MqttSession:
         return conn
 
     def _send(self, conn: Connection, out: Outgoing) -> asyncio.Future[int]:
-        return self._publish(conn, out.topic, out.payload, out.qos, out.retain, out.properties)
-
-    def _publish(
-        self,
-        conn: Connection,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        properties: Properties | None,
-    ) -> asyncio.Future[int]:
-        if properties is not None and not self._v5:
-            raise MqttConfigError("properties", "are MQTT v5 only (version is '3.1.1')")
-        return conn.publish(topic, payload, qos, retain, properties)
+        return conn.publish(out.topic, out.payload, out.qos, out.retain, out.properties)
 
     def publish_nowait(
         self,
@@ -410,10 +399,12 @@ class MqttSession:
         Raises :class:`MqttWindowFull` when ``window`` QoS 1/2 messages already wait for
         their PUBACK, :class:`MqttDisconnected` when not connected.
         """
-        conn = self._live()
+        conn = self._conn  # _live(), inlined: the fleet's per-message path
+        if conn is None or self._closing or conn.lost.done():
+            raise MqttDisconnected("not connected")
         if qos and len(conn.inflight) >= conn.window:
             raise MqttWindowFull(f"{len(conn.inflight)} publishes wait for their PUBACK")
-        return self._publish(conn, topic, payload, qos, retain, properties)
+        return conn.publish(topic, payload, qos, retain, properties)
 
     async def publish(
         self,
@@ -485,7 +476,7 @@ class MqttSession:
         inbox = self._inbox
         inbox.append(msg)
         self._message_waiters.wake_all()
-        if len(inbox) >= self.config.buffer_limit:
+        if len(inbox) >= self._buffer_limit:
             conn.pause()
 
     async def next_message(self) -> Message:
@@ -496,6 +487,6 @@ class MqttSession:
             await self._message_waiters.wait(self.loop)
         msg = inbox.popleft()
         conn = self._conn
-        if conn is not None and not conn.reading and len(inbox) <= self.config.buffer_limit // 2:
+        if conn is not None and not conn.reading and len(inbox) <= self._buffer_limit // 2:
             conn.resume()
         return msg
