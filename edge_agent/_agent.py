@@ -33,7 +33,11 @@ files or the uplink/spool sections (the file stays authoritative), is persisted 
 swapping inputs and processors; processor chains whose rule did not change keep their state,
 the others are flushed (open windows close early). The outcome goes to ``config/reported``.
 Commands: :mod:`edge_agent._commands`. State for the health message and ``/metrics``: one
-:meth:`EdgeAgent.snapshot` (:mod:`edge_agent._snapshot`).
+:meth:`EdgeAgent.snapshot` (:mod:`edge_agent._snapshot`). The views, the command handlers and
+the remote config's validation are the agent's base class, :mod:`edge_agent._agent_control`;
+this module is its lifecycle. ``edge run`` runs it in its own process image
+(:mod:`edge_agent._daemon`); freed heap goes back to the kernel once it runs and with each
+prune (:mod:`edge_agent._memory`).
 """
 
 from __future__ import annotations
@@ -44,48 +48,32 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Final
+from dataclasses import replace
+from typing import Final
 
+from edge_agent._agent_control import AGENT_NAME, AgentControl, Runtime
 from edge_agent._batcher import Batcher
 from edge_agent._checkpoint import KEY_PENDING, STATE_KEYS, CheckpointError
-from edge_agent._commands import MAX_RESEND_SEQS, Commands, parse_resend_args, resend
+from edge_agent._commands import MAX_RESEND_SEQS, Commands, parse_resend_args
 from edge_agent._config import AgentConfig
-from edge_agent._errors import ConfigError, ConfigIssue, EdgeError
 from edge_agent._local import SOCKET_NAME, LocalEndpoint
 from edge_agent._looplag import LoopLagHistogram
+from edge_agent._memory import release_free_memory
 from edge_agent._notify import DEBUG_STALL_ENV, Notifier, debug_stall, parse_stall
 from edge_agent._pipeline import ChannelPipeline, RestoreReport
-from edge_agent._remote import load_persisted, persist, validate_remote
+from edge_agent._remote import load_persisted
 from edge_agent._remote_ops import RemoteOps, register_ops
 from edge_agent._snapshot import (
-    AgentSnapshot,
     CheckpointStats,
     CpuMeter,
-    InputSnapshot,
-    UplinkSnapshot,
-    disk_free_bytes,
-    health_message,
-    process_cpu_s,
-    process_rss_bytes,
 )
 from edge_agent._spool import Spool
 from edge_agent._supervisor import InputCounters, supervise
-from edge_agent._update import order_update, read_result
-from edge_agent._uplink import ControlMessage, Uplink
-from edge_agent.inputs import Input, build_input
+from edge_agent._uplink import Uplink
 from foundation import LoopLagMonitor
 from telemetry import (
-    Birth,
-    ConfigDesired,
-    ConfigReported,
-    Health,
-    PayloadError,
     Reading,
-    TopicError,
-    TopicKind,
     Topics,
-    decode_message,
     encode_message,
 )
 
@@ -93,21 +81,10 @@ from telemetry import (
 __all__ = ["AGENT_NAME", "MAX_RESEND_SEQS", "EdgeAgent", "parse_resend_args", "run_agent"]
 
 log: Final = logging.getLogger("edge_agent")
-AGENT_NAME: Final = "smartcity-edge/0.1"
 _PRUNE_INTERVAL_S: Final = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Runtime:
-    """What a config swap replaces: the processors and the inputs."""
-
-    config: AgentConfig
-    version: int
-    pipeline: ChannelPipeline
-    inputs: list[Input]
-
-
-class EdgeAgent:
+class EdgeAgent(AgentControl):
     """The gateway daemon. ``await agent.run()`` until :meth:`stop` (or cancellation).
 
     >>> agent = EdgeAgent(load_config("edge.yaml"))     # doctest: +SKIP
@@ -145,7 +122,7 @@ class EdgeAgent:
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._swap = asyncio.Event()
-        self._pending_swap: _Runtime | None = None
+        self._pending_swap: Runtime | None = None
         self._acks_waiting: list[Callable[[], None]] = []
         self._committed_at = 0.0  # time.monotonic() of the last spool commit
         #: While set, messages from inputs with acks are refused unacked (stop, swap).
@@ -164,18 +141,6 @@ class EdgeAgent:
         self.version = _version()
 
     # -- public ----------------------------------------------------------------------------------
-    @property
-    def config(self) -> AgentConfig:
-        return self._runtime.config
-
-    @property
-    def config_version(self) -> int:
-        return self._runtime.version
-
-    @property
-    def pipeline(self) -> ChannelPipeline:
-        return self._runtime.pipeline
-
     def stop(self) -> None:
         """Ask for a clean stop (safe from a signal handler on the agent's loop)."""
         self._stop.set()
@@ -214,6 +179,7 @@ class EdgeAgent:
                 if stall is not None:
                     debug = tg.create_task(debug_stall(*stall), name=f"agent[{gw}].debug_stall")
                 self.ready.set()
+                release_free_memory()
                 self.notifier.notify(f"READY=1\nSTATUS=running, gateway {gw}")
                 log.info(
                     "edge agent started",
@@ -365,6 +331,7 @@ class EdgeAgent:
             pruned = self.spool.prune()
             if pruned:
                 log.debug("delivered batches pruned", extra={"batches": pruned})
+            release_free_memory()
             await asyncio.sleep(_PRUNE_INTERVAL_S)
 
     async def _inputs_loop(self) -> None:
@@ -388,168 +355,6 @@ class EdgeAgent:
                 self._apply_swap()
             finally:
                 self._closing = False
-
-    # -- state: one snapshot for every view ------------------------------------------------------
-    def snapshot(self) -> AgentSnapshot:
-        """The agent's state now (health message, ``/metrics``; safe from the scrape thread)."""
-        rt = self._runtime
-        dropped = rt.pipeline.dropped()
-        counters = self.input_counters
-        for stage, per in list(counters.drops.items()):
-            dropped.setdefault(stage, {}).update(per)  # dict copies are atomic under the GIL
-        return AgentSnapshot(
-            gateway=self.gateway,
-            ts=time.time_ns(),
-            monotonic=(now := time.monotonic()),
-            uptime_s=round(now - self._started, 3),
-            config_version=rt.version,
-            inputs={inp.name: inp.state for inp in rt.inputs},
-            uplink=UplinkSnapshot.of(self.uplink.stats, connected=self.uplink.connected),
-            spool=self.spool.stats(),
-            dropped=dropped,
-            input_rejects={name: dict(per) for name, per in list(counters.rejects.items())},
-            input_failures=dict(counters.failures),
-            input_links={
-                inp.name: InputSnapshot(
-                    state=inp.state,
-                    last_error=inp.error(),
-                    counters=inp.counters(),
-                    drops=inp.drop_counters(),
-                    clock_offset_s=inp.clock_offset_s,
-                )
-                for inp in rt.inputs
-            },
-            disk_free_bytes=disk_free_bytes(self.file_config.spool_path.parent),
-            version=self.version,
-            clock=self.ops.clock,
-            update=read_result(self.file_config.gateway.state_dir),
-            submitted=self.submitted,
-            checkpoints=self.checkpoints,
-            cpu_s=process_cpu_s(),
-            rss_bytes=process_rss_bytes(),
-        )
-
-    def health(self) -> Health:
-        """The health message: the :meth:`snapshot`, with CPU use since the previous one."""
-        snap = self.snapshot()
-        return health_message(snap, cpu_percent=self._cpu.percent(snap))
-
-    def birth(self) -> Birth:
-        cfg = self.config
-        return Birth(
-            gw=self.gateway,
-            ts=time.time_ns(),
-            agent=AGENT_NAME,
-            config_version=self.config_version,
-            location=None if cfg.gateway.location is None else cfg.gateway.location.to_wire(),
-            devices=[d.to_wire() for d in cfg.devices],
-        )
-
-    def _birth_payload(self) -> bytes:
-        return encode_message(self.birth())
-
-    def reannounce(self) -> bool:
-        return self.uplink.publish_control(
-            self.topics.status(self.gateway), self._birth_payload(), qos=1, retain=True
-        )
-
-    # -- commands (edge_agent._commands calls these) ---------------------------------------------
-    def ping(self) -> dict[str, Any]:
-        return {
-            "pong": True,
-            "ts": time.time_ns(),
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "config_version": self.config_version,
-        }
-
-    def resend(self, seqs: list[int]) -> dict[str, Any]:
-        """Publish again the held batches with these seqs (the ``resend`` command)."""
-        return resend(self.spool, self.uplink, seqs)
-
-    def update(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The ``update`` command: leave a request for the root-side updater (_update)."""
-        return order_update(self.file_config.gateway.state_dir, args)
-
-    def request_restart(self) -> None:
-        """Stop cleanly, then ``edge run`` starts again (the ``restart`` command)."""
-        self.restart_requested = True
-        self.stop()
-
-    def firmware_links(self) -> list[tuple[str, Any]]:
-        """(input name, open FirmwareLink) of every ``firmware`` input (``time-sync``)."""
-        return [
-            (inp.name, link)
-            for inp in self._runtime.inputs
-            if (link := getattr(inp, "firmware_link", None)) is not None
-        ]
-
-    # -- control plane ---------------------------------------------------------------------------
-    def _on_control(self, msg: ControlMessage) -> None:
-        try:
-            _, kind = self.topics.parse(msg.topic)
-        except TopicError:
-            return
-        if kind is TopicKind.CONFIG_DESIRED:
-            self._on_config(msg.payload)
-        elif kind is TopicKind.COMMAND:
-            self._commands.handle(msg)
-
-    def _report(self, version: int, status: str, reason: str | None = None) -> None:
-        report = ConfigReported(
-            gw=self.gateway,
-            ts=time.time_ns(),
-            version=version,
-            status=status,  # type: ignore[arg-type]
-            reason=reason,
-            running_version=self.config_version,
-        )
-        self.uplink.publish_control(
-            self.topics.config_reported(self.gateway), encode_message(report), retain=True
-        )
-
-    def _on_config(self, payload: bytes) -> None:
-        if not payload:
-            return  # retained message cleared
-        try:
-            desired = decode_message(payload, ConfigDesired)
-        except PayloadError as exc:
-            log.warning("remote config refused", extra={"reason": str(exc)})
-            self._report(0, "rejected", f"not a config message: {exc}")
-            return
-        pending = self._pending_swap
-        if desired.version == self.config_version or (
-            pending is not None and pending.version == desired.version
-        ):
-            return  # the retained message again after a reconnect
-        try:
-            runtime = self._prepare(desired.config, desired.version)
-        except ConfigError as exc:
-            log.warning(
-                "remote config rejected", extra={"version": desired.version, "reason": exc.reason}
-            )
-            self._report(desired.version, "rejected", exc.reason)
-            return
-        persist(self.file_config, desired)
-        self._pending_swap = runtime
-        self._swap.set()
-
-    def _prepare(self, data: dict[str, Any], version: int) -> _Runtime:
-        cfg = validate_remote(self.file_config, data, version)
-        try:
-            return self._build(cfg, version)
-        except (EdgeError, ValueError) as exc:
-            source = f"remote config version {version}"
-            raise ConfigError(source, [ConfigIssue("", str(exc))]) from exc
-
-    def _build(self, cfg: AgentConfig, version: int) -> _Runtime:
-        return _Runtime(
-            config=cfg,
-            version=version,
-            pipeline=ChannelPipeline(
-                list(cfg.processors), max_channels=cfg.processors_max_channels
-            ),
-            inputs=[build_input(i, gateway=cfg.gateway.id) for i in cfg.inputs],
-        )
 
     def _apply_swap(self) -> None:
         new, self._pending_swap = self._pending_swap, None

@@ -8,6 +8,7 @@
     batch:     max_readings, max_bytes, max_age_s when a batch is sealed
     health:    interval_s                         periodic health message
     metrics:   port, host                         local endpoint (/metrics /status), 9108
+    update:    trusted_keys                       keys a release must be signed with
     devices:   [...]                              inventory announced in the birth message
     inputs:    [{type: mqtt, ...}, ...]           input plugins, by ``type`` (edge_agent.inputs)
     processors: [{match: {...}, stages: [...]}]   per-channel chains (edge_agent.processors)
@@ -27,11 +28,19 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
 import yaml
-from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ByteSize,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent._errors import ConfigError, ConfigIssue
 from edge_agent._expand import expand_references
 from edge_agent._model import FrozenModel, Id, Name
+from edge_agent._signing import parse_public_key
 from edge_agent.inputs import INPUTS, InputSpec, check_inputs
 from edge_agent.processors import STAGES, ProcessorRule
 from foundation import BrokerAccess, check_broker_security
@@ -56,6 +65,7 @@ __all__ = [
     "LocationConfig",
     "MetricsConfig",
     "SpoolConfig",
+    "UpdateConfig",
     "load_config",
     "parse_config",
 ]
@@ -196,6 +206,22 @@ class MetricsConfig(FrozenModel):
     host: str = "127.0.0.1"
 
 
+def _public_key(value: str) -> str:
+    parse_public_key(value)  # ValueError naming what is wrong with it
+    return value.strip()
+
+
+class UpdateConfig(FrozenModel):
+    """How ``smartcity edge update`` judges a release (docs/gateway-install.md, "Signed
+    releases"). Read by the root-side updater from this file only."""
+
+    #: Ed25519 public keys (base64, as ``smartcity edge release keygen`` writes them to
+    #: ``<key>.pub``; ``${file:/etc/smartcity-edge/release.pub}`` reads one from a file).
+    #: Set: a release must carry a ``.sig`` made with one of them, or it is refused before
+    #: anything is installed. Empty: the sha256 alone is checked.
+    trusted_keys: tuple[Annotated[str, AfterValidator(_public_key)], ...] = ()
+
+
 class DeviceConfig(FrozenModel):
     id: Id
     kind: Annotated[str, Field(min_length=1)]
@@ -221,6 +247,7 @@ class AgentConfig(FrozenModel):
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
+    update: UpdateConfig = UpdateConfig()
     devices: list[DeviceConfig] = []
     inputs: list[InputSpec] = []
     #: First matching rule wins; channels no rule matches pass through unchanged.

@@ -22,11 +22,38 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent._config import AgentConfig
-from edge_agent._errors import ConfigIssue
+from edge_agent._config import AgentConfig, load_config
+from edge_agent._errors import ConfigError, ConfigIssue, EdgeError
 from foundation import BrokerAccess, BrokerSetupError
 
-__all__ = ["Preflight", "preflight"]
+__all__ = ["Preflight", "UnusableFiles", "load_checked", "preflight"]
+
+
+class UnusableFiles(ConfigError):
+    """A valid config naming files or directories that are not usable on this machine."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        lines = "\n".join(f"  {source}: {issue}" for issue in issues)
+        EdgeError.__init__(
+            self,
+            f"config {source} names files or directories that are not usable "
+            f"({len(issues)} problem(s)):\n{lines}",
+        )
+        self.source = source
+        self.issues = issues
+
+
+def load_checked(path: Path) -> tuple[AgentConfig, list[str]]:
+    """``edge check`` and ``edge run``: load and validate ``path``, then :func:`preflight`.
+
+    Returns the config and its notes (problems that do not stop the agent); raises
+    :class:`ConfigError` (:class:`UnusableFiles` after the pre-flight) naming every problem.
+    """
+    cfg = load_config(path)
+    found = preflight(cfg)
+    if found.issues:
+        raise UnusableFiles(str(path), found.issues)
+    return cfg, [f"{path}: note: {n}" for n in found.notes]
 
 
 @dataclass(slots=True)

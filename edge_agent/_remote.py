@@ -112,8 +112,8 @@ def load_persisted(file_cfg: AgentConfig) -> tuple[AgentConfig, int]:
 
 
 #: Sections a remote config cannot change: the uplink (its broker, credentials and TLS),
-#: the spool and the metrics listener.
-_FIXED_SECTIONS: Final = ("broker", "spool", "metrics")
+#: the spool, the metrics listener and the keys a release must be signed with.
+_FIXED_SECTIONS: Final = ("broker", "spool", "metrics", "update")
 _FILE_ONLY: Final = "cannot be changed remotely; only the config file on the gateway sets it"
 #: What an mqtt input's connection is made of (its broker and how it gets in).
 _MQTT_CONNECTION: Final = (

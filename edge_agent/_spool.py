@@ -29,19 +29,13 @@
   unsealed readings) that :meth:`Spool.commit` writes in the **same transaction** as the
   batches sealed with them, so batches and state always describe the same instant. State
   blobs are not counted against the budget.
-- Schema: ``PRAGMA user_version`` is the schema version that wrote the file
-  (:data:`SCHEMA_VERSION`) and ``meta.compat_version`` the oldest schema that may still read
-  and write it. A release opens an older spool and migrates it up (``_MIGRATIONS``,
-  additive: new columns with defaults, new tables, so ``compat_version`` stays); it opens a
-  *newer* spool as it is (the agent was rolled back after an update, docs/gateway-install.md)
-  when ``compat_version`` allows, so the readings the newer release spooled are still sent,
-  and refuses it otherwise without touching it.
+- Schema: versions, tables, migrations and opening a file are in
+  :mod:`edge_agent._spool_schema`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -51,8 +45,7 @@ from types import TracebackType
 from typing import Final, Literal, Self
 
 from edge_agent._errors import SpoolError
-
-_log: Final = logging.getLogger("edge_agent")
+from edge_agent._spool_schema import COMPAT_VERSION, SCHEMA_VERSION, open_db
 
 __all__ = [
     "COMPAT_VERSION",
@@ -63,36 +56,6 @@ __all__ = [
     "SpooledBatch",
 ]
 
-#: Schema version this release writes (``PRAGMA user_version``; 0: before versioning).
-SCHEMA_VERSION: Final = 1
-#: The oldest schema version that can read and write a spool this release wrote: stays the
-#: same as long as migrations are additive (an old release ignores new columns/tables).
-COMPAT_VERSION: Final = 1
-#: version -> SQL that migrates a spool of ``version - 1`` (version 1, the ``delivered_ns``
-#: column, predates versioning and is checked by column in :meth:`Spool.open`).
-_MIGRATIONS: Final[dict[int, str]] = {}
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL,
-    readings INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    delivered_ns INTEGER
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped_batches', 0),
-    ('dropped_readings', 0);
-"""
-# Created after a spool of an older version got its ``delivered_ns`` column.
-_INDEXES: Final = """
-CREATE INDEX IF NOT EXISTS batches_waiting ON batches (id) WHERE delivered_ns IS NULL;
-CREATE INDEX IF NOT EXISTS batches_delivered ON batches (delivered_ns)
-    WHERE delivered_ns IS NOT NULL;
-CREATE INDEX IF NOT EXISTS batches_seq ON batches (seq);
-"""
 _OLDEST: Final = (
     "SELECT id, seq, created_ns, readings, payload FROM batches"
     " WHERE delivered_ns IS NULL AND id > ? ORDER BY id LIMIT ?"
@@ -177,30 +140,7 @@ class Spool:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            db.execute("PRAGMA cache_size=-1024")  # KiB: rows are written once, read once
-            db.executescript(_SCHEMA)
-            found = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if found > SCHEMA_VERSION:
-                self._check_newer(db, found)
-            else:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
-                if "delivered_ns" not in columns:  # a spool from before retention
-                    db.execute("ALTER TABLE batches ADD COLUMN delivered_ns INTEGER")
-                for version in range(found + 1, SCHEMA_VERSION + 1):
-                    if version in _MIGRATIONS:
-                        db.executescript(_MIGRATIONS[version])
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('compat_version', ?)", (COMPAT_VERSION,)
-                )
-            db.executescript(_INDEXES)
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        db = open_db(self.path, self.synchronous)
         self._db = db
         try:
             self._reload_counts()
@@ -208,22 +148,6 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
         self._next_seq = int(meta["next_seq"])
-
-    def _check_newer(self, db: sqlite3.Connection, found: int) -> None:
-        """A spool written by a newer release: usable as it is if its compat version allows."""
-        row = db.execute("SELECT value FROM meta WHERE key = 'compat_version'").fetchone()
-        compat = found if row is None else int(row[0])
-        if compat > SCHEMA_VERSION:
-            db.close()
-            raise SpoolError(
-                f"spool {self.path} has schema {found}, which only releases with spool schema"
-                f" >= {compat} can use (this release: {SCHEMA_VERSION}); it was left untouched:"
-                " run a newer release on it"
-            )
-        _log.info(
-            "spool written by a newer release, used as it is",
-            extra={"schema": found, "compat": compat, "this_schema": SCHEMA_VERSION},
-        )
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -288,8 +212,7 @@ class Spool:
                     if total > self.budget_bytes:
                         self._drop_oldest(total - self.budget_bytes)
                     cur = db.execute(
-                        "INSERT INTO batches (seq, created_ns, readings, payload)"
-                        " VALUES (?,?,?,?)",
+                        "INSERT INTO batches (seq, created_ns, readings, payload) VALUES (?,?,?,?)",
                         (seq, time.time_ns(), readings, payload),
                     )
                     ids.append(int(cur.lastrowid or 0))

@@ -9,7 +9,7 @@ Install layout (docs/gateway-install.md, "Updates and rollback")::
     ├── previous -> releases/...       what a rollback goes back to
     └── downloads/                     wheels / requirements fetched from URLs
 
-    fetch + sha256 ─▶ venv next to current ─▶ lock + release ─▶ `edge check` (new code) ─▶
+    fetch + sha256 + signature ─▶ venv next to current ─▶ lock + release ─▶ `edge check` ─▶
     switch current (symlink + rename) ─▶ restart ─▶ /status: new version, new process,
     uplink up (birth sent on connect) within the deadline ─┬─ yes: ok, older releases pruned
                                                            └─ no: current back, restart the old
@@ -20,6 +20,9 @@ the agent reads it (mtime-cached) into its health message and ``/status``. The `
 command (API, engineer role) only writes ``<state_dir>/update-request.json``: the agent runs
 unprivileged, so a root-side service (``smartcity edge update --request FILE``, started by a
 systemd path unit) carries it out and accepts only URLs under its ``--allow-url-prefix``.
+With ``update.trusted_keys`` in the config, the release's ``.sig`` must verify with one of
+them (:mod:`edge_agent._signing`) before anything is installed; otherwise the result is
+``failed`` with the reason and the running release is not touched.
 Hierarchy: ``EdgeError`` > ``UpdateError`` (anything that stops an update before a switch).
 """
 
@@ -199,6 +202,8 @@ class UpdateOptions:
     #: The agent's /status document (raises when it does not answer).
     status: Callable[[], dict[str, Any]]
     say: Callable[[str], None] = print
+    #: ``update.trusted_keys``: set, the release must be signed with one of them.
+    trusted_keys: tuple[str, ...] = ()
 
 
 def run_update(opts: UpdateOptions) -> UpdateResult:
@@ -248,6 +253,15 @@ def _update(opts: UpdateOptions) -> UpdateResult:
         write_result(o.state_dir, r)
         return r
 
+    if o.trusted_keys:
+        from edge_agent._signing import read_signature, verify_release
+
+        try:
+            signer = verify_release(src, sha, read_signature(o.source, src), o.trusted_keys)
+        except UpdateError as exc:
+            o.say(f"refused: {exc}")
+            return result("failed", str(exc))
+        o.say(f"{src.name}: signature of {signer} verified")
     lock = o.lock or (old / LOCK_NAME if (old / LOCK_NAME).exists() else None)
     result("pending")
     o.say(f"installing {version} next to {old.name}")
@@ -388,6 +402,7 @@ def update_command(
                 restarter=restarter,
                 status=lambda: fetch_status(cfg, timeout=2.0),
                 say=say,
+                trusted_keys=cfg.update.trusted_keys,
             )
         )
     except UpdateError as exc:

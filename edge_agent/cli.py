@@ -31,47 +31,18 @@ ConfigOption = Annotated[
 EXIT_CONFIG = 78
 
 
-def _limit_malloc_arenas() -> None:
-    """Gateways are small: cap glibc malloc arenas (executor threads each get one
-    otherwise, each keeping freed memory resident). No effect on other C libraries."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_arena_max = -8
-    mallopt(m_arena_max, 2)
-
-
 def _load_checked(config: Path) -> tuple[AgentConfig, list[str]]:
     """Load, validate and pre-flight ``config``; exit 78 with every problem on stderr.
 
     Returns the config and the notes (problems that do not stop the agent)."""
-    from edge_agent._config import load_config
     from edge_agent._errors import ConfigError
-    from edge_agent._preflight import preflight
+    from edge_agent._preflight import load_checked
 
     try:
-        cfg = load_config(config)
+        return load_checked(config)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=EXIT_CONFIG) from None
-    found = preflight(cfg)
-    if found.issues:
-        lines = "\n".join(f"  {config}: {issue}" for issue in found.issues)
-        typer.echo(
-            f"config {config} names files or directories that are not usable "
-            f"({len(found.issues)} problem(s)):\n{lines}",
-            err=True,
-        )
-        raise typer.Exit(code=EXIT_CONFIG)
-    return cfg, [f"{config}: note: {n}" for n in found.notes]
 
 
 @app.command("check")
@@ -101,30 +72,18 @@ def run(
 
     Exit 78 (EX_CONFIG) on a config problem (the same checks as ``check``), 1 on a failure.
     After a ``restart`` command: exit 75 under systemd (the unit restarts it), else run again
-    in this process (re-executed)."""
-    import asyncio
+    in this process (re-executed). The agent runs in this process (same pid) without the
+    command line framework: edge_agent/_daemon.py."""
+    import os
+    import sys
 
-    from edge_agent._agent import run_agent
-    from edge_agent._errors import EdgeError, UplinkError
-    from foundation import configure_logging
-
-    _limit_malloc_arenas()
     if log_format not in (None, "json", "console"):
         raise typer.BadParameter("must be json or console", param_hint="--log-format")
-    configure_logging(log_level, log_format)  # type: ignore[arg-type]
-    cfg, _notes = _load_checked(config)
-    try:
-        restart = asyncio.run(run_agent(cfg))
-    except UplinkError as exc:  # TLS files or credentials that became unusable meanwhile
-        typer.echo(f"edge agent: config problem: {exc}", err=True)
-        raise typer.Exit(code=EXIT_CONFIG) from None
-    except EdgeError as exc:
-        typer.echo(f"edge agent failed: {exc}", err=True)
-        raise typer.Exit(code=1) from None
-    if restart:
-        from edge_agent._remote_ops import restart_process
-
-        restart_process()
+    daemon = [sys.executable, "-P", "-m", "edge_agent._daemon", "--config", str(config)]
+    daemon += ["--log-level", log_level, *(["--log-format", log_format] if log_format else [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, daemon)  # noqa: S606 - our interpreter, our module
 
 
 @app.command("init")
@@ -253,6 +212,49 @@ def update(
         fetch_status=fetch_status,
     )
     raise typer.Exit(code=code)
+
+
+release_app = typer.Typer(
+    name="release",
+    help="Signed releases: a signing key, and the .sig that `edge update` checks against "
+    'update.trusted_keys (docs/gateway-install.md, "Signed releases").',
+    no_args_is_help=True,
+)
+app.add_typer(release_app)
+
+
+@release_app.command("keygen")
+def release_keygen(
+    key: Annotated[Path, typer.Argument(help="Where to write the private key (mode 600).")],
+) -> None:
+    """Make an Ed25519 signing key: KEY (private, mode 600; keep it off the gateways) and
+    KEY.pub (the public key, for update.trusted_keys). Never overwrites a file."""
+    from edge_agent._releases import UpdateError
+    from edge_agent._signing import generate_key
+
+    try:
+        public = generate_key(key)
+    except (UpdateError, OSError) as exc:
+        typer.echo(f"release keygen: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"private key {key} (mode 600)\npublic key  {key}.pub: {public}")
+
+
+@release_app.command("sign")
+def release_sign(
+    release: Annotated[Path, typer.Argument(help="The wheel or locked requirements file.")],
+    key: Annotated[Path, typer.Option(help="The private key from `edge release keygen`.")],
+) -> None:
+    """Sign RELEASE: writes RELEASE.sig beside it (publish it next to the release)."""
+    from edge_agent._releases import UpdateError
+    from edge_agent._signing import sign_release
+
+    try:
+        out = sign_release(release, key)
+    except (UpdateError, OSError) as exc:
+        typer.echo(f"release sign: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(str(out))
 
 
 @app.command("enroll")

@@ -1,6 +1,6 @@
 """``smartcity edge update``: a running agent (real mosquitto) updated to a new wheel, and to a
 wheel that fails at start (rolled back on its own, 0 readings lost), across a spool-schema
-migration.
+migration; with ``update.trusted_keys``, only a release signed by a trusted key.
 
 One wheel is built per module from a copy of the tree with ``pip wheel --no-deps
 --no-build-isolation``: ``0.1.0`` (the tree as it is, spool schema 1); two variants are made
@@ -38,8 +38,9 @@ from edge_helpers import Central, Requester, wait_until
 
 from edge_agent import load_config
 from edge_agent._errors import CommandError, SpoolError
+from edge_agent._signing import generate_key, sign_release
 from edge_agent._spool import SCHEMA_VERSION, Spool
-from edge_agent._status import fetch_status
+from edge_agent._status import StatusUnavailable, fetch_status
 from edge_agent._update import (
     RESULT_NAME,
     UpdateError,
@@ -126,7 +127,7 @@ def _variant(base: Path, version: str, *, schema2: bool, broken: bool) -> Path:
             if name.endswith(".dist-info/METADATA"):
                 meta = data.decode().replace(f"\nVersion: {old}\n", f"\nVersion: {version}\n")
                 data = meta.encode()
-            elif name == "edge_agent/_spool.py" and schema2:
+            elif name == "edge_agent/_spool_schema.py" and schema2:
                 text = data.decode()
                 for line in _SCHEMA_2:
                     key = line.split(":")[0]
@@ -311,6 +312,15 @@ def _spool_schema(gw: Gateway) -> int:
         db.close()
 
 
+def _answers(gw: Gateway) -> bool:
+    """The running agent serves its status (it has started)."""
+    try:
+        gw.status()
+    except StatusUnavailable:
+        return False
+    return True
+
+
 def _last_update(central: Central) -> UpdateReport | None:
     """The update report of the last health message the broker delivered."""
     raw = central.on(central.topics.health("gw-up"))
@@ -407,6 +417,62 @@ def test_update_to_a_release_that_fails_at_start_rolls_back_losing_nothing(
     from_bad = {r for r in central.readings() if stopped * 1e9 < r[1] < rollback_at * 1e9}
     assert from_bad, "no readings made by the failed release reached the broker"
     print(f"rolled back: {n} batches, no gap, {len(from_bad)} readings from 0.1.2; {out}")
+
+
+@pytest.mark.integration
+def test_with_trusted_keys_only_a_release_signed_by_one_is_installed(
+    gateway: Gateway, wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    """Unsigned, signed by a stranger, changed after signing: refused before anything is
+    installed, the running agent untouched; signed by the trusted key: installed."""
+    trusted = generate_key(tmp_path / "release-key")
+    generate_key(tmp_path / "stranger-key")
+    doc = yaml.safe_load(gateway.config.read_text())
+    doc["update"] = {"trusted_keys": [trusted]}
+    gateway.config.write_text(yaml.safe_dump(doc))
+    good = wheels["good"]
+
+    def release(case: str, key: str | None, tamper: bool = False) -> Path:
+        path = tmp_path / case / good.name
+        path.parent.mkdir()
+        shutil.copyfile(good, path)
+        if key is not None:
+            sign_release(path, tmp_path / key)
+        if tamper:  # what an attacker who holds the download and the request can do
+            with path.open("ab") as f:
+                f.write(b"\0")
+        return path
+
+    running = (gateway.root / "current").resolve()
+    wait_until(lambda: _answers(gateway), 30, "the running agent's status")
+    refused = {
+        "is not signed": release("unsigned", None),
+        "a key update.trusted_keys does not hold": release("stranger", "stranger-key"),
+        "changed after signing": release("tampered", "release-key", tamper=True),
+    }
+    for reason, path in refused.items():
+        code, lines = gateway.update(path, "--sha256", _sha(path), "--requirements", LOCK)
+        out = "\n".join(line for _, line in lines)
+        assert code == 1, out
+        assert reason in out, out
+        assert "installing" not in out, out
+        status = gateway.status()
+        assert status["update"]["status"] == "failed"
+        assert reason in status["update"]["reason"]
+    assert gateway.first.poll() is None, "the running agent was stopped"
+    assert gateway.status()["version"] == "0.1.0"
+    assert (gateway.root / "current").resolve() == running
+    assert [p.name for p in (gateway.root / "releases").iterdir()] == [running.name]
+
+    signed = release("signed", "release-key")
+    code, lines = gateway.update(
+        signed, "--sha256", _sha(signed), "--deadline", "30", "--requirements", LOCK
+    )
+    out = "\n".join(line for _, line in lines)
+    assert code == 0, out
+    assert "signature of ed25519:" in out, out
+    assert gateway.status()["version"] == "0.1.1"
+    assert gateway.status()["update"]["status"] == "ok"
 
 
 # -- pieces, without processes -------------------------------------------------------------------
