@@ -5,12 +5,15 @@
     engineer: POST /v1/gateways/{id}/enrolment (API, engineer key) ─▶ one-time token T
     gateway:  smartcity edge enroll --api https://api.city.example --token T --out DIR
                   POST /v1/enrol {"token": T} ─▶ {gateway, username, password, client_id,
-                                                  broker: {host, port, tls, ca_pem, topic_root}}
+                                                  broker: {host, port, hosts, protocol, tls,
+                                                           ca_pem, topic_root}}
               DIR/broker-password  0600  the password (first line), never printed
               DIR/broker-ca.pem    0644  the CA to trust at the broker (when the API gave one)
               DIR/broker.yaml      0644  the ``broker:`` block for edge.yaml, naming both
 
-The token travels only to the API, over HTTPS unless the API is on loopback (or
+The same on both profiles: with mosquitto the block says ``protocol: mqtt5``; with the NATS
+cluster (docs/cluster.md) ``protocol: mqtt311`` and ``hosts``, the other nodes to fail over
+to. The token travels only to the API, over HTTPS unless the API is on loopback (or
 ``--allow-insecure``). Files are written to a temporary name and renamed, so a failed run
 leaves the previous credentials in place. Standard library only (a gateway install has no
 HTTP client package).
@@ -31,6 +34,7 @@ from typing import Any, Final
 
 from edge_agent._errors import EdgeError
 from foundation import is_loopback
+from foundation.mqtt import parse_address
 
 __all__ = ["EnrollError", "Enrolled", "enroll"]
 
@@ -73,7 +77,9 @@ def _post(url: str, body: dict[str, str], *, ca_file: Path | None, timeout: floa
     if url.startswith("https://"):
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     request = urllib.request.Request(  # noqa: S310 (the scheme is checked by the caller)
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Content-Type": "application/json", "Accept": "application/json"},
     )
     try:
@@ -83,8 +89,9 @@ def _post(url: str, body: dict[str, str], *, ca_file: Path | None, timeout: floa
         detail = ""
         with contextlib.suppress(ValueError, AttributeError, OSError):
             detail = str(json.loads(exc.read(64 * 1024)).get("detail", ""))
-        raise EnrollError(f"the API refused the enrolment ({exc.code}): {detail or exc.reason}") \
-            from None
+        raise EnrollError(
+            f"the API refused the enrolment ({exc.code}): {detail or exc.reason}"
+        ) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise EnrollError(f"cannot reach the API at {url}: {reason}") from None
@@ -101,11 +108,14 @@ def _yaml_block(answer: dict[str, Any], password_file: Path, ca_file: Path | Non
         "broker:",
         f"  host: {json.dumps(broker['host'])}",
         f"  port: {int(broker['port'])}",
+        f"  protocol: {json.dumps(broker.get('protocol', 'mqtt5'))}",
         f"  topic_root: {json.dumps(broker['topic_root'])}",
         f"  client_id: {json.dumps(answer['client_id'])}",
         f"  username: {json.dumps(answer['username'])}",
         f"  password_file: {json.dumps(str(password_file))}",
     ]
+    if broker.get("hosts"):
+        lines.append(f"  hosts: {json.dumps(broker['hosts'])}")
     if broker.get("tls"):
         ca = "" if ca_file is None else f"ca_file: {json.dumps(str(ca_file))}"
         lines.append(f"  tls: {{{ca}}}")
@@ -122,14 +132,26 @@ def _checked(answer: Any) -> dict[str, Any]:
             raise TypeError("broker")
         if broker.get("ca_pem") is not None and "BEGIN CERTIFICATE" not in broker["ca_pem"]:
             raise TypeError("broker.ca_pem")
+        if broker.get("protocol", "mqtt5") not in ("mqtt5", "mqtt311"):
+            raise TypeError("broker.protocol")
+        hosts = broker.get("hosts") or []
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise TypeError("broker.hosts")
+        for address in hosts:
+            parse_address(address)  # as the uplink's broker.hosts will read it
     except (KeyError, TypeError, ValueError) as exc:
         raise EnrollError(f"the API's answer is not an enrolment ({exc})") from None
     return dict(answer)
 
 
 def enroll(
-    api: str, token: str, out: Path, *, ca_file: Path | None = None,
-    allow_insecure: bool = False, timeout: float = 30.0,
+    api: str,
+    token: str,
+    out: Path,
+    *,
+    ca_file: Path | None = None,
+    allow_insecure: bool = False,
+    timeout: float = 30.0,
 ) -> Enrolled:
     """Redeem ``token`` at ``api``; write the credentials into ``out``."""
     parts = urllib.parse.urlsplit(api)
@@ -138,7 +160,8 @@ def enroll(
     if parts.scheme == "http" and not (is_loopback(parts.hostname) or allow_insecure):
         raise EnrollError(
             f"refusing to send the claim token over plain http to {parts.hostname}: use "
-            "https:// (or --allow-insecure on a test bench)")
+            "https:// (or --allow-insecure on a test bench)"
+        )
     token = token.strip()
     if not token:
         raise EnrollError("the claim token is empty")
@@ -158,7 +181,10 @@ def enroll(
         raise EnrollError(f"cannot write the credentials into {out}: {exc}") from None
     broker = answer["broker"]
     return Enrolled(
-        gateway=answer["gateway"], client_id=answer["client_id"],
+        gateway=answer["gateway"],
+        client_id=answer["client_id"],
         broker=f"{'mqtts' if broker.get('tls') else 'mqtt'}://{broker['host']}:{broker['port']}",
-        password_file=password_file, ca_file=written_ca, broker_yaml=broker_yaml,
+        password_file=password_file,
+        ca_file=written_ca,
+        broker_yaml=broker_yaml,
     )

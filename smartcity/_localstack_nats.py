@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from foundation import Startable, free_port
 from smartcity._localstack import LocalService, ServiceError, _accepts
-from telemetry import TopicError, check_cluster_id, mqtt_to_nats_subject
+from smartcity._nats_users import render_users, user_entry
+from telemetry import TopicError, check_cluster_id
 
 __all__ = ["NatsCluster", "NatsNode", "NatsTls", "NatsUser", "find_nats_server"]
 
@@ -110,6 +111,12 @@ class NatsNode(LocalService):
         self.mqtt_port = cluster.take_port()
         self.http_port = cluster.take_port()
         self.config_path = self.data_dir / "nats.conf"
+        #: With ``NatsCluster(users_sync=True)``: the users file the config includes (kept
+        #: by the node's ``smartcity nats users-sync``), the entries kept by hand that the
+        #: sync copies in, and the pid file it signals.
+        self.users_path = self.data_dir / "sc-users.conf"
+        self.static_users_path = self.data_dir / "static-users.conf"
+        self.pid_path = self.data_dir / "nats.pid"
 
     @property
     def url(self) -> str:
@@ -137,12 +144,58 @@ class NatsNode(LocalService):
             return str(leader) if leader else None
         return None
 
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def users_sync_argv(
+        self,
+        *,
+        username: str,
+        password_file: Path,
+        bucket: str = "sc_gateway_users",
+        interval_s: float = 1.0,
+    ) -> list[str]:
+        """The command line of this node's ``smartcity nats users-sync`` (this node first,
+        then the others, as its NATS servers)."""
+        c = self.cluster
+        servers = [self.url, *(n.url for n in c.nodes if n is not self)]
+        argv = [sys.executable, "-m", "smartcity._nats_users", "users-sync"]
+        for url in servers:
+            argv += ["--server", url]
+        argv += [
+            "--username",
+            username,
+            "--password-file",
+            str(password_file),
+            "--bucket",
+            bucket,
+            "--topic-root",
+            c.topic_root,
+            "--static-users",
+            str(self.static_users_path),
+            "--out",
+            str(self.users_path),
+            "--pid-file",
+            str(self.pid_path),
+            "--monitor",
+            self.monitor_url,
+            "--interval",
+            str(interval_s),
+        ]
+        if c.tls is not None:
+            argv += ["--ca-file", str(c.tls.ca_file)]
+        return argv
+
     def config_text(self) -> str:
         c = self.cluster
         routes = ", ".join(
             _quote(f"nats-route://{n.host}:{n.cluster_port}") for n in c.nodes if n is not self
         )
-        users = ",\n".join(c.user_block(u) for u in c.all_users)
+        entries = ",\n".join(c.user_block(u) for u in c.all_users)
+        # With a sync, the users are a file it rewrites (include: keys of a map only).
+        users = '    include "sc-users.conf"' if c.users_sync else f"    users: [\n{entries}\n    ]"
+        pid = f"pid_file: {_quote(str(self.pid_path))}\n" if c.users_sync else ""
         tls = c.tls
         # Clients, routes (mutual) and MQTT each take their own TLS block.
         client_tls, route_tls, mqtt_tls = (
@@ -167,7 +220,7 @@ server_name: {_quote(self.server_name)}
 listen: {_quote(f"{self.host}:{self.port}")}
 http: {_quote(f"{self.host}:{self.http_port}")}
 max_payload: {c.max_payload}
-{client_tls}jetstream {{
+{pid}{client_tls}jetstream {{
   store_dir: {_quote(str(store))}
   max_memory_store: {c.max_memory_store}
   max_file_store: {c.max_file_store}
@@ -180,16 +233,22 @@ max_payload: {c.max_payload}
 accounts {{
   SC {{
     jetstream: enabled
-    users: [
 {users}
-    ]
   }}
 }}
 """
 
     def _command(self) -> list[str]:
+        c = self.cluster
         self.config_path.write_text(self.config_text())
         self.config_path.chmod(0o600)  # it holds passwords
+        if c.users_sync:
+            static = "\n".join(c.user_block(u).strip() for u in c.all_users) + "\n"
+            self.static_users_path.write_text(static)
+            self.static_users_path.chmod(0o600)
+            if not self.users_path.exists():  # a restarted node keeps what its sync wrote
+                self.users_path.write_text(render_users(static, {}, topic_root=c.topic_root))
+                self.users_path.chmod(0o600)
         return [self.cluster.binary, "-c", str(self.config_path)]
 
     def _ready(self) -> bool:
@@ -233,6 +292,7 @@ class NatsCluster(Startable):
         mqtt_max_ack_pending: int = 1024,
         binary: str | None = None,
         tls: NatsTls | None = None,
+        users_sync: bool = False,
     ) -> None:
         if nodes < 1 or nodes % 2 == 0:
             raise ServiceError(f"a NATS cluster needs an odd number of nodes, got {nodes}")
@@ -254,6 +314,7 @@ class NatsCluster(Startable):
         self.max_payload = max_payload
         self.mqtt_max_ack_pending = mqtt_max_ack_pending
         self.tls = tls
+        self.users_sync = users_sync
         self.binary = binary or find_nats_server()
         self.admin = NatsUser(name="admin", password=secrets.token_urlsafe(18), role="service")
         self.users = tuple(users)
@@ -285,21 +346,8 @@ class NatsCluster(Startable):
         return [f"{n.host}:{n.mqtt_port}" for n in self.nodes]
 
     def user_block(self, user: NatsUser) -> str:
-        head = f"      {{user: {_quote(user.name)}, password: {_quote(user.password)}"
-        if user.role == "service":
-            return head + "}"
-        g = mqtt_to_nats_subject(f"{self.topic_root}/v1/{user.name}")
-        own_in = [f"{g}.cmd", f"{g}.config.desired"]
-        perms = {
-            "publish": {"allow": [f"{g}.>"], "deny": own_in},
-            # The server's own $MQTT.> subjects (QoS 1 delivery, sessions, retained) need no
-            # grant since nats-server 2.14 (implicit), and MQTT clients cannot subscribe there.
-            "subscribe": {"allow": own_in},
-        }
-        return (
-            f"{head}, allowed_connection_types: [\"MQTT\"], "
-            f"permissions: {json.dumps(perms)}}}"
-        )
+        root = None if user.role == "service" else self.topic_root
+        return "      " + user_entry(user.name, user.password, topic_root=root)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, node: int | None = None, timeout: float = 60.0) -> None:

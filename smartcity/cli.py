@@ -29,6 +29,7 @@ _SERVICES = {
     "ingest": ("ingest.cli", "server"),
     "api": ("api.cli", "server"),
     "sim": ("simulators.cli", "sim"),
+    "nats": ("smartcity._nats_users", "server"),
 }
 _OWN_PACKAGES = frozenset(
     {"telemetry", "foundation", "smartcity", "edge_agent", "ingest", "api", "simulators",

@@ -4,11 +4,16 @@
 
     engineer ── POST /v1/gateways/{id}/enrolment ──▶ token (once; stored hashed; expires)
                                     │ carried to the cabinet
-    gateway ─── POST /v1/enrol {token} ──▶ claim (once) ──▶ dynsec: user {id}, client id
-       (smartcity edge enroll)          edge-{id}, role gateway:{id}, fresh random password
-                 ◀── host, port, CA, username, password, client id ──┘
-    engineer ── DELETE /v1/gateways/{id}/enrolment ──▶ dynsec: user and role deleted (the
-                                    broker drops the connection at once) ──▶ state revoked
+    gateway ─── POST /v1/enrol {token} ──▶ claim (once) ──▶ broker user {id}, fresh random
+       (smartcity edge enroll)          password, client id edge-{id}, its own topics only
+                 ◀── host, port, hosts, protocol, CA, username, password, client id ──┘
+    engineer ── DELETE /v1/gateways/{id}/enrolment ──▶ broker user deleted (its connection
+                                    is dropped) ──▶ state revoked
+
+The broker user is made by ``enrolment.dynsec`` (mosquitto's dynamic security: user, role
+``gateway:{id}``, client id pinned; :mod:`api._dynsec`) or ``enrolment.nats`` (the cluster
+profile: an entry in the replicated KV bucket that every node's ``smartcity nats
+users-sync`` renders; gateways speak MQTT 3.1.1; :mod:`api._nats_users`).
 
 ``POST /v1/enrol`` takes no API key: the claim token is the credential. It is rate-limited
 per client address (``enrolment.rate_per_min``) and its refusals are counted
@@ -41,9 +46,11 @@ from api._errors import (
     Unauthorized,
     UpstreamUnavailable,
 )
+from api._nats_users import GatewayUsers, NatsUsers
 from api._params import GatewayPath
 from api._services import Services
 from api.storage import Enrolment
+from telemetry import TopicError, check_cluster_id
 
 __all__ = ["router"]
 
@@ -85,6 +92,10 @@ class Registered(EnrolmentOut):
 class BrokerOut(msgspec.Struct):
     host: str
     port: int
+    #: Further ``host:port`` addresses to try in order after ``host:port`` (cluster nodes).
+    hosts: list[str]
+    #: ``mqtt5`` (mosquitto) or ``mqtt311`` (the NATS cluster speaks 3.1.1 only).
+    protocol: str
     tls: bool
     #: The CA certificate (PEM) to trust at the broker; null: the system store (or no TLS).
     ca_pem: str | None
@@ -107,30 +118,60 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _users(services: Services) -> GatewayUsers | None:
+    """The broker's authorisation that makes gateway users (``enrolment.dynsec`` or
+    ``enrolment.nats``); ``None``: neither is configured."""
+    if services.dynsec is not None:
+        return services.dynsec
+    nats = services.settings.enrolment.nats
+    return None if nats is None else NatsUsers(nats)
+
+
 def _out(row: Enrolment) -> EnrolmentOut:
     return EnrolmentOut(
-        row.gateway, row.effective_state(), _iso(row.created_at) or "", row.created_by,
-        _iso(row.expires_at) or "", _iso(row.enrolled_at), _iso(row.revoked_at), row.client_id,
+        row.gateway,
+        row.effective_state(),
+        _iso(row.created_at) or "",
+        row.created_by,
+        _iso(row.expires_at) or "",
+        _iso(row.enrolled_at),
+        _iso(row.revoked_at),
+        row.client_id,
     )
 
 
-@router.post("/gateways/{gateway}/enrolment", response_model=None, status_code=201,
-             responses=doc(Registered, "Registered; `token` is shown this once", status=201),
-             summary="Register a gateway for enrolment: a one-time claim token (engineer)",
-             openapi_extra=audited("gateway.register"))
+@router.post(
+    "/gateways/{gateway}/enrolment",
+    response_model=None,
+    status_code=201,
+    responses=doc(Registered, "Registered; `token` is shown this once", status=201),
+    summary="Register a gateway for enrolment: a one-time claim token (engineer)",
+    openapi_extra=audited("gateway.register"),
+)
 async def register(services: ServicesDep, caller: Engineer, gateway: GatewayPath) -> Response:
     if gateway.startswith(RESERVED_PREFIXES):
         # Ids the services' client ids are made of (ingest-N, api-N; provision.sh refuses
         # them too): on the certificate listener a gateway's id is its client id.
-        raise BadParameter(f"gateway id {gateway!r} is reserved for the services",
-                           parameter="gateway", location="path")
+        raise BadParameter(
+            f"gateway id {gateway!r} is reserved for the services",
+            parameter="gateway",
+            location="path",
+        )
+    if services.settings.enrolment.nats is not None:
+        try:  # the cluster's subjects: refused now, not when the gateway comes to enrol
+            check_cluster_id("gateway id", gateway)
+        except TopicError as exc:
+            raise BadParameter(exc.reason, parameter="gateway", location="path") from exc
     done = await asyncio.to_thread(
-        services.db.register_enrolment, gateway,
-        ttl_s=services.settings.enrolment.token_ttl_s, by=caller.name,
+        services.db.register_enrolment,
+        gateway,
+        ttl_s=services.settings.enrolment.token_ttl_s,
+        by=caller.name,
     )
     if done is None:
         raise EnrolmentConflict(
-            f"gateway {gateway!r} is enrolled; revoke it first (DELETE .../enrolment)")
+            f"gateway {gateway!r} is enrolled; revoke it first (DELETE .../enrolment)"
+        )
     row, token = done
     note().detail = {"expires_at": _iso(row.expires_at)}
     out = _out(row)
@@ -140,36 +181,52 @@ async def register(services: ServicesDep, caller: Engineer, gateway: GatewayPath
     )
 
 
-@router.get("/gateways/{gateway}/enrolment", response_model=None, responses=doc(EnrolmentOut),
-            summary="A gateway's enrolment state")
+@router.get(
+    "/gateways/{gateway}/enrolment",
+    response_model=None,
+    responses=doc(EnrolmentOut),
+    summary="A gateway's enrolment state",
+)
 async def show(services: ServicesDep, _caller: Viewer, gateway: GatewayPath) -> Response:
     row = await asyncio.to_thread(services.db.enrolment, gateway)
     if row is None:
-        raise NotFound(f"gateway {gateway!r} was never registered for enrolment",
-                       parameter="gateway", location="path")
+        raise NotFound(
+            f"gateway {gateway!r} was never registered for enrolment",
+            parameter="gateway",
+            location="path",
+        )
     return json_response(_out(row))
 
 
-@router.delete("/gateways/{gateway}/enrolment", response_model=None,
-               responses=doc(EnrolmentOut),
-               summary="Revoke a gateway: delete its broker user, refuse its token (engineer)",
-               openapi_extra=audited("gateway.revoke"))
+@router.delete(
+    "/gateways/{gateway}/enrolment",
+    response_model=None,
+    responses=doc(EnrolmentOut),
+    summary="Revoke a gateway: delete its broker user, refuse its token (engineer)",
+    openapi_extra=audited("gateway.revoke"),
+)
 async def revoke(services: ServicesDep, _caller: Engineer, gateway: GatewayPath) -> Response:
     row = await asyncio.to_thread(services.db.enrolment, gateway)
     if row is None:
-        raise NotFound(f"gateway {gateway!r} was never registered for enrolment",
-                       parameter="gateway", location="path")
+        raise NotFound(
+            f"gateway {gateway!r} was never registered for enrolment",
+            parameter="gateway",
+            location="path",
+        )
     was = row.effective_state()
-    if services.dynsec is not None:
+    users = _users(services)
+    if users is not None:
         # Always, not only when enrolled: a user made by hand (provision.sh) goes too.
-        await services.dynsec.remove_gateway(gateway)
-        if await services.dynsec.has_gateway(gateway):
+        await users.remove_gateway(gateway)
+        if await users.has_gateway(gateway):
             raise UpstreamUnavailable(f"the broker still has user {gateway!r}")
     elif was == "enrolled":
         raise UpstreamUnavailable(
-            "enrolment.dynsec is not configured: the gateway's broker user cannot be removed")
+            "neither enrolment.dynsec nor enrolment.nats is "
+            "configured: the gateway's broker user cannot be removed"
+        )
     row = await asyncio.to_thread(services.db.revoke_enrolment, gateway)
-    note().detail = {"was": was, "broker_user_removed": services.dynsec is not None}
+    note().detail = {"was": was, "broker_user_removed": users is not None}
     return json_response(_out(row))
 
 
@@ -186,9 +243,16 @@ def _broker(services: Services) -> BrokerOut:
             ca_pem = enrol.broker_ca_file.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             raise UpstreamUnavailable(f"enrolment.broker_ca_file: {exc}") from exc
+    hosts = enrol.broker_hosts
+    if hosts is None:  # the API's own addresses, unless broker_host says otherwise
+        hosts = mqtt.hosts if enrol.broker_host is None else ()
     return BrokerOut(
-        host=enrol.broker_host or mqtt.host, port=enrol.broker_port or mqtt.port,
-        tls=enrol.broker_tls or ca_pem is not None, ca_pem=ca_pem,
+        host=enrol.broker_host or mqtt.host,
+        port=enrol.broker_port or mqtt.port,
+        hosts=list(hosts),
+        protocol="mqtt311" if enrol.nats is not None else mqtt.protocol,
+        tls=enrol.broker_tls or ca_pem is not None,
+        ca_pem=ca_pem,
         topic_root=services.settings.topic_root,
     )
 
@@ -197,14 +261,20 @@ async def _refused(services: Services, row: Enrolment | None, reason: str) -> Pr
     services.metrics.enrol_refused.labels(reason).inc()
     if row is None:  # names no gateway: counted only (a flood must not fill the trail)
         return Unauthorized("unknown claim token", parameter="token", location="body")
-    await services.audit.record(actor=None, action="gateway.enroll", gateway=row.gateway,
-                                result=f"refused: token {reason}")
-    return TokenRefused(f"this claim token is {reason}; ask for a new one",
-                        parameter="token", location="body")
+    await services.audit.record(
+        actor=None, action="gateway.enroll", gateway=row.gateway, result=f"refused: token {reason}"
+    )
+    return TokenRefused(
+        f"this claim token is {reason}; ask for a new one", parameter="token", location="body"
+    )
 
 
-@router.post("/enrol", response_model=None, responses=doc(Credentials),
-             summary="Redeem a claim token for the gateway's broker credentials (no API key)")
+@router.post(
+    "/enrol",
+    response_model=None,
+    responses=doc(Credentials),
+    summary="Redeem a claim token for the gateway's broker credentials (no API key)",
+)
 async def enrol(
     services: ServicesDep, request: Request, body: Annotated[EnrolBody, Body()]
 ) -> Response:
@@ -212,11 +282,15 @@ async def enrol(
     wait = services.enrol_limiter.take(client)
     if wait:
         services.metrics.enrol_refused.labels("limited").inc()
-        raise RateLimited("too many enrolment attempts from this address",
-                          headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    dynsec = services.dynsec
-    if dynsec is None:  # like every feature left unconfigured here (GTFS...): 404
-        raise NotFound("enrolment is not configured on this API (enrolment.dynsec)")
+        raise RateLimited(
+            "too many enrolment attempts from this address",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    users = _users(services)
+    if users is None:  # like every feature left unconfigured here (GTFS...): 404
+        raise NotFound(
+            "enrolment is not configured on this API (enrolment.dynsec or enrolment.nats)"
+        )
     broker = _broker(services)
     row, reason = await asyncio.to_thread(services.db.claim_enrolment, body.token)
     if row is None or reason != "ok":
@@ -224,15 +298,20 @@ async def enrol(
     gateway = row.gateway
     password = secrets.token_urlsafe(24)
     try:
-        client_id = await dynsec.add_gateway(gateway, password)
+        client_id = await users.add_gateway(gateway, password)
     except UpstreamUnavailable as exc:
         await asyncio.to_thread(services.db.unclaim_enrolment, gateway, body.token)
-        await services.audit.record(actor=None, action="gateway.enroll", gateway=gateway,
-                                    result=f"failed: {exc.detail}")
+        await services.audit.record(
+            actor=None, action="gateway.enroll", gateway=gateway, result=f"failed: {exc.detail}"
+        )
         raise
     await asyncio.to_thread(services.db.set_enrolment_client, gateway, client_id)
     await services.audit.record(
-        actor=None, action="gateway.enroll", gateway=gateway, target=client_id,
-        detail={"client": client, "broker": f"{broker.host}:{broker.port}"}, result="ok",
+        actor=None,
+        action="gateway.enroll",
+        gateway=gateway,
+        target=client_id,
+        detail={"client": client, "broker": f"{broker.host}:{broker.port}"},
+        result="ok",
     )
     return json_response(Credentials(gateway, gateway, password, client_id, broker))
