@@ -4,10 +4,12 @@
 
     Services (async context manager, one per app)
     ├── InfluxClient           history, warm-up, completeness
-    ├── BrokerLink             foundation.mqtt session ─▶ handle(topic, payload) (api.state)
-    │     └─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub (live push)
+    ├── BrokerLink             foundation.mqtt session ─▶ receive(topic, payload) (api.state)
+    │     └─▶ LiveIntake: followed readings ─▶ Hub (live push) now; the batch queued and
+    │         applied by .live-intake ─▶ Inventory, LiveState ─▶ AlertEngine ─▶ Hub
     ├── Schedule               GTFS timetable (gtfs_static_path), vehicles' adherence to it
     └── TaskGroup "api[<client id>]"
+          ├── .live-intake     telemetry batches applied oldest first, ~1 ms per loop turn
           ├── .completeness    ingest bookkeeping -> per-gateway completeness, every N s
           ├── .gap-repair      missing batches -> ``resend`` to their gateway (api.state)
           ├── .audit           audit entries older than audit_keep_days pruned, hourly
@@ -23,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Self
 
 import msgspec
+from prometheus_client import Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from api._auth import KeyVerifier, RateLimiter
@@ -37,7 +41,6 @@ from api._metrics import ApiMetrics
 from api._params import iso
 from api._settings import ApiSettings
 from api.state import (
-    MEASUREMENT_KIND,
     Alert,
     AlertEngine,
     AlertHistory,
@@ -51,6 +54,7 @@ from api.state import (
     Hub,
     Inventory,
     Latest,
+    LiveIntake,
     LiveState,
     Rule,
     Schedule,
@@ -76,6 +80,7 @@ from telemetry import (
     ConfigReported,
     Health,
     PayloadError,
+    Reading,
     TopicError,
     TopicKind,
     decode_batch_partial,
@@ -92,12 +97,6 @@ _EVICT_EVERY_S: Final = 60.0
 #: Warm-up reads no more measurements than this (names come from InfluxDB, i.e. from ingest).
 _WARM_MAX_MEASUREMENTS: Final = 1000
 _encoder: Final = msgspec.json.Encoder()
-
-
-class _ReadingEvent(msgspec.Struct):
-    type: str
-    kind: str
-    reading: Latest
 
 
 class _AlertEvent(msgspec.Struct):
@@ -183,7 +182,11 @@ class Services:
         self.areas = load_areas(settings)
         self.metrics.registry.register(ScheduleCollector(self.schedule, self.live))
         self.influx = InfluxClient.from_settings(settings, registry=self.metrics.registry)
-        self.broker = BrokerLink(settings, self.handle, self.metrics)
+        self.intake = LiveIntake(
+            inventory=self.inventory, live=self.live, hub=self.hub, alerts=self.alerts,
+            areas=self.areas, metrics=self.metrics,
+        )
+        self.broker = BrokerLink(settings, self.receive, self.metrics)
         self.repair: GapRepair | None = None
         if settings.gap_repair:
             self.repair = GapRepair(
@@ -213,6 +216,9 @@ class Services:
                        if enrol.dynsec is not None else None)
         self.enrol_limiter = RateLimiter(rate=enrol.rate_per_min / 60.0, burst=enrol.rate_burst)
         self.name = f"api[{settings.mqtt.client_id}]"
+        #: ``smartcity_api_mqtt_messages`` per topic kind (labels() looked up once, not per
+        #: message).
+        self._received: dict[TopicKind, Counter] = {}
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.warmed = 0
@@ -230,6 +236,7 @@ class Services:
             await stack.enter_async_context(self.broker)
             group = await stack.enter_async_context(asyncio.TaskGroup())
             self._tasks = [
+                group.create_task(self.intake.run(), name=f"{self.name}.live-intake"),
                 group.create_task(self._completeness_loop(), name=f"{self.name}.completeness"),
                 group.create_task(self._alerts_loop(), name=f"{self.name}.alerts"),
                 group.create_task(self._history.run(), name=f"{self.name}.alert-history"),
@@ -257,16 +264,51 @@ class Services:
         await self._stack.aclose()
 
     # -- broker messages (event loop) -------------------------------------------------------
+    def receive(self, topic: str, payload: bytes) -> None:
+        """The broker link's handler: a telemetry batch's followed readings are pushed now
+        and the batch is applied from the intake's backlog (api.state._intake); anything
+        else is handled as by :meth:`handle`, a birth or death after the backlog."""
+        parsed = self._parse(topic)
+        if parsed is None:
+            return
+        gateway, kind = parsed
+        if kind is not TopicKind.TELEMETRY:
+            if kind is TopicKind.STATUS:
+                self.intake.flush()
+            self._dispatch(topic, gateway, kind, payload)
+            return
+        try:
+            readings = self._batch(gateway, payload)
+        except PayloadError as exc:
+            self._invalid(topic, kind, exc)
+            return
+        if readings is not None:
+            self.intake.take(gateway, readings)
+
     def handle(self, topic: str, payload: bytes) -> None:
+        """One broker message applied at once (the state reads it on return)."""
+        parsed = self._parse(topic)
+        if parsed is not None:
+            self._dispatch(topic, *parsed, payload)
+
+    def _parse(self, topic: str) -> tuple[str, TopicKind] | None:
         try:
             gateway, kind = self.broker.topics.parse(topic)
         except TopicError:
             self.metrics.mqtt_invalid.labels("topic").inc()
-            return
-        self.metrics.mqtt_messages.labels(kind.value).inc()
+            return None
+        counted = self._received.get(kind)
+        if counted is None:
+            counted = self._received[kind] = self.metrics.mqtt_messages.labels(kind.value)
+        counted.inc()
+        return gateway, kind
+
+    def _dispatch(self, topic: str, gateway: str, kind: TopicKind, payload: bytes) -> None:
         try:
             if kind is TopicKind.TELEMETRY:
-                self._telemetry(gateway, payload)
+                readings = self._batch(gateway, payload)
+                if readings is not None:
+                    self.intake.apply(gateway, readings)
             elif kind is TopicKind.STATUS:
                 self._status(gateway, payload)
             elif kind is TopicKind.HEALTH:
@@ -279,8 +321,11 @@ class Services:
                 self.inventory.gateway(gateway).config_reported = msgspec.to_builtins(reported)
                 self.config_pushes.answered(gateway, reported)
         except PayloadError as exc:
-            self.metrics.mqtt_invalid.labels(kind.value).inc()
-            log.debug("invalid payload", extra={"topic": topic, "reason": str(exc)})
+            self._invalid(topic, kind, exc)
+
+    def _invalid(self, topic: str, kind: TopicKind, exc: PayloadError) -> None:
+        self.metrics.mqtt_invalid.labels(kind.value).inc()
+        log.debug("invalid payload", extra={"topic": topic, "reason": str(exc)})
 
     def _status(self, gateway: str, payload: bytes) -> None:
         if not payload:  # retained status cleared: the gateway was decommissioned
@@ -299,51 +344,14 @@ class Services:
                 _GatewayEvent("gateway", gateway, state.state, iso(now)),
             )
 
-    def _telemetry(self, gateway: str, payload: bytes) -> None:
-        decoded = decode_batch_partial(payload)
-        batch = decoded.batch
+    def _batch(self, gateway: str, payload: bytes) -> Sequence[Reading] | None:
+        """The valid readings of a telemetry batch; ``None`` (counted) when the batch is not
+        its topic's gateway's. :class:`PayloadError` when the envelope is unusable."""
+        batch = decode_batch_partial(payload).batch
         if batch.gateway != gateway:
             self.metrics.mqtt_invalid.labels("telemetry").inc()
-            return
-        inventory, live, hub = self.inventory, self.live, self.hub
-        gw_state = inventory.gateway(gateway)
-        gw_state.last_seen_ns = time.time_ns()
-        applied = 0
-        refused = live.refused
-        areas = self.areas
-        for r in batch.readings:
-            device = gw_state.devices.get(r.device)
-            fields = r.fields
-            lat, lon = fields.get("latitude"), fields.get("longitude")
-            if isinstance(lat, float | int) and isinstance(lon, float | int):
-                # A reading with its own position is where it is now, not where its agent
-                # started (the birth's area). (A bool is no position, and never a field.)
-                area = areas.locate(lat, lon) if areas is not None else None
-            elif device is not None:
-                area = device.area(gw_state)
-            else:
-                area = gw_state.location.area if gw_state.location is not None else None
-            latest = Latest(
-                gateway, r.device, r.measurement, iso(r.ts), r.ts, dict(r.fields),
-                r.quality, dict(r.tags), area,
-            )
-            if not live.update(latest):
-                continue
-            if device is None:  # only a device with a live series enters the inventory
-                device = inventory.device(gateway, r.device)
-            applied += 1
-            if device.last_reading_ns is None or r.ts > device.last_reading_ns:
-                device.last_reading_ns = r.ts
-            self.alerts.on_reading(latest)
-            if hub:
-                kind = MEASUREMENT_KIND.get(r.measurement, "other")
-                if hub.wants(kind, r.device, area):
-                    event = _ReadingEvent("reading", kind, latest)
-                    self._push(kind, r.device, gateway, area, event)
-        self.metrics.readings.inc(applied)
-        self.metrics.live_series.set(len(live))
-        if live.refused > refused:
-            self.metrics.live_series_refused.inc(live.refused - refused)
+            return None
+        return batch.readings
 
     def _push(
         self, kind: str, device: str | None, gateway: str | None, area: str | None,

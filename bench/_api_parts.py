@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 GATEWAYS = 200
 DATABASE = "bench"
+#: The topic root of the API, the fleet and the probes.
+ROOT = "bench"
 
 
 BARE = """
@@ -165,6 +167,8 @@ def breakdown(before: str, after: str, seconds: float) -> dict[str, Any]:
         # in one burst, so a probe published in it waits up to about this long.
         "handle_ms_per_s": round(msgs / seconds * handle["mean_ms"], 1),
         "stream_delay": _between(before, after, "smartcity_api_stream_delay_seconds"),
+        # Receipt to application of a batch (the followed readings were pushed at receipt).
+        "apply_delay": _between(before, after, "smartcity_api_live_apply_delay_seconds"),
         "loop_lag": _between(before, after, "smartcity_api_event_loop_lag_seconds"),
         "gc_full_pause": _between(before, after, "smartcity_api_gc_full_pause_seconds"),
     }

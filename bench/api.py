@@ -45,7 +45,10 @@ it is our code or the machine):
   a constant body of the same size.
 
 The load generator is a raw HTTP/1.1 client on asyncio (an HTTP library would measure itself).
-The last line of output is one JSON object.
+The last line of output is one JSON object. ``--live-only`` measures 4. alone (its keys only).
+The live part is in ``_api_live.py``; ``_api_live_handle.py`` measures the CPU cost per broker
+message of the API's handling in process, without the machine's noise (docs/api.md "Live push
+latency").
 """
 
 from __future__ import annotations
@@ -58,35 +61,26 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _api_live import measure_live, pct
 from _api_parts import (
     BARE,
-    BARE_SUBSCRIBER,
-    FLEET,
-    breakdown,
-    counter,
+    DATABASE,
+    GATEWAYS,
+    ROOT,
     influx_observations,
-    scrape,
     sta_observations,
     sta_thing,
 )
 
-ROOT = "bench"
-DATABASE = "bench"
-GATEWAYS = 200
 PER = 5
 KINDS = ("loop", "bus", "parking", "air", "energy")
 MIN_NS = 60 * 10**9
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q)) if values else float("nan")
 
 
 def load_history(influxd: Any, now_ns: int) -> int:
@@ -285,95 +279,58 @@ def bare_stack(key: str, body: bytes, thing: bytes, seconds: float) -> tuple[flo
         proc.wait(30)
 
 
-def _bare_subscriber(port: int, topic: str, probe: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BARE_SUBSCRIBER, str(port), topic, probe],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise SystemExit("the bare subscriber did not start")
-    return proc
-
-
-def _bare_result(proc: subprocess.Popen[str]) -> list[float]:
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    result: list[float] = json.loads(proc.stdout.readline())
-    return result
-
-
-def live(
-    api_url: str, key: str, broker: Any, seconds: float, *, bare_all: bool = False
-) -> tuple[list[float], int, list[float], list[float]]:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from websockets.sync.client import connect
-
-    from telemetry import Batch, Reading, TopicKind, Topics, encode_batch
-
-    fleet = subprocess.Popen(
-        [sys.executable, "-c", FLEET, ROOT, str(broker.port), str(seconds + 10)]
-    )
-    latencies: list[float] = []
-    topics = Topics(ROOT)
-    probe_topic = topics.telemetry("probe-gw")
-    bares = [_bare_subscriber(broker.port, probe_topic, probe_topic)]
-    if bare_all:
-        bares.append(_bare_subscriber(
-            broker.port, topics.all_gateways(TopicKind.TELEMETRY), probe_topic))
-    bare_latencies: list[float] = []
-    bare_all_latencies: list[float] = []
-    try:
-        time.sleep(4)  # births, first ticks
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.connect(broker.host, broker.port)
-        client.loop_start()
-        url = api_url.replace("http://", "ws://") + "/v1/stream/ws?device=probe"
-        sent = 0
-        with connect(url, additional_headers={"X-API-Key": key}, max_queue=None) as ws:
-            json.loads(ws.recv(timeout=5))
-            done = threading.Event()
-
-            def receive() -> None:
-                while not done.is_set():
-                    try:
-                        event = json.loads(ws.recv(timeout=1))
-                    except TimeoutError:
-                        continue
-                    if event.get("type") == "reading":
-                        now = time.time_ns()
-                        latencies.append((now - event["reading"]["fields"]["sent"]) / 1e6)
-
-            thread = threading.Thread(target=receive, daemon=True)
-            thread.start()
-            stop = time.monotonic() + seconds
-            seq = 0
-            while time.monotonic() < stop:
-                ts = time.time_ns()
-                batch = Batch(gateway="probe-gw", seq=seq, readings=[Reading(
-                    device="probe", measurement="Probe", ts=ts, fields={"sent": ts})])
-                client.publish(topics.telemetry("probe-gw"), encode_batch(batch), qos=0)
-                seq += 1
-                sent += 1
-                time.sleep(0.02)
-            time.sleep(1)
-            done.set()
-            thread.join(3)
-        client.disconnect()
-        client.loop_stop()
-        bare_latencies = _bare_result(bares[0])
-        if bare_all:
-            bare_all_latencies = _bare_result(bares[1])
-    finally:
-        fleet.terminate()
-        fleet.wait(30)
-        for bare in bares:
-            bare.kill()
-            bare.wait(30)
-    return latencies, sent, bare_latencies, bare_all_latencies
+def measure_http(url: str, port: int, key: str, influxd: Any, now: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Latest, history and SensorThings figures with their ceilings; print their lines and
+    return the last line's keys."""
+    lat, errors = asyncio.run(open_loop("127.0.0.1", port, key, args.rate, args.seconds))
+    print(f"latest at {args.rate:g} req/s: p50 {pct(lat, 50):.2f} ms, "
+          f"p99 {pct(lat, 99):.2f} ms, errors {errors}", flush=True)
+    max_rps, max_errors = asyncio.run(closed_loop("127.0.0.1", port, key, args.seconds))
+    print(f"latest closed loop: {max_rps:.0f} req/s, errors {max_errors}", flush=True)
+    bodies = []
+    for path in (_paths()[0], sta_thing(0)):
+        sample = urllib.request.Request(f"{url}{path}", headers={"X-API-Key": key})  # noqa: S310
+        with urllib.request.urlopen(sample) as r:  # noqa: S310
+            bodies.append(r.read())
+    bare_rps, bare_thing = bare_stack(key, bodies[0], bodies[1], args.seconds)
+    print(f"bare stack closed loop: {bare_rps:.0f} req/s (ratio {max_rps / bare_rps:.2f})",
+          flush=True)
+    hist = asyncio.run(history("127.0.0.1", port, key, now))
+    print(f"history 24h/5m: p50 {pct(hist, 50):.2f} ms, p99 {pct(hist, 99):.2f} ms", flush=True)
+    sta_obs = asyncio.run(sequential("127.0.0.1", port, key, sta_observations,
+                                     what="STA Observations"))
+    influx_obs = asyncio.run(sequential(influxd.host, influxd.port, key, influx_observations,
+                                        what="influxd"))
+    sta_th = asyncio.run(sequential("127.0.0.1", port, key, sta_thing, what="STA Thing"))
+    print(f"STA Observations page (100): p50 {pct(sta_obs, 50):.2f} ms, p99 "
+          f"{pct(sta_obs, 99):.2f} ms; the same InfluxQL straight to influxd p50 "
+          f"{pct(influx_obs, 50):.2f} ms, p99 {pct(influx_obs, 99):.2f} ms", flush=True)
+    print(f"STA Thing, Datastreams and Locations expanded ({len(bodies[1])} bytes): "
+          f"p50 {pct(sta_th, 50):.2f} ms, p99 {pct(sta_th, 99):.2f} ms; bare "
+          f"stack, same size: p50 {pct(bare_thing, 50):.2f} ms, p99 "
+          f"{pct(bare_thing, 99):.2f} ms", flush=True)
+    return {
+        "latest_p50_ms": round(pct(lat, 50), 3),
+        "latest_p99_ms": round(pct(lat, 99), 3),
+        "latest_rate": args.rate,
+        "latest_errors": errors + max_errors,
+        "latest_max_rps": round(max_rps, 1),
+        "history_p50_ms": round(pct(hist, 50), 3),
+        "history_p99_ms": round(pct(hist, 99), 3),
+        "bare_max_rps": round(bare_rps, 1),
+        "latest_ratio_to_bare": round(max_rps / bare_rps, 3),
+        "sta_observations_p50_ms": round(pct(sta_obs, 50), 3),
+        "sta_observations_p99_ms": round(pct(sta_obs, 99), 3),
+        "sta_observations_influx_p50_ms": round(pct(influx_obs, 50), 3),
+        "sta_observations_influx_p99_ms": round(pct(influx_obs, 99), 3),
+        "sta_observations_ratio_to_influx": round(pct(sta_obs, 99) / pct(influx_obs, 99), 3),
+        "sta_thing_p50_ms": round(pct(sta_th, 50), 3),
+        "sta_thing_p99_ms": round(pct(sta_th, 99), 3),
+        "sta_thing_bare_p50_ms": round(pct(bare_thing, 50), 3),
+        "sta_thing_bare_p99_ms": round(pct(bare_thing, 99), 3),
+        "sta_thing_ratio_to_bare": round(pct(sta_th, 99) / pct(bare_thing, 99), 3),
+    }
 
 
 def main() -> None:
@@ -382,6 +339,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--bare-all", action="store_true",
                         help="also a bare subscriber to all telemetry (see the docstring)")
+    parser.add_argument("--live-only", action="store_true",
+                        help="measure only the live push (4.) and its bare subscriber(s)")
     args = parser.parse_args()
     # Run as a script, this file's directory comes first on sys.path and its name ("api")
     # would shadow the api package.
@@ -433,90 +392,15 @@ def main() -> None:
                             raise SystemExit((var / "api.log").read_text()) from None
                         time.sleep(0.2)
                 print(f"api ready in {time.perf_counter() - t:.1f}s: {ready}", flush=True)
-                lat, errors = asyncio.run(
-                    open_loop("127.0.0.1", port, key, args.rate, args.seconds))
-                print(f"latest at {args.rate:g} req/s: p50 {_pct(lat, 50):.2f} ms, "
-                      f"p99 {_pct(lat, 99):.2f} ms, errors {errors}", flush=True)
-                max_rps, max_errors = asyncio.run(
-                    closed_loop("127.0.0.1", port, key, args.seconds))
-                print(f"latest closed loop: {max_rps:.0f} req/s, errors {max_errors}", flush=True)
-                bodies = []
-                for path in (_paths()[0], sta_thing(0)):
-                    sample = urllib.request.Request(  # noqa: S310
-                        f"{url}{path}", headers={"X-API-Key": key})
-                    with urllib.request.urlopen(sample) as r:  # noqa: S310
-                        bodies.append(r.read())
-                bare_rps, bare_thing = bare_stack(key, bodies[0], bodies[1], args.seconds)
-                print(f"bare stack closed loop: {bare_rps:.0f} req/s "
-                      f"(ratio {max_rps / bare_rps:.2f})", flush=True)
-                hist = asyncio.run(history("127.0.0.1", port, key, now))
-                print(f"history 24h/5m: p50 {_pct(hist, 50):.2f} ms, "
-                      f"p99 {_pct(hist, 99):.2f} ms", flush=True)
-                sta_obs = asyncio.run(sequential("127.0.0.1", port, key, sta_observations,
-                                                 what="STA Observations"))
-                influx_obs = asyncio.run(sequential(influxd.host, influxd.port, key,
-                                                    influx_observations, what="influxd"))
-                sta_th = asyncio.run(sequential("127.0.0.1", port, key, sta_thing,
-                                                what="STA Thing"))
-                print(f"STA Observations page (100): p50 {_pct(sta_obs, 50):.2f} ms, p99 "
-                      f"{_pct(sta_obs, 99):.2f} ms; the same InfluxQL straight to influxd p50 "
-                      f"{_pct(influx_obs, 50):.2f} ms, p99 {_pct(influx_obs, 99):.2f} ms",
-                      flush=True)
-                print(f"STA Thing, Datastreams and Locations expanded ({len(bodies[1])} bytes): "
-                      f"p50 {_pct(sta_th, 50):.2f} ms, p99 {_pct(sta_th, 99):.2f} ms; bare "
-                      f"stack, same size: p50 {_pct(bare_thing, 50):.2f} ms, p99 "
-                      f"{_pct(bare_thing, 99):.2f} ms", flush=True)
-                before = scrape(url, key)
-                t = time.perf_counter()
-                live_lat, probes, bare_lat, bare_all_lat = live(
-                    url, key, broker, args.seconds, bare_all=args.bare_all)
-                metrics = scrape(url, key)
-                spent = breakdown(before, metrics, time.perf_counter() - t)
-                print(f"live: {len(live_lat)}/{probes} probes, p50 {_pct(live_lat, 50):.2f} ms,"
-                      f" p99 {_pct(live_lat, 99):.2f} ms; bare subscriber p50 "
-                      f"{_pct(bare_lat, 50):.2f} ms, p99 {_pct(bare_lat, 99):.2f} ms", flush=True)
-                if args.bare_all:
-                    print(f"bare subscriber to all telemetry: p50 {_pct(bare_all_lat, 50):.2f} "
-                          f"ms, p99 {_pct(bare_all_lat, 99):.2f} ms", flush=True)
-                print(f"live breakdown: {json.dumps(spent)}", flush=True)
-                readings = counter(metrics, "smartcity_api_readings_total")
+                http = {} if args.live_only else measure_http(url, port, key, influxd, now, args)
+                live = measure_live(url, key, broker, args.seconds, bare_all=args.bare_all)
             finally:
                 api.terminate()
                 api.wait(30)
                 log.close()
     print(json.dumps({
-        "latest_p50_ms": round(_pct(lat, 50), 3),
-        "latest_p99_ms": round(_pct(lat, 99), 3),
-        "latest_rate": args.rate,
-        "latest_errors": errors + max_errors,
-        "latest_max_rps": round(max_rps, 1),
-        "history_p50_ms": round(_pct(hist, 50), 3),
-        "history_p99_ms": round(_pct(hist, 99), 3),
-        "live_p50_ms": round(_pct(live_lat, 50), 3),
-        "live_p99_ms": round(_pct(live_lat, 99), 3),
-        "bare_max_rps": round(bare_rps, 1),
-        "latest_ratio_to_bare": round(max_rps / bare_rps, 3),
-        "live_bare_p50_ms": round(_pct(bare_lat, 50), 3),
-        "live_bare_p99_ms": round(_pct(bare_lat, 99), 3),
-        "live_p99_ratio_to_bare": round(_pct(live_lat, 99) / _pct(bare_lat, 99), 3),
-        "live_breakdown": spent,
-        "sta_observations_p50_ms": round(_pct(sta_obs, 50), 3),
-        "sta_observations_p99_ms": round(_pct(sta_obs, 99), 3),
-        "sta_observations_influx_p50_ms": round(_pct(influx_obs, 50), 3),
-        "sta_observations_influx_p99_ms": round(_pct(influx_obs, 99), 3),
-        "sta_observations_ratio_to_influx": round(_pct(sta_obs, 99) / _pct(influx_obs, 99), 3),
-        "sta_thing_p50_ms": round(_pct(sta_th, 50), 3),
-        "sta_thing_p99_ms": round(_pct(sta_th, 99), 3),
-        "sta_thing_bare_p50_ms": round(_pct(bare_thing, 50), 3),
-        "sta_thing_bare_p99_ms": round(_pct(bare_thing, 99), 3),
-        "sta_thing_ratio_to_bare": round(_pct(sta_th, 99) / _pct(bare_thing, 99), 3),
-        **({"live_bare_all_p50_ms": round(_pct(bare_all_lat, 50), 3),
-            "live_bare_all_p99_ms": round(_pct(bare_all_lat, 99), 3),
-            "live_p99_ratio_to_bare_all": round(_pct(live_lat, 99) / _pct(bare_all_lat, 99), 3)}
-           if args.bare_all else {}),
-        "live_probes_received": len(live_lat),
-        "live_probes_sent": probes,
-        "api_readings_applied": readings,
+        **http,
+        **live,
         "history_points_loaded": points,
         "warmed_series": ready.get("warmed_series"),
         "cpus": os.cpu_count(),

@@ -21,6 +21,7 @@ from api.state._hub import (
     Subscriber,
     parse_filter,
 )
+from api.state._intake import LiveIntake
 from api.state._live import (
     Completeness,
     DeviceState,
@@ -72,6 +73,7 @@ __all__ = [
     "Hub",
     "Inventory",
     "Latest",
+    "LiveIntake",
     "LiveState",
     "RepairRound",
     "Rule",

@@ -183,9 +183,7 @@ class AlertEngine:
             return
         threshold = rule.threshold if rule.threshold is not None else 0.0
         holds = _OPS[rule.op](float(value), threshold)
-        unit = self._unit(latest, rule.field or "")
-        message = f"{field_label(rule.field or '')} {value:g}{unit} {rule.op} {threshold:g}{unit}"
-        self._evaluate(rule, latest, holds, float(value), threshold, message)
+        self._evaluate(rule, latest, holds, float(value), threshold)
 
     def _congestion(self, rule: Rule, latest: Latest) -> None:
         speed = latest.fields.get(rule.field or "averageVehicleSpeed")
@@ -193,10 +191,16 @@ class AlertEngine:
             return
         free = self.free_flow_speed(latest.gateway, latest.device)
         limit = (rule.ratio if rule.ratio is not None else 0.3) * free
-        holds = float(speed) < limit
-        share = f"{(rule.ratio if rule.ratio is not None else 0.3) * 100:g} %"
-        message = f"speed {speed:g} km/h under {limit:g} km/h ({share} of free flow)"
-        self._evaluate(rule, latest, holds, float(speed), limit, message)
+        self._evaluate(rule, latest, float(speed) < limit, float(speed), limit)
+
+    def _message(self, rule: Rule, latest: Latest, value: float, threshold: float) -> str:
+        """What an alert of a reading rule says (made when it is raised, not per reading)."""
+        if rule.kind == "congestion":
+            share = f"{(rule.ratio if rule.ratio is not None else 0.3) * 100:g} %"
+            return f"speed {value:g} km/h under {threshold:g} km/h ({share} of free flow)"
+        unit = self._unit(latest, rule.field or "")
+        shown = latest.fields.get(rule.field or "")
+        return f"{field_label(rule.field or '')} {shown:g}{unit} {rule.op} {threshold:g}{unit}"
 
     def _unit(self, latest: Latest, field: str) -> str:
         """The field's unit for people (" µg/m³", " %", "" for a count), after a space."""
@@ -225,10 +229,9 @@ class AlertEngine:
         return self._free_flow
 
     def _evaluate(
-        self, rule: Rule, latest: Latest, holds: bool, value: float, threshold: float,
-        message: str,
+        self, rule: Rule, latest: Latest, holds: bool, value: float, threshold: float
     ) -> None:
-        lane = latest.tags.get("lane")
+        lane = latest.tags.get("lane") if latest.tags else None
         subject = f"{latest.gateway}/{latest.device}" + (f"/lane={lane}" if lane else "")
         key = (rule.id, subject)
         if not holds:
@@ -246,8 +249,8 @@ class AlertEngine:
             self._raise(
                 rule, subject, since,
                 gateway=latest.gateway, device=latest.device, measurement=latest.measurement,
-                field=rule.field, value=value, threshold=threshold, message=message,
-                area=latest.area,
+                field=rule.field, value=value, threshold=threshold,
+                message=self._message(rule, latest, value, threshold), area=latest.area,
             )
 
     def _may_raise(self, key: tuple[int, str]) -> bool:

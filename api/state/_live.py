@@ -31,6 +31,9 @@ __all__ = [
 def series_key(measurement: str, tags: Mapping[str, str]) -> str:
     if not tags:
         return measurement
+    if len(tags) == 1:  # a lane, a phase: the common case, without sorting
+        ((k, v),) = tags.items()
+        return f"{measurement},{k}={v}"
     return measurement + "," + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
 
 
@@ -210,26 +213,41 @@ class LiveState:
     def series_of(self, gateway: str) -> int:
         return self._per_gateway.get(gateway, 0)
 
-    def update(self, latest: Latest) -> bool:
-        """Keep ``latest`` if it is not older than what is held and its gateway has room for
-        a new series; return whether it was kept."""
+    def keeps(self, latest: Latest) -> bool:
+        """Whether :meth:`update` would keep ``latest`` now (nothing is changed)."""
         key = series_key(latest.measurement, latest.tags)
-        gw = latest.gateway
-        series = self.by_device.get((gw, latest.device))
+        series = self.by_device.get((latest.gateway, latest.device))
+        held = None if series is None else series.get(key)
+        if held is None:
+            return self._per_gateway.get(latest.gateway, 0) < self.max_series_per_gateway
+        return held.ts_ns <= latest.ts_ns
+
+    def update(self, latest: Latest, now: float | None = None) -> bool:
+        """Keep ``latest`` if it is not older than what is held and its gateway has room for
+        a new series; return whether it was kept. ``now``: ``time.monotonic()``, when the
+        caller has it (one clock read for a whole batch)."""
+        measurement = latest.measurement
+        key = series_key(measurement, latest.tags) if latest.tags else measurement
+        gw, device = latest.gateway, latest.device
+        series = self.by_device.get((gw, device))
         held = None if series is None else series.get(key)
         if held is not None and held.ts_ns > latest.ts_ns:
             return False
         if held is None:
-            if self._per_gateway.get(gw, 0) >= self.max_series_per_gateway:
+            count = self._per_gateway.get(gw, 0)
+            if count >= self.max_series_per_gateway:
                 self.refused += 1
                 return False
-            self._per_gateway[gw] = self._per_gateway.get(gw, 0) + 1
+            self._per_gateway[gw] = count + 1
         if series is None:
-            series = self.by_device[(gw, latest.device)] = {}
+            series = self.by_device[(gw, device)] = {}
         series[key] = latest
-        full_key = (gw, latest.device, key)
-        self.by_measurement.setdefault(latest.measurement, {})[full_key] = latest
-        self._seen[full_key] = time.monotonic()
+        full_key = (gw, device, key)
+        rows = self.by_measurement.get(measurement)
+        if rows is None:
+            rows = self.by_measurement[measurement] = {}
+        rows[full_key] = latest
+        self._seen[full_key] = time.monotonic() if now is None else now
         return True
 
     def evict(self, older_than_s: float) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ def test_readings_of_devices_nobody_follows_are_not_encoded(
     app = create_app(ApiSettings(database_url="sqlite://", topic_root="t"))
     services = app.state.services
     services.hub.subscribe(parse_filter([], ["followed"], []))
-    import api._services as module
+    import api.state._intake as module
 
     encoded: list[object] = []
     real = module._encoder.encode
