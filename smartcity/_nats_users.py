@@ -22,7 +22,12 @@ left out and logged (``skipped``).
 
 Fail-static: while the bucket cannot be read (no quorum, no connection) the file stays as
 it is, and the node keeps authenticating from it; a bucket that does not exist (answered
-as such) holds no gateway. A node started while its sync is down uses the last file.
+as such) holds no gateway. A node started while its sync is down uses the last file. A
+reload that could not be signalled is signalled again on the next round.
+
+Metrics (:class:`SyncMetrics`, ``--metrics-port``: ``/metrics`` on 127.0.0.1): renders,
+reloads by result, the time of the last round that left the node current, the entries
+skipped, the gateways rendered and the rounds the bucket could not be read.
 """
 
 from __future__ import annotations
@@ -46,11 +51,19 @@ import nats.errors
 import nats.js.errors
 import typer
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from foundation import LogFormat, configure_logging
 from telemetry import TopicError, check_cluster_id, mqtt_to_nats_subject
 
-__all__ = ["UsersSync", "UsersSyncConfig", "gateway_permissions", "render_users", "user_entry"]
+__all__ = [
+    "SyncMetrics",
+    "UsersSync",
+    "UsersSyncConfig",
+    "gateway_permissions",
+    "render_users",
+    "user_entry",
+]
 
 log = logging.getLogger("smartcity.nats_users")
 
@@ -120,6 +133,40 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class SyncMetrics:
+    """The sync's Prometheus metrics (``smartcity_users_sync_*``), in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        p = "smartcity_users_sync"
+        self.renders = Counter(
+            f"{p}_renders", "Users files written (the node given a new set of users)", registry=r
+        )
+        self.reloads = Counter(
+            f"{p}_reloads",
+            "Reloads of the node by result: confirmed (/varz config_load_time moved), sent "
+            "(no --monitor to confirm), unconfirmed, failed (no signal sent)",
+            ["result"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            f"{p}_last_success_timestamp_seconds",
+            "Unix time of the last round that read the bucket and left the node current",
+            registry=r,
+        )
+        self.skipped = Gauge(
+            f"{p}_entries_skipped",
+            "Bucket entries left out of the last snapshot (bad key or value)",
+            registry=r,
+        )
+        self.gateways = Gauge(f"{p}_gateways", "Gateway users in the last snapshot", registry=r)
+        self.bucket_errors = Counter(
+            f"{p}_bucket_errors",
+            "Rounds in which the bucket could not be read (the node kept its file)",
+            registry=r,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class UsersSyncConfig:
     """One node's sync: where the bucket is, what to render, which server to reload."""
@@ -137,6 +184,8 @@ class UsersSyncConfig:
     #: ``/varz`` ``config_load_time``; unset: the signal is sent and not confirmed.
     monitor: str | None = None
     interval_s: float = 1.0
+    #: Serve ``/metrics`` on 127.0.0.1 at this port (0: any free port); ``None``: off.
+    metrics_port: int | None = None
 
 
 class UsersSync:
@@ -146,11 +195,38 @@ class UsersSync:
         self.config = config
         self._seq: int | None = None
         self._gateways: dict[str, str] = {}
+        #: The file was written but the node was not signalled: signal it next round.
+        self._reload_due = False
+        #: Whether the node was seen to load the file (False after an unconfirmed reload: a
+        #: node that refused the file keeps its old users until the next change).
+        self._node_current = True
         #: Renders applied (the file written and the node signalled), for tests and logs.
         self.applied = 0
+        self.metrics = SyncMetrics()
+        #: The port ``/metrics`` is served on while :meth:`run` runs (``None``: off).
+        self.metrics_port: int | None = None
 
     async def run(self) -> None:
-        """Connect (reconnecting for ever) and keep the file current every ``interval_s``."""
+        """Connect (reconnecting for ever) and keep the file current every ``interval_s``;
+        serve ``/metrics`` meanwhile when ``metrics_port`` is set."""
+        c = self.config
+        if c.metrics_port is None:
+            await self._run()
+            return
+        server, thread = start_http_server(
+            c.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
+        )
+        self.metrics_port = server.server_port
+        log.info("metrics served", extra={"url": f"http://127.0.0.1:{self.metrics_port}/metrics"})
+        try:
+            await self._run()
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self.metrics_port = None
+
+    async def _run(self) -> None:
         c = self.config
         if not c.out.exists():  # the node can start before the first sync round
             _write(c.out, render_users(c.static_users.read_text(), {}, topic_root=c.topic_root))
@@ -193,17 +269,31 @@ class UsersSync:
                 self._gateways = {} if seq is None else await self._snapshot(js)
                 self._seq = seq
         except (nats.errors.Error, OSError) as exc:
+            self.metrics.bucket_errors.inc()
             log.warning(
                 "gateway users not read; the node keeps its file",
                 extra={"bucket": c.bucket, "error": str(exc) or type(exc).__name__},
             )
             return False
+        self.metrics.gateways.set(len(self._gateways))
         text = render_users(c.static_users.read_text(), self._gateways, topic_root=c.topic_root)
+        current = False
         with contextlib.suppress(OSError):
-            if c.out.read_text() == text:
-                return False
-        _write(c.out, text)
-        await self._reload()
+            current = c.out.read_text() == text
+        if current and not self._reload_due:
+            if self._node_current:
+                self.metrics.last_success.set_to_current_time()
+            return False
+        if not current:
+            _write(c.out, text)
+            self.metrics.renders.inc()
+        result = await self._reload()
+        self.metrics.reloads.labels(result).inc()
+        self._reload_due = result == "failed"
+        self._node_current = result in ("confirmed", "sent")
+        if not self._node_current:
+            return False
+        self.metrics.last_success.set_to_current_time()
         self.applied += 1
         log.info(
             "gateway users rendered",
@@ -220,20 +310,25 @@ class UsersSync:
         kv = await js.key_value(self.config.bucket)
         watcher = await kv.watchall(ignore_deletes=True)
         found: dict[str, str] = {}
+        skipped = 0
         try:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 try:
                     found[entry.key] = _hash_of(entry.key, entry.value)
                 except ValueError as exc:
+                    skipped += 1
                     log.warning(
                         "gateway user skipped",
                         extra={"key": entry.key, "revision": entry.revision, "reason": str(exc)},
                     )
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+        self.metrics.skipped.set(skipped)
         return found
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> str:
+        """Signal the node to reload; the result: ``confirmed``, ``sent`` (nothing to
+        confirm with), ``unconfirmed`` or ``failed`` (no signal sent)."""
         c = self.config
         before = await asyncio.to_thread(self._load_time)
         try:
@@ -241,18 +336,20 @@ class UsersSync:
             os.kill(pid, signal.SIGHUP)  # what `nats-server --signal reload=<pid>` sends
         except (OSError, ValueError, IndexError) as exc:
             log.error("node not reloaded", extra={"pid_file": str(c.pid_file), "error": str(exc)})
-            return
+            return "failed"
         if c.monitor is None:
-            return
-        async with asyncio.timeout(_RELOAD_WAIT_S + 1):
-            for _ in range(int(_RELOAD_WAIT_S / 0.05)):
-                if await asyncio.to_thread(self._load_time) not in (before, None):
-                    return
-                await asyncio.sleep(0.05)
+            return "sent"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_RELOAD_WAIT_S + 1):
+                for _ in range(int(_RELOAD_WAIT_S / 0.05)):
+                    if await asyncio.to_thread(self._load_time) not in (before, None):
+                        return "confirmed"
+                    await asyncio.sleep(0.05)
         log.error(
             "node reload not confirmed (see its log: a config it refused keeps the old users)",
             extra={"monitor": c.monitor, "pid": pid},
         )
+        return "unconfirmed"
 
     def _load_time(self) -> str | None:
         url = f"{self.config.monitor}/varz"
@@ -285,6 +382,10 @@ def users_sync(
     topic_root: Annotated[str, typer.Option()] = "sc",
     monitor: Annotated[str | None, typer.Option(help="http://host:port of the node")] = None,
     interval: Annotated[float, typer.Option(min=0.1, max=3600)] = 1.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="serve Prometheus /metrics on 127.0.0.1:PORT"),
+    ] = None,
     log_format: Annotated[str | None, typer.Option(help="json or console")] = None,
 ) -> None:
     """Render this node's users from the gateway-users bucket and reload the node."""
@@ -311,6 +412,7 @@ def users_sync(
             pid_file=pid_file,
             monitor=monitor,
             interval_s=interval,
+            metrics_port=metrics_port,
         )
     )
 

@@ -8,7 +8,8 @@
        (smartcity edge enroll)          password, client id edge-{id}, its own topics only
                  ◀── host, port, hosts, protocol, CA, username, password, client id ──┘
     engineer ── DELETE /v1/gateways/{id}/enrolment ──▶ broker user deleted (its connection
-                                    is dropped) ──▶ state revoked
+                                    is dropped) ──▶ state revoked ──▶ live inventory: offline,
+                                    reason "revoked" (pushed as a status change is)
 
 The broker user is made by ``enrolment.dynsec`` (mosquitto's dynamic security: user, role
 ``gateway:{id}``, client id pinned; :mod:`api._dynsec`) or ``enrolment.nats`` (the cluster
@@ -20,6 +21,11 @@ per client address (``enrolment.rate_per_min``) and its refusals are counted
 (``smartcity_api_enrol_refused_total{reason}``). Every operation leaves one audit entry
 (``gateway.register``, ``gateway.enroll``, ``gateway.revoke``); a token nobody issued
 names no gateway and is only counted.
+
+A revoked gateway sends no death: mosquitto publishes no will for a client that dynamic
+security removes, and a NATS reload closes the connection without one. So the revocation
+itself marks the gateway offline (reason ``revoked``) in this API's live inventory and
+pushes the ``gateway`` event to live subscribers, as a death on the status topic would.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import datetime as dt
 import math
 import secrets
+import time
 from typing import Annotated, Final
 
 import msgspec
@@ -47,10 +54,11 @@ from api._errors import (
     UpstreamUnavailable,
 )
 from api._nats_users import GatewayUsers, NatsUsers
-from api._params import GatewayPath
+from api._params import GatewayPath, iso
 from api._services import Services
+from api.state import Event
 from api.storage import Enrolment
-from telemetry import TopicError, check_cluster_id
+from telemetry import Death, TopicError, check_cluster_id
 
 __all__ = ["router"]
 
@@ -102,6 +110,15 @@ class BrokerOut(msgspec.Struct):
     topic_root: str
 
 
+class _GatewayEvent(msgspec.Struct):
+    """The live push's ``gateway`` item (the one a status change pushes)."""
+
+    type: str
+    gateway: str
+    state: str
+    time: str
+
+
 class Credentials(msgspec.Struct):
     gateway: str
     username: str
@@ -125,6 +142,22 @@ def _users(services: Services) -> GatewayUsers | None:
         return services.dynsec
     nats = services.settings.enrolment.nats
     return None if nats is None else NatsUsers(nats)
+
+
+def _mark_revoked(services: Services, gateway: str) -> None:
+    """The death the broker does not send: ``gateway`` offline, reason ``revoked``, in the
+    live inventory (a gateway it does not hold is not added), and the ``gateway`` event
+    pushed when its state changed."""
+    state = services.inventory.gateways.get(gateway)
+    if state is None:
+        return
+    now = time.time_ns()
+    changed = services.inventory.apply_status(gateway, Death(gw=gateway, ts=now), now)
+    state.reason = "revoked"
+    if changed:
+        area = state.location.area if state.location else None
+        event = _GatewayEvent("gateway", gateway, state.state, iso(now))
+        services.hub.publish(Event("gateway", None, gateway, area, msgspec.json.encode(event)))
 
 
 def _out(row: Enrolment) -> EnrolmentOut:
@@ -226,6 +259,8 @@ async def revoke(services: ServicesDep, _caller: Engineer, gateway: GatewayPath)
             "configured: the gateway's broker user cannot be removed"
         )
     row = await asyncio.to_thread(services.db.revoke_enrolment, gateway)
+    if users is not None:  # its connection is gone (no broker user, no connection)
+        _mark_revoked(services, gateway)
     note().detail = {"was": was, "broker_user_removed": users is not None}
     return json_response(_out(row))
 

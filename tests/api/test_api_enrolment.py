@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from api_helpers import ApiStack, start_stack, wait_until
+from websockets.sync.client import connect
 
 from smartcity._localstack import Influxd
 from tests.foundation.test_deploy_broker import NOT_AUTHORIZED, Client, ShippedBroker
@@ -50,12 +51,18 @@ def stack(
     database = f"enrol_{uuid.uuid4().hex[:8]}"
     influxd.create_database(database)
     s = start_stack(
-        broker, influxd, root="sc", database=database,
+        broker,
+        influxd,
+        root="sc",
+        database=database,
         db_path=tmp_path_factory.mktemp("enroldb") / "api.sqlite3",
         mqtt={"username": "_api-1", "password": "pw-api", "client_id": "api-1"},  # pinned
-        enrolment={"dynsec": {"options_file": str(broker.admin_options)},
-                   "broker_host": "127.0.0.1", "broker_port": broker.tls_port,
-                   "broker_ca_file": str(broker.pki.ca)},
+        enrolment={
+            "dynsec": {"options_file": str(broker.admin_options)},
+            "broker_host": "127.0.0.1",
+            "broker_port": broker.tls_port,
+            "broker_ca_file": str(broker.pki.ca),
+        },
     )
     try:
         yield s
@@ -66,9 +73,24 @@ def stack(
 
 def edge_enroll(stack: ApiStack, token: str, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "smartcity", "edge", "enroll", "--api", stack.url,
-         "--token", token, "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "smartcity",
+            "edge",
+            "enroll",
+            "--api",
+            stack.url,
+            "--token",
+            token,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -119,32 +141,71 @@ def test_enrol_run_revoke_and_the_revoked_gateway_is_refused(
     assert block["client_id"] == f"edge-{gw}"
     assert block["username"] == gw
     config = tmp_path / "edge.yaml"
-    config.write_text(json.dumps({
-        "gateway": {"id": gw, "state_dir": str(tmp_path / "state")},
-        "broker": {**block, "backoff_initial_s": 0.2, "backoff_max_s": 0.5},
-        "inputs": [{"type": "simulated", "name": "sim", "devices": 1, "device_prefix": "aq",
-                    "measurement": "AirQualityObserved", "fields": ["pm25"], "rate_hz": 5}],
-        "tick_s": 0.1,
-        "batch": {"max_age_s": 0.2},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "gateway": {"id": gw, "state_dir": str(tmp_path / "state")},
+                "broker": {**block, "backoff_initial_s": 0.2, "backoff_max_s": 0.5},
+                "inputs": [
+                    {
+                        "type": "simulated",
+                        "name": "sim",
+                        "devices": 1,
+                        "device_prefix": "aq",
+                        "measurement": "AirQualityObserved",
+                        "fields": ["pm25"],
+                        "rate_hz": 5,
+                    }
+                ],
+                "tick_s": 0.1,
+                "batch": {"max_age_s": 0.2},
+            }
+        )
+    )
     log = tmp_path / "edge.log"
     with log.open("ab") as sink:
         agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
         )
     try:
-        wait_until(lambda: stack.get(f"/v1/gateways/{gw}").json().get("state") == "online"
-                   or agent.poll() is not None, 30)
+        wait_until(
+            lambda: (
+                stack.get(f"/v1/gateways/{gw}").json().get("state") == "online"
+                or agent.poll() is not None
+            ),
+            30,
+        )
         assert agent.poll() is None, log.read_text()
 
         wait_until(lambda: last_seen(stack, gw) is not None, 10)
         # revoke: the broker drops it at once (the plugin kicks it without its will) and
         # refuses every reconnect: nothing of it arrives any more
-        resp = engineer.delete(f"/v1/gateways/{gw}/enrolment")
-        assert resp.status_code == 200, resp.text
+        stream = stack.url.replace("http://", "ws://") + "/v1/stream/ws?kind=gateway"
+        with connect(stream, additional_headers={"X-API-Key": stack.keys["viewer"]}) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            resp = engineer.delete(f"/v1/gateways/{gw}/enrolment")
+            assert resp.status_code == 200, resp.text
+            # no will comes: the revocation itself takes it offline, pushed at once
+            event = json.loads(ws.recv(timeout=5))
+            while event["type"] == "heartbeat":
+                event = json.loads(ws.recv(timeout=5))
+        assert (event["type"], event.get("gateway"), event.get("state")) == (
+            "gateway",
+            gw,
+            "offline",
+        )
         assert resp.json()["state"] == "revoked"
         assert state(stack, gw) == "revoked"
+        shown = stack.get(f"/v1/gateways/{gw}").json()
+        assert (shown["state"], shown["online"], shown["reason"], shown["enrolment"]) == (
+            "offline",
+            False,
+            "revoked",
+            "revoked",
+        )
         time.sleep(1.0)  # what was in flight lands
         seen = last_seen(stack, gw)
         time.sleep(2.5)  # several reconnect attempts of the agent (backoff <= 0.5 s)
@@ -173,8 +234,10 @@ def test_enrol_run_revoke_and_the_revoked_gateway_is_refused(
         ("gateway.register", "ok"),
         ("gateway.enroll", "ok"),
         ("gateway.enroll", "refused: token used"),
-        ("gateway.register", "refused: 409 gateway 'gw-enrol' is enrolled; revoke it first "
-                             "(DELETE .../enrolment)"),
+        (
+            "gateway.register",
+            "refused: 409 gateway 'gw-enrol' is enrolled; revoke it first (DELETE .../enrolment)",
+        ),
         ("gateway.revoke", "ok"),
         ("gateway.enroll", "refused: token revoked"),
     ]
@@ -201,13 +264,30 @@ def test_expired_and_unknown_tokens_are_refused(stack: ApiStack, tmp_path: Path)
         assert anonymous.post("/v1/enrol", json={"nope": 1}).status_code == 400
     # an unknown token names no gateway: counted, not written
     assert stack.get("/v1/audit", "admin", params={"limit": 1}).json()["total"] == before
-    assert audit(stack, gw) == [("gateway.register", "ok"), ("gateway.enroll",
-                                                              "refused: token expired")]
+    assert audit(stack, gw) == [
+        ("gateway.register", "ok"),
+        ("gateway.enroll", "refused: token expired"),
+    ]
     # plain http to a remote API is refused before the token leaves the gateway
     done = subprocess.run(
-        [sys.executable, "-m", "smartcity", "edge", "enroll", "--api", "http://192.0.2.1",
-         "--token", token, "--out", str(tmp_path / "y")],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "smartcity",
+            "edge",
+            "enroll",
+            "--api",
+            "http://192.0.2.1",
+            "--token",
+            token,
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ},
     )
     assert done.returncode == 1
