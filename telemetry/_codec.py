@@ -225,7 +225,10 @@ def _check_batch_names(batch: Batch) -> None:
             r.device not in ok_ids
             or r.measurement not in ok_names
             or not ok_fields.issuperset(r.fields)
-            or (r.tags and not ok_tags.issuperset(r.tags.items()))
+            or (
+                r.tags
+                and (not ok_tags.issuperset(r.tags.items()) or not r.tags.keys().isdisjoint(r.fields))
+            )
         ):
             _check_reading_names(r, index)
 
@@ -262,17 +265,17 @@ def _check_reading_names(r: Reading, index: int) -> None:
         _remember(_ok_field_names)
         _ok_field_names.add(key)
     for item in r.tags.items():
+        key, value = item
+        if key in r.fields:  # known names each, yet not together in one reading
+            raise InvalidPayload(
+                f"{key!r} is both a tag key and a field name", path=f"{at}.g.{key}"
+            )
         if item in _ok_tags:
             continue
-        key, value = item
         if key in RESERVED_TAG_KEYS:
             raise InvalidPayload(f"tag key {key!r} is reserved", path=f"{at}.g.{key}")
         if not NAME_RE.fullmatch(key):
             raise InvalidPayload(f"tag key {key!r} must match {NAME_RE.pattern}", path=f"{at}.g")
-        if key in r.fields:
-            raise InvalidPayload(
-                f"{key!r} is both a tag key and a field name", path=f"{at}.g.{key}"
-            )
         if not TAG_VALUE_RE.fullmatch(value):
             raise InvalidPayload(
                 f"tag value {value!r} holds a backslash or a control character",

@@ -317,3 +317,17 @@ def test_partial_of_a_clean_batch_has_no_rejects() -> None:
 def test_partial_refuses_a_broken_envelope_whole(bad: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         decode_batch_partial(bad)
+
+
+def test_a_tag_key_that_is_also_a_field_is_refused_however_familiar_both_names_are() -> None:
+    """The names' caches must not let a tag/field clash through: each name alone was seen
+    (``lane`` as a field in one reading, ``lane=1`` as a tag in another), then both at once."""
+    as_field = reading(f={"lane": 1.0}, g={})
+    as_tag = reading(f={"intensity": 540.0}, g={"lane": "1"})
+    decode_batch(payload([as_field, as_tag]))
+    both = reading(f={"lane": 1.0}, g={"lane": "1"})
+    with pytest.raises(InvalidPayload, match="both a tag key and a field name"):
+        decode_batch(payload([both]))
+    partial = decode_batch_partial(payload([as_tag, both]))
+    assert [r.index for r in partial.rejected] == [1]
+    assert "both a tag key and a field name" in partial.rejected[0].reason
