@@ -184,7 +184,9 @@ def test_a_seq_jump_to_2_62_neither_stalls_nor_grows_the_api(
                or not responder.seqs(HONEST)) and time.monotonic() < deadline:
             latencies.append(healthz_latency(stack))
             time.sleep(0.1)
-        assert max(latencies) < 1.0, latencies
+        # a repair that walked the 2**62 seqs would not answer at all; a busy 2-core machine
+        # (the suite on two workers) has answered within 1.5 s
+        assert max(latencies) < 2.5, latencies
         assert rss() - before < 100 * MIB
         # the honest gateway's hole is asked for; the hostile jump is a reset, not a hole
         assert responder.seqs(HONEST) == [5, 6]
