@@ -184,7 +184,7 @@ class Services:
         self.influx = InfluxClient.from_settings(settings, registry=self.metrics.registry)
         self.intake = LiveIntake(
             inventory=self.inventory, live=self.live, hub=self.hub, alerts=self.alerts,
-            areas=self.areas, metrics=self.metrics,
+            areas=self.areas, metrics=self.metrics, decode=self._telemetry,
         )
         self.broker = BrokerLink(settings, self.receive, self.metrics)
         self.repair: GapRepair | None = None
@@ -266,8 +266,9 @@ class Services:
     # -- broker messages (event loop) -------------------------------------------------------
     def receive(self, topic: str, payload: bytes) -> None:
         """The broker link's handler: a telemetry batch's followed readings are pushed now
-        and the batch is applied from the intake's backlog (api.state._intake); anything
-        else is handled as by :meth:`handle`, a birth or death after the backlog."""
+        and the batch is applied (decoded first, when no followed device was in it) from the
+        intake's backlog (api.state._intake); anything else is handled as by
+        :meth:`handle`, a birth or death after the backlog."""
         parsed = self._parse(topic)
         if parsed is None:
             return
@@ -277,13 +278,16 @@ class Services:
                 self.intake.flush()
             self._dispatch(topic, gateway, kind, payload)
             return
+        self.intake.take(gateway, payload)
+
+    def _telemetry(self, gateway: str, payload: bytes) -> Sequence[Reading] | None:
+        """The valid readings of a telemetry batch of ``gateway``'s topic; ``None`` (counted)
+        when it is refused (the intake's decoder)."""
         try:
-            readings = self._batch(gateway, payload)
+            return self._batch(gateway, payload)
         except PayloadError as exc:
-            self._invalid(topic, kind, exc)
-            return
-        if readings is not None:
-            self.intake.take(gateway, readings)
+            self._invalid(self.broker.topics.telemetry(gateway), TopicKind.TELEMETRY, exc)
+            return None
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One broker message applied at once (the state reads it on return)."""

@@ -48,6 +48,9 @@ KINDS: Final = {
 }
 MEASUREMENT_KIND: Final = {m: k for k, m in KINDS.items()}
 EXTRA_KINDS: Final = ("alert", "gateway", "other")
+#: Up to this many followed devices, a payload is searched for them before it is decoded
+#: (:meth:`Hub.may_follow_any`); past it, searching would cost about what decoding does.
+FOLLOWED_SCAN_MAX: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ class Hub:
         #: devices (``None`` otherwise): a reading of any other device is wanted by nobody,
         #: known with one set lookup.
         self._devices: frozenset[str] | None = None
+        #: The same as JSON strings (``b'"<id>"'``), for :meth:`may_follow_any`.
+        self._needles: tuple[bytes, ...] | None = None
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -163,6 +168,19 @@ class Hub:
         followed = self._devices
         return followed is None or device in followed
 
+    def may_follow_any(self, payload: bytes) -> bool:
+        """Whether a reading of a followed device may be in a telemetry payload (JSON): False
+        when nobody subscribes, or every subscriber follows a list of at most
+        ``FOLLOWED_SCAN_MAX`` devices and none of them occurs in the bytes as a JSON string.
+        Ids are plain ASCII (the contract), so a reading of one is there as ``"<id>"``
+        unless written with escapes: a payload with a backslash may hold any."""
+        if not self._subscribers:
+            return False
+        needles = self._needles
+        if needles is None or b"\\" in payload:
+            return True
+        return any(needle in payload for needle in needles)
+
     def wants(self, kind: str, device: str | None, area: str | None) -> bool:
         """Whether any subscriber takes an event of this kind, device and area (skip
         building and encoding it if not: measured in bench/api.py's live run, one client
@@ -178,6 +196,12 @@ class Hub:
             self._devices = frozenset().union(*(f.devices for f in filters))
         else:
             self._devices = None
+        devices = self._devices
+        self._needles = (
+            tuple(f'"{d}"'.encode() for d in sorted(devices))
+            if devices is not None and len(devices) <= FOLLOWED_SCAN_MAX
+            else None
+        )
 
     def publish(self, event: Event) -> None:
         for sub in self._subscribers:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -410,29 +411,43 @@ class Database:
     def record_alert_events(self, events: Sequence[dict[str, object]]) -> int:
         """Store transitions; one already stored (by this or another replica) is skipped.
 
-        Return how many were new.
+        One transaction for the whole list: a query for the transitions already stored and
+        one multi-row insert of the rest (a burst of alerts is one write, not a transaction
+        per row holding the GIL against the event loop). When another replica stored some
+        of them in between, the rows are stored one by one instead. Return how many were
+        new.
         """
         if not events:
             return 0
         ids = {str(e["alert_id"]) for e in events}
-        with self.session() as s:
-            stored = s.execute(
-                select(AlertEvent.alert_id, AlertEvent.transition).where(
-                    AlertEvent.alert_id.in_(ids)
+        fresh: list[dict[str, object]] = []
+        try:
+            with self.session() as s:
+                stored = s.execute(
+                    select(AlertEvent.alert_id, AlertEvent.transition).where(
+                        AlertEvent.alert_id.in_(ids)
+                    )
                 )
-            )
-            known = {(alert_id, transition) for alert_id, transition in stored}
+                known = {(alert_id, transition) for alert_id, transition in stored}
+                for values in events:
+                    key = (str(values["alert_id"]), str(values["transition"]))
+                    if key not in known:
+                        known.add(key)
+                        fresh.append(values)
+                if fresh:
+                    s.execute(insert(AlertEvent), fresh)
+        except IntegrityError:  # another replica stored one of them in between
+            return self._record_each(fresh)
+        return len(fresh)
+
+    def _record_each(self, events: Sequence[dict[str, object]]) -> int:
         added = 0
         for values in events:
-            key = (str(values["alert_id"]), str(values["transition"]))
-            if key in known:
-                continue
-            known.add(key)
             try:
                 with self.session() as s:
-                    s.add(AlertEvent(**values))
+                    s.execute(insert(AlertEvent), [values])
                 added += 1
-            except IntegrityError:  # another replica stored it in between
+            except IntegrityError:  # stored already
                 continue
         return added
 

@@ -4,7 +4,8 @@
 
     socket hand-off (attach)  paho connected in the executor; from then on, loop only:
       add_reader ─▶ loop_read ─▶ _on_connect / _on_message / _on_publish / _on_subscribe
-                    (paho's reads served by a ReadAhead: one recv per readable socket)
+                    (paho's reads served by a ReadAhead: one recv per readable socket;
+                    a PUBLISH without properties decoded by handle_publish, not paho)
       call_soon / add_writer ─▶ loop_write   (only while paho has bytes queued)
       call_later(1 s) ─▶ loop_misc           (keepalive PINGREQ)
     in-flight   publish() ─▶ future per mid ◀── PUBACK reason code (_on_publish)
@@ -38,6 +39,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -52,6 +54,7 @@ from foundation.mqtt._errors import (
     MqttDisconnected,
     MqttError,
 )
+from foundation.mqtt._inbound import plain_publish
 from foundation.mqtt._message import Message, held_properties
 from foundation.mqtt._readahead import ReadAhead
 
@@ -121,6 +124,7 @@ class Connection:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
+        self._paho_publish = _take_publish(client, self.handle_publish)
 
     # -- socket hand-off ------------------------------------------------------------------
     def attach(self) -> None:
@@ -273,20 +277,60 @@ class Connection:
         if not self.lost.done():
             self.lost.set_result(MqttDisconnected(reason))
 
+    def handle_publish(self) -> MQTTErrorCode:
+        """A received PUBLISH (paho's ``_handle_publish``, inside ``loop_read``): one
+        without properties straight into a :class:`Message`; anything else through paho's
+        decoding to :meth:`_on_message` (foundation.mqtt._inbound)."""
+        client = self.client
+        in_packet = client._in_packet
+        header, packet = in_packet["command"], in_packet["packet"]
+        plain = plain_publish(header, packet, self._v5)
+        if plain is None:
+            rc: MQTTErrorCode = self._paho_publish()
+            return rc
+        topic, mid, start = plain
+        qos = (header >> 1) & 3
+        with memoryview(packet) as view:
+            payload = bytes(view[start:])
+        self._received(topic, payload, qos, bool(header & 1), bool(header & 8), mid, None)
+        if qos and not self._manual_ack:
+            puback: MQTTErrorCode = client._send_puback(mid)
+            return puback
+        return SUCCESS
+
     def _on_message(self, _c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
-        self.packets += 1
-        qos = m.qos
-        manual = self._manual_ack and qos > 0
         payload = m.payload
+        self._received(
+            m.topic,
+            payload if type(payload) is bytes else bytes(payload),
+            m.qos,
+            bool(m.retain),
+            bool(m.dup),
+            m.mid,
+            held_properties(getattr(m, "properties", None)),
+        )
+
+    def _received(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        mid: int,
+        properties: Properties | None,
+    ) -> None:
+        self.packets += 1
+        manual = self._manual_ack and qos > 0
         msg = Message(
-            topic=m.topic,
-            payload=payload if type(payload) is bytes else bytes(payload),
+            topic=topic,
+            payload=payload,
             qos=qos,
-            retain=bool(m.retain),
-            dup=bool(m.dup),
-            mid=m.mid,
+            retain=retain,
+            dup=dup,
+            mid=mid,
             epoch=self.epoch,
-            properties=held_properties(getattr(m, "properties", None)),
+            properties=properties,
             conn=self if manual else None,
         )
         if manual:
@@ -394,6 +438,19 @@ class Connection:
         self.inflight.clear()
         self.subacks.clear()
         self.ledger.clear()
+
+
+def _take_publish(client: mqtt.Client, handler: Callable[[], MQTTErrorCode]) -> Any:
+    """Put ``handler`` in place of paho's PUBLISH decoding (``Client._handle_publish``, which
+    paho 2.x calls for every received PUBLISH, reading ``_in_packet``), for this client
+    only; return paho's own, which the handler falls back to. A paho without those keeps
+    its own decoding, and the handler is not used."""
+    original = getattr(client, "_handle_publish", None)
+    if original is None or not isinstance(getattr(client, "_in_packet", None), dict):
+        return None
+    # An instance attribute shadows the method for this client only.
+    client._handle_publish = handler  # type: ignore[method-assign]
+    return original
 
 
 def _read_ahead(client: mqtt.Client) -> ReadAhead | None:

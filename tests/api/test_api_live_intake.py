@@ -8,9 +8,12 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from api import ApiSettings, create_app
 from api._services import Services
 from api.state import Hub, Rule, Subscriber, parse_filter, series_key
+from api.state._hub import FOLLOWED_SCAN_MAX
 from telemetry import Batch, Birth, DeviceInfo, Location, Reading, encode_batch, encode_message
 
 T0 = 1_767_225_600 * 10**9
@@ -83,7 +86,13 @@ def test_a_reading_older_than_the_applied_one_is_not_pushed() -> None:
     assert services.live.device("gw", "probe")[0].fields == {"pm25": 5.0}
 
 
-def test_the_deferred_path_ends_in_the_same_state_and_alerts_as_the_inline_one() -> None:
+@pytest.mark.parametrize("follow", [None, "aq1", "unknown"])
+def test_the_deferred_path_ends_in_the_same_state_and_alerts_as_the_inline_one(
+    follow: str | None,
+) -> None:
+    """Nobody following (every batch queued undecoded), one device followed (its batches
+    decoded when taken, the others when applied), a device in no batch (none decoded when
+    taken): the same state, alerts and refusals as applying everything in line."""
     rule = Rule(
         id=1,
         name="pm",
@@ -115,6 +124,8 @@ def test_the_deferred_path_ends_in_the_same_state_and_alerts_as_the_inline_one()
     for deferred in (False, True):
         services = _services()
         services.alerts.set_rules([rule])
+        if follow is not None:
+            _follow(services, follow)
         for topic, payload in messages:
             (services.receive if deferred else services.handle)(topic, payload)
         services.intake.flush()
@@ -209,3 +220,52 @@ def test_series_keys_of_one_tag_are_those_of_the_general_form() -> None:
     assert series_key("M", {"lane": "1"}) == "M,lane=1"
     assert series_key("M", {"b": "2", "a": "1"}) == "M,a=1,b=2"
     assert series_key("M", {}) == "M"
+
+
+def test_a_payload_is_searched_for_followed_devices_before_it_is_decoded() -> None:
+    hub = Hub(queue_size=10)
+    payload = _batch("gw", 0, ("probe", "AirQualityObserved", {"pm25": 1.0}, T0))
+    assert not hub.may_follow_any(payload)  # nobody subscribes
+    sub = hub.subscribe(parse_filter([], ["other", "prob"], []))
+    assert sub is not None
+    assert not hub.may_follow_any(payload)  # "prob" is no "probe"
+    assert hub.may_follow_any(payload.replace(b'"probe"', b'"prob"'))
+    assert hub.may_follow_any(payload.replace(b'"probe"', b'"\\u0070rob"'))  # escaped
+    everything = hub.subscribe(parse_filter(["air"], [], []))
+    assert everything is not None
+    assert hub.may_follow_any(payload)  # a subscriber may want any device
+    hub.unsubscribe(everything)
+    many = hub.subscribe(parse_filter([], [f"d{i}" for i in range(FOLLOWED_SCAN_MAX)], []))
+    assert many is not None
+    assert hub.may_follow_any(payload)  # too many to search for: decoded
+    hub.unsubscribe(many)
+    assert not hub.may_follow_any(payload)
+
+
+def test_a_followed_reading_written_with_escapes_is_pushed_at_once() -> None:
+    services = _services()
+    sub = _follow(services, "probe")
+    payload = _batch("gw", 0, ("probe", "AirQualityObserved", {"pm25": 2.0}, T0))
+    services.receive(TOPIC.format("gw"), payload.replace(b'"probe"', b'"\\u0070robe"'))
+    assert _fields(sub) == [{"pm25": 2.0}]
+    assert len(services.live) == 0
+
+
+def test_a_batch_queued_undecoded_is_decoded_and_checked_when_applied() -> None:
+    services = _services()
+    _follow(services, "probe")
+    services.receive(  # another gateway's batch on gw's topic: refused, counted, when applied
+        TOPIC.format("gw"), _batch("gw2", 0, ("aq", "AirQualityObserved", {"pm25": 1.0}, T0))
+    )
+    services.receive(TOPIC.format("gw"), b'{"v":1,"gw":"gw","seq":1,"r":[]}')
+    assert len(services.intake) == 2
+
+    def invalid() -> float | None:
+        return services.metrics.registry.get_sample_value(
+            "smartcity_api_mqtt_invalid_total", {"kind": "telemetry"}
+        )
+
+    assert invalid() is None
+    services.intake.flush()
+    assert invalid() == 2
+    assert len(services.live) == 0

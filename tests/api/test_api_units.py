@@ -207,3 +207,69 @@ def test_alert_history_survives_a_database_that_fails_and_bounds_its_buffer() ->
         "rule_id": 1, "rule": "r", "kind": "threshold", "severity": "warning",
         "gateway": "gw", "message": "m"}]) == 0
     assert db.prune_alert_events(_dt.datetime(2100, 1, 1, tzinfo=_dt.UTC)) == 3
+
+
+def test_alert_events_are_stored_in_one_write_each_transition_once() -> None:
+    from sqlalchemy import event
+
+    from api import Database
+
+    db = Database("sqlite://")
+    db.create_schema(seed_rules=False)
+    at = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
+
+    def transition(i: int, kind: str = "raised") -> dict[str, object]:
+        return {
+            "alert_id": f"{i:016x}", "transition": kind, "at": at, "rule_id": 1, "rule": "r",
+            "kind": "congestion", "severity": "warning", "gateway": "gw", "device": f"d{i}",
+            "area": None, "message": "m", "value": float(i), "by_name": None, "note": None,
+        }
+
+    inserts: list[str] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def count(_c: object, _cur: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    events = [transition(i) for i in range(50)] + [transition(3)]  # one twice in a flush
+    assert db.record_alert_events(events) == 50
+    assert len(inserts) == 1  # one write for the whole flush
+    assert db.record_alert_events([transition(1), transition(1, "resolved")]) == 1
+    # The row-by-row path (a replica stored some in between) skips what is stored.
+    assert db._record_each([transition(2), transition(60)]) == 1
+    rows, total = db.alert_history(since=at, until=at + _dt.timedelta(seconds=1), limit=500)
+    assert total == 52
+    assert {(r.alert_id, r.transition) for r in rows} == {
+        *((f"{i:016x}", "raised") for i in (*range(50), 60)), (f"{1:016x}", "resolved")}
+    assert next(r for r in rows if r.alert_id == f"{7:016x}").value == 7.0
+
+
+def test_alert_history_writes_what_is_buffered_when_it_stops() -> None:
+    import asyncio
+
+    from api import Database
+    from api._metrics import ApiMetrics
+    from api.state import Alert, AlertHistory
+
+    db = Database("sqlite://")
+    db.create_schema(seed_rules=False)
+    history = AlertHistory(db, ApiMetrics(), keep_days=1)
+    now = time.time_ns()
+
+    async def main() -> None:
+        task = asyncio.create_task(history.run(interval_s=3600, prune_every_s=3600))
+        await asyncio.sleep(0.2)  # the first prune is done; the next flush is an hour away
+        for i in range(3):
+            alert = Alert(id=f"{i:016x}", rule_id=1, rule="r", kind="threshold",
+                          severity="warning", gateway="gw", started=iso(now), started_ns=now,
+                          message="m")
+            history.record("raised", alert, now)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    _, total = db.alert_history(since=_dt.datetime(2000, 1, 1, tzinfo=_dt.UTC),
+                                until=_dt.datetime(2100, 1, 1, tzinfo=_dt.UTC))
+    assert total == 3

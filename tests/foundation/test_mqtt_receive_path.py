@@ -130,3 +130,158 @@ def test_backpressure_resumes_with_what_was_read_ahead(
         assert got == payloads
 
     run(main)
+
+
+def _publish_packet(
+    topic: bytes, qos: int, mid: int, props: bytes | None, payload: bytes, v5: bool
+) -> bytes:
+    """A PUBLISH after its remaining length, as paho hands it over (``props``: the v5
+    properties, length included)."""
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        body += props if props is not None else b"\x00"
+    return body + payload
+
+
+_PROPERTIES = st.sampled_from(
+    [
+        None,
+        b"\x00",
+        b"\x02\x01\x01",  # payload format indicator
+        b"\x09\x09\x00\x06abcdef",  # correlation data (property length 9)
+        b"\x03\x23\x00\x07",  # topic alias 7
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=st.one_of(st.text(max_size=40).map(str.encode), st.binary(max_size=12)),
+    qos=st.integers(min_value=0, max_value=2),
+    mid=st.integers(min_value=1, max_value=65535),
+    props=_PROPERTIES,
+    payload=st.binary(max_size=200),
+    v5=st.booleans(),
+    flags=st.integers(min_value=0, max_value=15),
+    cut=st.integers(min_value=0, max_value=8),
+)
+def test_plain_publish_agrees_with_paho_or_leaves_the_packet_to_it(
+    topic: bytes,
+    qos: int,
+    mid: int,
+    props: bytes | None,
+    payload: bytes,
+    v5: bool,
+    flags: int,
+    cut: int,
+) -> None:
+    """What the session's own PUBLISH decoding reads is what paho decodes, for every packet
+    it takes (QoS 0/1, no property, a non-empty UTF-8 topic), truncated ones included; it
+    takes no other."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    from foundation.mqtt._inbound import plain_publish
+
+    header = 0x30 | (flags & 0x09) | qos << 1
+    packet = bytearray(_publish_packet(topic, qos, mid, props, payload, v5))
+    if cut:
+        del packet[max(0, len(packet) - cut) :]
+    plain = plain_publish(header, packet, v5)
+    protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+    if plain is None:
+        taken = qos < 2 and bool(topic) and (not v5 or props in (None, b"\x00")) and not cut
+        try:
+            topic.decode()
+        except UnicodeDecodeError:
+            taken = False
+        assert not taken  # an intact plain packet is never left to paho
+        return
+    got_topic, got_mid, start = plain
+    paho = _packet.decode_publish(header, packet, protocol)
+    assert got_topic == paho.topic.decode()
+    assert got_mid == paho.mid
+    assert bytes(packet[start:]) == paho.payload
+    assert paho.properties is None or not vars(paho.properties).keys() - set(
+        vars(type(paho.properties)(paho.properties.packetType))
+    )
+
+
+@pytest.mark.integration
+def test_publishes_with_and_without_properties_arrive_the_same_on_both_paths(
+    mosquitto: Mosquitto, topic_root: str
+) -> None:
+    """Through a real broker, QoS 0, 1 (auto and manual ack) and 2, with and without v5
+    properties, on v5 and 3.1.1 sessions: every message arrives with its topic, payload,
+    QoS, retain flag and properties (``None`` when it carried none), and the QoS 1 ones
+    are acknowledged (a manual-ack session that acks everything gets nothing again)."""
+    from foundation.mqtt import publish_properties
+
+    def config(client_id: str = "", **kw: Any) -> SessionConfig:
+        return SessionConfig(
+            host=mosquitto.host, port=mosquitto.port, client_id=client_id, backoff=FAST, **kw
+        )
+
+    async def receive(version: str, manual: bool) -> None:
+        root = f"{topic_root}/{version}-{manual}"
+        sent = [
+            (f"{root}/{qos}/{with_props}", f"{qos}{with_props}".encode() * 50, qos, with_props)
+            for qos in (0, 1, 2)
+            for with_props in (False, True)
+        ]
+        retained = (f"{root}/retained", b"r" * 70_000)  # more than one read-ahead chunk
+        v5 = version == "5"
+        sub_cfg = config(
+            f"{topic_root}-{version}-{manual}",
+            version=version,
+            clean_start=False,
+            manual_ack=manual,
+            **({"session_expiry_s": 60, "receive_maximum": 100} if v5 else {}),
+        )
+        async with MqttSession(config()) as pub:
+            await pub.publish(*retained, qos=1, retain=True)
+        async with MqttSession(sub_cfg) as sub:
+            await sub.subscribe(f"{root}/#", qos=2)
+            async with MqttSession(config()) as pub:
+                for topic, payload, qos, with_props in sent:
+                    props = (
+                        publish_properties(correlation_data=b"c-" + payload[:2])
+                        if with_props
+                        else None
+                    )
+                    await pub.publish(topic, payload, qos=qos, properties=props)
+            got = []
+            async for msg in sub.messages():
+                got.append(msg)
+                await msg.ack()
+                if len(got) == len(sent) + 1:
+                    break
+        by_topic = {m.topic: m for m in got}
+        assert len(by_topic) == len(sent) + 1
+        kept = by_topic.pop(retained[0])
+        assert (kept.payload, kept.qos, kept.retain, kept.properties) == (
+            retained[1],
+            1,
+            True,
+            None,
+        )
+        for topic, payload, qos, with_props in sent:
+            m = by_topic[topic]
+            assert (m.payload, m.qos, m.retain, m.dup, m.epoch) == (payload, qos, False, False, 1)
+            if with_props and v5:
+                assert m.correlation_data == b"c-" + payload[:2]
+            else:
+                assert m.properties is None
+        async with MqttSession(sub_cfg) as sub:  # everything was acked: nothing again
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await anext(aiter(sub.messages()))
+
+    async def main() -> None:
+        for version in ("5", "3.1.1"):
+            for manual in (False, True):
+                await receive(version, manual)
+
+    run(main, limit=60)
