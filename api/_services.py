@@ -77,7 +77,9 @@ from telemetry import (
     MEASUREMENTS,
     NAME_RE,
     PLATFORM_MEASUREMENT_PREFIX,
+    Birth,
     ConfigReported,
+    Death,
     Health,
     PayloadError,
     Reading,
@@ -118,12 +120,7 @@ def prepare_connections(settings: ApiSettings) -> None:
     (``gtfs_static_path``). Raise
     :class:`ConfigError` naming the key and the file. ``api check-config`` runs it."""
     prepare_broker(settings.mqtt)
-    influx_verify(
-        settings.influx_url,
-        ca_file=settings.influx_ca_file,
-        cert_file=settings.influx_cert_file,
-        key_file=settings.influx_key_file,
-    )
+    influx_verify(settings.influx)
     load_schedule(settings)
     load_areas(settings)
 
@@ -339,9 +336,18 @@ class Services:
         if status.gw != gateway:
             self.metrics.mqtt_invalid.labels("status").inc()
             return
-        now = time.time_ns()
-        if self.inventory.apply_status(gateway, status, now):
-            state = self.inventory.gateways[gateway]
+        self.apply_status(gateway, status, time.time_ns())
+
+    def apply_status(
+        self, gateway: str, status: Birth | Death, now: int, *, reason: str | None = None
+    ) -> None:
+        """A birth or death into the live inventory (``reason`` replaces the status's own);
+        the ``gateway`` event is pushed when the state changed."""
+        changed = self.inventory.apply_status(gateway, status, now)
+        state = self.inventory.gateways[gateway]
+        if reason is not None:
+            state.reason = reason
+        if changed:
             self._push(
                 "gateway", None, gateway,
                 state.location.area if state.location else None,

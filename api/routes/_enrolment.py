@@ -54,9 +54,8 @@ from api._errors import (
     UpstreamUnavailable,
 )
 from api._nats_users import GatewayUsers, NatsUsers
-from api._params import GatewayPath, iso
+from api._params import GatewayPath
 from api._services import Services
-from api.state import Event
 from api.storage import Enrolment
 from telemetry import Death, TopicError, check_cluster_id
 
@@ -110,15 +109,6 @@ class BrokerOut(msgspec.Struct):
     topic_root: str
 
 
-class _GatewayEvent(msgspec.Struct):
-    """The live push's ``gateway`` item (the one a status change pushes)."""
-
-    type: str
-    gateway: str
-    state: str
-    time: str
-
-
 class Credentials(msgspec.Struct):
     gateway: str
     username: str
@@ -148,16 +138,9 @@ def _mark_revoked(services: Services, gateway: str) -> None:
     """The death the broker does not send: ``gateway`` offline, reason ``revoked``, in the
     live inventory (a gateway it does not hold is not added), and the ``gateway`` event
     pushed when its state changed."""
-    state = services.inventory.gateways.get(gateway)
-    if state is None:
-        return
-    now = time.time_ns()
-    changed = services.inventory.apply_status(gateway, Death(gw=gateway, ts=now), now)
-    state.reason = "revoked"
-    if changed:
-        area = state.location.area if state.location else None
-        event = _GatewayEvent("gateway", gateway, state.state, iso(now))
-        services.hub.publish(Event("gateway", None, gateway, area, msgspec.json.encode(event)))
+    if gateway in services.inventory.gateways:
+        now = time.time_ns()
+        services.apply_status(gateway, Death(gw=gateway, ts=now), now, reason="revoked")
 
 
 def _out(row: Enrolment) -> EnrolmentOut:

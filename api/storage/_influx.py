@@ -18,7 +18,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from api._errors import ConfigError, UpstreamUnavailable
 from api._settings_replicas import InfluxReplica, ReplicaLagSettings
 from api.storage._replicas import Replica, ReplicaMonitor, ReplicaSet
-from foundation import BrokerSetupError, BrokerTls
+from foundation import BrokerSetupError, InfluxAccess
 
 if TYPE_CHECKING:
     from api._settings import ApiSettings
@@ -62,52 +61,30 @@ class _Answer(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Answer)
 
 
-def influx_verify(
-    url: str,
-    *,
-    ca_file: Path | None,
-    cert_file: Path | None,
-    key_file: Path | None,
-    key: str = "influx_",
-) -> ssl.SSLContext | bool:
-    """The TLS context for an ``https://`` InfluxDB (files read now), ``True`` for plain
-    http; :class:`ConfigError` naming the setting (``key`` + ``ca_file``...) and the file.
-    Start-up and ``api check-config`` both call it."""
-    if url.lower().startswith("https://"):
-        tls = BrokerTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-        try:
-            return tls.ssl_context(key)
-        except BrokerSetupError as exc:
-            raise ConfigError(str(exc)) from exc
-    if ca_file or cert_file or key_file:
-        raise ConfigError(f"{key}ca_file and the client certificate need https://, not {url}")
-    return True
+def influx_verify(access: InfluxAccess, key: str = "influx_") -> ssl.SSLContext | bool:
+    """The TLS context for an ``https://`` InfluxDB (files read now; the platform's one
+    InfluxDB access model), ``True`` for plain http; :class:`ConfigError` naming the setting
+    (``key`` + ``ca_file``...) and the file. Start-up and ``api check-config`` both call it."""
+    try:
+        return access.ssl_context(key)
+    except BrokerSetupError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class _Endpoint:
     """One InfluxDB server: ``/query`` and ``/ping`` over a pooled httpx client."""
 
     def __init__(
-        self,
-        *,
-        url: str,
-        database: str,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        ca_file: Path | None,
-        cert_file: Path | None,
-        key_file: Path | None,
-        key: str = "influx_",
+        self, access: InfluxAccess, *, database: str, timeout: float, key: str = "influx_"
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = access.url.rstrip("/")
         self.database = database
         self._timeout = timeout
+        ca_file = access.ca_file
         self._trust = f"{key}ca_file {ca_file}" if ca_file else "the system CA store"
-        auth = httpx.BasicAuth(username, password or "") if username else None
-        verify = influx_verify(
-            self.url, ca_file=ca_file, cert_file=cert_file, key_file=key_file, key=key
-        )
+        password = access.password.get_secret_value() if access.password else ""
+        auth = httpx.BasicAuth(access.username, password) if access.username else None
+        verify = influx_verify(access, key)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             auth=auth,
@@ -177,40 +154,25 @@ class InfluxClient:
     def __init__(
         self,
         *,
-        url: str = "http://127.0.0.1:8086",
         database: str,
-        username: str | None = None,
-        password: str | None = None,
+        access: InfluxAccess | None = None,
         timeout: float = 10.0,
-        ca_file: Path | None = None,
-        cert_file: Path | None = None,
-        key_file: Path | None = None,
         replicas: Sequence[InfluxReplica] = (),
         lag: ReplicaLagSettings | None = None,
     ) -> None:
-        """``ca_file``, ``cert_file``/``key_file``: TLS to an ``https://`` URL (unset: the
-        system's CA store, no client certificate); an unusable file is a
-        :class:`ConfigError` naming the setting. ``replicas`` replace ``url`` and its
-        credentials; ``lag`` says where their consumers' lag is read."""
+        """``access``: the one InfluxDB (default ``http://127.0.0.1:8086``, no credentials);
+        an unusable TLS file is a :class:`ConfigError` naming the setting. ``replicas``
+        replace it; ``lag`` says where their consumers' lag is read."""
         self.database = database
         if replicas:
             self._endpoints = [
-                _Endpoint(
-                    url=r.url, database=database, username=r.username,
-                    password=r.password.get_secret_value() if r.password else None,
-                    timeout=timeout, ca_file=r.ca_file, cert_file=r.cert_file,
-                    key_file=r.key_file, key=f"influx_replicas[{r.name}].",
-                )
+                _Endpoint(r, database=database, timeout=timeout, key=f"influx_replicas[{r.name}].")
                 for r in replicas
             ]
             names = [(r.name, r.durable) for r in replicas]
         else:
-            self._endpoints = [
-                _Endpoint(
-                    url=url, database=database, username=username, password=password,
-                    timeout=timeout, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
-                )
-            ]
+            one = access or InfluxAccess(url="http://127.0.0.1:8086")
+            self._endpoints = [_Endpoint(one, database=database, timeout=timeout)]
             names = [("influx", None)]
         self._endpoint_of = {name: e for (name, _), e in zip(names, self._endpoints, strict=True)}
         self.replicas = ReplicaSet(
@@ -235,16 +197,10 @@ class InfluxClient:
         """The client the ``influx_*`` settings describe (URL, credentials, TLS, timeout),
         or ``influx_replicas`` with ``replica_lag`` when set. With ``registry``, the
         replicas' health, lag and failovers are exported there."""
-        password = settings.influx_password
         client = cls(
-            url=settings.influx_url,
             database=settings.influx_database,
-            username=settings.influx_username,
-            password=password.get_secret_value() if password is not None else None,
+            access=settings.influx,
             timeout=settings.influx_timeout_s,
-            ca_file=settings.influx_ca_file,
-            cert_file=settings.influx_cert_file,
-            key_file=settings.influx_key_file,
             replicas=settings.influx_replicas,
             lag=settings.replica_lag,
         )

@@ -117,7 +117,7 @@ def test_tls_files_are_judged_alike_when_prepared(tmp_path: Path, pki: Pki) -> N
         with pytest.raises(IngestConfigError) as by_ingest:
             _ssl_context(ingest.influx)
         with pytest.raises(ApiConfigError) as by_api:
-            influx_verify(_HTTPS, ca_file=ca, cert_file=None, key_file=None)
+            influx_verify(api.influx)
         with pytest.raises(BrokerSetupError) as shared:
             api.influx.ssl_context("influx_")
         assert reason in shared.value.reason
