@@ -225,10 +225,8 @@ def _check_batch_names(batch: Batch) -> None:
             r.device not in ok_ids
             or r.measurement not in ok_names
             or not ok_fields.issuperset(r.fields)
-            or (
-                r.tags
-                and (not ok_tags.issuperset(r.tags.items()) or not r.tags.keys().isdisjoint(r.fields))
-            )
+            or (r.tags and not ok_tags.issuperset(r.tags.items()))
+            or (r.tags and not r.tags.keys().isdisjoint(r.fields))
         ):
             _check_reading_names(r, index)
 
