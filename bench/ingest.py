@@ -156,30 +156,19 @@ def main() -> None:
                 )
                 direct_cpu = cpu_seconds(ix.pid) - influx_cpu0
                 bare_s = bench_broker_bare(mq, messages)
-                before: dict[str, float] = {}
-                if args.compare_repo is not None and run % 2 == 0:
-                    before = bench_end_to_end(
-                        mq,
-                        ix,
-                        f"before{run}",
-                        messages,
-                        args.readings,
-                        args,
-                        tmp,
-                        Path(args.compare_repo).resolve(),
-                    )
+
+                def other_worker(run: int = run) -> dict[str, float]:
+                    if args.compare_repo is None:
+                        return {}
+                    repo = Path(args.compare_repo).resolve()
+                    name = f"before{run}"
+                    return bench_end_to_end(mq, ix, name, messages, args.readings, args, tmp, repo)
+
+                # the other checkout's worker before this one in even runs, after it in odd
+                before = other_worker() if run % 2 == 0 else {}
                 e2e = bench_end_to_end(mq, ix, f"e2e{run}", messages, args.readings, args, tmp)
-                if args.compare_repo is not None and run % 2 == 1:
-                    before = bench_end_to_end(
-                        mq,
-                        ix,
-                        f"before{run}",
-                        messages,
-                        args.readings,
-                        args,
-                        tmp,
-                        Path(args.compare_repo).resolve(),
-                    )
+                if run % 2 == 1:
+                    before = other_worker()
                 single = bench_end_to_end(
                     mq, ix, f"single{run}", singles, args.single_messages, args, tmp
                 )
