@@ -73,6 +73,6 @@ def bench_stages(messages: list[tuple[str, bytes]], readings: int) -> dict[str, 
     out["message_decoder_total"] = best(decode_all)
     chunks = decode_all()
     out["request_body"] = best(
-        lambda: [_body([c.lines for c in chunks[i : i + 50]]) for i in range(0, len(chunks), 50)]
+        lambda: [_body([c.body for c in chunks[i : i + 50]]) for i in range(0, len(chunks), 50)]
     )
     return {k: round(v) for k, v in out.items()}

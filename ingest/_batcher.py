@@ -36,6 +36,7 @@ from ingest._writer import RefusedPart
 from telemetry import (
     DEFAULT_MAX_CLOCK_SKEW_S,
     Intake,
+    InvalidPayload,
     Nonconformity,
     PayloadError,
     Reading,
@@ -54,20 +55,21 @@ _json: Final = msgspec.json.Encoder()
 class Chunk:
     """The line protocol of one message, and what a dead-letter record of it needs.
 
-    ``lines`` (each without its newline): the valid readings' lines, in order, then the
-    bookkeeping line (``ingest_batch``, when the envelope was valid), then the dead-letter
-    line (``ingest_deadletter``, when part of the message was refused). Line ``i`` below
-    ``readings`` is always reading ``good_index[i]`` (or ``i``) of the payload.
+    ``body`` (each line ending in a newline, a request body as it is): the valid readings'
+    lines, in order, then the bookkeeping line (``ingest_batch``, when the envelope was
+    valid), then the dead-letter line (``ingest_deadletter``, when part of the message was
+    refused). Line ``i`` below ``readings`` is always reading ``good_index[i]`` (or ``i``)
+    of the payload. ``lines`` cuts it into lines, for the rare paths that need them.
     """
 
     __slots__ = (
-        "bookkeeping", "deadletter", "gateway", "good_index", "lines", "payload", "readings",
+        "body", "bookkeeping", "deadletter", "gateway", "good_index", "payload", "readings",
         "refused_codes", "rejected", "seq", "topic",
     )
 
     def __init__(
         self,
-        lines: list[bytes],
+        body: bytes,
         readings: int,
         *,
         rejected: int,
@@ -79,7 +81,7 @@ class Chunk:
         bookkeeping: bool = True,
         refused_codes: dict[str, int] | None = None,
     ) -> None:
-        self.lines = lines
+        self.body = body
         #: valid readings (the first lines)
         self.readings = readings
         #: readings refused at decode (contract or vocabulary; dead-lettered, not in lines)
@@ -105,7 +107,7 @@ class Chunk:
     ) -> Chunk:
         """A message refused whole: its only line is its dead-letter point."""
         chunk = cls(
-            [line], 0, rejected=0, topic=topic, payload=payload,
+            line + b"\n", 0, rejected=0, topic=topic, payload=payload,
             gateway=refusal.gateway or "", seq=-1 if refusal.seq is None else refusal.seq,
             good_index=None, bookkeeping=False,
         )
@@ -114,8 +116,15 @@ class Chunk:
 
     def add_deadletter(self, line: bytes) -> None:
         """Write this message's dead-letter point in the same request as its readings."""
-        self.lines.append(line)
+        self.body += line + b"\n"
         self.deadletter = True
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The body's lines, each without its newline."""
+        lines = self.body.split(b"\n")
+        lines.pop()
+        return lines
 
     def classify(self, refused: RefusedPart) -> tuple[int, list[RejectedItem], bool]:
         """InfluxDB refused lines of this chunk: (readings refused, the items to dead-letter,
@@ -123,7 +132,7 @@ class Chunk:
         n_bad = 0
         items: list[RejectedItem] = []
         lost_deadletter = False
-        last = len(self.lines) - 1
+        last = self.body.count(b"\n") - 1
         good_index = self.good_index
         for line in refused.lines:
             if self.deadletter and line.index == last:
@@ -194,20 +203,31 @@ class MessageDecoder:
             gateway, _kind = self._topics.parse(topic)
         except TopicError as exc:
             return None, Refusal(stage="decode", kind="topic", reason=exc.reason)
+        received_ns = int(now * 1e9)
         try:
-            decoded = decode_batch_partial(payload)
+            # The names inside readings are checked by the intake, for shapes not seen pass.
+            decoded = decode_batch_partial(payload, reading_names=False)
+            batch = decoded.batch
+            if batch.gateway != gateway:
+                return None, Refusal(
+                    stage="decode", kind="invalid", path="$.gw", gateway=gateway,
+                    reason=f"gateway {batch.gateway!r} in the payload differs from the topic's",
+                )
+            try:
+                encoded = self._intake.encode(
+                    gateway, batch.readings, received_ns, check_names=True
+                )
+            except InvalidPayload:
+                # A name the contract refuses: the checked decode says which readings and why
+                # (the intake did for the readings before it what it does for them again).
+                decoded = decode_batch_partial(payload)
+                batch = decoded.batch
+                encoded = self._intake.encode(gateway, batch.readings, received_ns)
         except PayloadError as exc:
             return None, Refusal(
                 stage="decode", kind=exc.kind, reason=exc.reason, path=exc.path,
                 gateway=gateway,
             )
-        batch = decoded.batch
-        if batch.gateway != gateway:
-            return None, Refusal(
-                stage="decode", kind="invalid", path="$.gw", gateway=gateway,
-                reason=f"gateway {batch.gateway!r} in the payload differs from the topic's",
-            )
-        received_ns = int(now * 1e9)
         total = len(batch.readings) + len(decoded.rejected)
         items = [
             RejectedItem(
@@ -218,7 +238,6 @@ class MessageDecoder:
         ]
         bad = {r.index for r in decoded.rejected}
         decoded_index = [i for i in range(total) if i not in bad] if bad else None
-        encoded = self._intake.encode(gateway, batch.readings, received_ns)
         for n, why in encoded.refused:
             index = decoded_index[n] if decoded_index else n
             items.append(_item(index, why, batch.readings[n]))
@@ -242,13 +261,12 @@ class MessageDecoder:
             encoded.newest_ts if encoded.newest_ts is not None
             else received_ns // _HOUR_NS * _HOUR_NS
         )
-        lines = encoded.lines
-        lines.append(bookkeeping_line(
+        body = encoded.body + bookkeeping_line(
             gateway=gateway, seq=batch.seq, newest_ts=newest, readings=n_good,
             rejected=len(items), dup=dup, worker=self._worker, received_ns=received_ns,
-        )[:-1].encode())
+        ).encode()
         chunk = Chunk(
-            lines, n_good, rejected=len(items), topic=topic, payload=payload,
+            body, n_good, rejected=len(items), topic=topic, payload=payload,
             gateway=gateway, seq=batch.seq, good_index=good_index, refused_codes=codes,
         )
         return chunk, refusal

@@ -134,7 +134,7 @@ def replay(
         max_series_per_gateway=config.intake.max_series_per_gateway,
     )
     report = ReplayReport()
-    parts: list[list[bytes]] = []
+    parts: list[bytes] = []
     pending: list[int] = []  # report index of each part
     for point in points:
         try:
@@ -163,7 +163,7 @@ def replay(
             when, gateway, kind, result, chunk.readings,
             refusal.reason if refusal else "",
         ))
-        parts.append(chunk.lines)
+        parts.append(chunk.body)
         pending.append(len(report.outcomes) - 1)
     if parts and not dry_run:
         refused = asyncio.run(_write_within(config, parts, timeout))
@@ -177,15 +177,15 @@ def replay(
 
 
 async def _write_within(
-    config: IngestConfig, parts: list[list[bytes]], seconds: float
+    config: IngestConfig, parts: list[bytes], seconds: float
 ) -> dict[int, str]:
     async with asyncio.timeout(seconds):
         return await _write(config, parts)
 
 
-async def _write(config: IngestConfig, parts: list[list[bytes]]) -> dict[int, str]:
-    """Write ``parts`` in requests of at most ``batch.max_readings`` lines; the parts
-    InfluxDB refused (any line of them) with its reason."""
+async def _write(config: IngestConfig, parts: list[bytes]) -> dict[int, str]:
+    """Write ``parts`` (message bodies) in requests of at most ``batch.max_readings``
+    lines; the parts InfluxDB refused (any line of them) with its reason."""
     sink = make_sink(config.influx, max_connections=1)
     metrics = IngestMetrics()
     writer = Writer(
@@ -196,7 +196,7 @@ async def _write(config: IngestConfig, parts: list[list[bytes]]) -> dict[int, st
         await sink.prepare()
         start, lines = 0, 0
         for end, part in enumerate(parts, 1):
-            lines += len(part)
+            lines += part.count(b"\n")
             if lines >= config.batch.max_readings or end == len(parts):
                 result = await writer.write(parts[start:end])
                 for r in result.refused:

@@ -370,7 +370,7 @@ class IngestWorker:
     async def _write_batch(self, batch: Batch) -> None:
         try:
             assert self._writer is not None
-            result = await self._writer.write([c.lines for c in batch.chunks])
+            result = await self._writer.write([c.body for c in batch.chunks])
             for i in result.accepted:
                 self._written(batch.chunks[i], batch.entries[i])
             late: list[tuple[Entry, bytes | None]] = []
@@ -435,7 +435,7 @@ class IngestWorker:
         lines = [(entry, line) for entry, line in late if line is not None]
         if lines:
             assert self._writer is not None
-            result = await self._writer.write([[line] for _, line in lines])
+            result = await self._writer.write([line + b"\n" for _, line in lines])
             for refused in result.refused:
                 self._deadletter_unstored(lines[refused.index][1], refused.message)
         for entry, _ in late:

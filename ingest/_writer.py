@@ -26,7 +26,6 @@ it (``partial write``), and a point is identified by measurement, tag set and ti
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
@@ -80,9 +79,14 @@ class WriteResult:
     refused: list[RefusedPart]
 
 
-def _body(parts: Sequence[Sequence[bytes]]) -> bytes:
-    """One request body: every line of every part, each ending in a newline."""
-    return b"\n".join(itertools.chain.from_iterable(parts)) + b"\n"
+def _body(parts: Sequence[bytes]) -> bytes:
+    """One request body: the parts (each a body of lines ending in newlines) in order."""
+    return b"".join(parts)
+
+
+def _lines_body(lines: Sequence[bytes]) -> bytes:
+    """One request body of ``lines`` (each without its newline)."""
+    return b"\n".join(lines) + b"\n"
 
 
 def backoff_for(retry: RetryConfig) -> Backoff:
@@ -123,8 +127,9 @@ class Writer:
         # Its own generator: jitter never touches the global random state.
         self._rng = rng if rng is not None else random.Random()
 
-    async def write(self, parts: Sequence[Sequence[bytes]]) -> WriteResult:
-        """Write ``parts`` (each a list of lines without their newlines)."""
+    async def write(self, parts: Sequence[bytes]) -> WriteResult:
+        """Write ``parts`` (each a body: lines ending in a newline); on a refusal the parts
+        and then the lines of a refused part are bisected to find what InfluxDB refuses."""
         if not parts:
             return WriteResult(accepted=(), refused=[])
         try:
@@ -174,7 +179,7 @@ class Writer:
 
     async def _bisect_parts(
         self,
-        parts: Sequence[Sequence[bytes]],
+        parts: Sequence[bytes],
         indices: list[int],
         exc: WriteRejected,
         accepted: list[int],
@@ -193,9 +198,9 @@ class Writer:
             else:
                 accepted.extend(group)
 
-    async def _bisect_part(
-        self, index: int, lines: Sequence[bytes], exc: WriteRejected
-    ) -> RefusedPart:
+    async def _bisect_part(self, index: int, part: bytes, exc: WriteRejected) -> RefusedPart:
+        lines = part.split(b"\n")
+        lines.pop()
         found: list[tuple[int, str]] = []
         await self._bisect_lines(lines, list(range(len(lines))), exc, found)
         return RefusedPart(
@@ -219,6 +224,6 @@ class Writer:
         half = len(numbers) // 2
         for group in (numbers[:half], numbers[half:]):
             try:
-                await self.write_body(_body([[lines[i] for i in group]]))
+                await self.write_body(_lines_body([lines[i] for i in group]))
             except WriteRejected as sub_exc:
                 await self._bisect_lines(lines, group, sub_exc, found)

@@ -123,6 +123,10 @@ def encode_batch(batch: Batch) -> bytes:
 
 def decode_batch(payload: bytes | bytearray | memoryview) -> Batch:
     """Decode and validate a whole batch; any defect raises one :class:`PayloadError`."""
+    return _decode_whole(payload, names=True)
+
+
+def _decode_whole(payload: bytes | bytearray | memoryview, *, names: bool) -> Batch:
     check_size(payload)
     check_utf8(payload)
     try:
@@ -131,20 +135,31 @@ def decode_batch(payload: bytes | bytearray | memoryview) -> Batch:
         raise _diagnose(payload, exc) from exc
     if batch.version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersion(batch.version, SUPPORTED_VERSIONS)
-    _check_batch_names(batch)
+    if names:
+        _check_batch_names(batch)
+    elif batch.gateway not in _ok_ids:
+        _check_id(batch.gateway, "$.gw")
     return batch
 
 
-def decode_batch_partial(payload: bytes | bytearray | memoryview) -> DecodedBatch:
+def decode_batch_partial(
+    payload: bytes | bytearray | memoryview, *, reading_names: bool = True
+) -> DecodedBatch:
     """Decode a batch keeping every valid reading and listing the refused ones.
 
     The envelope (version, gateway, seq, readings list) must be valid, otherwise the whole
     payload is refused with a :class:`PayloadError`. The returned batch may hold no
     readings when all of them were refused. Every reading is either in the batch or in
     ``rejected``, so a caller can account for all of them.
+
+    ``reading_names=False`` leaves the names inside readings (device, measurement, field
+    and tag names, tag values) unchecked when the whole batch decodes: for a caller that
+    checks them itself where it must, as :meth:`telemetry.Intake.encode` does with
+    ``check_names=True`` (only for reading shapes it has not seen pass). When some reading
+    does not decode, every reading is checked as usual.
     """
     try:
-        return DecodedBatch(batch=decode_batch(payload), rejected=[])
+        return DecodedBatch(batch=_decode_whole(payload, names=reading_names), rejected=[])
     except (InvalidPayload, MalformedPayload) as exc:
         first_error = exc
     try:
@@ -188,7 +203,7 @@ def _triage_reading(raw: msgspec.Raw, index: int) -> Reading | RejectedReading:
         return RejectedReading(index=index, reason=reason, path=at, raw=data)
     try:
         reading = _reading_decoder.decode(data)
-        _check_reading_names(reading, index)
+        check_reading_names(reading, index)
     except LIBRARY_ERRORS as exc:
         error = translate(exc)
         path = (error.path or "$").replace("$", at, 1)
@@ -228,7 +243,7 @@ def _check_batch_names(batch: Batch) -> None:
             or (r.tags and not ok_tags.issuperset(r.tags.items()))
             or (r.tags and not r.tags.keys().isdisjoint(r.fields))
         ):
-            _check_reading_names(r, index)
+            check_reading_names(r, index)
 
 
 def _check_id(value: str, path: str) -> None:
@@ -240,7 +255,9 @@ def _check_id(value: str, path: str) -> None:
     _ok_ids.add(value)
 
 
-def _check_reading_names(r: Reading, index: int) -> None:
+def check_reading_names(r: Reading, index: int) -> None:
+    """The contract's name checks of one reading (``index``: its place in the batch, for the
+    error's path); :class:`InvalidPayload` at the first name refused."""
     at = f"$.r[{index}]"
     if r.device not in _ok_ids:
         _check_id(r.device, f"{at}.d")

@@ -18,8 +18,11 @@ twice was a fifth of the worker's CPU. Here one key per reading decides both::
                                              field (strings are checked and escaped per value)
 
 Why a known key needs no check: everything :class:`Conformer` decides except the clock and
-string values is a function of the key (measurement, names, types, tag values), and a key is
-cached only after a reading of it was kept as sent and its series admitted to the budget. The
+string values is a function of the key (measurement, names, types, tag values), and so are
+the contract's name checks (ids, names, tag values, a tag key that is also a field name); a
+key is cached only after a reading of it passed those, was kept as sent and its series was
+admitted to the budget. So ingest decodes without the name checks and lets
+:meth:`Intake.encode` run them for uncached keys only (``check_names``). The
 series budget lives here (not in the conformer) so that the set of admitted series and the
 cache built on it are cleared together. Pure, no I/O; not thread-safe (one per worker).
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from telemetry._codec import check_reading_names
 from telemetry._conformance import DEFAULT_MAX_CLOCK_SKEW_S, Conformer, Nonconformity
 from telemetry._lineprotocol import LineProtocolEncoder
 from telemetry._model import Reading
@@ -50,23 +54,34 @@ _Series = tuple[str, str, tuple[tuple[str, str], ...]]
 class IntakeResult:
     """One gateway's readings after :meth:`Intake.encode`."""
 
-    __slots__ = ("kept", "lines", "newest_ts", "refused")
+    __slots__ = ("_lines", "body", "kept", "newest_ts", "refused")
 
     def __init__(
         self,
-        lines: list[bytes],
+        body: bytes,
         kept: int,
         refused: list[tuple[int, Nonconformity]],
         newest_ts: int | None,
+        lines: list[bytes] | None = None,
     ) -> None:
-        #: one line per kept reading, in order, without newlines
-        self.lines = lines
-        #: readings kept (``len(lines)``)
+        #: one line per kept reading, in order, each ending in a newline (a request body)
+        self.body = body
+        self._lines = lines
+        #: readings kept (the lines of ``body``)
         self.kept = kept
         #: ``(index in the input, why)`` per refused reading, in order
         self.refused = refused
         #: the newest kept reading's timestamp (``None``: none kept)
         self.newest_ts = newest_ts
+
+    @property
+    def lines(self) -> list[bytes]:
+        """Line ``i`` (without its newline) is kept reading ``i``, always."""
+        if self._lines is None:
+            lines = self.body.split(b"\n")
+            lines.pop()
+            return lines
+        return self._lines
 
 
 class _Gateway:
@@ -76,7 +91,7 @@ class _Gateway:
         self.series: set[_Series] = set()
         #: line templates by (measurement, device, quality, clock, *tag items, None,
         #: *field names, *value types): the encoder's key without the gateway, flattened
-        self.lines: dict[tuple[object, ...], str] = {}
+        self.lines: dict[tuple[object, ...], bytes] = {}
 
 
 class Intake:
@@ -102,8 +117,20 @@ class Intake:
         self._gateways: dict[str, _Gateway] = {}
         self._cached = 0  # line templates cached over all gateways
 
-    def encode(self, gateway: str, readings: Sequence[Reading], now_ns: int) -> IntakeResult:
-        """Conform ``readings`` of ``gateway`` at ingest time ``now_ns`` and encode the kept."""
+    def encode(
+        self, gateway: str, readings: Sequence[Reading], now_ns: int, *,
+        check_names: bool = False,
+    ) -> IntakeResult:
+        """Conform ``readings`` of ``gateway`` at ingest time ``now_ns`` and encode the kept.
+
+        ``check_names``: the readings were decoded without the contract's name checks
+        (``decode_batch_partial(..., reading_names=False)``); a reading whose key is not
+        cached has its names checked before anything else, and the first refused name
+        raises :class:`telemetry.InvalidPayload` (the caller decodes the batch again with
+        the checks to learn every refused reading). Nothing is cached or admitted for that
+        reading, and what was done for the readings before it is what the checked decode
+        would do for them too, so the caller's second pass ends in the same state.
+        """
         state = self._gateways.get(gateway)
         if state is None:
             if len(self._gateways) >= _MAX_GATEWAYS:
@@ -115,7 +142,7 @@ class Intake:
         # The encoder's own template, string and render steps (same package): one encoder,
         # so its caches serve line_list's fallback too.
         encoder = self._encoder
-        shapes: list[str] = []
+        shapes: list[bytes] = []
         flat: list[object] = []
         kept: list[Reading] = []
         refused: list[tuple[int, Nonconformity]] = []
@@ -139,6 +166,8 @@ class Intake:
             )
             line = cache.get(key)
             if line is None or ts > limit:
+                if check_names and line is None:
+                    check_reading_names(r, index)
                 outcome = self._admit(gateway, state, r, now_ns)
                 if isinstance(outcome, Nonconformity):
                     refused.append((index, outcome))
@@ -174,14 +203,16 @@ class Intake:
             keep(r)
             if ts > newest:
                 newest = ts
-        lines = encoder._render(shapes, flat).encode().split(b"\n")
-        if len(lines) == len(kept) + 1:
-            lines.pop()
-        else:  # a reading built in code with a newline in it: one line per reading, always
-            lines = encoder.line_list(gateway, kept)
-        return IntakeResult(lines, len(kept), refused, newest if kept else None)
+        body = encoder._render(shapes, flat)
+        newest_ts = newest if kept else None
+        if body.count(b"\n") == len(kept):
+            return IntakeResult(body, len(kept), refused, newest_ts)
+        # A reading built in code with a newline in it (decoded ones never have one): its
+        # own line per reading, so that ``lines`` still maps to the readings.
+        lines = encoder.line_list(gateway, kept)
+        return IntakeResult(b"\n".join(lines) + b"\n", len(kept), refused, newest_ts, lines)
 
-    def _make_room(self, cache: dict[tuple[object, ...], str]) -> None:
+    def _make_room(self, cache: dict[tuple[object, ...], bytes]) -> None:
         """Keep the caches within their bounds before one more line template goes in."""
         if len(cache) >= _MAX_LINES_PER_GATEWAY:
             self._cached -= len(cache)

@@ -78,12 +78,12 @@ class LineProtocolEncoder:
         self._suffixes: dict[tuple[str, str], str] = {}
         # The whole line's template per reading shape (see the module docstring); None for
         # a shape with string fields (those are escaped per reading).
-        self._lines: dict[LineKey, str | None] = {}
+        self._lines: dict[LineKey, bytes | None] = {}
         self._json = msgspec.json.Encoder()
 
     def encode(self, gateway: str, readings: Iterable[Reading]) -> bytes:
         """All readings of one gateway as one line-protocol body."""
-        return self._body(gateway, readings).encode()
+        return self._body(gateway, readings)
 
     def lines(self, gateway: str, readings: Sequence[Reading]) -> list[str]:
         """One newline-terminated line per reading, in order (line ``i`` is reading ``i``)."""
@@ -97,17 +97,17 @@ class LineProtocolEncoder:
         does not give one line per reading, each reading is encoded on its own, so that a
         caller mapping lines back to readings (bisecting a refused write) never shifts.
         """
-        lines = self._body(gateway, readings).encode().split(b"\n")
+        lines = self._body(gateway, readings).split(b"\n")
         if len(lines) == len(readings) + 1:
             lines.pop()
             return lines
-        return [self._body(gateway, (r,)).encode()[:-1] for r in readings]
+        return [self._body(gateway, (r,))[:-1] for r in readings]
 
-    def _body(self, gateway: str, readings: Iterable[Reading]) -> str:
+    def _body(self, gateway: str, readings: Iterable[Reading]) -> bytes:
         lines_cache = self._lines
         # Pass 1: per reading, the line's %-template (prefix + fields + suffix + time) and
         # its numeric values (fields then timestamp) queued in one flat list.
-        shapes: list[str] = []
+        shapes: list[bytes] = []
         flat: list[object] = []
         shape = shapes.append
         queue = flat.extend
@@ -136,17 +136,18 @@ class LineProtocolEncoder:
             push(r.ts)
         return self._render(shapes, flat)
 
-    def _render(self, shapes: list[str], flat: list[object]) -> str:
+    def _render(self, shapes: list[bytes], flat: list[object]) -> bytes:
         """Pass 2: one C call renders every number, boolean and timestamp (msgspec's float
         formatting is the shortest round-trip form, ~7x faster than repr), one format
-        operation splices them into the whole body."""
+        operation splices them into the whole body. Bytes throughout: the templates are
+        UTF-8 already, so the body is never decoded or encoded as a whole."""
         if not shapes:
-            return ""
-        parts = self._json.encode(flat)[1:-1].decode().split(",")
-        return "".join(shapes) % tuple(parts)
+            return b""
+        parts = self._json.encode(flat)[1:-1].split(b",")
+        return b"".join(shapes) % tuple(parts)
 
-    def _line(self, key: LineKey) -> str | None:
-        """The %-template of a line of this shape (``None``: it has string fields)."""
+    def _line(self, key: LineKey) -> bytes | None:
+        """The %-template of a line of this shape, UTF-8 (``None``: it has string fields)."""
         gateway, measurement, device, tag_items, names, types, quality, clock = key
         template = self._template(measurement, names, types)
         if template.has_strings:
@@ -154,9 +155,9 @@ class LineProtocolEncoder:
         return (
             self._prefix_of(measurement, gateway, device, tag_items)
             + template.fast + self._suffix(quality, clock)
-        )
+        ).encode()
 
-    def _string_line(self, gateway: str, r: Reading) -> str:
+    def _string_line(self, gateway: str, r: Reading) -> bytes:
         """A line with string fields, rendered but for its timestamp (``%s``)."""
         tags = r.tags
         values = tuple(r.fields.values())
@@ -166,7 +167,7 @@ class LineProtocolEncoder:
         prefix = self._prefix_of(
             r.measurement, gateway, r.device, tuple(tags.items()) if tags else None
         )
-        return f"{prefix}{text}{self._suffix(r.quality, r.clock)}"
+        return f"{prefix}{text}{self._suffix(r.quality, r.clock)}".encode()
 
     def _prefix_of(
         self, measurement: str, gateway: str, device: str,

@@ -101,7 +101,7 @@ def test_an_unexpected_exception_becomes_the_messages_dead_letter() -> None:
         pass
 
     class Exploding:
-        def encode(self, *_a: object) -> object:
+        def encode(self, *_a: object, **_k: object) -> object:
             raise Boom("kaput")
 
     decoder._intake = Exploding()  # type: ignore[assignment]

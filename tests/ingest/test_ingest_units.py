@@ -94,7 +94,7 @@ def line(part: int, n: int) -> bytes:
 
 
 def write(writer: Writer, parts: list[list[bytes]]) -> WriteResult:
-    return asyncio.run(writer.write(parts))
+    return asyncio.run(writer.write([b"".join(x + b"\n" for x in part) for part in parts]))
 
 
 def test_a_batch_influx_takes_is_one_request_and_every_part_is_accepted() -> None:
@@ -223,7 +223,7 @@ def test_cancelling_a_write_reports_nothing() -> None:
         )
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                await writer.write([[line(0, 0)]])
+                await writer.write([line(0, 0) + b"\n"])
 
     asyncio.run(run())
     assert len(sink.requests) >= 2
@@ -439,7 +439,7 @@ def test_a_message_refused_whole_has_no_chunk(
 
 def _chunk(readings: int) -> Chunk:
     return Chunk(
-        [b"x"] * (readings + 1), readings, rejected=0, topic="t", payload=b"", gateway="g",
+        b"x\n" * (readings + 1), readings, rejected=0, topic="t", payload=b"", gateway="g",
         seq=0, good_index=None,
     )
 
