@@ -31,13 +31,16 @@ __all__ = [
     "Restarter",
     "SystemdRestarter",
     "UpdateError",
+    "compare_versions",
     "fetch",
     "install_release",
+    "release_dir",
     "release_lock",
     "run_tool",
     "source_version",
     "spool_schema",
     "switch_current",
+    "version_refusal",
 ]
 
 log: Final = logging.getLogger("edge_agent")
@@ -47,10 +50,99 @@ MAX_DOWNLOAD: Final = 512 * 1024 * 1024
 SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _WHEEL = re.compile(r"smartcity_telemetry-([0-9][A-Za-z0-9.+!_]*)-[^/]*\.whl")
 _PINNED = re.compile(r"^smartcity[-_]telemetry==([0-9][A-Za-z0-9.+!]*)", re.MULTILINE | re.I)
+#: The PEP 440 versions the project publishes: release, pre, post, dev, local (no epoch).
+_VERSION = re.compile(
+    r"(?P<release>[0-9]+(?:\.[0-9]+)*)"
+    r"(?:(?P<pre>a|b|rc)(?P<pre_n>[0-9]+))?"
+    r"(?:\.post(?P<post>[0-9]+))?"
+    r"(?:\.dev(?P<dev>[0-9]+))?"
+    r"(?:\+(?P<local>[a-z0-9]+(?:\.[a-z0-9]+)*))?",
+    re.IGNORECASE,
+)
+_PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2}
 
 
 class UpdateError(EdgeError):
     """An update that cannot go on (bad source, checksum, install, new release refused)."""
+
+
+# -- versions ------------------------------------------------------------------------------------
+_VersionKey = tuple[
+    tuple[int, ...], tuple[int, int, int], int, tuple[int, int], tuple[tuple[int, int | str], ...]
+]
+
+
+def _version_key(version: str) -> _VersionKey:
+    """PEP 440 order of the forms ``_VERSION`` accepts: ``1.0.dev1 < 1.0a1 < 1.0rc1 < 1.0 <
+    1.0+local < 1.0.post1``; ``1.0 == 1.0.0``. :class:`UpdateError` for any other form."""
+    m = _VERSION.fullmatch(version)
+    if m is None:
+        raise UpdateError(f"version {version!r} is not one this updater can order (PEP 440)")
+    release = tuple(int(p) for p in m["release"].split("."))
+    while len(release) > 1 and release[-1] == 0:
+        release = release[:-1]
+    post = int(m["post"]) if m["post"] is not None else -1
+    dev = (0, int(m["dev"])) if m["dev"] is not None else (1, 0)
+    if m["pre"] is not None:
+        pre = (0, _PRE_RANK[m["pre"].lower()], int(m["pre_n"]))
+    elif m["dev"] is not None and post < 0:
+        pre = (-1, 0, 0)  # 1.0.dev1 comes before 1.0a1
+    else:
+        pre = (1, 0, 0)
+    local = tuple(
+        (1, int(part)) if part.isdigit() else (0, part.lower())
+        for part in (m["local"] or "").split(".")
+        if part
+    )
+    return release, pre, post, dev, local
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as release version ``a`` is older than, the same as or newer than ``b``."""
+    ka, kb = _version_key(a), _version_key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def version_refusal(
+    version: str,
+    running: str,
+    *,
+    allow_downgrade: bool,
+    reinstall: bool,
+    signed: bool,
+    signed_version: str | None,
+) -> str | None:
+    """Why release ``version`` may not replace ``running``, or ``None``: it may. Newer: yes.
+    The same version: only a ``reinstall``; older: only with ``allow_downgrade``; either,
+    when releases are signed (``signed``), only with a signature covering the version
+    (``signed_version``; ``None``: a legacy signature)."""
+    try:
+        order = compare_versions(version, running)
+    except UpdateError as exc:
+        return f"cannot order {version} against the running {running}: {exc}"
+    if order > 0:
+        return None
+    if order == 0:
+        if not reinstall:
+            return (
+                f"{version} is the running version: not installed again unless the order "
+                "asks for a reinstall (reinstall / --reinstall)"
+            )
+        what = "a reinstall"
+    else:
+        if not allow_downgrade:
+            return (
+                f"{version} is older than the running {running}: downgrade refused (a "
+                "deliberate rollback says allow_downgrade / --allow-downgrade)"
+            )
+        what = f"a rollback from {running}"
+    if signed and signed_version is None:
+        return (
+            f"{what} to {version} needs a signature that covers the version, and this one is "
+            "a legacy signature (name and sha256 only): sign the release again with "
+            "`smartcity edge release sign`"
+        )
+    return None
 
 
 # -- restarting the agent -----------------------------------------------------------------------
@@ -193,13 +285,24 @@ def run_tool(cmd: list[str], what: str, timeout: float = 900) -> str:
     return res.stdout
 
 
+def release_dir(root: Path, version: str, sha256: str) -> Path:
+    """Where a release is installed: ``releases/<version>-<sha256[:12]>``."""
+    return root / "releases" / f"{version}-{sha256[:12]}"
+
+
 def install_release(
-    root: Path, source: Path, sha256: str, *, lock: Path | None, installer: str = "pip"
+    root: Path,
+    source: Path,
+    sha256: str,
+    *,
+    lock: Path | None,
+    installer: str = "pip",
+    into: Path | None = None,
 ) -> tuple[Path, str]:
-    """A fresh venv ``releases/<version>-<sha[:12]>`` holding ``source`` (a wheel, with its
-    dependencies from ``lock``, or a locked requirements file); returns (dir, version)."""
+    """A fresh venv ``into`` (default :func:`release_dir`) holding ``source`` (a wheel, with
+    its dependencies from ``lock``, or a locked requirements file); returns (dir, version)."""
     version = source_version(source)
-    release = root / "releases" / f"{version}-{sha256[:12]}"
+    release = into if into is not None else release_dir(root, version, sha256)
     if release.exists():
         shutil.rmtree(release)  # a leftover of an earlier attempt (never current: checked)
     release.parent.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,31 @@
-"""Signed releases: an Ed25519 signature over a release file's name and sha256 (PyNaCl).
+"""Signed releases: Ed25519 signatures over a release file's name, sha256 and version (PyNaCl).
 
 A release (a wheel or a locked requirements file) is signed by ``smartcity edge release
 sign``, which writes ``<file>.sig`` beside it::
 
     {"format": "smartcity-release-signature/1", "file": "<name>", "sha256": "<hex>",
-     "key": "<base64 public key>", "signature": "<base64>"}
+     "version": "<version>", "key": "<base64 public key>",
+     "signature": "<base64>", "version_signature": "<base64>"}
 
-The signed message is the three lines ``smartcity-release-signature/1``, the file's name and
-its sha256 (hex), each ending in a newline: renaming a release (its name carries its
-version) or changing a byte of it breaks the signature. When the gateway config names
-``update.trusted_keys``, ``edge update`` fetches ``<source>.sig`` (a path's sibling, or the
-URL with ``.sig`` appended) and refuses, before installing anything, a release that has no
-signature, one made with a key it does not trust, or one that does not verify.
+Two signatures by the same key, over two messages (each line ending in a newline)::
+
+    signature          smartcity-release-signature/1 | name | sha256
+    version_signature  smartcity-release-signature/2 | name | sha256 | version
+
+``signature`` is what agents before version signatures check (they ignore the keys they do
+not know), so one ``.sig`` serves the whole fleet while it moves. ``version_signature`` binds
+the version the updater orders releases by (:func:`edge_agent._releases.source_version`: the
+wheel's name, or the ``smartcity-telemetry==`` pin of a requirements file) to the signing
+key: a ``.sig`` whose version is not the file's is refused, and so is one whose version was
+edited (the message no longer verifies). A ``.sig`` without it (written before) still
+verifies, as a *legacy* signature: :attr:`SignedRelease.version` is ``None``, and the
+updater then refuses what needs a signed version, a rollback or a reinstall
+(:mod:`edge_agent._update`).
+
+When the gateway config names ``update.trusted_keys``, ``edge update`` fetches
+``<source>.sig`` (a path's sibling, or the URL with ``.sig`` appended) and refuses, before
+installing anything, a release that has no signature, one made with a key it does not
+trust, or one that does not verify.
 
 Keys are files of one base64 line: the private key (the 32-byte seed, mode 0600, refused
 when others may read it) and ``<key>.pub`` (what ``update.trusted_keys`` holds, or reads
@@ -28,14 +42,17 @@ import json
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent._releases import UpdateError
+from edge_agent._releases import UpdateError, source_version
 
 __all__ = [
     "SIGNATURE_FORMAT",
     "SIGNATURE_SUFFIX",
+    "VERSION_SIGNATURE_FORMAT",
+    "SignedRelease",
     "fingerprint",
     "generate_key",
     "parse_public_key",
@@ -45,6 +62,8 @@ __all__ = [
 ]
 
 SIGNATURE_FORMAT: Final = "smartcity-release-signature/1"
+#: The message of ``version_signature`` starts with this line (never confused with the other).
+VERSION_SIGNATURE_FORMAT: Final = "smartcity-release-signature/2"
 SIGNATURE_SUFFIX: Final = ".sig"
 #: A signature file is a few hundred bytes; anything larger is not one.
 _MAX_SIGNATURE_BYTES: Final = 4096
@@ -68,6 +87,19 @@ def fingerprint(public_key: bytes) -> str:
 
 def _message(name: str, sha256: str) -> bytes:
     return f"{SIGNATURE_FORMAT}\n{name}\n{sha256}\n".encode()
+
+
+def _version_message(name: str, sha256: str, version: str) -> bytes:
+    return f"{VERSION_SIGNATURE_FORMAT}\n{name}\n{sha256}\n{version}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRelease:
+    """A verified signature: the key that made it, and the version it signed (``None``: a
+    legacy signature, made before versions were signed)."""
+
+    signer: str
+    version: str | None
 
 
 def _sha256(path: Path) -> str:
@@ -123,12 +155,20 @@ def sign_release(release: Path, key_file: Path) -> Path:
     if not release.is_file():
         raise UpdateError(f"{release}: no such file")
     sha = _sha256(release)
+    version = source_version(release)
+    name = release.name
+
+    def sign(message: bytes) -> str:
+        return base64.b64encode(key.sign(message).signature).decode()
+
     doc = {
         "format": SIGNATURE_FORMAT,
-        "file": release.name,
+        "file": name,
         "sha256": sha,
+        "version": version,
         "key": base64.b64encode(bytes(key.verify_key)).decode(),
-        "signature": base64.b64encode(key.sign(_message(release.name, sha)).signature).decode(),
+        "signature": sign(_message(name, sha)),
+        "version_signature": sign(_version_message(name, sha, version)),
     }
     out = release.with_name(release.name + SIGNATURE_SUFFIX)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -177,10 +217,10 @@ def _field(doc: dict[str, Any], key: str) -> str:
 
 def verify_release(
     release: Path, sha256: str, signature: bytes | None, trusted_keys: Sequence[str]
-) -> str:
+) -> SignedRelease:
     """Check ``signature`` (a ``.sig`` file's bytes, or ``None``: there is none) of the file
-    ``release`` whose sha256 is ``sha256`` against ``trusted_keys`` (base64); return the
-    signing key's fingerprint, or raise :class:`UpdateError` saying why it is refused."""
+    ``release`` whose sha256 is ``sha256`` against ``trusted_keys`` (base64); return who
+    signed it and the version signed, or raise :class:`UpdateError` saying why it is refused."""
     name = release.name
     if signature is None:
         raise UpdateError(
@@ -196,6 +236,9 @@ def verify_release(
     try:
         public = parse_public_key(_field(doc, "key"))
         raw = base64.b64decode(_field(doc, "signature"), validate=True)
+        raw_versioned = None
+        if "version_signature" in doc:  # absent: a legacy signature (module docstring)
+            raw_versioned = base64.b64decode(_field(doc, "version_signature"), validate=True)
     except (ValueError, binascii.Error) as exc:
         raise UpdateError(f"{name}{SIGNATURE_SUFFIX}: {exc}") from None
     trusted = {parse_public_key(k) for k in trusted_keys}
@@ -205,8 +248,9 @@ def verify_release(
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
 
+    key = VerifyKey(public)
     try:
-        VerifyKey(public).verify(_message(name, sha256), raw)
+        key.verify(_message(name, sha256), raw)
     except (BadSignatureError, ValueError):
         if doc.get("sha256") != sha256 or doc.get("file") != name:
             raise UpdateError(
@@ -214,4 +258,19 @@ def verify_release(
                 f"{doc.get('sha256')}; this one: {sha256}): it was changed after signing"
             ) from None
         raise UpdateError(f"the signature of {name} does not verify with {signer}") from None
-    return signer
+    if raw_versioned is None:
+        return SignedRelease(signer, None)
+    signed_version = _field(doc, "version")
+    try:
+        key.verify(_version_message(name, sha256, signed_version), raw_versioned)
+    except (BadSignatureError, ValueError):
+        raise UpdateError(
+            f"the version signature of {name} (version {signed_version!r}) does not verify "
+            f"with {signer}: the version was changed after signing"
+        ) from None
+    actual = source_version(release)
+    if signed_version != actual:
+        raise UpdateError(
+            f"{name} was signed as version {signed_version}, but the file is version {actual}"
+        )
+    return SignedRelease(signer, signed_version)

@@ -23,6 +23,12 @@ systemd path unit) carries it out and accepts only URLs under its ``--allow-url-
 With ``update.trusted_keys`` in the config, the release's ``.sig`` must verify with one of
 them (:mod:`edge_agent._signing`) before anything is installed; otherwise the result is
 ``failed`` with the reason and the running release is not touched.
+
+Versions only go up (:func:`version_refusal`): a release older than the running one is
+refused (``failed``) unless the order says ``allow_downgrade``, one of the same version
+unless it says ``reinstall``; with ``update.trusted_keys`` either needs a signature that
+covers the version (a legacy ``.sig`` is refused for them). So a replayed or forged order
+for an old signed release installs nothing.
 Hierarchy: ``EdgeError`` > ``UpdateError`` (anything that stops an update before a switch).
 """
 
@@ -50,11 +56,13 @@ from edge_agent._releases import (
     UpdateError,
     fetch,
     install_release,
+    release_dir,
     release_lock,
     run_tool,
     source_version,
     spool_schema,
     switch_current,
+    version_refusal,
 )
 
 __all__ = [
@@ -64,6 +72,7 @@ __all__ = [
     "SystemdRestarter",
     "UpdateError",
     "UpdateOptions",
+    "UpdateRequest",
     "UpdateResult",
     "fetch",
     "install_release",
@@ -71,6 +80,7 @@ __all__ = [
     "read_request",
     "read_result",
     "run_update",
+    "version_refusal",
 ]
 
 log: Final = logging.getLogger("edge_agent")
@@ -132,15 +142,23 @@ def _write_json(path: Path, data: dict[str, Any], *, mode: int) -> None:
 
 
 # -- the agent's side: the `update` command ----------------------------------------------------
+_ARGS: Final = ("url", "sha256", "deadline", "allow_downgrade", "reinstall")
+
+
 def order_update(state_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
-    """The ``update`` command: ``{"url": "https://...whl", "sha256": "<hex>", "deadline": 120}``.
+    """The ``update`` command: ``{"url": "https://...whl", "sha256": "<hex>", "deadline": 120,
+    "allow_downgrade": false, "reinstall": false}``.
 
     Validates and writes ``update-request.json`` for the root-side updater; the agent itself
     installs nothing (it has no rights to, and must not: it may be the hostile party)."""
-    unknown = set(args) - {"url", "sha256", "deadline"}
+    unknown = set(args) - set(_ARGS)
     if unknown:
-        raise CommandError(f"update: unknown argument(s) {sorted(unknown)} (url, sha256, deadline)")
+        raise CommandError(f"update: unknown argument(s) {sorted(unknown)} ({', '.join(_ARGS)})")
     url, sha, deadline = args.get("url"), args.get("sha256"), args.get("deadline", 120)
+    flags = {k: args.get(k, False) for k in ("allow_downgrade", "reinstall")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise CommandError(f"update: {key} must be true or false")
     if not isinstance(url, str) or len(url) > 2048 or not url.startswith(("https://", "http://")):
         raise CommandError("update: url must be an http(s) URL of at most 2048 characters")
     if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower()):
@@ -152,16 +170,33 @@ def order_update(state_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     path = state_dir / REQUEST_NAME
     if path.exists():
         raise CommandError("update: another update request is waiting to be carried out")
-    request = {"url": url, "sha256": sha.lower(), "deadline": float(deadline), "ts": time.time()}
+    request = {
+        "url": url,
+        "sha256": sha.lower(),
+        "deadline": float(deadline),
+        **flags,
+        "ts": time.time(),
+    }
     try:
         _write_json(path, request, mode=0o640)
     except OSError as exc:
         raise CommandError(f"update: cannot write {path}: {exc.strerror or exc}") from exc
-    log.info("update requested", extra={"url": url, "sha256": sha, "deadline": deadline})
+    log.info("update requested", extra={"url": url, "sha256": sha, "deadline": deadline, **flags})
     return {"accepted": True, "request": str(path)}
 
 
-def read_request(path: Path, allowed_prefixes: list[str]) -> tuple[str, str, float]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRequest:
+    """An ``update-request.json`` as the root-side updater takes it (checked, untrusted)."""
+
+    url: str
+    sha256: str
+    deadline_s: float
+    allow_downgrade: bool = False
+    reinstall: bool = False
+
+
+def read_request(path: Path, allowed_prefixes: list[str]) -> UpdateRequest:
     """Take (read and delete) an update request; its content is untrusted."""
     try:
         raw = path.read_bytes()[: 16 * 1024]
@@ -182,7 +217,17 @@ def read_request(path: Path, allowed_prefixes: list[str]) -> tuple[str, str, flo
         raise UpdateError(f"update request {path}: bad deadline")
     if not any(url.startswith(p) for p in allowed_prefixes):
         raise UpdateError(f"update request: {url} is not under an --allow-url-prefix")
-    return url, sha, float(deadline)
+    # absent in a request an older agent wrote: false
+    allow_downgrade, reinstall = data.get("allow_downgrade", False), data.get("reinstall", False)
+    if not isinstance(allow_downgrade, bool) or not isinstance(reinstall, bool):
+        raise UpdateError(f"update request {path}: allow_downgrade and reinstall must be booleans")
+    return UpdateRequest(
+        url=url,
+        sha256=sha,
+        deadline_s=float(deadline),
+        allow_downgrade=allow_downgrade,
+        reinstall=reinstall,
+    )
 
 
 # -- the update ---------------------------------------------------------------------------------
@@ -204,6 +249,10 @@ class UpdateOptions:
     say: Callable[[str], None] = print
     #: ``update.trusted_keys``: set, the release must be signed with one of them.
     trusted_keys: tuple[str, ...] = ()
+    #: The order allows an older release (a deliberate rollback; :func:`version_refusal`).
+    allow_downgrade: bool = False
+    #: The order allows the running version again (a repair).
+    reinstall: bool = False
 
 
 def run_update(opts: UpdateOptions) -> UpdateResult:
@@ -237,8 +286,6 @@ def _update(opts: UpdateOptions) -> UpdateResult:
     ).strip()
     src, sha = fetch(o.source, root / "downloads", o.sha256)
     version = source_version(src)
-    if (root / "releases" / f"{version}-{sha[:12]}").resolve() == old:
-        raise UpdateError(f"{version} ({sha[:12]}) is the running release")
 
     def result(status: Status, reason: str | None = None) -> UpdateResult:
         r = UpdateResult(
@@ -253,20 +300,42 @@ def _update(opts: UpdateOptions) -> UpdateResult:
         write_result(o.state_dir, r)
         return r
 
+    signed_version: str | None = None
     if o.trusted_keys:
         from edge_agent._signing import read_signature, verify_release
 
         try:
-            signer = verify_release(src, sha, read_signature(o.source, src), o.trusted_keys)
+            signed = verify_release(src, sha, read_signature(o.source, src), o.trusted_keys)
         except UpdateError as exc:
             o.say(f"refused: {exc}")
             return result("failed", str(exc))
-        o.say(f"{src.name}: signature of {signer} verified")
+        signed_version = signed.version
+        o.say(
+            f"{src.name}: signature of {signed.signer} verified"
+            + (f" (version {signed.version})" if signed.version else " (legacy: no version)")
+        )
+    refusal = version_refusal(
+        version,
+        old_version,
+        allow_downgrade=o.allow_downgrade,
+        reinstall=o.reinstall,
+        signed=bool(o.trusted_keys),
+        signed_version=signed_version,
+    )
+    if refusal is not None:
+        o.say(f"refused: {refusal}")
+        log.warning(
+            "update refused", extra={"version": version, "running": old_version, "reason": refusal}
+        )
+        return result("failed", refusal)
+    into = release_dir(root, version, sha)
+    if into.resolve() == old:  # a reinstall of the running release's very bytes
+        into = into.with_name(f"{into.name}.r{time.time_ns():x}")
     lock = o.lock or (old / LOCK_NAME if (old / LOCK_NAME).exists() else None)
     result("pending")
     o.say(f"installing {version} next to {old.name}")
     try:
-        new, _ = install_release(root, src, sha, lock=lock, installer=o.installer)
+        new, _ = install_release(root, src, sha, lock=lock, installer=o.installer, into=into)
         o.say(f"installed in {new}; checking the config with it")
         run_tool(
             [str(new / "bin" / "smartcity"), "edge", "check", *o.check_args],
@@ -351,6 +420,8 @@ def update_command(
     allow_url_prefix: list[str],
     say: Callable[[str], None],
     fetch_status: Callable[..., dict[str, Any]],
+    allow_downgrade: bool = False,
+    reinstall: bool = False,
 ) -> int:
     """``smartcity edge update``; returns the exit code: 0 updated, 1 not updated (nothing
     switched), 2 rolled back, 3 rollback failed, 78 config problem. ``fetch_status`` is
@@ -367,7 +438,14 @@ def update_command(
         if request is not None:
             if source is not None:
                 raise UpdateError("give SOURCE or --request, not both")
-            source, sha256, deadline_s = read_request(request, allow_url_prefix)
+            if allow_downgrade or reinstall:
+                raise UpdateError(
+                    "--allow-downgrade and --reinstall go with SOURCE; a --request says "
+                    "its own (allow_downgrade, reinstall)"
+                )
+            req = read_request(request, allow_url_prefix)
+            source, sha256, deadline_s = req.url, req.sha256, req.deadline_s
+            allow_downgrade, reinstall = req.allow_downgrade, req.reinstall
         elif source is None:
             raise UpdateError("give SOURCE (a wheel or a locked requirements file) or --request")
         smartcity = str(root.absolute() / "current" / "bin" / "smartcity")
@@ -403,6 +481,8 @@ def update_command(
                 status=lambda: fetch_status(cfg, timeout=2.0),
                 say=say,
                 trusted_keys=cfg.update.trusted_keys,
+                allow_downgrade=allow_downgrade,
+                reinstall=reinstall,
             )
         )
     except UpdateError as exc:

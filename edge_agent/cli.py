@@ -197,6 +197,13 @@ def update(
     allow_url_prefix: Annotated[
         list[str] | None, typer.Option(help="URL prefixes a --request may name (repeat).")
     ] = None,
+    allow_downgrade: Annotated[
+        bool,
+        typer.Option(help="Install a release older than the running one (a deliberate rollback)."),
+    ] = False,
+    reinstall: Annotated[
+        bool, typer.Option(help="Install the running version again (a repair).")
+    ] = False,
 ) -> None:
     """Install a new release next to the running one, switch to it, restart the agent and
     roll back on its own if it does not reconnect within --deadline (docs/gateway-install.md).
@@ -209,7 +216,7 @@ def update(
         requirements=requirements, installer=installer, unit=unit, pid_file=pid_file,
         request=request, allow_url_prefix=allow_url_prefix or [],
         say=lambda line: typer.echo(line, err=True),
-        fetch_status=fetch_status,
+        fetch_status=fetch_status, allow_downgrade=allow_downgrade, reinstall=reinstall,
     )
     raise typer.Exit(code=code)
 

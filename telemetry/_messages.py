@@ -73,12 +73,14 @@ class Birth(msgspec.Struct, frozen=True, kw_only=True, tag="online",
 
 class Death(msgspec.Struct, frozen=True, kw_only=True, tag="offline",
             tag_field="state"):
-    """The last will (``reason="lost"``) or a clean shutdown (``reason="shutdown"``)."""
+    """The last will (``reason="lost"``), a clean shutdown (``reason="shutdown"``), or the
+    platform's revocation of the gateway's broker user (``reason="revoked"``, published by
+    the API that revoked it: a removed user leaves no will)."""
 
     v: int = WIRE_VERSION
     gw: str
     ts: int | None = None
-    reason: Literal["lost", "shutdown"] = "lost"
+    reason: Literal["lost", "shutdown", "revoked"] = "lost"
 
 
 class SpoolHealth(msgspec.Struct, frozen=True, kw_only=True):

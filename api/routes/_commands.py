@@ -83,6 +83,10 @@ class _UpdateArgs(BaseModel):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     deadline: Annotated[float, Field(gt=0, le=3600)] | None = None
+    #: A deliberate rollback to an older release (docs/gateway-install.md, "Versions").
+    allow_downgrade: bool | None = None
+    #: The running version installed again.
+    reinstall: bool | None = None
 
 
 _ARGS: Final[dict[str, type[BaseModel]]] = {

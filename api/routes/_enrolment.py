@@ -9,7 +9,8 @@
                  ◀── host, port, hosts, protocol, CA, username, password, client id ──┘
     engineer ── DELETE /v1/gateways/{id}/enrolment ──▶ broker user deleted (its connection
                                     is dropped) ──▶ state revoked ──▶ live inventory: offline,
-                                    reason "revoked" (pushed as a status change is)
+                                    reason "revoked" (pushed as a status change is) ──▶
+                                    retained death {"reason": "revoked"} on its status topic
 
 The broker user is made by ``enrolment.dynsec`` (mosquitto's dynamic security: user, role
 ``gateway:{id}``, client id pinned; :mod:`api._dynsec`) or ``enrolment.nats`` (the cluster
@@ -24,14 +25,24 @@ names no gateway and is only counted.
 
 A revoked gateway sends no death: mosquitto publishes no will for a client that dynamic
 security removes, and a NATS reload closes the connection without one. So the revocation
-itself marks the gateway offline (reason ``revoked``) in this API's live inventory and
-pushes the ``gateway`` event to live subscribers, as a death on the status topic would.
+itself marks the gateway offline (reason ``revoked``) in this API's live inventory, pushes
+the ``gateway`` event to live subscribers, and publishes the death the gateway did not:
+retained, on its status topic, in the gateway's own wire form with ``reason: "revoked"``.
+Every other API replica (and one started later: the broker keeps it) takes the gateway
+offline from it as from a will; the gateway's next birth (after it is enrolled again)
+replaces it. The API's broker user may publish on status topics for this (provision.sh's
+``smartcity-api`` role; the cluster's ``api`` service user holds the whole account); a
+gateway still publishes only on its own. The death is published after the broker user is
+gone, so nothing the gateway sent can land after it. If the broker does not take it, the
+revocation stands (user removed, state revoked) and the answer is 503 saying so: repeating
+the DELETE publishes it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import secrets
 import time
@@ -57,12 +68,16 @@ from api._nats_users import GatewayUsers, NatsUsers
 from api._params import GatewayPath
 from api._services import Services
 from api.storage import Enrolment
-from telemetry import Death, TopicError, check_cluster_id
+from telemetry import Death, TopicError, check_cluster_id, encode_message
 
 __all__ = ["router"]
 
+log: Final = logging.getLogger("api")
+
 #: Gateway ids refused at registration: the services' client ids (``ingest-N``, ``api-N``).
 RESERVED_PREFIXES: Final = ("ingest-", "api-")
+#: How long a revocation waits for the broker to take the retained death.
+_PUBLISH_WAIT_S: Final = 5.0
 
 router = APIRouter(prefix="/v1", tags=["provisioning"])
 
@@ -134,13 +149,34 @@ def _users(services: Services) -> GatewayUsers | None:
     return None if nats is None else NatsUsers(nats)
 
 
-def _mark_revoked(services: Services, gateway: str) -> None:
-    """The death the broker does not send: ``gateway`` offline, reason ``revoked``, in the
-    live inventory (a gateway it does not hold is not added), and the ``gateway`` event
-    pushed when its state changed."""
-    if gateway in services.inventory.gateways:
-        now = time.time_ns()
-        services.apply_status(gateway, Death(gw=gateway, ts=now), now, reason="revoked")
+async def _mark_revoked(services: Services, gateway: str, *, enrolled: bool) -> bool:
+    """The death the broker does not send: ``gateway`` offline, reason ``revoked``, in this
+    API's live inventory at once (a gateway it does not hold is not added), the ``gateway``
+    event pushed when its state changed; then, for a gateway that was enrolled (or revoked:
+    a repeated DELETE) or that this API has seen, the same death retained on its status
+    topic for every replica. Whether it was published; :class:`UpstreamUnavailable` when
+    the broker does not take it."""
+    now = time.time_ns()
+    death = Death(gw=gateway, ts=now, reason="revoked")
+    known = gateway in services.inventory.gateways
+    if known:
+        services.apply_status(gateway, death, now)
+    if not (known or enrolled):
+        return False  # never connected: nothing shows it online anywhere
+    topic = services.broker.topics.status(gateway)
+    try:
+        await services.broker.publish(
+            topic, encode_message(death), qos=1, retain=True, wait_s=_PUBLISH_WAIT_S
+        )
+    except UpstreamUnavailable as exc:
+        log.error("revoked gateway's death not published",
+                  extra={"gateway": gateway, "topic": topic, "error": exc.detail})
+        raise UpstreamUnavailable(
+            f"gateway {gateway!r} is revoked (broker user removed, token refused), but its "
+            f"offline status could not be published on {topic} ({exc.detail}): other API "
+            "replicas show it online until it goes stale; repeat the DELETE"
+        ) from exc
+    return True
 
 
 def _out(row: Enrolment) -> EnrolmentOut:
@@ -242,9 +278,12 @@ async def revoke(services: ServicesDep, _caller: Engineer, gateway: GatewayPath)
             "configured: the gateway's broker user cannot be removed"
         )
     row = await asyncio.to_thread(services.db.revoke_enrolment, gateway)
-    if users is not None:  # its connection is gone (no broker user, no connection)
-        _mark_revoked(services, gateway)
     note().detail = {"was": was, "broker_user_removed": users is not None}
+    if users is not None:  # its connection is gone (no broker user, no connection)
+        published = await _mark_revoked(
+            services, gateway, enrolled=was in ("enrolled", "revoked")
+        )
+        note().detail["offline_published"] = published
     return json_response(_out(row))
 
 

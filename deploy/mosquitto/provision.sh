@@ -11,6 +11,9 @@
 #                                            client id `ingest-N` (default N: 0), `_api-N`
 #                                            pinned to `api-N` (default N: 1); the service's
 #                                            role; one password (stdin) for all N given
+#   provision.sh update-roles                bring the service roles of a broker provisioned
+#                                            by an older provision.sh up to date (adds the
+#                                            rules they lack; removes none)
 #   provision.sh add-gateway ID [CLIENT_ID]  the user ID and its own role `gateway:ID`; it may
 #                                            connect only with CLIENT_ID (default edge-ID,
 #                                            the edge agent's default client id)
@@ -45,7 +48,7 @@ INSTANCE_RE='^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$'
 
 die() { echo "provision.sh: $*" >&2; exit 1; }
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 read_password() {
     local pw
@@ -105,18 +108,49 @@ make_role() {
     expect "role $role" "$(ctl getRole "$role")" "Rolename: $role" "${want[@]}"
 }
 
-# The same, for a role several users share: made once, checked every time.
+# The same, for a role several users share: made once, checked every time; a rule an
+# older provision.sh did not grant is added (and said), none is removed.
 ensure_role() {
     local role=$1 answer
     answer=$(XDG_CONFIG_HOME=$CTRL_HOME timeout 30 mosquitto_ctrl dynsec getRole "$role" 2>&1 || true)
     if grep -q "^Rolename: *$role\$" <<<"$answer"; then
         shift
-        local want=()
-        while [ $# -gt 0 ]; do want+=("$1 : allow : $2 ("); shift 2; done
+        local want=() squeezed added=0
+        squeezed=$(tr -s ' ' <<<"$answer")
+        while [ $# -gt 0 ]; do
+            if ! grep -qF -- "$1 : allow : $2 (" <<<"$squeezed"; then
+                ctl addRoleACL "$role" "$1" "$2" allow
+                echo "role $role: added $1 $2"
+                added=1
+            fi
+            want+=("$1 : allow : $2 ("); shift 2
+        done
+        [ "$added" = 0 ] || answer=$(ctl getRole "$role")
         expect "role $role" "$answer" "${want[@]}"
     else
         make_role "$@"
     fi
+}
+
+# The services' roles (docs/security.md says why each rule is there).
+ingest_role() {
+    # Only through ingest's own share group; only the telemetry; only its dead letters.
+    ensure_role smartcity-ingest \
+        subscribeLiteral "\$share/ingest/$V/+/telemetry" \
+        publishClientReceive "$V/+/telemetry" \
+        publishClientSend "$V/_sys/deadletter/ingest"
+}
+
+api_role() {
+    local rules=() t
+    for t in telemetry status health config/reported config/desired "cmd/response/#"; do
+        rules+=(subscribePattern "$V/+/$t" publishClientReceive "$V/+/$t")
+    done
+    # status: the retained death of a gateway the API revokes (a removed user leaves no will)
+    ensure_role smartcity-api "${rules[@]}" \
+        subscribePattern "$V/_sys/#" publishClientReceive "$V/_sys/#" \
+        publishClientSend "$V/+/config/desired" publishClientSend "$V/+/cmd" \
+        publishClientSend "$V/+/status"
 }
 
 # USER CLIENT_ID(or "") ROLE PASSWORD
@@ -174,20 +208,8 @@ cmd_add_service() {
     done
     pw=$(read_password "_$service-${instances[0]}")
     case "$service" in
-        ingest)
-            # Only through ingest's own share group; only the telemetry; only its dead letters.
-            ensure_role smartcity-ingest \
-                subscribeLiteral "\$share/ingest/$V/+/telemetry" \
-                publishClientReceive "$V/+/telemetry" \
-                publishClientSend "$V/_sys/deadletter/ingest" ;;
-        api)
-            local rules=() t
-            for t in telemetry status health config/reported config/desired "cmd/response/#"; do
-                rules+=(subscribePattern "$V/+/$t" publishClientReceive "$V/+/$t")
-            done
-            ensure_role smartcity-api "${rules[@]}" \
-                subscribePattern "$V/_sys/#" publishClientReceive "$V/_sys/#" \
-                publishClientSend "$V/+/config/desired" publishClientSend "$V/+/cmd" ;;
+        ingest) ingest_role ;;
+        api) api_role ;;
     esac
     for n in "${instances[@]}"; do
         make_client "_$service-$n" "$service-$n" "smartcity-$service" "$pw"
@@ -245,6 +267,7 @@ case "${1:-}" in
     init) shift; cmd_init "$@" ;;
     add-service) shift; use_admin; cmd_add_service "$@" ;;
     add-gateway) shift; use_admin; cmd_add_gateway "$@" ;;
+    update-roles) shift; use_admin; ingest_role; api_role ;;
     remove-gateway) shift; use_admin; cmd_remove_gateway "$@" ;;
     set-password) shift; use_admin; cmd_set_password "$@" ;;
     *) usage ;;

@@ -1,7 +1,13 @@
 """Gateway provisioning end to end on the shipped broker (deploy/mosquitto, dynamic security):
 an engineer registers a gateway, `smartcity edge enroll` redeems the one-time token for the
 gateway's own broker user, a real edge agent runs with it, a revocation drops it at once and
-its credentials are refused from then on. Every step leaves one audit entry."""
+its credentials are refused from then on. Every step leaves one audit entry.
+
+A revocation on one API replica reaches the others through the retained death it publishes
+on the gateway's status topic (two APIs on one broker: the other shows it offline within a
+second, and so does a replica started afterwards; the gateway's birth after it is enrolled
+again replaces it). provision.sh update-roles grants that to an API role an older
+provision.sh made."""
 
 from __future__ import annotations
 
@@ -13,16 +19,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from api_helpers import ApiStack, start_stack, wait_until
 from websockets.sync.client import connect
 
 from smartcity._localstack import Influxd
+from telemetry import Birth, Death, encode_message
 from tests.foundation.test_deploy_broker import NOT_AUTHORIZED, Client, ShippedBroker
 
 pytestmark = pytest.mark.integration
@@ -38,7 +46,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedBroker]:
     b = ShippedBroker(directory / "data", make_pki(directory / "pki"))
     b.start()
     try:
-        b.provision("add-service", "api", password="pw-api")  # _api-1, client id api-1
+        # _api-1 and _api-2 (client ids api-1, api-2): two replicas of the API
+        b.provision("add-service", "api", "1", "2", password="pw-api")
         yield b
     finally:
         b.stop()
@@ -62,6 +71,7 @@ def stack(
             "broker_host": "127.0.0.1",
             "broker_port": broker.tls_port,
             "broker_ca_file": str(broker.pki.ca),
+            "rate_per_min": 60,  # the module enrols more than the default 10 a minute
         },
     )
     try:
@@ -304,3 +314,148 @@ def test_the_services_client_ids_cannot_be_registered_as_gateways(stack: ApiStac
         assert "reserved" in resp.json()["detail"]
         assert audit(stack, gw) == [("gateway.register", f"refused: 400 {resp.json()['detail']}")]
     assert engineer.post("/v1/gateways/ingestor-1/enrolment").status_code == 201
+
+
+@pytest.fixture
+def replica(
+    broker: ShippedBroker, influxd: Influxd, stack: ApiStack, tmp_path: Path
+) -> Iterator[Callable[[], ApiStack]]:
+    """Start a second API replica (``_api-2``) on the same broker and InfluxDB database, on
+    its own database file; it is stopped at the end (or by closing it)."""
+    started: list[ApiStack] = []
+
+    def start() -> ApiStack:
+        s = start_stack(
+            broker, influxd, root="sc", database=stack.database,
+            db_path=tmp_path / f"replica-{len(started)}.sqlite3",
+            mqtt={"username": "_api-2", "password": "pw-api", "client_id": "api-2"},
+        )  # fmt: skip
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def _enrol(stack: ApiStack, gateway: str) -> dict[str, Any]:
+    """Register and enrol ``gateway`` over the API; its credentials."""
+    token = stack.client("engineer").post(f"/v1/gateways/{gateway}/enrolment").json()["token"]
+    with httpx.Client(base_url=stack.url, timeout=30) as anonymous:
+        resp = anonymous.post("/v1/enrol", json={"token": token})
+    assert resp.status_code == 200, resp.text
+    creds: dict[str, Any] = resp.json()
+    return creds
+
+
+def _shown(stack: ApiStack, gateway: str) -> tuple[Any, Any]:
+    doc = stack.get(f"/v1/gateways/{gateway}").json()
+    return doc.get("state"), doc.get("reason")
+
+
+def test_a_revocation_on_one_replica_takes_the_gateway_offline_on_every_replica(
+    stack: ApiStack, broker: ShippedBroker, replica: Callable[[], ApiStack]
+) -> None:
+    gw = "gw-replicas"
+    b = replica()
+    creds = _enrol(stack, gw)
+    gateway = Client(broker, creds["username"], creds["password"], client_id=creds["client_id"])
+    try:
+        assert gateway.connected() == 0
+        birth = encode_message(Birth(gw=gw, ts=time.time_ns(), agent="test"))
+        assert gateway.publish(f"sc/v1/{gw}/status", birth, retain=True) == 0
+        # it speaks for itself only: another gateway's status is refused
+        forged = encode_message(Death(gw="gw-a", ts=time.time_ns(), reason="revoked"))
+        assert gateway.publish("sc/v1/gw-a/status", forged, retain=True) == NOT_AUTHORIZED
+        for api in (stack, b):
+            wait_until(lambda api=api: _shown(api, gw) == ("online", None), 10)  # type: ignore[misc]
+
+        t0 = time.monotonic()
+        assert stack.client("engineer").delete(f"/v1/gateways/{gw}/enrolment").status_code == 200
+        revoked_at = time.monotonic()
+        wait_until(lambda: _shown(b, gw) == ("offline", "revoked"), 1.0)
+        seen = time.monotonic()
+        print(
+            f"revoke on A: {1000 * (revoked_at - t0):.0f} ms; "
+            f"B offline {1000 * (seen - revoked_at):.0f} ms after A answered"
+        )
+        assert _shown(stack, gw) == ("offline", "revoked")
+        gateway.wait(lambda: gateway.disconnects > 0)  # the broker dropped it
+    finally:
+        gateway.client.loop_stop()
+        gateway.client.disconnect()
+
+    # a replica started afterwards learns it from the retained death
+    b.close()
+    later = replica()
+    wait_until(lambda: _shown(later, gw) == ("offline", "revoked"), 10)
+
+    # enrolled again: its birth replaces the retained death, everywhere
+    creds = _enrol(stack, gw)
+    again = Client(broker, creds["username"], creds["password"], client_id=creds["client_id"])
+    try:
+        assert again.connected() == 0
+        birth = encode_message(Birth(gw=gw, ts=time.time_ns(), agent="test"))
+        assert again.publish(f"sc/v1/{gw}/status", birth, retain=True) == 0
+        for api in (stack, later):
+            wait_until(lambda api=api: _shown(api, gw) == ("online", None), 10)  # type: ignore[misc]
+    finally:
+        again.client.loop_stop()
+        again.client.disconnect()
+    later.close()
+    newest = replica()  # starts with what the broker retains: the birth
+    wait_until(lambda: _shown(newest, gw)[0] is not None, 10)
+    assert _shown(newest, gw) == ("online", None)
+
+
+def test_update_roles_grants_status_to_an_api_role_made_by_an_older_provision_sh(
+    stack: ApiStack, broker: ShippedBroker, tmp_path: Path
+) -> None:
+    """A broker provisioned before the API published deaths: its ``smartcity-api`` role has
+    no ``publishClientSend sc/v1/+/status``. A revocation there still revokes, and answers
+    503 saying the death was not published; ``provision.sh update-roles`` adds the rule (and
+    nothing else), and the repeated DELETE publishes it."""
+    # mosquitto_ctrl 2.0.11 reads its options only from $XDG_CONFIG_HOME/mosquitto_ctrl
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    (tmp_path / "mosquitto_ctrl").symlink_to(broker.admin_options)
+
+    def dynsec(*args: str) -> str:
+        done = subprocess.run(["mosquitto_ctrl", "dynsec", *args], env=env, capture_output=True,
+                              text=True, timeout=30, check=True)  # fmt: skip
+        assert "Error" not in done.stdout + done.stderr, done
+        return done.stdout
+
+    dynsec("removeRoleACL", "smartcity-api", "publishClientSend", "sc/v1/+/status")
+    api = Client(broker, "_api-2", "pw-api", client_id="api-2")
+    try:
+        assert api.connected() == 0
+        assert api.publish("sc/v1/gw-old/status", b"x") == NOT_AUTHORIZED
+    finally:
+        api.client.loop_stop()
+        api.client.disconnect()
+    gw = "gw-old-broker"
+    _enrol(stack, gw)
+    engineer = stack.client("engineer")
+    resp = engineer.delete(f"/v1/gateways/{gw}/enrolment")
+    assert resp.status_code == 503, resp.text
+    first_detail = resp.json()["detail"]
+    assert "is revoked (broker user removed, token refused), but its offline status could " \
+           "not be published" in resp.json()["detail"]  # fmt: skip
+    assert state(stack, gw) == "revoked"
+
+    done = broker.provision("update-roles", password=None)
+    assert "role smartcity-api: added publishClientSend sc/v1/+/status" in done.stdout, done
+    assert "smartcity-ingest: added" not in done.stdout
+    assert broker.provision("update-roles", password=None).stdout == ""  # nothing to add
+    api = Client(broker, "_api-2", "pw-api", client_id="api-2")
+    try:
+        assert api.connected() == 0
+        assert api.publish("sc/v1/gw-old/status", b"", retain=True) in (0, 0x10)  # 0x10: no one
+    finally:
+        api.client.loop_stop()
+        api.client.disconnect()
+    resp = engineer.delete(f"/v1/gateways/{gw}/enrolment")
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: _shown(stack, gw) == ("offline", "revoked"), 5)
+    revokes = [result for action, result in audit(stack, gw) if action == "gateway.revoke"]
+    assert revokes == [f"failed: 503 {first_detail}", "ok"]

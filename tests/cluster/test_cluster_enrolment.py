@@ -6,7 +6,9 @@
     paho (MQTT 3.1.1, the gateway's credentials) ─▶ nats-0/1/2 ─▶ $MQTT_msgs
 
 No mocks: the syncs are `smartcity nats users-sync` processes, one per node, each reloading
-its own nats-server; revocation is checked on live and new connections on every node.
+its own nats-server; revocation is checked on live and new connections on every node, and
+its retained death (``reason: "revoked"``, published by the API) is what a subscriber on
+another node reads from the gateway's status topic.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from api import ApiServer, ApiSettings
 from edge_agent._enroll import EnrollError, enroll
 from smartcity._localstack import Influxd
 from smartcity._localstack_nats import NatsCluster, NatsUser
-from telemetry import Batch, Reading, encode_batch
+from telemetry import Batch, Birth, Death, Reading, decode_status, encode_batch, encode_message
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +76,28 @@ class Gateway:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def _retained(host: str, port: int, user: str, pw: str, topic: str) -> bytes | None:
+    """The message retained on ``topic``, read by a fresh subscriber (None: none within 3 s)."""
+    got: list[bytes] = []
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"retained-{time.monotonic_ns()}",
+        protocol=MQTTProtocolVersion.MQTTv311,
+    )  # fmt: skip
+    client.username_pw_set(user, pw)
+    client.on_message = lambda _c, _u, msg: got.append(bytes(msg.payload)) if msg.retain else None
+    client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(topic, qos=1)
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 3
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got[0] if got else None
 
 
 def _connects(cluster: NatsCluster, user: str, pw: str) -> list[bool]:
@@ -253,6 +277,11 @@ def test_enrol_publish_confine_and_revoke_on_every_node(
             gw_a.publish("sc/v1/gw-b/telemetry", _batch("gw-b"))  # PUBACKed, dropped
             gw_a.publish("sc/v1/gw-a/telemetry", _batch("gw-a"))
             assert asyncio.run(_consumer(cluster)) == ["$MQTT.msgs.sc.v1.gw-a.telemetry"]
+            for gw, client in (("gw-a", gw_a), ("gw-b", gw_b)):
+                birth = encode_message(Birth(gw=gw, ts=time.time_ns(), agent="test"))
+                client.client.publish(f"sc/v1/{gw}/status", birth, qos=1, retain=True)
+            forged = encode_message(Death(gw="gw-b", ts=time.time_ns(), reason="revoked"))
+            gw_a.client.publish("sc/v1/gw-b/status", forged, qos=1, retain=True)  # dropped
 
             # Revoke: the API says revoked, the live connection is closed, new ones refused.
             t0 = time.monotonic()
@@ -269,6 +298,18 @@ def test_enrol_publish_confine_and_revoke_on_every_node(
                 10,
                 "gw-a refused on every node",
             )
+            # every node holds the API's retained death; gw-b's birth is untouched
+            far = cluster.nodes[2]
+            status = _retained(far.host, far.mqtt_port, api_user.name, api_user.password,
+                               "sc/v1/gw-a/status")  # fmt: skip
+            assert status is not None
+            death = decode_status(status)
+            assert isinstance(death, Death)
+            assert (death.gw, death.reason) == ("gw-a", "revoked")
+            other = _retained(far.host, far.mqtt_port, api_user.name, api_user.password,
+                              "sc/v1/gw-b/status")  # fmt: skip
+            assert other is not None
+            assert isinstance(decode_status(other), Birth)
             time.sleep(0.5)
             assert gw_b.accepted, "another gateway's connection survives the reload"
             gw_b.publish("sc/v1/gw-b/telemetry", _batch("gw-b"))

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -51,7 +52,7 @@ from edge_agent._update import (
     read_result,
 )
 from smartcity._localstack import Mosquitto
-from telemetry import Health, UpdateReport, decode_message
+from telemetry import Health, Topics, UpdateReport, decode_message
 
 ROOT = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
@@ -475,6 +476,96 @@ def test_with_trusted_keys_only_a_release_signed_by_one_is_installed(
     assert gateway.status()["update"]["status"] == "ok"
 
 
+@pytest.mark.integration
+def test_an_older_signed_release_is_refused_unless_the_order_allows_a_downgrade(
+    gateway: Gateway,
+    wheels: dict[str, Path],
+    wheel_server: str,
+    mosquitto: Mosquitto,
+    topic_root: str,
+    tmp_path: Path,
+) -> None:
+    """Signed 0.1.1 runs; orders (the agent's ``update`` command, carried out by ``edge
+    update --request``) for the signed 0.1.0: refused as a downgrade, refused as the same
+    version, refused with a legacy signature (no signed version) even with allow_downgrade,
+    and installed with allow_downgrade and a version signature; then reinstalled."""
+    trusted = generate_key(tmp_path / "release-key")
+    doc = yaml.safe_load(gateway.config.read_text())
+    doc["update"] = {"trusted_keys": [trusted]}
+    gateway.config.write_text(yaml.safe_dump(doc))
+    published = wheels["base"].parent / f"signed-{topic_root}"
+    published.mkdir()
+    for wheel in (wheels["base"], wheels["good"]):
+        shutil.copyfile(wheel, published / wheel.name)
+        sign_release(published / wheel.name, tmp_path / "release-key")
+    old, new = published / wheels["base"].name, published / wheels["good"].name
+    sig = old.with_name(old.name + ".sig")
+    versioned_sig = sig.read_bytes()
+    url = f"{wheel_server}{published.name}/"
+    wait_until(lambda: _answers(gateway), 30, "the running agent's status")
+    code, lines = gateway.update(url + new.name, "--sha256", _sha(new), "--deadline", "30",
+                                 "--requirements", LOCK)  # fmt: skip
+    assert code == 0, "\n".join(line for _, line in lines)
+    assert gateway.status()["version"] == "0.1.1"
+    running = (gateway.root / "current").resolve()
+
+    request = gateway.state / "update-request.json"
+    ops = Requester(mosquitto.port, topic_root, "gw-up")
+    command = Topics(topic_root).command("gw-up")
+
+    def order(corr: bytes, release: Path, **flags: bool) -> tuple[int, str]:
+        ops.request(command, "update", corr, url=url + release.name, sha256=_sha(release),
+                    deadline=30, **flags)  # fmt: skip
+        wait_until(lambda: corr in ops.replies, 10, "the update command's answer")
+        assert ops.replies[corr].ok, ops.replies[corr].error
+        code, lines = gateway.update("--request", request, "--allow-url-prefix", url)
+        return code, "\n".join(line for _, line in lines)
+
+    try:
+        refused = {
+            b"replayed": ({}, "0.1.0 is older than the running 0.1.1: downgrade refused"),
+            b"again": ({"reinstall": True}, "older than the running 0.1.1"),
+        }
+        for corr, (flags, reason) in refused.items():
+            code, out = order(corr, old, **flags)
+            assert code == 1, out
+            assert reason in out, out
+            assert "installing" not in out, out
+            status = gateway.status()
+            assert (status["version"], status["update"]["status"]) == ("0.1.1", "failed")
+            assert reason in status["update"]["reason"]
+            assert (gateway.root / "current").resolve() == running
+        # a .sig from before version signatures: it verifies, but does not sign the version
+        legacy = json.loads(versioned_sig)
+        del legacy["version"], legacy["version_signature"]
+        sig.write_text(json.dumps(legacy))
+        code, out = order(b"legacy", old, allow_downgrade=True)
+        assert code == 1, out
+        assert "legacy signature" in out, out
+        assert gateway.status()["version"] == "0.1.1"
+        # the deliberate rollback, with the version signed
+        sig.write_bytes(versioned_sig)
+        code, out = order(b"rollback", old, allow_downgrade=True)
+        assert code == 0, out
+        status = gateway.status()
+        assert (status["version"], status["update"]["status"]) == ("0.1.0", "ok")
+        assert status["update"]["previous_version"] == "0.1.1"
+        # the same version again: only as an explicit reinstall, into a fresh venv
+        code, out = order(b"same", old)
+        assert code == 1, out
+        assert "0.1.0 is the running version" in out, out
+        rolled_back_to = (gateway.root / "current").resolve()
+        code, out = order(b"reinstall", old, reinstall=True)
+        assert code == 0, out
+        assert gateway.status()["version"] == "0.1.0"
+        reinstalled = (gateway.root / "current").resolve()
+        assert reinstalled != rolled_back_to
+        assert reinstalled.name.startswith(rolled_back_to.name + ".r")
+        assert (gateway.root / "previous").resolve() == rolled_back_to
+    finally:
+        ops.close()
+
+
 # -- pieces, without processes -------------------------------------------------------------------
 def test_update_command_arguments_are_checked(tmp_path: Path) -> None:
     sha = "a" * 64
@@ -486,10 +577,21 @@ def test_update_command_arguments_are_checked(tmp_path: Path) -> None:
         {"url": "https://x/y.whl", "sha256": sha, "deadline": True},
         {"url": "https://x/y.whl", "sha256": sha, "extra": 1},
         {"url": "https://" + "x" * 3000, "sha256": sha},
+        {"url": "https://x/y.whl", "sha256": sha, "allow_downgrade": "yes"},
+        {"url": "https://x/y.whl", "sha256": sha, "reinstall": 1},
     ]
     for args in bad:
         with pytest.raises(CommandError):
             order_update(tmp_path, args)
+    order_update(tmp_path, {"url": "https://x/y.whl", "sha256": sha, "allow_downgrade": True})
+    taken = read_request(tmp_path / "update-request.json", ["https://x/"])
+    assert (taken.url, taken.allow_downgrade, taken.reinstall) == ("https://x/y.whl", True, False)
+    # a request an agent wrote before the flags existed: neither is allowed
+    (tmp_path / "update-request.json").write_text(
+        json.dumps({"url": "https://x/y.whl", "sha256": sha, "deadline": 60, "ts": 0})
+    )
+    taken = read_request(tmp_path / "update-request.json", ["https://x/"])
+    assert (taken.deadline_s, taken.allow_downgrade, taken.reinstall) == (60, False, False)
     assert order_update(tmp_path, {"url": "https://x/y.whl", "sha256": sha})["accepted"]
     with pytest.raises(CommandError, match="is waiting"):
         order_update(tmp_path, {"url": "https://x/y.whl", "sha256": sha})

@@ -9,13 +9,20 @@
   refusing and then taking a signed release: tests/edge_agent/test_edge_update.py.)
 - ``update.trusted_keys`` in the config (base64, or ``${file:...}``), and the agent's
   imports stay free of PyNaCl.
+- the version signature: a ``.sig`` whose version was edited, or that names another version
+  than the file's, is refused; one without it (legacy) verifies with no version; the version
+  policy (newer only, unless the order says allow_downgrade / reinstall, and then only with a
+  signed version) and PEP 440 ordering. (Against a running agent: test_edge_update.py.)
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import http.server
+import itertools
+import json
 import subprocess
 import sys
 import threading
@@ -28,6 +35,7 @@ import yaml
 
 from edge_agent import load_config
 from edge_agent._errors import ConfigError
+from edge_agent._releases import compare_versions
 from edge_agent._remote import remote_change_issues
 from edge_agent._signing import (
     generate_key,
@@ -35,7 +43,13 @@ from edge_agent._signing import (
     sign_release,
     verify_release,
 )
-from edge_agent._update import UpdateError, UpdateOptions, read_result, run_update
+from edge_agent._update import (
+    UpdateError,
+    UpdateOptions,
+    read_result,
+    run_update,
+    version_refusal,
+)
 
 WHEEL = "smartcity_telemetry-9.9.9-py3-none-any.whl"
 
@@ -56,7 +70,9 @@ def signed(tmp_path: Path) -> tuple[Path, str]:
 
 
 def _verify(release: Path, keys: list[str]) -> str:
-    return verify_release(release, _sha(release), read_signature(str(release), release), keys)
+    signed = verify_release(release, _sha(release), read_signature(str(release), release), keys)
+    assert signed.version == "9.9.9"
+    return signed.signer
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
@@ -158,11 +174,8 @@ def _status() -> dict[str, Any]:
     raise AssertionError("the agent was asked for its status: the update went on")
 
 
-def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
-    tmp_path: Path, signed: tuple[Path, str]
-) -> None:
-    release, public = signed
-    stranger = generate_key(tmp_path / "stranger")
+def _layout(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root, the running release, state dir): a release whose python is the test's own."""
     root = tmp_path / "opt"
     running = root / "releases" / "0.1.0-000000000000"
     (running / "bin").mkdir(parents=True)
@@ -170,7 +183,46 @@ def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
     (root / "current").symlink_to(running.relative_to(root))
-    state = tmp_path / "state"
+    return root, running, tmp_path / "state"
+
+
+def test_an_older_signed_release_fails_the_update_before_anything_is_installed(
+    tmp_path: Path,
+) -> None:
+    """A replayed order for an old release that is signed with the trusted key."""
+    from importlib.metadata import version
+
+    public = generate_key(tmp_path / "release-key")
+    old = tmp_path / "dist" / "smartcity_telemetry-0.0.1-py3-none-any.whl"
+    old.parent.mkdir()
+    old.write_bytes(b"an old release")
+    sign_release(old, tmp_path / "release-key")
+    root, running, state = _layout(tmp_path)
+    restarter, said = _Restarter(), list[str]()
+    result = run_update(
+        UpdateOptions(
+            root=root, source=str(old), sha256=None, deadline_s=10, state_dir=state,
+            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
+            restarter=restarter, status=_status, say=said.append, trusted_keys=(public,),
+        )
+    )  # fmt: skip
+    assert (result.status, result.version) == ("failed", "0.0.1")
+    assert result.previous_version == version("smartcity-telemetry")
+    assert result.reason is not None
+    assert "older than the running" in result.reason
+    assert "allow_downgrade" in result.reason
+    assert any("signature of ed25519:" in line and "(version 0.0.1)" in line for line in said)
+    assert restarter.restarts == 0
+    assert (root / "current").resolve() == running
+    assert sorted(p.name for p in (root / "releases").iterdir()) == [running.name]
+
+
+def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
+    tmp_path: Path, signed: tuple[Path, str]
+) -> None:
+    release, public = signed
+    stranger = generate_key(tmp_path / "stranger")
+    root, running, state = _layout(tmp_path)
     restarter = _Restarter()
     said: list[str] = []
     for reason in ("a key update.trusted_keys does not hold", "is not signed"):
@@ -238,3 +290,82 @@ def test_the_agent_does_not_load_pynacl(tmp_path: Path) -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] == 'nacl'], 'nacl imported'\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+def test_the_version_is_signed_and_bound_to_the_file(
+    tmp_path: Path, signed: tuple[Path, str]
+) -> None:
+    release, public = signed
+    sig = release.with_name(release.name + ".sig")
+    doc = json.loads(sig.read_text())
+    assert doc["version"] == "9.9.9"
+    # the version edited in the .sig: its signature no longer verifies
+    sig.write_text(json.dumps({**doc, "version": "99.0.0"}))
+    with pytest.raises(UpdateError, match="version was changed after signing"):
+        _verify(release, [public])
+    # a .sig that signs another version than the file's (made by another tool, say)
+    from nacl.signing import SigningKey
+
+    key = SigningKey(base64.b64decode((tmp_path / "release-key").read_text()))
+    message = f"smartcity-release-signature/2\n{release.name}\n{_sha(release)}\n1.0.0\n"
+    other = base64.b64encode(key.sign(message.encode()).signature).decode()
+    sig.write_text(json.dumps({**doc, "version": "1.0.0", "version_signature": other}))
+    with pytest.raises(
+        UpdateError, match=r"signed as version 1\.0\.0, but the file is version 9\.9\.9"
+    ):
+        _verify(release, [public])
+    # not base64 at all
+    sig.write_text(json.dumps({**doc, "version_signature": "*"}))
+    with pytest.raises(UpdateError, match=r"\.sig: "):
+        _verify(release, [public])
+    # a legacy signature (written before versions were signed): verifies, without a version
+    legacy = {k: v for k, v in doc.items() if k not in ("version", "version_signature")}
+    sig.write_text(json.dumps(legacy))
+    got = verify_release(release, _sha(release), sig.read_bytes(), [public])
+    assert got.version is None
+    assert got.signer.startswith("ed25519:")
+
+
+def test_versions_are_ordered_as_pep_440_says() -> None:
+    ordered = [
+        "0.9", "1.0.dev1", "1.0a1", "1.0a2.dev1", "1.0a2", "1.0b1", "1.0rc1", "1.0",
+        "1.0+local.1", "1.0.post1.dev1", "1.0.post1", "1.0.1", "1.1", "1.10", "2.0",
+    ]  # fmt: skip
+    for older, newer in itertools.pairwise(ordered):
+        assert compare_versions(older, newer) == -1, (older, newer)
+        assert compare_versions(newer, older) == 1, (older, newer)
+    assert compare_versions("1.0", "1.0.0") == 0
+    with pytest.raises(UpdateError, match="not one this updater can order"):
+        compare_versions("1.0-nightly", "1.0")
+
+
+def test_version_policy() -> None:
+    def why(
+        version: str,
+        *,
+        down: bool = False,
+        again: bool = False,
+        signed: bool = True,
+        signed_version: str | None = "same",
+    ) -> str | None:
+        return version_refusal(
+            version,
+            "0.2.0",
+            allow_downgrade=down,
+            reinstall=again,
+            signed=signed,
+            signed_version=version if signed_version == "same" else signed_version,
+        )
+
+    assert why("0.3.0") is None
+    assert why("0.3.0", signed_version=None) is None  # a legacy signature upgrades
+    assert "older than the running 0.2.0: downgrade refused" in (why("0.1.0") or "")
+    assert "is the running version" in (why("0.2.0") or "")
+    assert "is the running version" in (why("0.2.0", down=True) or "")
+    assert "older than" in (why("0.1.0", again=True) or "")
+    assert why("0.1.0", down=True) is None
+    assert why("0.2.0", again=True) is None
+    assert "legacy signature" in (why("0.1.0", down=True, signed_version=None) or "")
+    assert "legacy signature" in (why("0.2.0", again=True, signed_version=None) or "")
+    assert why("0.1.0", down=True, signed=False, signed_version=None) is None  # unsigned fleet
+    assert "cannot order" in (why("0.1.0-nightly") or "")
