@@ -264,18 +264,19 @@ class Services:
     def receive(self, topic: str, payload: bytes) -> None:
         """The broker link's handler: a telemetry batch's followed readings are pushed now
         and the batch is applied (decoded first, when no followed device was in it) from the
-        intake's backlog (api.state._intake); anything else is handled as by
-        :meth:`handle`, a birth or death after the backlog."""
+        intake's backlog (api.state._intake); anything else is applied at once, a birth or
+        death after its gateway's queued batches. Tests that read the state right after
+        drain the backlog with ``intake.flush()``."""
         parsed = self._parse(topic)
         if parsed is None:
             return
         gateway, kind = parsed
-        if kind is not TopicKind.TELEMETRY:
-            if kind is TopicKind.STATUS:
-                self.intake.flush()
-            self._dispatch(topic, gateway, kind, payload)
+        if kind is TopicKind.TELEMETRY:
+            self.intake.take(gateway, payload)
             return
-        self.intake.take(gateway, payload)
+        if kind is TopicKind.STATUS:
+            self.intake.flush_gateway(gateway)
+        self._dispatch(topic, gateway, kind, payload)
 
     def _telemetry(self, gateway: str, payload: bytes) -> Sequence[Reading] | None:
         """The valid readings of a telemetry batch of ``gateway``'s topic; ``None`` (counted)
@@ -285,12 +286,6 @@ class Services:
         except PayloadError as exc:
             self._invalid(self.broker.topics.telemetry(gateway), TopicKind.TELEMETRY, exc)
             return None
-
-    def handle(self, topic: str, payload: bytes) -> None:
-        """One broker message applied at once (the state reads it on return)."""
-        parsed = self._parse(topic)
-        if parsed is not None:
-            self._dispatch(topic, *parsed, payload)
 
     def _parse(self, topic: str) -> tuple[str, TopicKind] | None:
         try:
@@ -305,12 +300,9 @@ class Services:
         return gateway, kind
 
     def _dispatch(self, topic: str, gateway: str, kind: TopicKind, payload: bytes) -> None:
+        """A message other than telemetry, applied at once."""
         try:
-            if kind is TopicKind.TELEMETRY:
-                readings = self._batch(gateway, payload)
-                if readings is not None:
-                    self.intake.apply(gateway, readings)
-            elif kind is TopicKind.STATUS:
+            if kind is TopicKind.STATUS:
                 self._status(gateway, payload)
             elif kind is TopicKind.HEALTH:
                 health = decode_message(payload, Health)
@@ -341,8 +333,10 @@ class Services:
     def apply_status(
         self, gateway: str, status: Birth | Death, now: int, *, reason: str | None = None
     ) -> None:
-        """A birth or death into the live inventory (``reason`` replaces the status's own);
-        the ``gateway`` event is pushed when the state changed."""
+        """A birth or death into the live inventory (``reason`` replaces the status's own),
+        after the gateway's queued batches; the ``gateway`` event is pushed when the state
+        changed."""
+        self.intake.flush_gateway(gateway)  # a revocation's death too, not only the broker's
         changed = self.inventory.apply_status(gateway, status, now)
         state = self.inventory.gateways[gateway]
         if reason is not None:

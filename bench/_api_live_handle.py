@@ -7,14 +7,24 @@ Run by hand (not part of the tests)::
 The end-to-end live run (bench/api.py) measures latency on a shared machine; this measures
 what the latency is made of, without the noise: it records ``--seconds`` of the benchmark
 fleet's messages (births and telemetry of 1,000 gateways) from a real mosquitto, then feeds
-them to ``Services.handle`` in this process, one second's burst after the other, with one
+them to ``Services.receive`` in this process, one second's burst after the other, with one
 WebSocket-like subscriber following one device (as in the live run). It prints medians over
 ``--rounds`` of CPU microseconds per message (the same numbers are milliseconds of loop time
-per 1,000-message burst): ``handle_us_per_msg``, everything in line (``Services.handle``);
-``take_us_per_msg``, what the broker's path (``Services.receive``) does before the next
-message, i.e. what a followed reading waits for per message ahead of it in a burst;
-``apply_us_per_msg``, the backlog applied after. ``--profile`` writes a cProfile of one
-round of ``handle``.
+per 1,000-message burst): ``inline_us_per_msg``, everything in line (each message received
+and the intake drained at once); ``take_us_per_msg``, what the broker's path does before the
+next message, i.e. what a followed reading waits for per message ahead of it in a burst;
+``apply_us_per_msg``, the backlog applied after; ``birth_ms``, one gateway's birth received
+while the recording's telemetry is queued (``birth_queued`` batches): what that birth holds
+the loop for. ``--profile`` writes a cProfile of one round in line.
+
+``--fanout`` measures instead what pushing alerts to live clients costs the API's loop: the
+app served by uvicorn in this process (as ``api run`` serves it: uvloop, httptools, the
+sans-I/O WebSocket), ``--clients`` WebSocket clients in another process following one
+device (as the live run's probe; alerts pass a device filter; permessage-deflate offered, as
+browsers do), ``--alerts`` alert events
+published into the hub ``--burst`` at a time per loop turn (as the intake raises them in one
+apply slice). It prints this process's CPU microseconds per alert per client
+(``fanout_us_per_alert_client``, medians over ``--rounds``), until every client has them all.
 """
 
 from __future__ import annotations
@@ -65,9 +75,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--fanout", action="store_true", help="alerts to WebSocket clients")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--alerts", type=int, default=5000)
+    parser.add_argument("--burst", type=int, default=10)
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    if args.fanout:
+        fanout(args)
+        return
 
     from api import ApiSettings, create_app
     from api.state import parse_filter
@@ -80,24 +97,27 @@ def main() -> None:
     services.hub.subscribe(parse_filter([], ["probe"], []))
     for topic, payload in messages:  # births first: the inventory as in the live run
         if "/telemetry" not in topic:
-            services.handle(topic, payload)
-    rounds: dict[str, list[float]] = {"handle": [], "take": [], "apply": []}
+            services.receive(topic, payload)
+    rounds: dict[str, list[float]] = {"inline": [], "take": [], "apply": [], "birth": []}
     profiler = cProfile.Profile() if args.profile is not None else None
     clock = time.process_time  # CPU time: other processes' load does not count
+    shift = 0
     for i in range(args.rounds * 2):
         # Every round's readings are newer than the last (the live state keeps only newer).
-        batches = [(t, _shifted(p, (i + 1) * 10**12)) for t, p in telemetry]
+        shift += 10**12
+        batches = [(t, _shifted(p, shift)) for t, p in telemetry]
         n = len(batches)
         if i % 2 == 0:
             if profiler is not None and i == args.rounds // 2 * 2:
                 profiler.enable()
             start = clock()
             for topic, payload in batches:
-                services.handle(topic, payload)
-            rounds["handle"].append((clock() - start) / n * 1e6)
+                services.receive(topic, payload)
+                services.intake.flush()
+            rounds["inline"].append((clock() - start) / n * 1e6)
             if profiler is not None:
                 profiler.disable()
-        elif hasattr(services, "receive"):
+        else:
             start = clock()
             for topic, payload in batches:
                 services.receive(topic, payload)
@@ -105,6 +125,18 @@ def main() -> None:
             services.intake.flush()
             rounds["take"].append((taken - start) / n * 1e6)
             rounds["apply"].append((clock() - taken) / n * 1e6)
+    births = [m for m in messages if m[0].endswith("/status") and m[1]]
+    queued = 0
+    for i in range(args.rounds):
+        shift += 10**12
+        for topic, payload in telemetry:
+            services.receive(topic, _shifted(payload, shift))
+        queued = len(services.intake)
+        topic, payload = births[(i * 97 + len(births) // 2) % len(births)]
+        start = clock()
+        services.receive(topic, payload)
+        rounds["birth"].append((clock() - start) * 1e3)
+        services.intake.flush()
     if profiler is not None and args.profile is not None:
         profiler.dump_stats(args.profile)
     print(
@@ -113,10 +145,164 @@ def main() -> None:
                 **{
                     f"{k}_us_per_msg": round(statistics.median(v), 2)
                     for k, v in rounds.items()
-                    if v
+                    if v and k != "birth"
                 },
-                "handle_rounds_us": [round(x, 1) for x in rounds["handle"]],
+                "inline_rounds_us": [round(x, 1) for x in rounds["inline"]],
+                "birth_ms": round(statistics.median(rounds["birth"]), 3),
+                "birth_rounds_ms": [round(x, 3) for x in rounds["birth"]],
+                "birth_queued": queued,
                 "live_series": len(services.live),
+            }
+        ),
+        flush=True,
+    )
+
+
+_FANOUT_CLIENTS = r"""
+import contextlib, json, sys, threading
+from websockets.sync.client import connect
+
+url, key, clients, alerts = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+stack = contextlib.ExitStack()
+sockets = [stack.enter_context(connect(url, additional_headers={"X-API-Key": key},
+                                       max_queue=None)) for _ in range(clients)]
+for ws in sockets:
+    assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+print("ready", flush=True)
+
+
+while sys.stdin.readline():
+    def one(ws):
+        for _ in range(alerts):
+            while json.loads(ws.recv(timeout=30))["type"] != "alert":
+                pass
+    threads = [threading.Thread(target=one, args=(ws,)) for ws in sockets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("done", flush=True)
+"""
+
+
+def fanout(args: argparse.Namespace) -> None:
+    """CPU of this process per alert per WebSocket client (see the module's docstring)."""
+    import asyncio
+
+    import uvicorn
+    import uvloop
+
+    from api import ApiSettings, create_app
+    from api.state import Event
+    from foundation import free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        settings = ApiSettings(
+            database_url=f"sqlite:///{tmp}/api.db", topic_root=ROOT, stream_max_per_key=1000
+        )
+        app = create_app(settings)
+        services = app.state.services
+        services.db.create_schema()
+        _, key = services.db.create_key(name="bench", role="viewer")
+        port = free_port("127.0.0.1")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        alert = {
+            "type": "alert",
+            "state": "raised",
+            "alert": {
+                "id": "c0ffee" * 4,
+                "rule_id": 3,
+                "rule": "Link speed under 30% of free flow",
+                "kind": "congestion",
+                "severity": "warning",
+                "gateway": "gw-0421",
+                "device": "loop-0421-2",
+                "measurement": "TrafficFlowObserved",
+                "field": "averageVehicleSpeed",
+                "value": 11.5,
+                "threshold": 15.0,
+                "started": "2026-01-01T07:31:04Z",
+                "started_ns": 1_767_252_664_000_000_000,
+                "message": "speed 11.5 km/h under 15 km/h (30 % of free flow)",
+                "area": "centre",
+                "acknowledged": False,
+                "ack_by": None,
+                "ack_at": None,
+                "ack_note": None,
+            },
+        }
+        data = json.dumps(alert).encode()
+
+        async def run() -> list[float]:
+            server = uvicorn.Server(config)
+            serving = asyncio.create_task(server.serve())
+            for _ in range(1000):
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise SystemExit("the API did not start")
+            url = f"ws://127.0.0.1:{port}/v1/stream/ws?device=probe"
+            clients = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _FANOUT_CLIENTS,
+                url,
+                key,
+                str(args.clients),
+                str(args.alerts),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert clients.stdin is not None
+            assert clients.stdout is not None
+            if (await clients.stdout.readline()).strip() != b"ready":
+                raise SystemExit("the WebSocket clients did not start")
+            profiler = cProfile.Profile() if args.profile is not None else None
+            per: list[float] = []
+            for i in range(args.rounds):
+                clients.stdin.write(b"go\n")
+                await clients.stdin.drain()
+                await asyncio.sleep(0.2)  # the client's threads reading
+                if profiler is not None and i == args.rounds // 2:
+                    profiler.enable()
+                start = time.process_time()
+                for n in range(args.alerts):
+                    services.hub.publish(Event("alert", "loop-0421-2", "gw-0421", "centre", data))
+                    if n % args.burst == args.burst - 1:
+                        await asyncio.sleep(0)
+                if (await clients.stdout.readline()).strip() != b"done":
+                    raise SystemExit("a WebSocket client failed")
+                per.append((time.process_time() - start) / args.alerts / args.clients * 1e6)
+                if profiler is not None:
+                    profiler.disable()
+            if profiler is not None:
+                profiler.dump_stats(args.profile)
+            clients.stdin.close()
+            await clients.wait()
+            server.should_exit = True
+            await serving
+            return per
+
+        per = uvloop.run(run())
+    print(
+        json.dumps(
+            {
+                "fanout_us_per_alert_client": round(statistics.median(per), 2),
+                "fanout_rounds_us": [round(x, 2) for x in per],
+                "clients": args.clients,
+                "alerts": args.alerts,
+                "burst": args.burst,
             }
         ),
         flush=True,

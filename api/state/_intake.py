@@ -16,9 +16,10 @@ decoding of those that may hold a followed reading (docs/api.md "Live push laten
 
 Guarantees:
 
-- Batches are applied in the order received, each exactly once (a batch queued undecoded is
-  decoded when it is applied; a bad one is counted then); the state and the alerts see
-  the same sequence as when everything was applied in line. What a REST read returns lags the
+- A gateway's batches are applied in the order received, each exactly once (a batch queued
+  undecoded is decoded when it is applied; a bad one is counted then), and the gateways'
+  batches in the order received but for those a status applied early (below); the state
+  and the alerts end as when everything was applied in line. What a REST read returns lags the
   broker by the backlog (``smartcity_api_live_apply_delay_seconds``; measured during the
   benchmark's live run on a busy 2-core machine: mean 57-185 ms, p99 <= 1 s).
 - A followed reading is pushed once, before it is applied, when it is not older than the
@@ -26,8 +27,13 @@ Guarantees:
 - The backlog is bounded (``backlog_max`` batches): past it, the oldest batches are applied
   at once, in line, so a loop that cannot keep up slows the broker consumer (the session then
   stops reading the socket and TCP pushes back on the broker) instead of queueing without end.
-- A gateway birth or death (``flush``) applies the whole backlog first: a reading is always
-  placed with the inventory that was current when it arrived.
+- A gateway's birth or death (:meth:`LiveIntake.flush_gateway`) applies that gateway's queued
+  batches first, oldest first: a reading is always placed with its gateway's inventory as it
+  was when the reading arrived. Order matters only within a gateway (its area, devices and
+  alerts are its own), so the other gateways' batches stay queued, in their order::
+
+      backlog (arrival order)   A1 B1 A2 B2 C1        birth of B: B1, B2 applied now
+      after                     A1 .. A2 .. C1        (marked; skipped when reached)
 """
 
 from __future__ import annotations
@@ -57,6 +63,20 @@ Decoder = Callable[[str, bytes], Sequence[Reading] | None]
 _encoder: Final = msgspec.json.Encoder()
 
 
+class _Queued:
+    """One batch taken: readings, or the payload still to decode; ``applied`` once its
+    gateway's status applied it out of turn (then skipped when the backlog reaches it)."""
+
+    __slots__ = ("applied", "batch", "gateway", "taken")
+
+    def __init__(self, gateway: str, batch: Sequence[Reading] | bytes, taken: float) -> None:
+        self.gateway = gateway
+        self.batch = batch
+        #: ``time.perf_counter()`` when taken (``smartcity_api_live_apply_delay_seconds``).
+        self.taken = taken
+        self.applied = False
+
+
 class _ReadingEvent(msgspec.Struct):
     """A reading as the live streams push it."""
 
@@ -68,9 +88,10 @@ class _ReadingEvent(msgspec.Struct):
 class LiveIntake:
     """Applies telemetry batches to the live state, inventory, alerts and hub.
 
-    :meth:`take` is the broker's path (push now, apply from the backlog), :meth:`apply` the
-    in-line one (warm tests, callers that read the state right after). ``decode`` turns a
-    telemetry payload into readings (and counts a refused one)."""
+    :meth:`take` is the broker's path (push now, apply from the backlog); :meth:`flush` and
+    :meth:`flush_gateway` apply what is queued at once (for a gateway's status change, and
+    for callers that read the state right after). ``decode`` turns a telemetry payload into
+    readings (and counts a refused one)."""
 
     def __init__(
         self,
@@ -92,16 +113,18 @@ class LiveIntake:
         self._metrics = metrics
         self._decode = decode
         self.backlog_max = backlog_max
-        #: (gateway, readings or the payload still to decode, time.perf_counter() when
-        #: taken), oldest first.
-        self._backlog: collections.deque[tuple[str, Sequence[Reading] | bytes, float]] = (
-            collections.deque()
-        )
+        #: Every batch taken, oldest first; those a status applied out of turn are still
+        #: here (``applied``, counted in ``_skipped``) until reached or compacted away.
+        self._backlog: collections.deque[_Queued] = collections.deque()
+        #: The same batches not applied yet, per gateway, oldest first.
+        self._by_gateway: dict[str, collections.deque[_Queued]] = {}
+        self._pending = 0
+        self._skipped = 0
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         """Batches taken and not applied yet."""
-        return len(self._backlog)
+        return self._pending
 
     # -- the broker's path ------------------------------------------------------------------
     def take(self, gateway: str, payload: bytes) -> None:
@@ -114,23 +137,45 @@ class LiveIntake:
                 return
             self._push_followed(gateway, readings)
             batch = readings
-        backlog = self._backlog
-        backlog.append((gateway, batch, time.perf_counter()))
-        while len(backlog) > self.backlog_max:
+        queued = _Queued(gateway, batch, time.perf_counter())
+        self._backlog.append(queued)
+        mine = self._by_gateway.get(gateway)
+        if mine is None:
+            mine = self._by_gateway[gateway] = collections.deque()
+        mine.append(queued)
+        self._pending += 1
+        while self._pending > self.backlog_max:
             self._apply_oldest()
         self._ready.set()
 
     def flush(self) -> None:
-        """Apply the whole backlog now."""
-        while self._backlog:
+        """Apply the whole backlog now, oldest first."""
+        while self._pending:
             self._apply_oldest()
+        self._backlog.clear()  # only batches applied out of turn are left
+        self._skipped = 0
+
+    def flush_gateway(self, gateway: str) -> None:
+        """Apply ``gateway``'s queued batches now, oldest first (before its birth or death);
+        the other gateways' stay queued, in their order."""
+        mine = self._by_gateway.pop(gateway, None)
+        if mine is None:
+            return
+        for queued in mine:
+            queued.applied = True
+            self._pending -= 1
+            self._skipped += 1
+            self._apply(queued)
+        backlog = self._backlog
+        if self._skipped * 2 > len(backlog):  # mostly skipped: drop them (amortised O(1))
+            self._backlog = collections.deque(q for q in backlog if not q.applied)
+            self._skipped = 0
 
     def apply_backlog(self, budget_s: float) -> None:
         """Apply the oldest batches for about ``budget_s`` (one at least)."""
         clock = time.perf_counter
         until = clock() + budget_s
-        backlog = self._backlog
-        while backlog:
+        while self._pending:
             self._apply_oldest()
             if clock() >= until:
                 return
@@ -141,16 +186,31 @@ class LiveIntake:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self._backlog:
+            while self._pending:
                 self.apply_backlog(APPLY_SLICE_S)
                 await asyncio.sleep(0)
 
     def _apply_oldest(self) -> None:
-        gateway, batch, taken = self._backlog.popleft()
+        """Apply the oldest batch not applied yet (there is one: ``_pending`` > 0)."""
+        backlog = self._backlog
+        queued = backlog.popleft()
+        while queued.applied:
+            self._skipped -= 1
+            queued = backlog.popleft()
+        gateway = queued.gateway
+        mine = self._by_gateway[gateway]
+        mine.popleft()  # ``queued``: a gateway's batches are in the backlog's order
+        if not mine:
+            del self._by_gateway[gateway]
+        self._pending -= 1
+        self._apply(queued)
+
+    def _apply(self, queued: _Queued) -> None:
+        batch, gateway = queued.batch, queued.gateway
         readings = self._decode(gateway, batch) if isinstance(batch, bytes) else batch
         if readings is not None:
-            self.apply(gateway, readings, push=False)
-        self._metrics.live_apply_delay.observe(time.perf_counter() - taken)
+            self._apply_readings(gateway, readings)
+        self._metrics.live_apply_delay.observe(time.perf_counter() - queued.taken)
 
     def _push_followed(self, gateway: str, readings: Sequence[Reading]) -> None:
         hub, live = self._hub, self._live
@@ -170,21 +230,20 @@ class LiveIntake:
                 self._publish(kind, latest)
 
     # -- applying ---------------------------------------------------------------------------
-    def apply(self, gateway: str, readings: Sequence[Reading], *, push: bool = True) -> None:
-        """Readings of one batch into the live state, the inventory and the alerts; pushed
-        to the hub too unless :meth:`take` did.
+    def _apply_readings(self, gateway: str, readings: Sequence[Reading]) -> None:
+        """Readings of one batch into the live state, the inventory and the alerts (their
+        followed readings were pushed when taken).
 
         The per-reading work here is what a burst of a thousand gateways costs the event
         loop, so what is the same for a whole batch (clocks, the gateway, the formatted time
         of a shared timestamp) is done once, and a reading's decoded fields and tags are kept
         as they are (nothing changes them)."""
-        inventory, live, hub = self._inventory, self._live, self._hub
+        inventory, live = self._inventory, self._live
         gw_state = inventory.gateway(gateway)
         gw_state.last_seen_ns = time.time_ns()
         seen = time.monotonic()
         devices = gw_state.devices
         on_reading = self._alerts.on_reading
-        followed = push and bool(hub)  # nobody subscribes while this runs (no await)
         applied = 0
         refused = live.refused
         last_ts, last_time = -1, ""
@@ -206,10 +265,6 @@ class LiveIntake:
             if device.last_reading_ns is None or ts > device.last_reading_ns:
                 device.last_reading_ns = ts
             on_reading(latest)
-            if followed:
-                kind = MEASUREMENT_KIND.get(r.measurement, "other")
-                if hub.wants(kind, r.device, area):
-                    self._publish(kind, latest)
         metrics = self._metrics
         metrics.readings.inc(applied)
         metrics.live_series.set(len(live))

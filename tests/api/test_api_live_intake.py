@@ -1,6 +1,7 @@
 """The broker's path into the live state (api.state._intake): followed readings pushed at
-once, batches applied after, in order, from a bounded backlog; the same state and alerts as
-applying every message in line."""
+once, batches applied after, in order, from a bounded backlog; the state and alerts the
+readings call for, whenever the backlog is drained; a gateway's birth or death applies its
+own queued batches first and leaves the others' queued."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from api import ApiSettings, create_app
 from api._services import Services
 from api.state import Hub, Rule, Subscriber, parse_filter, series_key
 from api.state._hub import FOLLOWED_SCAN_MAX
-from telemetry import Batch, Birth, DeviceInfo, Location, Reading, encode_batch, encode_message
+from telemetry import (
+    Batch,
+    Birth,
+    Death,
+    DeviceInfo,
+    Location,
+    Reading,
+    encode_batch,
+    encode_message,
+)
 
 T0 = 1_767_225_600 * 10**9
 TOPIC = "t/v1/{}/telemetry"
@@ -75,9 +85,10 @@ def test_a_followed_reading_is_pushed_before_its_batch_is_applied() -> None:
 def test_a_reading_older_than_the_applied_one_is_not_pushed() -> None:
     services = _services()
     sub = _follow(services, "probe")
-    services.handle(
+    services.receive(
         TOPIC.format("gw"), _batch("gw", 0, ("probe", "AirQualityObserved", {"pm25": 5.0}, T0 + 10))
     )
+    services.intake.flush()
     services.receive(
         TOPIC.format("gw"), _batch("gw", 1, ("probe", "AirQualityObserved", {"pm25": 4.0}, T0))
     )
@@ -87,12 +98,15 @@ def test_a_reading_older_than_the_applied_one_is_not_pushed() -> None:
 
 
 @pytest.mark.parametrize("follow", [None, "aq1", "unknown"])
-def test_the_deferred_path_ends_in_the_same_state_and_alerts_as_the_inline_one(
-    follow: str | None,
+@pytest.mark.parametrize("drain", ["each", "end"])
+def test_the_backlog_ends_in_the_state_and_alerts_its_readings_call_for(
+    follow: str | None, drain: str
 ) -> None:
     """Nobody following (every batch queued undecoded), one device followed (its batches
     decoded when taken, the others when applied), a device in no batch (none decoded when
-    taken): the same state, alerts and refusals as applying everything in line."""
+    taken); the backlog drained after every message (as if applied in line) or once at the
+    end: the latest reading of every series, the alerts the rule raises on the readings'
+    own values and times, and the bad batch counted once."""
     rule = Rule(
         id=1,
         name="pm",
@@ -106,41 +120,53 @@ def test_the_deferred_path_ends_in_the_same_state_and_alerts_as_the_inline_one(
         severity="warning",
         enabled=True,
     )
-    messages = [
-        (
-            TOPIC.format(f"gw{g}"),
-            _batch(
-                f"gw{g}",
-                i,
-                (f"aq{g}", "AirQualityObserved", {"pm25": 30.0 + 3 * i + g}, T0 + i * 10**9),
-                (f"loop{g}", "TrafficFlowObserved", {"averageVehicleSpeed": 50.0}, T0 + i),
-            ),
+    readings = {
+        (g, i): (
+            (f"aq{g}", "AirQualityObserved", {"pm25": 30.0 + 3 * i + g}, T0 + i * 10**9),
+            (f"loop{g}", "TrafficFlowObserved", {"averageVehicleSpeed": 50.0 + i}, T0 + i),
         )
         for i in range(4)
         for g in range(3)
+    }
+    messages = [
+        (TOPIC.format(f"gw{g}"), _batch(f"gw{g}", i, *rs)) for (g, i), rs in readings.items()
     ]
     messages.insert(5, (TOPIC.format("gw1"), b"{not json"))
-    results = []
-    for deferred in (False, True):
-        services = _services()
-        services.alerts.set_rules([rule])
-        if follow is not None:
-            _follow(services, follow)
-        for topic, payload in messages:
-            (services.receive if deferred else services.handle)(topic, payload)
+    services = _services()
+    services.alerts.set_rules([rule])
+    if follow is not None:
+        _follow(services, follow)
+    for topic, payload in messages:
+        services.receive(topic, payload)
+        if drain == "each":
+            services.intake.flush()
+    if drain == "end":
+        assert len(services.intake) == len(readings) + 1
         services.intake.flush()
-        state = {
-            (g, d): [(x.measurement, x.fields, x.ts_ns, x.area) for x in rows.values()]
-            for (g, d), rows in sorted(services.live.by_device.items())
-        }
-        alerts = sorted((a.device, a.started_ns, a.value) for a in services.alerts.active.values())
-        invalid = services.metrics.registry.get_sample_value(
-            "smartcity_api_mqtt_invalid_total", {"kind": "telemetry"}
-        )
-        results.append((state, alerts, invalid))
-    assert results[0] == results[1]
-    assert results[0][1]  # the rule raised something: the comparison is not empty
-    assert results[0][2] == 1
+    assert len(services.intake) == 0
+    state = {
+        (g, d): [(x.measurement, x.fields, x.ts_ns, x.area) for x in rows.values()]
+        for (g, d), rows in sorted(services.live.by_device.items())
+    }
+    expected = {
+        (f"gw{g}", device): [(measurement, fields, ts, None)]
+        for (g, i), rs in sorted(readings.items())
+        for device, measurement, fields, ts in rs
+        if i == 3  # each series' newest
+    }
+    assert state == dict(sorted(expected.items()))
+    # pm25 30+3i+g is above 35 from i = 2 on for every gateway: raised at that reading's
+    # time, its value the newest reading's.
+    alerts = sorted((a.device, a.started_ns, a.value) for a in services.alerts.active.values())
+    assert alerts == [(f"aq{g}", T0 + 2 * 10**9, 39.0 + g) for g in range(3)]
+    invalid = services.metrics.registry.get_sample_value(
+        "smartcity_api_mqtt_invalid_total", {"kind": "telemetry"}
+    )
+    assert invalid == 1
+    applied = services.metrics.registry.get_sample_value(
+        "smartcity_api_live_apply_delay_seconds_count"
+    )
+    assert applied == len(messages)  # each batch applied (or refused) once
 
 
 def test_the_backlog_is_bounded_and_applied_oldest_first() -> None:
@@ -173,6 +199,111 @@ def test_a_birth_is_applied_after_the_readings_received_before_it() -> None:
     # The reading arrived before the birth said where its device is.
     assert services.live.device("gw", "aq")[0].area is None
     assert services.inventory.gateways["gw"].devices["aq"].announced
+
+
+def _applied(services: Services) -> float:
+    count = services.metrics.registry.get_sample_value(
+        "smartcity_api_live_apply_delay_seconds_count"
+    )
+    return count or 0.0
+
+
+def _birth(gw: str, device: str, area: str) -> bytes:
+    info = DeviceInfo(id=device, kind="air", location=Location(lat=59.9, lon=10.7, area=area))
+    return encode_message(Birth(gw=gw, ts=T0, agent="test", devices=[info]))
+
+
+def test_a_birth_applies_only_its_own_gateways_queued_batches() -> None:
+    services = _services()
+    for seq, (gw, pm25) in enumerate([("a", 1.0), ("b", 10.0), ("a", 2.0), ("b", 20.0)]):
+        reading = (f"{gw}-aq", "AirQualityObserved", {"pm25": pm25}, T0)
+        services.receive(TOPIC.format(gw), _batch(gw, seq, reading))
+    services.receive("t/v1/b/status", _birth("b", "b-aq", "north"))
+    # b's two batches, in their order (same timestamp: the later one is kept), before its
+    # birth: their readings have no area yet.
+    (b_aq,) = services.live.device("b", "b-aq")
+    assert (b_aq.fields, b_aq.area) == ({"pm25": 20.0}, None)
+    assert services.inventory.gateways["b"].devices["b-aq"].announced
+    assert services.live.device("a", "a-aq") == []
+    assert len(services.intake) == 2
+    assert _applied(services) == 2
+    services.receive(
+        TOPIC.format("b"), _batch("b", 4, ("b-aq", "AirQualityObserved", {"pm25": 30.0}, T0))
+    )
+    services.intake.apply_backlog(0.0)  # the oldest batch left: a's first, not b's new one
+    assert services.live.device("a", "a-aq")[0].fields == {"pm25": 1.0}
+    assert services.live.device("b", "b-aq")[0].fields == {"pm25": 20.0}
+    services.intake.flush()
+    assert services.live.device("a", "a-aq")[0].fields == {"pm25": 2.0}
+    (b_aq,) = services.live.device("b", "b-aq")
+    assert (b_aq.fields, b_aq.area) == ({"pm25": 30.0}, "north")
+    assert len(services.intake) == 0
+    assert _applied(services) == 5  # each batch once, its delay observed once
+
+
+def test_a_death_after_its_own_queued_readings_keeps_them() -> None:
+    services = _services()
+    services.receive(
+        TOPIC.format("a"), _batch("a", 0, ("a-aq", "AirQualityObserved", {"pm25": 1.0}, T0))
+    )
+    services.receive(
+        TOPIC.format("b"), _batch("b", 0, ("b-aq", "AirQualityObserved", {"pm25": 2.0}, T0))
+    )
+    services.receive("t/v1/a/status", encode_message(Death(gw="a", ts=T0 + 1)))
+    assert services.live.device("a", "a-aq")[0].fields == {"pm25": 1.0}
+    assert services.inventory.gateways["a"].state == "offline"
+    assert len(services.intake) == 1  # b's
+    services.intake.flush()
+    assert services.live.device("b", "b-aq")[0].fields == {"pm25": 2.0}
+    assert services.inventory.gateways["a"].state == "offline"
+
+
+def test_statuses_between_queued_batches_leave_each_applied_once_in_its_gateways_order() -> None:
+    """Many gateways, births among their batches (batches applied out of turn are skipped
+    later, and the backlog drops them once they are most of it), drained by the task."""
+
+    async def main() -> Services:
+        services = _services()
+        task = asyncio.create_task(services.intake.run())
+        for seq in range(30):
+            for g in range(20):
+                gw = f"gw{g}"
+                services.receive(
+                    TOPIC.format(gw),
+                    _batch(gw, seq, ("aq", "AirQualityObserved", {"pm25": float(seq)}, T0)),
+                )
+                if (seq + g) % 7 == 0:
+                    services.receive(f"t/v1/{gw}/status", _birth(gw, "aq", f"area{g}"))
+        deadline = time.monotonic() + 10
+        while len(services.intake) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0)  # the task applies the backlog between these turns
+        task.cancel()
+        return services
+
+    services = asyncio.run(main())
+    assert len(services.intake) == 0
+    assert _applied(services) == 30 * 20
+    for g in range(20):
+        assert services.live.device(f"gw{g}", "aq")[0].fields == {"pm25": 29.0}
+
+
+def test_batches_applied_out_of_turn_do_not_pile_up_behind_an_old_one() -> None:
+    """One gateway's batch waits at the front while another sends a batch and a birth, over
+    and over: what its births applied is dropped from the backlog, not kept behind it."""
+    services = _services()
+    services.receive(
+        TOPIC.format("a"), _batch("a", 0, ("a-aq", "AirQualityObserved", {"pm25": 1.0}, T0))
+    )
+    birth = _birth("b", "b-aq", "north")
+    for seq in range(2000):
+        services.receive(
+            TOPIC.format("b"),
+            _batch("b", seq, ("b-aq", "AirQualityObserved", {"pm25": 1.0}, T0 + seq)),
+        )
+        services.receive("t/v1/b/status", birth)
+    assert len(services.intake) == 1
+    assert len(services.intake._backlog) <= 3  # the memory it holds, not only the count
+    assert _applied(services) == 2000
 
 
 def test_the_intake_task_applies_the_backlog_in_slices() -> None:

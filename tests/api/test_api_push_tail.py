@@ -51,8 +51,9 @@ def test_readings_of_devices_nobody_follows_are_not_encoded(
                         10**9, fields={"pm25": 1.0}) for i in range(20)]
     readings.append(Reading(device="followed", measurement="AirQualityObserved",
                             ts=1_767_225_600 * 10**9, fields={"pm25": 2.0}))
-    services.handle("t/v1/gw/telemetry", encode_batch(Batch(gateway="gw", seq=0,
-                                                            readings=readings)))
+    services.receive("t/v1/gw/telemetry", encode_batch(Batch(gateway="gw", seq=0,
+                                                             readings=readings)))
+    services.intake.flush()
     assert len(services.live) == 21
     assert len(encoded) == 1  # the followed device's event only (was 21)
 
