@@ -112,3 +112,18 @@ def test_the_line_caches_stay_bounded_and_keep_giving_the_same_lines(
             assert max(cached) <= 3
             assert sum(cached) <= 7
             assert intake._cached == sum(cached)
+
+
+def test_a_reading_built_in_code_with_a_newline_keeps_one_line_per_reading() -> None:
+    # Decoded readings never hold a newline (the contract refuses it); one built in code
+    # and never checked may, in a measurement name: each reading still gets its own line.
+    intake = Intake(max_clock_skew_s=300)
+    odd = Reading(device="d1", measurement="Odd\nName", ts=NOW, fields={"x": 1.0})
+    got = intake.encode("gw", [flow("d1", NOW), odd, flow("d2", NOW)], NOW)
+    assert got.kept == 3
+    assert len(got.lines) == 3
+    assert b"Odd\nName" in got.lines[1]
+    assert got.body == b"\n".join(got.lines) + b"\n"
+    plain = intake.encode("gw", [flow("d1", NOW), flow("d2", NOW)], NOW)
+    assert plain.body.count(b"\n") == 2
+    assert plain.lines == LineProtocolEncoder().line_list("gw", [flow("d1", NOW), flow("d2", NOW)])
