@@ -373,7 +373,7 @@ def test_a_revocation_on_one_replica_takes_the_gateway_offline_on_every_replica(
         t0 = time.monotonic()
         assert stack.client("engineer").delete(f"/v1/gateways/{gw}/enrolment").status_code == 200
         revoked_at = time.monotonic()
-        wait_until(lambda: _shown(b, gw) == ("offline", "revoked"), 1.0)
+        wait_until(lambda: _shown(b, gw) == ("offline", "revoked"), 3.0)  # ms when quiet
         seen = time.monotonic()
         print(
             f"revoke on A: {1000 * (revoked_at - t0):.0f} ms; "

@@ -46,6 +46,7 @@ from edge_agent._signing import (
 from edge_agent._update import (
     UpdateError,
     UpdateOptions,
+    UpdateResult,
     read_result,
     run_update,
     version_refusal,
@@ -199,13 +200,7 @@ def test_an_older_signed_release_fails_the_update_before_anything_is_installed(
     sign_release(old, tmp_path / "release-key")
     root, running, state = _layout(tmp_path)
     restarter, said = _Restarter(), list[str]()
-    result = run_update(
-        UpdateOptions(
-            root=root, source=str(old), sha256=None, deadline_s=10, state_dir=state,
-            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
-            restarter=restarter, status=_status, say=said.append, trusted_keys=(public,),
-        )
-    )  # fmt: skip
+    result = _update(root, state, old, restarter, said, (public,))
     assert (result.status, result.version) == ("failed", "0.0.1")
     assert result.previous_version == version("smartcity-telemetry")
     assert result.reason is not None
@@ -228,13 +223,7 @@ def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
     for reason in ("a key update.trusted_keys does not hold", "is not signed"):
         if reason == "is not signed":
             release.with_name(release.name + ".sig").unlink()
-        result = run_update(
-            UpdateOptions(
-                root=root, source=str(release), sha256=None, deadline_s=10, state_dir=state,
-                spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
-                restarter=restarter, status=_status, say=said.append, trusted_keys=(stranger,),
-            )
-        )  # fmt: skip
+        result = _update(root, state, release, restarter, said, (stranger,))
         assert (result.status, result.version) == ("failed", "9.9.9")
         assert result.reason is not None
         assert reason in result.reason
@@ -247,6 +236,20 @@ def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
     assert sorted(p.name for p in (root / "releases").iterdir()) == [running.name]
     assert not (root / "previous").exists()
     assert public  # the trusted key of the signing fixture is not the one configured
+
+
+def _update(
+    root: Path, state: Path, source: Path, restarter: _Restarter, said: list[str],
+    keys: tuple[str, ...],
+) -> UpdateResult:
+    """One update of the agent laid out under ``root`` from ``source``, trusting ``keys``."""
+    return run_update(
+        UpdateOptions(
+            root=root, source=str(source), sha256=None, deadline_s=10, state_dir=state,
+            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
+            restarter=restarter, status=_status, say=said.append, trusted_keys=keys,
+        )
+    )  # fmt: skip
 
 
 def _config(tmp_path: Path, update: object) -> Path:
