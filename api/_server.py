@@ -41,6 +41,7 @@ def uvicorn_config(
         loop="uvloop" if fast else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         ws="websockets-sansio",
+        ws_per_message_deflate=settings.stream_ws_compression,
         # Our own structured logs; access logs would print stream keys given as ?key=.
         log_config=None,
         access_log=False,

@@ -310,3 +310,24 @@ def test_completeness_comes_from_the_real_ingest_bookkeeping(
     assert completeness["expected"] == 5
     assert completeness["missing"] == 1
     assert completeness["ratio"] == pytest.approx(0.8)
+
+
+def test_websocket_compression_is_offered_unless_switched_off(
+    api_stack: ApiStack, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, tmp_path: Path
+) -> None:
+    def extensions(stack: ApiStack) -> str:
+        # The client offers permessage-deflate (the websockets default, as browsers do).
+        key = {"X-API-Key": stack.keys["viewer"]}
+        with connect(_ws_url(stack, "kind=air"), additional_headers=key) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            assert ws.response is not None
+            return ws.response.headers.get("Sec-WebSocket-Extensions", "")
+
+    assert "permessage-deflate" in extensions(api_stack)
+    plain = start_stack(mosquitto, influxd, root=f"t{uuid.uuid4().hex[:12]}",
+                        database=influx_db, db_path=tmp_path / "api.sqlite3",
+                        stream_ws_compression=False)
+    try:
+        assert extensions(plain) == ""
+    finally:
+        plain.close()
