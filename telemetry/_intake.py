@@ -54,7 +54,7 @@ _Series = tuple[str, str, tuple[tuple[str, str], ...]]
 class IntakeResult:
     """One gateway's readings after :meth:`Intake.encode`."""
 
-    __slots__ = ("_lines", "body", "kept", "newest_ts", "refused")
+    __slots__ = ("body", "kept", "newest_ts", "refused")
 
     def __init__(
         self,
@@ -62,11 +62,10 @@ class IntakeResult:
         kept: int,
         refused: list[tuple[int, Nonconformity]],
         newest_ts: int | None,
-        lines: list[bytes] | None = None,
     ) -> None:
-        #: one line per kept reading, in order, each ending in a newline (a request body)
+        #: one line per kept reading, in order, each ending in a newline (a request body);
+        #: no line holds another newline (see :meth:`Intake._without_newlines`)
         self.body = body
-        self._lines = lines
         #: readings kept (the lines of ``body``)
         self.kept = kept
         #: ``(index in the input, why)`` per refused reading, in order
@@ -77,11 +76,9 @@ class IntakeResult:
     @property
     def lines(self) -> list[bytes]:
         """Line ``i`` (without its newline) is kept reading ``i``, always."""
-        if self._lines is None:
-            lines = self.body.split(b"\n")
-            lines.pop()
-            return lines
-        return self._lines
+        lines = self.body.split(b"\n")
+        lines.pop()
+        return lines
 
 
 class _Gateway:
@@ -204,13 +201,36 @@ class Intake:
             if ts > newest:
                 newest = ts
         body = encoder._render(shapes, flat)
-        newest_ts = newest if kept else None
         if body.count(b"\n") == len(kept):
-            return IntakeResult(body, len(kept), refused, newest_ts)
-        # A reading built in code with a newline in it (decoded ones never have one): its
-        # own line per reading, so that ``lines`` still maps to the readings.
-        lines = encoder.line_list(gateway, kept)
-        return IntakeResult(b"\n".join(lines) + b"\n", len(kept), refused, newest_ts, lines)
+            return IntakeResult(body, len(kept), refused, newest if kept else None)
+        return self._without_newlines(gateway, len(readings), kept, refused)
+
+    def _without_newlines(
+        self, gateway: str, total: int, kept: list[Reading],
+        refused: list[tuple[int, Nonconformity]],
+    ) -> IntakeResult:
+        """A kept reading whose line would hold a newline is refused after all: written, it
+        would be two lines (a second point of the sender's making), and the body's lines
+        would no longer map to the readings. Only a reading built in code can get here (the
+        contract and the conformer refuse control characters in what they check; a name
+        is checked by the contract only). Its series stays admitted: a bound, not a count."""
+        lines = self._encoder.line_list(gateway, kept)
+        gone = {index for index, _ in refused}
+        kept_index = [i for i in range(total) if i not in gone]
+        good: list[bytes] = []
+        newest: int | None = None
+        for n, (r, line) in enumerate(zip(kept, lines, strict=True)):
+            if b"\n" in line:
+                why = Nonconformity(
+                    "control_character", "a newline in its line protocol (a name or a value)"
+                )
+                refused.append((kept_index[n], why))
+                continue
+            good.append(line)
+            newest = r.ts if newest is None or r.ts > newest else newest
+        refused.sort(key=lambda item: item[0])
+        body = b"".join(line + b"\n" for line in good)
+        return IntakeResult(body, len(good), refused, newest)
 
     def _make_room(self, cache: dict[tuple[object, ...], bytes]) -> None:
         """Keep the caches within their bounds before one more line template goes in."""

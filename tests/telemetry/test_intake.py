@@ -114,15 +114,20 @@ def test_the_line_caches_stay_bounded_and_keep_giving_the_same_lines(
             assert intake._cached == sum(cached)
 
 
-def test_a_reading_built_in_code_with_a_newline_keeps_one_line_per_reading() -> None:
+def test_a_reading_built_in_code_with_a_newline_is_refused_not_split_in_two() -> None:
     # Decoded readings never hold a newline (the contract refuses it); one built in code
-    # and never checked may, in a measurement name: each reading still gets its own line.
+    # and never checked may, in a measurement name. Written, its line would be two points.
     intake = Intake(max_clock_skew_s=300)
-    odd = Reading(device="d1", measurement="Odd\nName", ts=NOW, fields={"x": 1.0})
-    got = intake.encode("gw", [flow("d1", NOW), odd, flow("d2", NOW)], NOW)
-    assert got.kept == 3
-    assert len(got.lines) == 3
-    assert b"Odd\nName" in got.lines[1]
+    odd = Reading(device="d1", measurement="Odd\nName", ts=NOW + 5, fields={"x": 1.0})
+    late = flow("d1", NOW + 3600 * 10**9)  # refused before: indices stay the input's
+    got = intake.encode("gw", [late, flow("d1", NOW), odd, flow("d2", NOW - 1)], NOW)
+    assert [(i, why.reason) for i, why in got.refused] == [
+        (0, "future_timestamp"), (2, "control_character")
+    ]
+    assert got.kept == 2
+    assert got.newest_ts == NOW
+    kept = [flow("d1", NOW), flow("d2", NOW - 1)]
+    assert got.lines == LineProtocolEncoder().line_list("gw", kept)
     assert got.body == b"\n".join(got.lines) + b"\n"
     plain = intake.encode("gw", [flow("d1", NOW), flow("d2", NOW)], NOW)
     assert plain.body.count(b"\n") == 2
