@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from foundation import BrokerAccess, BrokerTls, InfluxAccess, check_broker_security
@@ -23,6 +23,8 @@ from telemetry import TopicError, check_cluster_id
 
 __all__ = [
     "BatchConfig",
+    "DeadLetterBudgetConfig",
+    "DeadLetterConfig",
     "DeadLetterStreamConfig",
     "InfluxConfig",
     "IngestConfig",
@@ -201,6 +203,60 @@ class IntakeConfig(_Model):
     max_series_per_gateway: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
 
 
+class DeadLetterBudgetConfig(_Model):
+    """How many full dead-letter records one gateway may make (``deadletters.per_gateway``):
+    a token bucket per gateway, keyed by the topic's gateway (topics that name none share one
+    key). Past it a refusal is still counted, but its record (the up-to-64-KiB point, the
+    notification, the cluster's stream record) is left out; once per ``summary_every`` a
+    compact ``kind=suppressed`` point says how many, of which kinds, first and last seen.
+    ``rate: 0`` with ``burst: 0`` (or ``per_gateway: null`` / ``0``) turns the budget off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: Records a gateway may make at once, before the rate applies.
+    burst: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    #: Records per second a gateway's budget refills with.
+    rate: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
+    #: Gateways whose bucket is kept (least recently refused dropped first): what a stream
+    #: of invented gateway ids can cost in memory (~200 bytes each).
+    max_gateways: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    #: Seconds from a gateway's first suppressed record to its summary point.
+    summary_every: Annotated[float, Field(ge=1, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> DeadLetterBudgetConfig:
+        if (self.rate == 0) != (self.burst == 0):
+            raise ValueError(
+                f"rate ({self.rate}) and burst ({self.burst}) must both be positive, or both "
+                "0 to turn the budget off (or per_gateway: null)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.burst > 0
+
+
+class DeadLetterConfig(_Model):
+    """What ingest does with records of what it refuses (``deadletters``)."""
+
+    #: The per-gateway budget; ``null`` (or ``0``): every refusal makes a full record.
+    per_gateway: DeadLetterBudgetConfig | None = DeadLetterBudgetConfig()
+
+    @field_validator("per_gateway", mode="before")
+    @classmethod
+    def _zero_is_off(cls, value: object) -> object:
+        if value == 0 and not isinstance(value, bool):
+            return None
+        return value
+
+    @property
+    def budget(self) -> DeadLetterBudgetConfig | None:
+        """The budget when it is on, else ``None``."""
+        b = self.per_gateway
+        return b if b is not None and b.enabled else None
+
+
 class IngestConfig(YamlSettings):
     """Everything a worker needs. Build it with :func:`load_config` or directly."""
 
@@ -219,6 +275,7 @@ class IngestConfig(YamlSettings):
     influx: InfluxConfig = InfluxConfig()
     batch: BatchConfig = BatchConfig()
     intake: IntakeConfig = IntakeConfig()
+    deadletters: DeadLetterConfig = DeadLetterConfig()
     #: Serve Prometheus metrics on this port (``None``: do not serve; 0: any free port).
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     #: Address ``/metrics`` binds to: loopback by default (the metrics name gateways and

@@ -21,6 +21,14 @@ Where it goes::
     └────────▶ MQTT {root}/v1/_sys/deadletter/{service}, QoS 1: a live notification, best
                effort (nobody may be subscribed: PUBACK 0x10; it never holds an ack)
 
+With a per-gateway budget (``_dl_budget.py``) a refusal past the gateway's budget is counted
+but makes neither record: :meth:`DeadLetters.record` returns ``None``; once per window
+:meth:`DeadLetters.summaries` gives one compact point per gateway instead, no payload::
+
+    ingest_deadletter,gateway=<gw>,kind=suppressed stage="budget",reason="...",worker="...",
+      suppressed=<n>i,kinds="invalid:3,malformed:40",first_seen=<ns>i,last_seen=<ns>i,
+      record="<JSON: the same, v 1>" <ingest time, ns>
+
 ``stage`` is ``decode`` (the contract or the vocabulary refused it), ``influx`` (InfluxDB
 answered 400 for these points) or ``internal`` (processing the message raised an unexpected
 exception: ``reason`` is the traceback's summary). The cap: reasons and the texts of rejected
@@ -45,6 +53,7 @@ from typing import Final
 
 import msgspec
 
+from ingest._dl_budget import NO_GATEWAY, DeadLetterBudget
 from ingest._errors import IngestError
 from ingest._metrics import IngestMetrics, Tally
 from telemetry import DEADLETTER_MEASUREMENT, escape_string_field, escape_tag
@@ -68,7 +77,6 @@ RECORD_LIMIT: Final = 64 * 1024
 _REASON_LIMIT: Final = 1024
 _WARN_EVERY_S: Final = 60.0
 _TEXT_LIMIT: Final = 2048
-_NO_GATEWAY: Final = "-"
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -168,6 +176,11 @@ def _printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def _string(value: str) -> str:
+    """A line-protocol string field: quoted, escaped, control characters shown."""
+    return '"' + escape_string_field(_printable(value)) + '"'
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Refusal:
     """Why (part of) a message is dead-lettered: the record without the message itself."""
@@ -206,6 +219,7 @@ class DeadLetters:
         publish: Callable[[str, bytes], object],
         metrics: IngestMetrics,
         tally: Tally,
+        budget: DeadLetterBudget | None = None,
     ) -> None:
         self._topic = topic
         self._service = service
@@ -213,6 +227,7 @@ class DeadLetters:
         self._publish = publish
         self._metrics = metrics
         self._tally = tally
+        self._budget = budget
         # Point times: the ingest clock's microsecond plus a per-worker offset, strictly
         # increasing, so two records never share a point (same gateway, kind and time).
         self._offset = zlib.crc32(worker.encode()) % 1000
@@ -221,8 +236,14 @@ class DeadLetters:
         self._unsent = 0
         self._warned_at = -_WARN_EVERY_S
 
-    def record(self, topic: str, payload: bytes, refusal: Refusal) -> bytes:
-        """Count the refusal, publish its record, return its InfluxDB line (no newline)."""
+    def record(self, topic: str, payload: bytes, refusal: Refusal) -> bytes | None:
+        """Count the refusal, publish its record, return its InfluxDB line (no newline);
+        ``None`` when the gateway is past its budget (counted, nothing to store or send)."""
+        self._metrics.messages_deadlettered.labels(refusal.kind).inc()
+        if self._budget is not None and not self._budget.admit(refusal.gateway, refusal.kind):
+            self._tally.deadletters_suppressed += 1
+            self._metrics.deadletters_suppressed.inc()
+            return None
         received = time.time_ns()
         record = DeadLetter(
             service=self._service, worker=self._worker, stage=refusal.stage,
@@ -233,7 +254,6 @@ class DeadLetters:
         )
         text = capped_record(record, payload)
         self._tally.deadletters += 1
-        self._metrics.messages_deadlettered.labels(refusal.kind).inc()
         log.log(
             logging.ERROR if refusal.stage == "internal" else logging.INFO,
             "dead-lettered",
@@ -241,11 +261,43 @@ class DeadLetters:
                    "reason": _cut(refusal.reason, _REASON_LIMIT), "path": refusal.path},
         )
         self._notify(text)
+        return self._line(refusal, topic, payload, text, self._point_time(received))
+
+    def summaries(self, *, force: bool = False) -> list[tuple[Refusal, bytes]]:
+        """``(refusal, InfluxDB line)`` of each summary due now (every open one with
+        ``force``): records left out over a gateway's budget. Stored only, never sent."""
+        if self._budget is None:
+            return []
+        out = []
+        for s in self._budget.due(force=force):
+            received = time.time_ns()
+            kinds = ",".join(f"{k}:{n}" for k, n in sorted(s.kinds.items()))
+            reason = f"{s.count} dead-letter records over the gateway's budget not stored"
+            record = _encoder.encode({
+                "v": 1, "service": self._service, "worker": self._worker, "stage": "budget",
+                "kind": "suppressed", "reason": reason, "gateway": s.gateway,
+                "suppressed": s.count, "kinds": s.kinds, "first_seen": s.first_ns,
+                "last_seen": s.last_ns, "received": received,
+            })
+            line = (
+                f"{DEADLETTER_MEASUREMENT},gateway={escape_tag(_printable(s.gateway))},"
+                f"kind=suppressed stage=\"budget\",reason={_string(reason)},"
+                f"worker={_string(self._worker)},suppressed={s.count}i,"
+                f"kinds={_string(_cut(kinds, _TEXT_LIMIT))},first_seen={s.first_ns}i,"
+                f"last_seen={s.last_ns}i,record=\"{escape_string_field(record.decode())}\" "
+                f"{self._point_time(received)}"
+            ).encode()
+            out.append((Refusal(stage="budget", kind="suppressed", reason=reason,
+                                gateway=s.gateway), line))
+            self._metrics.deadletter_summaries.inc()
+        return out
+
+    def _point_time(self, received: int) -> int:
         ts = received // 1000 * 1000 + self._offset
         if ts <= self._last_ts:
             ts = self._last_ts + 1000
         self._last_ts = ts
-        return self._line(refusal, topic, payload, text, ts)
+        return ts
 
     def _notify(self, text: bytes) -> None:
         try:
@@ -265,15 +317,13 @@ class DeadLetters:
     def _line(
         self, refusal: Refusal, topic: str, payload: bytes, text: bytes, ts: int
     ) -> bytes:
-        def s(value: str) -> str:
-            return '"' + escape_string_field(_printable(value)) + '"'
-
+        s = _string
         # JSON holds no raw control character but DEL, which InfluxDB stores as it is.
         record = '"' + escape_string_field(text.decode()) + '"'
 
         seq = f"seq={refusal.seq}i," if refusal.seq is not None else ""
         return (
-            f"{DEADLETTER_MEASUREMENT},gateway={escape_tag(refusal.gateway or _NO_GATEWAY)},"
+            f"{DEADLETTER_MEASUREMENT},gateway={escape_tag(refusal.gateway or NO_GATEWAY)},"
             f"kind={escape_tag(_printable(refusal.kind))} "
             f"stage={s(refusal.stage)},reason={s(_cut(refusal.reason, _REASON_LIMIT))},"
             f"topic={s(_cut(topic, 512))},{seq}worker={s(self._worker)},"

@@ -12,6 +12,11 @@ refused message is acknowledged.
     JetStreamSource.acknowledge ─▶ settled(): wait until no record is being stored
                                    ─▶ ledger.release ─▶ +ACK of the refused message
 
+Past a gateway's dead-letter budget (``deadletters.per_gateway``, ``_dl_budget.py``) no record
+reaches :meth:`DeadLetterStream.store`: ``DeadLetters.record`` counts the refusal and returns
+before it publishes, so the stream holds at most ``burst + rate x t`` records of one gateway,
+and the refused message is acknowledged without waiting for any store.
+
 A record's message is released by the ledger only after the record was made (decode
 refusals before the message is held, InfluxDB refusals before it is done), so waiting
 until *no* store is running before releasing covers every released message. A store is

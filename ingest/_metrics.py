@@ -54,6 +54,19 @@ class IngestMetrics:
             "Dead-letter points InfluxDB refused (kept only in the log and the notification)",
             registry=r,
         )
+        self.deadletters_suppressed = Counter(
+            f"{p}_deadletters_suppressed",
+            "Dead-letter records left out because their gateway was past its budget "
+            "(deadletters.per_gateway): counted by kind in messages_deadlettered, summarised "
+            "in kind=suppressed points, neither stored whole nor sent",
+            registry=r,
+        )
+        self.deadletter_summaries = Counter(
+            f"{p}_deadletter_summaries",
+            "Summary points (ingest_deadletter, kind=suppressed) made for records left out "
+            "over a gateway's dead-letter budget",
+            registry=r,
+        )
         self.deadletters_streamed = Counter(
             f"{p}_deadletters_streamed",
             "Dead-letter records the JetStream dead-letter stream confirmed stored (PubAck; "
@@ -161,6 +174,7 @@ class Tally:
         "_synced",
         "_synced_gateways",
         "deadletters",
+        "deadletters_suppressed",
         "dirty_gateways",
         "messages_received",
         "readings_received",
@@ -175,6 +189,8 @@ class Tally:
         self.readings_written = 0
         self.readings_rejected = 0
         self.deadletters = 0
+        #: refusals past their gateway's dead-letter budget (no record made)
+        self.deadletters_suppressed = 0
         self.write_retries = 0
         #: Gateways whose book changed since the last :meth:`sync`.
         self.dirty_gateways: set[str] = set()
@@ -188,6 +204,7 @@ class Tally:
             "readings_written": self.readings_written,
             "readings_rejected": self.readings_rejected,
             "deadletters": self.deadletters,
+            "deadletters_suppressed": self.deadletters_suppressed,
             "write_retries": self.write_retries,
         }
 

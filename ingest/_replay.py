@@ -85,6 +85,7 @@ class ReplayOutcome:
     kind: str | None
     #: ``stored`` (every reading passed), ``partly`` (some still refused), ``refused``
     #: (the whole message still refused), ``truncated`` / ``unreadable`` (no payload to
+    #: replay), ``summary`` (a count of records the dead-letter budget left out: nothing to
     #: replay), ``write_refused`` (InfluxDB refused lines)
     result: str
     readings: int = 0
@@ -142,6 +143,9 @@ def replay(
         except ValueError:
             record = {}
         gateway, kind, when = point.get("gateway"), point.get("kind"), point.get("time")
+        if kind == "suppressed":  # the budget's count of what it left out: no payload
+            report.outcomes.append(ReplayOutcome(when, gateway, kind, "summary"))
+            continue
         topic = record.get("topic")
         payload = _payload(record) if isinstance(record, dict) else None
         if payload is None or not isinstance(topic, str):

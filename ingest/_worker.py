@@ -39,6 +39,8 @@ This module only wires the parts, each with one job and its own tests:
 ``_ledger.AckLedger``         which messages may be acked, in receive order, which epoch
 ``_deadletter.DeadLetters``   dead-letter records: a point written like any other (acked
                               on 204), an MQTT notification (best effort)
+``_dl_budget.DeadLetterBudget`` full records per gateway; past it a message refused whole
+                              is acked in order with no write; one summary point per window
 ``_metrics.Tally``            the counts, synced to Prometheus per turn and per write
 ============================  ==========================================================
 """
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,7 +60,9 @@ from foundation import LoopLagMonitor
 from ingest._batcher import Batch, Batching, Chunk, MessageDecoder
 from ingest._bookkeeping import GatewayBook
 from ingest._config import IngestConfig
+from ingest._conflicts import RenamingWriter
 from ingest._deadletter import DeadLetters, Refusal, internal_refusal
+from ingest._dl_budget import DeadLetterBudget
 from ingest._errors import IngestError
 from ingest._jetstream import JetStreamSource
 from ingest._ledger import AckLedger, Entry
@@ -87,6 +92,7 @@ class WorkerStats:
     messages_in_flight: int
     readings_in_flight: int
     connected: bool
+    deadletters_suppressed: int = 0
 
 
 class IngestWorker:
@@ -126,11 +132,15 @@ class IngestWorker:
             if config.source == "jetstream"
             else MqttSession(m, subscription=self._subscription, metrics=self.metrics)
         )
+        self._dl_budget = DeadLetterBudget.configured(config.deadletters, worker=m.client_id)
         self._deadletters = DeadLetters(
             topic=topics.deadletter(m.deadletter_service), service=m.deadletter_service,
             worker=m.client_id, publish=self._session.publish, metrics=self.metrics,
-            tally=self._tally,
+            tally=self._tally, budget=self._dl_budget,
         )
+        # Messages refused whole past their gateway's budget: acked by a task of their own.
+        self._bare_acks = False
+        self._ack_task: asyncio.Task[None] | None = None
         self._sink: Sink | None = None
         self._writer: Writer | None = None
         self._metrics_server: MetricsServer | None = None
@@ -176,6 +186,7 @@ class IngestWorker:
             readings_written=t.readings_written,
             readings_rejected=t.readings_rejected,
             deadletters=t.deadletters,
+            deadletters_suppressed=t.deadletters_suppressed,
             write_retries=t.write_retries,
             messages_in_flight=len(self._ledger),
             readings_in_flight=self._in_flight_readings,
@@ -194,9 +205,9 @@ class IngestWorker:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         self._sink = make_sink(cfg.influx, max_connections=cfg.batch.max_concurrent_writes)
-        self._writer = Writer(
+        self._writer = RenamingWriter(  # field type conflicts renamed, written again
             self._sink, backoff_for(cfg.batch.retry), metrics=self.metrics, tally=self._tally,
-            worker=cfg.mqtt.client_id,
+            worker=cfg.mqtt.client_id, intake=self._decoder.intake,
         )
         try:
             await self._sink.prepare()
@@ -285,6 +296,7 @@ class IngestWorker:
         session, batching = self._session, self._batching
         inbox = session.inbox
         max_in_flight = self.config.batch.max_in_flight_readings
+        budget = self._dl_budget
         while True:
             session.make_room()
             if self._in_flight_readings >= max_in_flight and not self._stop.is_set():
@@ -297,10 +309,15 @@ class IngestWorker:
                 continue
             if not inbox:
                 if self._stop.is_set():
+                    await self._over_budget(tg, final=True)
                     await self._flush(tg)
                     return
-                timeout = batching.due_in(time.monotonic())
+                now = time.monotonic()
+                timeout = batching.due_in(now)
+                if budget is not None and budget.next_due != math.inf:  # a summary to write
+                    timeout = min(budget.next_due - now, math.inf if timeout is None else timeout)
                 if timeout is not None and timeout <= 0:
+                    await self._over_budget(tg)
                     await self._flush(tg)
                     continue
                 self._publish_gauges()
@@ -310,7 +327,10 @@ class IngestWorker:
                 if self._take(inbox.popleft()):
                     await self._flush(tg)
             self._tally.sync(self.metrics, self._book)
-            due = batching.due_in(time.monotonic())
+            now = time.monotonic()
+            if self._bare_acks or (budget is not None and budget.next_due <= now):
+                await self._over_budget(tg)
+            due = batching.due_in(now)
             if due is not None and due <= 0:
                 await self._flush(tg)
             await asyncio.sleep(0)  # let write tasks see their answers
@@ -325,15 +345,20 @@ class IngestWorker:
             chunk = self._chunk(item)
         except Exception as exc:  # noqa: BLE001 - one message never stops a worker (design.md)
             refusal = internal_refusal(exc)
-            chunk = Chunk.for_deadletter(
-                self._deadletters.record(item.topic, item.payload, refusal),
-                topic=item.topic, payload=item.payload, refusal=refusal,
+            line = self._deadletters.record(item.topic, item.payload, refusal)
+            chunk = None if line is None else Chunk.for_deadletter(
+                line, topic=item.topic, payload=item.payload, refusal=refusal,
             )
+        if chunk is None:  # refused whole past its gateway's budget: done, nothing to write
+            self._ledger.hold(entry)
+            self._ledger.complete(entry)
+            self._bare_acks = True
+            return False
         self._ledger.hold(entry)
         self._in_flight_readings += chunk.readings
         return self._batching.add(chunk, entry)
 
-    def _chunk(self, item: Inbound) -> Chunk:
+    def _chunk(self, item: Inbound) -> Chunk | None:
         tally = self._tally
         now = time.time()
         chunk, refusal = self._decoder.decode(item.topic, item.payload, dup=item.dup, now=now)
@@ -350,12 +375,34 @@ class IngestWorker:
             assert chunk is not None
             return chunk
         line = self._deadletters.record(item.topic, item.payload, refusal)
+        if line is None:  # past the gateway's budget: the good readings only, if any
+            return chunk
         if chunk is None:
             return Chunk.for_deadletter(
                 line, topic=item.topic, payload=item.payload, refusal=refusal
             )
         chunk.add_deadletter(line)
         return chunk
+
+    async def _over_budget(self, tg: asyncio.TaskGroup, *, final: bool = False) -> None:
+        """Acknowledge messages refused past their gateway's budget (no write will), and
+        batch the summary points due (every open one when ``final``). Each summary has a
+        ledger entry of its own with QoS 0: written in order, acked to nobody."""
+        if self._bare_acks and (self._ack_task is None or self._ack_task.done()):
+            self._ack_task = task = tg.create_task(self._ack_bare(), name=f"{self.name}.ack")
+            self._write_tasks.add(task)  # drained (or given up) at shutdown like the writes
+            task.add_done_callback(self._write_tasks.discard)
+        for refusal, line in self._deadletters.summaries(force=final):
+            entry = self._ledger.receive(0, 0, 0)
+            self._ledger.hold(entry)
+            chunk = Chunk.for_deadletter(line, topic="", payload=b"", refusal=refusal)
+            if self._batching.add(chunk, entry):
+                await self._flush(tg)
+
+    async def _ack_bare(self) -> None:
+        while self._bare_acks:
+            self._bare_acks = False
+            await self._advance_acks()
 
     async def _flush(self, tg: asyncio.TaskGroup) -> None:
         batch = self._batching.take()
@@ -411,24 +458,16 @@ class IngestWorker:
         self.metrics.readings_rejected.labels("influx").inc(n_bad)
         if not items:
             return None
-        log.warning(
-            "InfluxDB refused points; dead-lettered",
-            extra={
-                "worker": self.config.mqtt.client_id,
-                "gateway": chunk.gateway,
-                "seq": chunk.seq,
-                "refused": len(items),
-                "error": refused.message,
-            },
-        )
-        return self._deadletters.record(
-            chunk.topic, chunk.payload,
-            Refusal(
-                stage="influx", kind=f"influx_{refused.status}", reason=refused.message,
-                gateway=chunk.gateway or None, seq=chunk.seq if chunk.seq >= 0 else None,
-                rejected=items,
-            ),
-        )
+        line = self._deadletters.record(chunk.topic, chunk.payload, Refusal(
+            stage="influx", kind=f"influx_{refused.status}", reason=refused.message,
+            gateway=chunk.gateway or None, seq=chunk.seq if chunk.seq >= 0 else None,
+            rejected=items,
+        ))
+        if line is not None:  # past the gateway's budget: counted, not logged per message
+            log.warning("InfluxDB refused points; dead-lettered", extra={
+                "worker": self.config.mqtt.client_id, "gateway": chunk.gateway,
+                "seq": chunk.seq, "refused": len(items), "error": refused.message})
+        return line
 
     async def _store_deadletters(self, late: list[tuple[Entry, bytes | None]]) -> None:
         """Write the dead-letter points of refused messages; then each message is done."""
@@ -444,11 +483,9 @@ class IngestWorker:
     def _deadletter_unstored(self, line: bytes, error: str) -> None:
         """InfluxDB refused a dead-letter point: only the log and the notification keep it."""
         self.metrics.deadletters_unstored.inc()
-        log.error(
-            "InfluxDB refused a dead-letter point",
-            extra={"worker": self.config.mqtt.client_id, "error": error,
-                   "line": line[:2048].decode("utf-8", "replace")},
-        )
+        log.error("InfluxDB refused a dead-letter point", extra={
+            "worker": self.config.mqtt.client_id, "error": error,
+            "line": line[:2048].decode("utf-8", "replace")})
 
     # -- acks -------------------------------------------------------------------------------
     async def _advance_acks(self) -> None:

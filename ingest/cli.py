@@ -223,7 +223,8 @@ def deadletters_replay(
 
     Every check of the live path applies; what passes is written with its bookkeeping point,
     and rewriting what was stored before doubles nothing. Prints one line per record
-    (stored, partly, refused, truncated, unreadable, write_refused) and a JSON summary last.
+    (stored, partly, refused, truncated, unreadable, summary, write_refused) and a JSON
+    summary last.
     With --from-stream the records come from the dead-letter stream and go into every
     --replica (docs/cluster.md, "Dead letters in the cluster profile").
     """

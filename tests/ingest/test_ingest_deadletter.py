@@ -104,7 +104,10 @@ def test_points_influxdb_refuses_are_deadlettered_and_the_rest_stored(
     mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str,
     publisher: Publisher, deadletters: Listener, base_ts: int,
 ) -> None:
-    # "mood" is written as a float first; a later string value conflicts (InfluxDB 400).
+    # "mood" is written as a float first; a later string value conflicts (InfluxDB 400). The
+    # worker then writes it as "mood:string", which a writer other than a gateway fixed as a
+    # float beforehand: still refused, so dead-lettered.
+    influxd.write(influx_db, f'TrafficFlowObserved,device=x mood:string=1 {base_ts}\n'.encode())
     first = readings(0, 0, 4, base_ts)
     first = [r.__class__(**{**_as_kwargs(r), "fields": {**r.fields, "mood": 1.0}})
              for r in first]
@@ -127,7 +130,7 @@ def test_points_influxdb_refuses_are_deadlettered_and_the_rest_stored(
     assert record["kind"] == "influx_400"
     assert "conflict" in record["reason"]
     assert [item["index"] for item in record["rejected"]] == [3]
-    assert 'mood="happy"' in record["rejected"][0]["line"]
+    assert 'mood:string="happy"' in record["rejected"][0]["line"]
     assert count_points(influxd, influx_db) == 4 + 5
     assert stats.readings_rejected == 1
     assert stats.readings_written == 9
