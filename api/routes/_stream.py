@@ -317,6 +317,15 @@ async def _ws_auth(services: Services, websocket: WebSocket) -> Principal:
     return await authenticate_key(services, presented, client)
 
 
+#: SSE sends at most about this much per write (uvicorn's write buffer low-water mark).
+_SSE_PIECE_BYTES: Final = 16384
+
+
+async def _body(send: Send, events: list[str]) -> None:
+    await send({"type": "http.response.body", "body": "".join(events).encode(),
+                "more_body": True})
+
+
 class _EventStream(Response):
     """``text/event-stream`` of one subscriber; ends when the client goes away or stalls."""
 
@@ -334,9 +343,21 @@ class _EventStream(Response):
         gauge.inc()
 
         async def emit(texts: Sequence[str], watch: _Watch) -> None:
-            chunk = "".join(f"data: {text}\n\n" for text in texts).encode()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.progress()
+            # Pieces of at most ~16 KiB, progress after each: the server waits for its buffer
+            # to drain before each write, so a client reading slowly but steadily must only
+            # take one piece per stream_send_timeout_s, not a whole queue's worth.
+            piece: list[str] = []
+            size = 0
+            for text in texts:
+                piece.append(f"data: {text}\n\n")
+                size += len(text)
+                if size >= _SSE_PIECE_BYTES:
+                    await _body(send, piece)
+                    watch.progress()
+                    piece, size = [], 0
+            if piece:
+                await _body(send, piece)
+                watch.progress()
 
         async def sender() -> None:
             try:

@@ -160,3 +160,76 @@ def test_the_dropped_notice_comes_before_the_events_kept() -> None:
         {"type": "alert", "n": 3},
         {"type": "alert", "n": 4},
     ]
+
+
+def test_an_sse_client_reading_slowly_but_steadily_is_kept() -> None:
+    """A real server (uvicorn waits for its buffer to drain before each write): events
+    offered at ~240 kB/s to a client reading 40 kB/s, 2 s send timeout. The client falls
+    behind and loses events (the dropped notice says so) but is never cut off: it takes
+    something well within every stream_send_timeout_s. (Sent as one chunk per wake-up, a
+    queue's worth at a time, it was cut off within seconds.)"""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from api.routes._stream import _EventStream
+
+    services: Services = create_app(ApiSettings(
+        database_url="sqlite://", topic_root="t", stream_send_timeout_s=2.0,
+        stream_heartbeat_s=30.0, stream_queue=1000,
+    )).state.services
+    rate, run_s = 40_000, 6.0
+    seen: dict[str, float] = {}
+
+    def client(port: int) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        got, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < run_s:
+            data = s.recv(1024)
+            if not data:
+                seen["ended"] = time.monotonic() - t0
+                break
+            got += len(data)
+            ahead = got / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        seen["bytes"] = got
+        s.close()
+
+    async def main() -> None:
+        async def app(scope: dict[str, object], receive: object, send: object) -> None:
+            if scope["type"] == "http":
+                sub = _subscribe(services)
+                await _EventStream(services, sub, '{"type":"hello"}')(
+                    scope, receive, send  # type: ignore[arg-type]
+                )
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # no autotuning
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        config = uvicorn.Config(app, http="h11", log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+            await asyncio.sleep(0.01)
+        reader = threading.Thread(target=client, args=(listener.getsockname()[1],))
+        reader.start()
+        pad, n = "x" * 250, 0
+        while reader.is_alive():  # 800 events/s of ~300 bytes
+            for _ in range(40):
+                n += 1
+                services.hub.publish(Event("alert", None, "gw", None, json.dumps(
+                    {"type": "alert", "n": n, "pad": pad}).encode()))
+            await asyncio.sleep(0.05)
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())
+    assert "ended" not in seen, seen
+    assert services.metrics.stream_disconnected._value.get() == 0
+    assert seen["bytes"] > 0.5 * rate * run_s
