@@ -27,33 +27,32 @@ them (:mod:`edge_agent._signing`) before anything is installed; otherwise the re
 Versions only go up (:func:`version_refusal`): a release older than the running one is
 refused (``failed``) unless the order says ``allow_downgrade``, one of the same version
 unless it says ``reinstall``; with ``update.trusted_keys`` either needs a signature that
-covers the version (a legacy ``.sig`` is refused for them). So a replayed or forged order
-for an old signed release installs nothing.
+covers the version (a legacy ``.sig`` is refused for them). A request file (written by the
+unprivileged agent) may ask for either only when root's unit passes
+``--accept-rollback-requests``; without it a replayed or forged order for an old signed
+release installs nothing, and only root at the gateway can roll back.
 Hierarchy: ``EdgeError`` > ``UpdateError`` (anything that stops an update before a switch).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from edge_agent._errors import CommandError, EdgeError
+from edge_agent._errors import EdgeError
 from edge_agent._releases import (
     LOCK_NAME,
     PROJECT,
-    SHA256_RE,
     PidfileRestarter,
     Restarter,
     SystemdRestarter,
     UpdateError,
+    compare_versions,
     fetch,
     install_release,
     release_dir,
@@ -63,6 +62,17 @@ from edge_agent._releases import (
     spool_schema,
     switch_current,
     version_refusal,
+)
+from edge_agent._update_files import (
+    REQUEST_NAME,
+    RESULT_NAME,
+    Status,
+    UpdateRequest,
+    UpdateResult,
+    order_update,
+    read_request,
+    read_result,
+    write_result,
 )
 
 __all__ = [
@@ -84,152 +94,6 @@ __all__ = [
 ]
 
 log: Final = logging.getLogger("edge_agent")
-Status = Literal["pending", "ok", "failed", "rolled_back", "rollback_failed"]
-RESULT_NAME: Final = "last-update.json"
-REQUEST_NAME: Final = "update-request.json"
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
-    """The last update, as kept in ``<state_dir>/last-update.json``."""
-
-    version: str
-    status: Status
-    ts: float
-    previous_version: str | None = None
-    reason: str | None = None
-    source: str | None = None
-    sha256: str | None = None
-
-
-def write_result(state_dir: Path, result: UpdateResult) -> None:
-    _write_json(state_dir / RESULT_NAME, asdict(result), mode=0o644)
-
-
-_cache: dict[Path, tuple[tuple[int, int], UpdateResult | None]] = {}
-
-
-def read_result(state_dir: Path) -> UpdateResult | None:
-    """The last update result, or None (none yet, unreadable); cached by mtime and size."""
-    path = state_dir / RESULT_NAME
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (st.st_mtime_ns, st.st_size)
-    hit = _cache.get(path)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    result: UpdateResult | None = None
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        if st.st_size <= 64 * 1024:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            result = UpdateResult(**{k: data.get(k) for k in UpdateResult.__slots__})
-    _cache[path] = (key, result)
-    return result
-
-
-def _write_json(path: Path, data: dict[str, Any], *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-# -- the agent's side: the `update` command ----------------------------------------------------
-_ARGS: Final = ("url", "sha256", "deadline", "allow_downgrade", "reinstall")
-
-
-def order_update(state_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
-    """The ``update`` command: ``{"url": "https://...whl", "sha256": "<hex>", "deadline": 120,
-    "allow_downgrade": false, "reinstall": false}``.
-
-    Validates and writes ``update-request.json`` for the root-side updater; the agent itself
-    installs nothing (it has no rights to, and must not: it may be the hostile party)."""
-    unknown = set(args) - set(_ARGS)
-    if unknown:
-        raise CommandError(f"update: unknown argument(s) {sorted(unknown)} ({', '.join(_ARGS)})")
-    url, sha, deadline = args.get("url"), args.get("sha256"), args.get("deadline", 120)
-    flags = {k: args.get(k, False) for k in ("allow_downgrade", "reinstall")}
-    for key, value in flags.items():
-        if not isinstance(value, bool):
-            raise CommandError(f"update: {key} must be true or false")
-    if not isinstance(url, str) or len(url) > 2048 or not url.startswith(("https://", "http://")):
-        raise CommandError("update: url must be an http(s) URL of at most 2048 characters")
-    if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower()):
-        raise CommandError("update: sha256 must be 64 hex digits")
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-        raise CommandError("update: deadline must be a number of seconds")
-    if not 10 <= deadline <= 3600:
-        raise CommandError("update: deadline must be between 10 and 3600 s")
-    path = state_dir / REQUEST_NAME
-    if path.exists():
-        raise CommandError("update: another update request is waiting to be carried out")
-    request = {
-        "url": url,
-        "sha256": sha.lower(),
-        "deadline": float(deadline),
-        **flags,
-        "ts": time.time(),
-    }
-    try:
-        _write_json(path, request, mode=0o640)
-    except OSError as exc:
-        raise CommandError(f"update: cannot write {path}: {exc.strerror or exc}") from exc
-    log.info("update requested", extra={"url": url, "sha256": sha, "deadline": deadline, **flags})
-    return {"accepted": True, "request": str(path)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UpdateRequest:
-    """An ``update-request.json`` as the root-side updater takes it (checked, untrusted)."""
-
-    url: str
-    sha256: str
-    deadline_s: float
-    allow_downgrade: bool = False
-    reinstall: bool = False
-
-
-def read_request(path: Path, allowed_prefixes: list[str]) -> UpdateRequest:
-    """Take (read and delete) an update request; its content is untrusted."""
-    try:
-        raw = path.read_bytes()[: 16 * 1024]
-        path.unlink()
-        data = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        raise UpdateError(f"update request {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UpdateError(f"update request {path}: not a JSON object")
-    try:
-        order_update_check = {k: data[k] for k in ("url", "sha256", "deadline")}
-    except KeyError as exc:
-        raise UpdateError(f"update request {path}: missing {exc}") from exc
-    url, sha, deadline = order_update_check.values()
-    if not isinstance(url, str) or not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
-        raise UpdateError(f"update request {path}: bad url or sha256")
-    if not isinstance(deadline, int | float) or not 10 <= deadline <= 3600:
-        raise UpdateError(f"update request {path}: bad deadline")
-    if not any(url.startswith(p) for p in allowed_prefixes):
-        raise UpdateError(f"update request: {url} is not under an --allow-url-prefix")
-    # absent in a request an older agent wrote: false
-    allow_downgrade, reinstall = data.get("allow_downgrade", False), data.get("reinstall", False)
-    if not isinstance(allow_downgrade, bool) or not isinstance(reinstall, bool):
-        raise UpdateError(f"update request {path}: allow_downgrade and reinstall must be booleans")
-    return UpdateRequest(
-        url=url,
-        sha256=sha,
-        deadline_s=float(deadline),
-        allow_downgrade=allow_downgrade,
-        reinstall=reinstall,
-    )
-
-
 # -- the update ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateOptions:
@@ -253,6 +117,10 @@ class UpdateOptions:
     allow_downgrade: bool = False
     #: The order allows the running version again (a repair).
     reinstall: bool = False
+    #: Whether this updater takes ``allow_downgrade``/``reinstall`` at all: an order from a
+    #: request file (written by the unprivileged agent, which may be the hostile party)
+    #: only with root's ``--accept-rollback-requests``.
+    rollback_permitted: bool = True
 
 
 def run_update(opts: UpdateOptions) -> UpdateResult:
@@ -322,6 +190,11 @@ def _update(opts: UpdateOptions) -> UpdateResult:
         signed=bool(o.trusted_keys),
         signed_version=signed_version,
     )
+    if refusal is None and not o.rollback_permitted and compare_versions(version, old_version) < 1:
+        refusal = (
+            "the order asks for a rollback or a reinstall, which this gateway's updater takes "
+            "from a request only with --accept-rollback-requests (its systemd unit, set by root)"
+        )
     if refusal is not None:
         o.say(f"refused: {refusal}")
         log.warning(
@@ -329,9 +202,14 @@ def _update(opts: UpdateOptions) -> UpdateResult:
         )
         return result("failed", refusal)
     into = release_dir(root, version, sha)
-    if into.resolve() == old:  # a reinstall of the running release's very bytes
+    own_lock: Path | None = None
+    if into.resolve() in (old, old_previous):
+        # The running release's very bytes (a reinstall) or the previous one's (a rollback):
+        # both stay untouched until the switch succeeded, so a failed install still has
+        # them to go back to; the new venv goes beside them, with the release's own lock.
+        own_lock = into / LOCK_NAME if (into / LOCK_NAME).exists() else None
         into = into.with_name(f"{into.name}.r{time.time_ns():x}")
-    lock = o.lock or (old / LOCK_NAME if (old / LOCK_NAME).exists() else None)
+    lock = o.lock or own_lock or (old / LOCK_NAME if (old / LOCK_NAME).exists() else None)
     result("pending")
     o.say(f"installing {version} next to {old.name}")
     try:
@@ -422,6 +300,7 @@ def update_command(
     fetch_status: Callable[..., dict[str, Any]],
     allow_downgrade: bool = False,
     reinstall: bool = False,
+    accept_rollback_requests: bool = False,
 ) -> int:
     """``smartcity edge update``; returns the exit code: 0 updated, 1 not updated (nothing
     switched), 2 rolled back, 3 rollback failed, 78 config problem. ``fetch_status`` is
@@ -483,6 +362,7 @@ def update_command(
                 trusted_keys=cfg.update.trusted_keys,
                 allow_downgrade=allow_downgrade,
                 reinstall=reinstall,
+                rollback_permitted=request is None or accept_rollback_requests,
             )
         )
     except UpdateError as exc:

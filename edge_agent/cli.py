@@ -204,6 +204,10 @@ def update(
     reinstall: Annotated[
         bool, typer.Option(help="Install the running version again (a repair).")
     ] = False,
+    accept_rollback_requests: Annotated[
+        bool,
+        typer.Option(help="Let a --request ask for allow_downgrade or reinstall (root's choice)."),
+    ] = False,
 ) -> None:
     """Install a new release next to the running one, switch to it, restart the agent and
     roll back on its own if it does not reconnect within --deadline (docs/gateway-install.md).
@@ -217,6 +221,7 @@ def update(
         request=request, allow_url_prefix=allow_url_prefix or [],
         say=lambda line: typer.echo(line, err=True),
         fetch_status=fetch_status, allow_downgrade=allow_downgrade, reinstall=reinstall,
+        accept_rollback_requests=accept_rollback_requests,
     )
     raise typer.Exit(code=code)
 

@@ -161,15 +161,18 @@ class LiveIntake:
         mine = self._by_gateway.pop(gateway, None)
         if mine is None:
             return
-        for queued in mine:
+        for queued in mine:  # the bookkeeping first: consistent even if an apply raises
             queued.applied = True
             self._pending -= 1
             self._skipped += 1
-            self._apply(queued)
-        backlog = self._backlog
-        if self._skipped * 2 > len(backlog):  # mostly skipped: drop them (amortised O(1))
-            self._backlog = collections.deque(q for q in backlog if not q.applied)
-            self._skipped = 0
+        try:
+            for queued in mine:
+                self._apply(queued)
+        finally:
+            backlog = self._backlog
+            if self._skipped * 2 > len(backlog):  # mostly skipped: drop them (amortised O(1))
+                self._backlog = collections.deque(q for q in backlog if not q.applied)
+                self._skipped = 0
 
     def apply_backlog(self, budget_s: float) -> None:
         """Apply the oldest batches for about ``budget_s`` (one at least)."""

@@ -514,12 +514,16 @@ def test_an_older_signed_release_is_refused_unless_the_order_allows_a_downgrade(
     command = Topics(topic_root).command("gw-up")
 
     def order(corr: bytes, release: Path, **flags: bool) -> tuple[int, str]:
+        nonlocal accept
         ops.request(command, "update", corr, url=url + release.name, sha256=_sha(release),
                     deadline=30, **flags)  # fmt: skip
         wait_until(lambda: corr in ops.replies, 10, "the update command's answer")
         assert ops.replies[corr].ok, ops.replies[corr].error
-        code, lines = gateway.update("--request", request, "--allow-url-prefix", url)
+        code, lines = gateway.update("--request", request, "--allow-url-prefix", url,
+                                     *(["--accept-rollback-requests"] if accept else []))
         return code, "\n".join(line for _, line in lines)
+
+    accept = False
 
     try:
         refused = {
@@ -543,8 +547,13 @@ def test_an_older_signed_release_is_refused_unless_the_order_allows_a_downgrade(
         assert code == 1, out
         assert "legacy signature" in out, out
         assert gateway.status()["version"] == "0.1.1"
-        # the deliberate rollback, with the version signed
+        # the deliberate rollback, with the version signed: only if root lets requests ask
         sig.write_bytes(versioned_sig)
+        code, out = order(b"not-root's-choice", old, allow_downgrade=True)
+        assert code == 1, out
+        assert "--accept-rollback-requests" in out, out
+        assert gateway.status()["version"] == "0.1.1"
+        accept = True
         code, out = order(b"rollback", old, allow_downgrade=True)
         assert code == 0, out
         status = gateway.status()
@@ -560,7 +569,9 @@ def test_an_older_signed_release_is_refused_unless_the_order_allows_a_downgrade(
         assert gateway.status()["version"] == "0.1.0"
         reinstalled = (gateway.root / "current").resolve()
         assert reinstalled != rolled_back_to
-        assert reinstalled.name.startswith(rolled_back_to.name + ".r")
+        # the rollback went beside the previous release (kept until the switch succeeded)
+        assert rolled_back_to.name.startswith(f"0.1.0-{_sha(old)[:12]}.r")
+        assert reinstalled.name.startswith(f"0.1.0-{_sha(old)[:12]}")
         assert (gateway.root / "previous").resolve() == rolled_back_to
     finally:
         ops.close()

@@ -35,7 +35,7 @@ import yaml
 
 from edge_agent import load_config
 from edge_agent._errors import ConfigError
-from edge_agent._releases import compare_versions
+from edge_agent._releases import LOCK_NAME, compare_versions
 from edge_agent._remote import remote_change_issues
 from edge_agent._signing import (
     generate_key,
@@ -372,3 +372,34 @@ def test_version_policy() -> None:
     assert "legacy signature" in (why("0.2.0", again=True, signed_version=None) or "")
     assert why("0.1.0", down=True, signed=False, signed_version=None) is None  # unsigned fleet
     assert "cannot order" in (why("0.1.0-nightly") or "")
+
+
+def test_a_rollback_that_fails_to_install_leaves_the_previous_release_untouched(
+    tmp_path: Path,
+) -> None:
+    """Rolling back to the release ``previous`` points at installs beside it: a failed
+    install (here: the wheel is not one) must not have removed the known-good venv."""
+    public = generate_key(tmp_path / "release-key")
+    old = tmp_path / "dist" / "smartcity_telemetry-0.0.1-py3-none-any.whl"
+    old.parent.mkdir()
+    old.write_bytes(b"an old release")
+    sign_release(old, tmp_path / "release-key")
+    root, running, state = _layout(tmp_path)
+    previous = root / "releases" / f"0.0.1-{_sha(old)[:12]}"
+    (previous / "bin").mkdir(parents=True)
+    (previous / "bin" / "smartcity").write_text("the known-good 0.0.1")
+    (previous / LOCK_NAME).write_text("# 0.0.1's own lock\n")
+    (root / "previous").symlink_to(previous.relative_to(root))
+    said: list[str] = []
+    result = run_update(
+        UpdateOptions(
+            root=root, source=str(old), sha256=None, deadline_s=10, state_dir=state,
+            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
+            restarter=_Restarter(), status=_status, say=said.append, trusted_keys=(public,),
+            allow_downgrade=True,
+        )
+    )  # fmt: skip
+    assert result.status == "failed", said
+    assert (previous / "bin" / "smartcity").read_text() == "the known-good 0.0.1"
+    assert (root / "previous").resolve() == previous
+    assert (root / "current").resolve() == running
