@@ -75,6 +75,11 @@ class ApiMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
+        self.live_apply_errors = Counter(
+            "smartcity_api_live_apply_errors",
+            "Telemetry batches whose application to the live state raised (a bug: logged, "
+            "the batch skipped, the other batches applied)", registry=r,
+        )
         self.stream_dropped = Counter(
             "smartcity_api_stream_dropped",
             "Events dropped for slow live clients (oldest first)", registry=r,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -53,6 +54,10 @@ from api.state._areas import AreaMap
 from api.state._hub import MEASUREMENT_KIND, Event, Hub
 from api.state._live import DeviceState, GatewayState, Inventory, Latest, LiveState
 from telemetry import Reading
+
+log: Final = logging.getLogger("api")
+#: An apply error is logged at most once per this many seconds (each one is counted).
+_ERROR_LOG_EVERY_S: Final = 60.0
 
 __all__ = ["LiveIntake"]
 
@@ -121,6 +126,7 @@ class LiveIntake:
         self._pending = 0
         self._skipped = 0
         self._ready = asyncio.Event()
+        self._error_logged = -_ERROR_LOG_EVERY_S
 
     def __len__(self) -> int:
         """Batches taken and not applied yet."""
@@ -210,9 +216,17 @@ class LiveIntake:
 
     def _apply(self, queued: _Queued) -> None:
         batch, gateway = queued.batch, queued.gateway
-        readings = self._decode(gateway, batch) if isinstance(batch, bytes) else batch
-        if readings is not None:
-            self._apply_readings(gateway, readings)
+        try:
+            readings = self._decode(gateway, batch) if isinstance(batch, bytes) else batch
+            if readings is not None:
+                self._apply_readings(gateway, readings)
+        except Exception:  # one batch never stops the live state (a bug: logged, counted)
+            self._metrics.live_apply_errors.inc()
+            now = time.monotonic()
+            if now >= self._error_logged + _ERROR_LOG_EVERY_S:
+                self._error_logged = now
+                log.exception("a telemetry batch could not be applied; skipped",
+                              extra={"gateway": gateway})
         self._metrics.live_apply_delay.observe(time.perf_counter() - queued.taken)
 
     def _push_followed(self, gateway: str, readings: Sequence[Reading]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,10 +37,8 @@ from telemetry import (
 )
 from telemetry._lineprotocol import MAX_FIELD_RENAMES
 from tests.ingest.ingest_testkit import (
-    SESSIONS,
     Publisher,
     make_config,
-    purge_session,
     wait_for,
 )
 
@@ -201,17 +198,6 @@ def test_a_gateway_cannot_send_a_renamed_key() -> None:
 
 
 # -- against mosquitto and influxd --------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _purge_sessions() -> Iterator[None]:
-    SESSIONS.clear()
-    yield
-    sessions = list(SESSIONS)
-    SESSIONS.clear()
-    for broker, client_id in sessions:
-        if broker.running:
-            purge_session(broker, client_id)
 
 
 def _payload(gateway: str, seq: int, readings: list[Reading]) -> bytes:

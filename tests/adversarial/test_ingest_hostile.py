@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,11 +31,9 @@ from typer.testing import CliRunner
 from ingest import WorkerThread
 from smartcity._localstack import Influxd, Mosquitto
 from tests.ingest.ingest_testkit import (
-    SESSIONS,
     Publisher,
     batch_payload,
     make_config,
-    purge_session,
     wait_for,
 )
 
@@ -46,17 +44,6 @@ HOSTILE = "gw-hostile"
 MEASUREMENT = "TrafficFlowObserved"
 BATCHES = 100  # per honest gateway: 200 in all
 DEADLETTERS = "ingest_deadletter"
-
-
-@pytest.fixture(autouse=True)
-def _purge_sessions() -> Iterator[None]:
-    SESSIONS.clear()
-    yield
-    sessions = list(SESSIONS)
-    SESSIONS.clear()
-    for broker, client_id in sessions:
-        if broker.running:
-            purge_session(broker, client_id)
 
 
 @pytest.fixture

@@ -400,3 +400,26 @@ def test_a_batch_queued_undecoded_is_decoded_and_checked_when_applied() -> None:
     services.intake.flush()
     assert invalid() == 2
     assert len(services.live) == 0
+
+
+def test_a_batch_whose_apply_raises_is_counted_and_the_others_are_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = _services()
+    intake = services.intake
+    real = intake._apply_readings
+
+    def apply(gateway: str, readings: object) -> None:
+        if gateway == "gw-bug":
+            raise RuntimeError("a bug in applying")
+        real(gateway, readings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(intake, "_apply_readings", apply)
+    now = time.time_ns()
+    for seq, gw in enumerate(["gw-a", "gw-bug", "gw-b", "gw-bug"]):
+        reading = (f"d-{gw}", "AirQualityObserved", {"pm25": 1.0}, now)
+        services.receive(f"t/v1/{gw}/telemetry", _batch(gw, seq, reading))
+    services.intake.flush()
+    assert services.metrics.live_apply_errors._value.get() == 2
+    assert len(services.intake) == 0
+    assert sorted(g for g, _ in services.live.by_device) == ["gw-a", "gw-b"]
