@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import socket
 import threading
 import time
 
@@ -74,10 +75,15 @@ class ApiServer(Startable):
     """
 
     def __init__(self, settings: ApiSettings, *, db: Database | None = None) -> None:
+        self._sock: socket.socket | None = None
         if settings.port == 0:
-            from foundation import free_port
-
-            settings = settings.model_copy(update={"port": free_port(settings.host)})
+            # Bound here and handed to uvicorn: a port picked, closed and bound again later
+            # could be taken in between by another process (seen on a busy CI machine).
+            family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+            self._sock = socket.socket(family, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((settings.host, 0))
+            settings = settings.model_copy(update={"port": self._sock.getsockname()[1]})
         self.settings = settings
         self.config = uvicorn_config(settings, db=db)
         app = self.config.app
@@ -101,11 +107,14 @@ class ApiServer(Startable):
             if self.config.loop == "uvloop":
                 import uvloop
 
-                uvloop.run(self.server.serve())
+                uvloop.run(self.server.serve(sockets=self._sockets()))
             else:
-                asyncio.run(self.server.serve())
+                asyncio.run(self.server.serve(sockets=self._sockets()))
         except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
             self._error = exc
+
+    def _sockets(self) -> list[socket.socket] | None:
+        return None if self._sock is None else [self._sock]
 
     def start(self, timeout: float = 60.0) -> None:
         self._thread.start()
@@ -120,3 +129,5 @@ class ApiServer(Startable):
     def stop(self, timeout: float = 30.0) -> None:
         self.server.should_exit = True
         self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
