@@ -214,7 +214,7 @@ class DeadLetterBudgetConfig(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: Records a gateway may make at once, before the rate applies.
-    burst: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    burst: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     #: Records per second a gateway's budget refills with.
     rate: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
     #: Gateways whose bucket is kept (least recently refused dropped first): what a stream

@@ -238,9 +238,15 @@ class DeadLetters:
 
     def record(self, topic: str, payload: bytes, refusal: Refusal) -> bytes | None:
         """Count the refusal, publish its record, return its InfluxDB line (no newline);
-        ``None`` when the gateway is past its budget (counted, nothing to store or send)."""
+        ``None`` when the gateway is past its budget (counted, nothing to store or send).
+        Only what the gateway sent counts against its budget (stage ``decode``): InfluxDB's
+        refusals and internal errors are always recorded whole."""
         self._metrics.messages_deadlettered.labels(refusal.kind).inc()
-        if self._budget is not None and not self._budget.admit(refusal.gateway, refusal.kind):
+        if (
+            self._budget is not None
+            and refusal.stage == "decode"
+            and not self._budget.admit(refusal.gateway, refusal.kind)
+        ):
             self._tally.deadletters_suppressed += 1
             self._metrics.deadletters_suppressed.inc()
             return None

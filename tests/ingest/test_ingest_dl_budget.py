@@ -190,6 +190,21 @@ def test_past_the_budget_a_refusal_is_counted_but_neither_stored_nor_sent() -> N
     assert point["time"] not in times
 
 
+def test_influxdb_refusals_and_internal_errors_are_never_left_out() -> None:
+    clock = Clock()
+    dl = DeadLetters(
+        topic=f"{ROOT}/v1/_sys/deadletter/ingest", service="ingest", worker="w-0",
+        publish=lambda _t, _p: None, metrics=IngestMetrics(), tally=Tally(),
+        budget=budget(clock, burst=1, rate=0.001),
+    )
+    garbage = Refusal(stage="decode", kind="malformed", reason="bad", gateway="gw-1")
+    assert dl.record("t", b"x", garbage) is not None
+    assert dl.record("t", b"x", garbage) is None  # past the budget
+    for stage, kind in (("influx", "influx_400"), ("internal", "internal_error")):
+        refusal = Refusal(stage=stage, kind=kind, reason="refused", gateway="gw-1")
+        assert all(dl.record("t", b"x", refusal) is not None for _ in range(20))
+
+
 def test_without_a_budget_every_refusal_makes_its_record() -> None:
     sent: list[bytes] = []
     dl = DeadLetters(
@@ -209,7 +224,7 @@ def test_without_a_budget_every_refusal_makes_its_record() -> None:
 def test_the_budget_is_on_by_default_and_0_or_null_turns_it_off() -> None:
     default = load_config(None, {}).deadletters.budget
     assert default is not None
-    assert (default.burst, default.rate, default.summary_every) == (100, 1.0, 60.0)
+    assert (default.burst, default.rate, default.summary_every) == (1000, 1.0, 60.0)
     for off in (None, 0, {"rate": 0, "burst": 0}):
         assert load_config(None, {"deadletters": {"per_gateway": off}}).deadletters.budget is None
     assert DeadLetterBudget.configured(
