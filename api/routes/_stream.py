@@ -321,9 +321,8 @@ async def _ws_auth(services: Services, websocket: WebSocket) -> Principal:
 _SSE_PIECE_BYTES: Final = 16384
 
 
-async def _body(send: Send, events: list[str]) -> None:
-    await send({"type": "http.response.body", "body": "".join(events).encode(),
-                "more_body": True})
+async def _body(send: Send, events: list[bytes]) -> None:
+    await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
 
 
 class _EventStream(Response):
@@ -346,11 +345,12 @@ class _EventStream(Response):
             # Pieces of at most ~16 KiB, progress after each: the server waits for its buffer
             # to drain before each write, so a client reading slowly but steadily must only
             # take one piece per stream_send_timeout_s, not a whole queue's worth.
-            piece: list[str] = []
+            piece: list[bytes] = []
             size = 0
             for text in texts:
-                piece.append(f"data: {text}\n\n")
-                size += len(text)
+                event = f"data: {text}\n\n".encode()
+                piece.append(event)
+                size += len(event)
                 if size >= _SSE_PIECE_BYTES:
                     await _body(send, piece)
                     watch.progress()

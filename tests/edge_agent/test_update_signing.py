@@ -403,3 +403,37 @@ def test_a_rollback_that_fails_to_install_leaves_the_previous_release_untouched(
     assert (previous / "bin" / "smartcity").read_text() == "the known-good 0.0.1"
     assert (root / "previous").resolve() == previous
     assert (root / "current").resolve() == running
+
+
+@pytest.mark.parametrize("flag", ["reinstall", "allow_downgrade"])
+def test_a_request_asks_for_the_running_version_only_if_root_lets_requests_roll_back(
+    tmp_path: Path, flag: str
+) -> None:
+    """From a request file (the agent's), the same version is refused whatever it asks,
+    unless root's unit says --accept-rollback-requests (here: rollback_permitted)."""
+    from importlib.metadata import version
+
+    public = generate_key(tmp_path / "release-key")
+    running_version = version("smartcity-telemetry")
+    same = tmp_path / "dist" / f"smartcity_telemetry-{running_version}-py3-none-any.whl"
+    same.parent.mkdir()
+    same.write_bytes(b"the running version, other bytes")
+    sign_release(same, tmp_path / "release-key")
+    root, running, state = _layout(tmp_path)
+    said: list[str] = []
+    result = run_update(
+        UpdateOptions(
+            root=root, source=str(same), sha256=None, deadline_s=10, state_dir=state,
+            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
+            restarter=_Restarter(), status=_status, say=said.append, trusted_keys=(public,),
+            rollback_permitted=False, **{flag: True},
+        )
+    )  # fmt: skip
+    assert result.status == "failed"
+    assert result.reason is not None
+    if flag == "reinstall":
+        assert "--accept-rollback-requests" in result.reason
+    else:  # not a downgrade, so not allowed as one: refused for being the running version
+        assert "is the running version" in result.reason
+    assert (root / "current").resolve() == running
+    assert sorted(p.name for p in (root / "releases").iterdir()) == [running.name]
