@@ -175,11 +175,6 @@ class MessageDecoder:
             max_clock_skew_s=max_clock_skew, max_series_per_gateway=max_series_per_gateway or None
         )
 
-    @property
-    def intake(self) -> Intake:
-        """The intake encoding every message (its field renames are learned by ingest)."""
-        return self._intake
-
     def decode(
         self, topic: str, payload: bytes, *, dup: bool, now: float
     ) -> tuple[Chunk | None, Refusal | None]:

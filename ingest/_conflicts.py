@@ -1,4 +1,4 @@
-"""Field-type conflicts: InfluxDB's refusal learned, the field stored under a name of its own.
+"""Field-type conflicts: a line InfluxDB refused for one is written again, the field renamed.
 
 InfluxDB 1.x fixes a field's type per shard on its first write. The conformer fixes the types
 of the fields the vocabulary declares; any other field is typed by whoever writes it first,
@@ -6,28 +6,38 @@ so a hostile gateway writing ``laneCount="x"`` would make every honest ``laneCou
 that shard a 400 and its whole point a dead letter. Instead (:class:`RenamingWriter`, the
 worker's writer)::
 
-    write refused (400) ─▶ Writer bisects ─▶ refused lines, each with InfluxDB's reason
+    write (one request) ─▶ 400 ─▶ Writer bisects ─▶ refused lines, each with InfluxDB's reason
         │
-        └─ reason parses as a field type conflict (parse_conflict: strict, else ignored)
-              ├─ learn (measurement, field, incoming type) ─▶ Intake.rename_field:
-              │    encoded as ``field:<type>`` from now on (``laneCount:float``); the
-              │    cached lines of that measurement are dropped; WARNING once, counted
-              ├─ rewrite the refused line: each renamed key in its field set (rename_fields)
-              └─ write the rewritten lines again (up to _MAX_ROUNDS: a line may hold
-                 several conflicting fields, InfluxDB names one per refusal)
+        └─ for each refused line whose reason parses as a field type conflict (parse_conflict:
+           strict, else ignored) on a field of that line with the incoming type, a field the
+           vocabulary does not declare:
+              ├─ rewrite that line only: the field's key becomes ``<field>:<type>``
+              │    (``laneCount:float``; rename_fields, nothing else changes)
+              └─ write the rewritten lines again together (one request; a 400 bisected as
+                 usual), up to _MAX_ROUNDS per line (InfluxDB names one field per refusal)
                    └─ what InfluxDB still refuses goes on to the dead letters, as before
+
+Reactive and per line only: nothing is learned for later writes and no line InfluxDB did not
+refuse is written again under another key. A refused point was not stored (InfluxDB drops the
+whole point), so the renamed point is its only copy; the lines a ``partial write`` did store
+are only ever written again as they were (bisection). A line's stored key therefore depends
+on the line and its shard's state, not on the worker's history: a redelivered, replayed or
+other worker's copy of an honest line is refused again and renamed the same way. A field's
+key can differ between shards (plain where the honest type came first, renamed where the
+hostile one did), so a complete history queries both keys.
 
 Why rewrite the refused lines rather than encode the readings again from the payload: the
 rewrite changes exactly the field keys and nothing else (timestamp, tags, coerced values,
-the clock-skew verdict taken at receipt), so the point written is the one refused, renamed;
-a second decode would run the clock and budget checks again at another time. The rewrite
-parses the line as InfluxDB does (``\\`` escapes the next byte; quoted string values) and
-gives up (``None``: the line is dead-lettered as refused) on anything it does not recognise.
+the clock-skew verdict taken at receipt), so the point written is the one refused, renamed.
+The rewrite parses the line as InfluxDB does (``\\`` escapes the next byte; quoted string
+values) and gives up (``None``: the line is dead-lettered as refused) on anything it does not
+recognise.
 
 Gateway names match ``NAME_RE``, so no gateway can write ``laneCount:float``: whichever side
-wrote first, the other is renamed and nothing is lost. A hostile gateway inventing conflicts
-costs one bisection per new (measurement, field, type), and the renames are bounded
-(``MAX_FIELD_RENAMES``, then forgotten and relearned).
+wrote first, the other is renamed and nothing is lost. Cost: the bisection any 400 costs,
+plus parsing the refused lines' reasons and one request per round for the rewritten lines.
+One WARNING per (measurement, field, type) the worker first sees (``_WARNED_MAX`` remembered,
+then forgotten).
 """
 
 from __future__ import annotations
@@ -43,23 +53,30 @@ from typing import Final
 from prometheus_client import Counter
 
 from foundation import Backoff
-from ingest._errors import WriteRejected
 from ingest._metrics import IngestMetrics, Tally
 from ingest._sink import Sink
 from ingest._writer import RefusedLine, RefusedPart, Writer, WriteResult
-from telemetry import NAME_RE, Intake
+from telemetry import MEASUREMENTS, NAME_RE, PLATFORM_MEASUREMENT_PREFIX
 
-__all__ = ["FieldTypeConflict", "RenamingWriter", "parse_conflict", "rename_fields"]
+__all__ = [
+    "FieldTypeConflict", "RenamingWriter", "parse_conflict", "rename_fields", "renamed_key",
+]
 
 log = logging.getLogger("ingest")
 
-#: Rewrite rounds per write: each renames at least one more field of a still refused line.
+#: Rewrite rounds per refused line: each renames one more conflicting field of it.
 _MAX_ROUNDS: Final = 4
+#: (measurement, field, type) conflicts logged once each; past it the set is cleared.
+_WARNED_MAX: Final = 10_000
 _TYPES: Final = "float|integer|string|boolean|unsigned"
 _CONFLICT_RE: Final = re.compile(
     r'field type conflict: input field "([^"\\]*)" on measurement "([^"\\]*)" '
     rf"is type ({_TYPES}), already exists as type ({_TYPES})(?: dropped=\d+)?\Z"
 )
+#: InfluxDB's name of a field type (as its errors spell it) -> the suffix of a renamed key.
+_SUFFIXES: Final[Mapping[str, str]] = {
+    "float": "float", "integer": "int", "boolean": "bool", "string": "string",
+}
 _GATEWAY_RE: Final = re.compile(rb",gateway=((?:[^\\, ]|\\.)*)")
 _BOOLEANS: Final = frozenset(
     (b"t", b"T", b"true", b"True", b"TRUE", b"f", b"F", b"false", b"False", b"FALSE")
@@ -95,6 +112,23 @@ def parse_conflict(message: str) -> FieldTypeConflict | None:
     if incoming == existing or not (NAME_RE.fullmatch(field) and NAME_RE.fullmatch(measurement)):
         return None
     return FieldTypeConflict(measurement, field, incoming, existing)
+
+
+def renamed_key(conflict: FieldTypeConflict) -> str | None:
+    """The key ``conflict``'s field is written under for its incoming type
+    (``laneCount:float``), or ``None`` when it is never renamed: a field the vocabulary
+    declares (the conformer fixes its type), the platform's own fields and measurements, or
+    a type the encoder never writes."""
+    suffix = _SUFFIXES.get(conflict.incoming)
+    spec = MEASUREMENTS.get(conflict.measurement)
+    if (
+        suffix is None
+        or conflict.field in ("quality", "clock")
+        or (spec is not None and conflict.field in spec.fields)
+        or conflict.measurement.startswith(PLATFORM_MEASUREMENT_PREFIX)
+    ):
+        return None
+    return f"{conflict.field}:{suffix}"
 
 
 def _value_type(value: bytes) -> str | None:
@@ -175,119 +209,72 @@ def rename_fields(
             return b"".join(out)
 
 
-def _conflicting_line(parts: Sequence[bytes], conflict: FieldTypeConflict) -> bytes | None:
-    """The first line of ``parts`` carrying ``conflict``'s field with its incoming type."""
-    head = (conflict.measurement + ",").encode()
-    probe = {(conflict.field, conflict.incoming): "-"}
-    for part in parts:
-        if head not in part:
-            continue
-        for line in part.split(b"\n"):
-            if line.startswith(head) and rename_fields(line, lambda _m: probe) not in (None, line):
-                return line
-    return None
-
-
 class RenamingWriter(Writer):
     """A :class:`Writer` that resolves field type conflicts before reporting refused lines:
-    it learns each rename (``intake``, the worker's, whose encoder's templates carry them)
-    and writes the refused lines again, renamed; a part with nothing left refused is
-    reported accepted. Every other verdict is the plain writer's."""
+    each line refused for one is written again with that field renamed (:func:`renamed_key`);
+    a part with nothing left refused is reported accepted. Every other verdict is the plain
+    writer's, and no line InfluxDB did not refuse is written under another key."""
 
     def __init__(
-        self, sink: Sink, backoff: Backoff, *, intake: Intake, metrics: IngestMetrics,
-        tally: Tally, worker: str, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        self, sink: Sink, backoff: Backoff, *, metrics: IngestMetrics, tally: Tally,
+        worker: str, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
             sink, backoff, metrics=metrics, tally=tally, worker=worker, sleep=sleep, rng=rng
         )
-        self._intake = intake
         self._worker_id = worker
+        self._warned: set[tuple[str, str, str]] = set()
         registry = metrics.registry
-        self.renames_learned = Counter(
-            "smartcity_ingest_field_renames",
-            "Field type conflicts learned: (measurement, field, type) written under "
-            "'<field>:<type>' from then on",
-            registry=registry,
-        )
-        self.writes_renamed = Counter(
-            "smartcity_ingest_field_rename_writes",
-            "Write requests repeated whole after a field type conflict, the field renamed",
-            registry=registry,
-        )
         self.lines_renamed = Counter(
-            "smartcity_ingest_field_rename_rewrites",
-            "Refused lines written again with a conflicting field renamed",
+            "smartcity_ingest_field_renamed_lines",
+            "Lines InfluxDB refused for a field type conflict, stored with the conflicting "
+            "field renamed '<field>:<type>'",
+            registry=registry,
+        )
+        self.lines_still_refused = Counter(
+            "smartcity_ingest_field_rename_refused_lines",
+            "Lines renamed after a field type conflict that InfluxDB still refused "
+            "(dead-lettered)",
             registry=registry,
         )
 
     async def write(self, parts: Sequence[bytes]) -> WriteResult:
-        """As :meth:`Writer.write`; a 400 naming a field type conflict is learned and the
-        whole write repeated, renamed, before any bisection (one request per conflict, not
-        one per line); lines still refused after bisection are resolved one by one."""
-        parts = list(parts)
-        for _ in range(_MAX_ROUNDS):
-            if not parts:
-                break
-            try:
-                await self.write_body(b"".join(parts))
-            except WriteRejected as exc:
-                conflict = parse_conflict(exc.message)
-                line = None if conflict is None else _conflicting_line(parts, conflict)
-                measurement = self._learn(conflict, exc.message, line)
-                renamed = None if measurement is None else self._rename_parts(parts, measurement)
-                if renamed is None:
-                    break
-                self.writes_renamed.inc()
-                parts = renamed
-                continue
-            return WriteResult(accepted=range(len(parts)), refused=[])
+        """As :meth:`Writer.write`; then the lines refused for a field type conflict are
+        renamed and written again (:meth:`_resolve`)."""
         result = await super().write(parts)
         return await self._resolve(result) if result.refused else result
-
-    def _rename_parts(self, parts: list[bytes], measurement: str) -> list[bytes] | None:
-        """``parts`` with the learned renames of ``measurement`` applied to its lines
-        (``None``: nothing changed, so writing them again is pointless)."""
-        head = (measurement + ",").encode()
-        renames_of = self._intake.field_renames
-        changed = False
-        out: list[bytes] = []
-        for part in parts:
-            if head not in part:
-                out.append(part)
-                continue
-            lines = part.split(b"\n")
-            for n, line in enumerate(lines):
-                if line.startswith(head):
-                    renamed = rename_fields(line, renames_of)
-                    if renamed is not None and renamed != line:
-                        lines[n] = renamed
-                        changed = True
-            out.append(b"\n".join(lines))
-        return out if changed else None
 
     async def _resolve(self, result: WriteResult) -> WriteResult:
         # (part index, line number) -> the line's latest form and reason, while refused
         pending: dict[tuple[int, int], RefusedLine] = {
             (part.index, line.index): line for part in result.refused for line in part.lines
         }
+        renamed: set[tuple[int, int]] = set()
+        candidates = list(pending)
         for _ in range(_MAX_ROUNDS):
             retry: list[tuple[tuple[int, int], bytes]] = []
-            for where, line_refused in pending.items():
-                rewritten = self._renamed(line_refused)
+            for where in candidates:
+                rewritten = self._renamed(pending[where])
                 if rewritten is not None:
                     retry.append((where, rewritten))
             if not retry:
                 break
-            self.lines_renamed.inc(len(retry))
+            renamed.update(where for where, _ in retry)
             again = await super().write([b"".join(line + b"\n" for _, line in retry)])
             still = {line.index: line for part in again.refused for line in part.lines}
+            candidates = []
             for n, (where, line) in enumerate(retry):
                 if n in still:
                     pending[where] = RefusedLine(where[1], still[n].reason, line)
+                    candidates.append(where)
                 else:
                     del pending[where]
+        if renamed:
+            unresolved = sum(1 for where in renamed if where in pending)
+            self.lines_renamed.inc(len(renamed) - unresolved)
+            if unresolved:
+                self.lines_still_refused.inc(unresolved)
         accepted = list(result.accepted)
         refused: list[RefusedPart] = []
         for part in result.refused:
@@ -305,33 +292,36 @@ class RenamingWriter(Writer):
         return WriteResult(accepted=sorted(accepted), refused=refused)
 
     def _renamed(self, refused: RefusedLine) -> bytes | None:
-        """The line renamed after learning from its reason (``None``: no rename applies)."""
-        if self._learn(parse_conflict(refused.reason), refused.reason, refused.line) is None:
-            return None
-        rewritten = rename_fields(refused.line, self._intake.field_renames)
-        return rewritten if rewritten is not None and rewritten != refused.line else None
-
-    def _learn(
-        self, conflict: FieldTypeConflict | None, message: str, line: bytes | None = None
-    ) -> str | None:
-        """Learn ``conflict``'s rename (logged once); return its measurement, or ``None``
-        when there is none to apply (no conflict, or a field that is never renamed)."""
+        """``refused``'s line with the field its reason names renamed (``None``: the reason
+        is no field type conflict on a renameable field of this line with that type)."""
+        conflict = parse_conflict(refused.reason)
         if conflict is None:
             return None
-        intake = self._intake
-        known = conflict.field, conflict.incoming
-        if known in intake.field_renames(conflict.measurement):
-            return conflict.measurement
-        stored = intake.rename_field(conflict.measurement, *known)
-        if stored is None:
+        key = renamed_key(conflict)
+        if key is None:
             return None
-        self.renames_learned.inc()
-        # The gateway whose point conflicted: the line's tag (a whole-write 400 names none).
-        gateway = None if line is None else _GATEWAY_RE.search(line[: _scan_key(line, 0, b" ")])
-        log.warning("field type conflict: the field is stored renamed for this type", extra={
+        renames = {(conflict.field, conflict.incoming): key}
+        rewritten = rename_fields(
+            refused.line, lambda m: renames if m == conflict.measurement else {}
+        )
+        if rewritten is None or rewritten == refused.line:
+            return None
+        self._warn(conflict, key, refused)
+        return rewritten
+
+    def _warn(self, conflict: FieldTypeConflict, key: str, refused: RefusedLine) -> None:
+        """One WARNING per (measurement, field, type) this worker sees first."""
+        seen = conflict.measurement, conflict.field, conflict.incoming
+        if seen in self._warned:
+            return
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(seen)
+        line = refused.line
+        gateway = _GATEWAY_RE.search(line[: _scan_key(line, 0, b" ")])
+        log.warning("field type conflict: refused lines are stored with the field renamed", extra={
             "worker": self._worker_id,
             "gateway": gateway.group(1).decode("utf-8", "replace") if gateway else None,
             "measurement": conflict.measurement, "field": conflict.field,
             "type": conflict.incoming, "existing_type": conflict.existing,
-            "stored_as": stored, "error": message})
-        return conflict.measurement
+            "stored_as": key, "error": refused.reason})

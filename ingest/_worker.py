@@ -205,9 +205,9 @@ class IngestWorker:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         self._sink = make_sink(cfg.influx, max_connections=cfg.batch.max_concurrent_writes)
-        self._writer = RenamingWriter(  # field type conflicts renamed, written again
+        self._writer = RenamingWriter(  # lines refused for a field type conflict renamed
             self._sink, backoff_for(cfg.batch.retry), metrics=self.metrics, tally=self._tally,
-            worker=cfg.mqtt.client_id, intake=self._decoder.intake,
+            worker=cfg.mqtt.client_id,
         )
         try:
             await self._sink.prepare()

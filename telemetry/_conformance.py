@@ -20,8 +20,8 @@ line-protocol encoder::
 Measurements outside :data:`~telemetry.MEASUREMENTS`, and fields a known measurement does not
 declare, are stored as sent (the vocabulary is open, ``docs/wire-protocol.md``); their types
 are first-write-wins per shard (the clock-skew check keeps a hostile gateway out of future
-shards), and ingest stores a field whose type conflicts with the shard's as
-``<field>:<type>``, learned from InfluxDB's refusal (``ingest/_conflicts.py``). Pure: the
+shards), and a line InfluxDB refuses for such a field's type conflict is written again by
+ingest with that field as ``<field>:<type>`` (``ingest/_conflicts.py``). Pure: the
 ingest clock comes in as ``now_ns``; it is only used to refuse, never to stamp.
 """
 

@@ -25,10 +25,6 @@ admitted to the budget. So ingest decodes without the name checks and lets
 :meth:`Intake.encode` run them for uncached keys only (``check_names``). The
 series budget lives here (not in the conformer) so that the set of admitted series and the
 cache built on it are cleared together. Pure, no I/O; not thread-safe (one per worker).
-
-Field renames (:meth:`Intake.rename_field`, learned by ingest from InfluxDB's "field type
-conflict") live in the encoder's templates; learning one drops the cached lines of that
-measurement here too, so the per-reading loop never looks a rename up.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from typing import Final
 
 from telemetry._codec import check_reading_names
 from telemetry._conformance import DEFAULT_MAX_CLOCK_SKEW_S, Conformer, Nonconformity
-from telemetry._lineprotocol import MAX_FIELD_RENAMES, LineProtocolEncoder
+from telemetry._lineprotocol import LineProtocolEncoder
 from telemetry._model import Reading
 
 __all__ = ["Intake", "IntakeResult"]
@@ -208,33 +204,6 @@ class Intake:
         if body.count(b"\n") == len(kept):
             return IntakeResult(body, len(kept), refused, newest if kept else None)
         return self._without_newlines(gateway, len(readings), kept, refused)
-
-    def rename_field(self, measurement: str, field: str, influx_type: str) -> str | None:
-        """Write ``field`` of ``measurement`` with InfluxDB type ``influx_type`` under a key
-        no gateway can send (:meth:`LineProtocolEncoder.rename_field`); return that key
-        (``None``: not renamed, e.g. a field the vocabulary declares)."""
-        encoder = self._encoder
-        known = encoder.field_renames(measurement).get((field, influx_type))
-        full = encoder.renames_learned >= MAX_FIELD_RENAMES
-        key = encoder.rename_field(measurement, field, influx_type)
-        if key is None or key == known:
-            return key
-        if full:  # every rename was forgotten: so is every line built with one
-            for state in self._gateways.values():
-                state.lines.clear()
-            self._cached = 0
-            return key
-        for state in self._gateways.values():
-            lines = state.lines
-            stale = [k for k in lines if k[0] == measurement]
-            for k in stale:
-                del lines[k]
-            self._cached -= len(stale)
-        return key
-
-    def field_renames(self, measurement: str) -> Mapping[tuple[str, str], str]:
-        """The renames in force for ``measurement``: (field, InfluxDB type) -> stored key."""
-        return self._encoder.field_renames(measurement)
 
     def _without_newlines(
         self, gateway: str, total: int, kept: list[Reading],

@@ -24,14 +24,6 @@ Speed comes from caches and from formatting numbers in bulk, not from cleverness
 - the numbers and booleans of a whole body are rendered by one ``msgspec.json`` call (C float
   formatting with the shortest round-trip digits, ~7x faster than ``repr``) and split;
   readings carrying string fields take a per-reading path with line-protocol escaping.
-
-Field renames (learned from InfluxDB's "field type conflict"): a field a gateway may type as it
-likes (one the vocabulary does not declare) whose type clashes with the shard's is written
-under ``<field>:<type>`` (``laneCount:float``, ``:int``, ``:bool``, ``:string``) once
-:meth:`LineProtocolEncoder.rename_field` learned it. Gateway names match ``NAME_RE`` (no
-``:``), so no gateway can write, or poison, such a key, and each holds only its own type.
-Renames live in the field-set templates: a learned rename drops the cached templates and
-lines of its measurement and costs nothing per reading afterwards.
 """
 
 from __future__ import annotations
@@ -41,31 +33,10 @@ from typing import Final, TypeAlias
 
 import msgspec
 
-from telemetry._bookkeeping import PLATFORM_MEASUREMENT_PREFIX
-from telemetry._model import NAME_RE, Reading
-from telemetry._vocabulary import MEASUREMENTS, float_fields
+from telemetry._model import Reading
+from telemetry._vocabulary import float_fields
 
-__all__ = [
-    "FIELD_TYPE_SUFFIXES",
-    "MAX_FIELD_RENAMES",
-    "LineProtocolEncoder",
-    "escape_measurement",
-    "escape_string_field",
-    "escape_tag",
-    "renamed_field",
-]
-
-#: InfluxDB's name of a field type (as its errors spell it) -> the suffix of a renamed key.
-FIELD_TYPE_SUFFIXES: Final[Mapping[str, str]] = {
-    "float": "float", "integer": "int", "boolean": "bool", "string": "string",
-}
-#: Renames remembered at once; past it all are forgotten (and relearned on conflict).
-MAX_FIELD_RENAMES: Final = 10_000
-
-
-def renamed_field(field: str, influx_type: str) -> str:
-    """The key a conflicting ``field`` of InfluxDB type ``influx_type`` is stored under."""
-    return f"{field}:{FIELD_TYPE_SUFFIXES[influx_type]}"
+__all__ = ["LineProtocolEncoder", "escape_measurement", "escape_string_field", "escape_tag"]
 
 
 def escape_measurement(name: str) -> str:
@@ -98,10 +69,7 @@ class LineProtocolEncoder:
     The encoder is not thread-safe (its caches are plain dicts): use one per thread.
     """
 
-    __slots__ = (
-        "_extra_tags", "_json", "_lines", "_prefixes", "_renamed", "_renames", "_suffixes",
-        "_templates",
-    )
+    __slots__ = ("_extra_tags", "_json", "_lines", "_prefixes", "_suffixes", "_templates")
 
     def __init__(self, *, extra_tags: Mapping[str, str] | None = None) -> None:
         self._extra_tags = dict(extra_tags or {})
@@ -112,60 +80,6 @@ class LineProtocolEncoder:
         # a shape with string fields (those are escaped per reading).
         self._lines: dict[LineKey, bytes | None] = {}
         self._json = msgspec.json.Encoder()
-        #: measurement -> {(field, InfluxDB type): stored key}; read by _Template.build only
-        self._renames: dict[str, dict[tuple[str, str], str]] = {}
-        self._renamed = 0
-
-    def rename_field(self, measurement: str, field: str, influx_type: str) -> str | None:
-        """From now on write ``field`` of ``measurement`` under ``field:<type>`` when its
-        value has InfluxDB type ``influx_type``; return that key.
-
-        ``None`` (nothing learned): a field the vocabulary declares (the conformer fixes its
-        type), the platform's own fields and measurements, a name outside ``NAME_RE``, or a
-        type the encoder never writes. Drops the cached templates and lines of
-        ``measurement`` (all of them when the renames reach :data:`MAX_FIELD_RENAMES` and are
-        forgotten).
-        """
-        spec = MEASUREMENTS.get(measurement)
-        if (
-            influx_type not in FIELD_TYPE_SUFFIXES
-            or field in ("quality", "clock")
-            or (spec is not None and field in spec.fields)
-            or measurement.startswith(PLATFORM_MEASUREMENT_PREFIX)
-            or not NAME_RE.fullmatch(field)
-            or not NAME_RE.fullmatch(measurement)
-        ):
-            return None
-        key = renamed_field(field, influx_type)
-        known = self._renames.setdefault(measurement, {})
-        if known.get((field, influx_type)) == key:
-            return key
-        if self._renamed >= MAX_FIELD_RENAMES:
-            self._renames.clear()
-            self._renamed = 0
-            self._templates.clear()
-            self._lines.clear()
-            known = self._renames[measurement] = {}
-        known[(field, influx_type)] = key
-        self._renamed += 1
-        self.forget(measurement)
-        return key
-
-    @property
-    def renames_learned(self) -> int:
-        """Renames held now (at most :data:`MAX_FIELD_RENAMES`)."""
-        return self._renamed
-
-    def field_renames(self, measurement: str) -> Mapping[tuple[str, str], str]:
-        """The renames learned for ``measurement``: (field, InfluxDB type) -> stored key."""
-        return self._renames.get(measurement, {})
-
-    def forget(self, measurement: str) -> None:
-        """Drop the cached templates and lines of ``measurement`` (rebuilt on next use)."""
-        for tkey in [k for k in self._templates if k[0] == measurement]:
-            del self._templates[tkey]
-        for lkey in [k for k in self._lines if k[1] == measurement]:
-            del self._lines[lkey]
 
     def encode(self, gateway: str, readings: Iterable[Reading]) -> bytes:
         """All readings of one gateway as one line-protocol body."""
@@ -276,7 +190,7 @@ class LineProtocolEncoder:
         tkey = (measurement, names, types)
         template = templates.get(tkey)
         if template is None:
-            template = _Template.build(*tkey, self._renames.get(measurement))
+            template = _Template.build(*tkey)
             if len(templates) >= _CACHE_LIMIT:
                 templates.clear()
             templates[tkey] = template
@@ -320,24 +234,13 @@ class _Template:
 
     @classmethod
     def build(
-        cls, measurement: str, keys: tuple[str, ...], types: tuple[type, ...],
-        renames: Mapping[tuple[str, str], str] | None = None,
+        cls, measurement: str, keys: tuple[str, ...], types: tuple[type, ...]
     ) -> _Template:
-        """``renames``: (field, InfluxDB type) -> the key to write it under instead."""
         declared_float = float_fields(measurement)
         fast: list[str] = []
         slow: list[str] = []
         for key, kind in zip(keys, types, strict=True):
-            stored = key
-            if renames:
-                influx_type = (
-                    "boolean" if kind is bool
-                    else "string" if kind is str
-                    else "integer" if kind is int and key not in declared_float
-                    else "float"
-                )
-                stored = renames.get((key, influx_type), key)
-            name = escape_tag(stored).replace("%", "%%")
+            name = escape_tag(key).replace("%", "%%")
             if kind is bool:
                 fast.append(f"{name}=%s")
                 slow.append(f"{name}=%s")

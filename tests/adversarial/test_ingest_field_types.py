@@ -3,18 +3,20 @@
 InfluxDB 1.x fixes a field's type per shard on its first write. The vocabulary's fields are
 typed by the conformer; any other field is typed by whoever writes it first. A hostile
 gateway writing ``laneCount="x"`` into the current shard made every honest ``laneCount=2.0``
-of that shard a 400 ("field type conflict"): the whole honest point dead-lettered, and a
-bisection on every batch. Now the worker learns the conflict and stores the conflicting field
-as ``laneCount:float`` (a key no gateway can send), for whichever side wrote second.
+of that shard a 400 ("field type conflict"): the whole honest point dead-lettered. Now each
+line InfluxDB refuses for such a conflict is written again with the field renamed
+(``laneCount:float``, a key no gateway can send), for whichever side wrote second, and only
+that line: a point never holds both keys, and a redelivered line is stored as before.
 
 The unit tests pin the parts: InfluxDB's message (captured from influxd 1.6.7), the line
-rewrite (equal to what the encoder writes once the rename is learned), the intake's caches,
-and the contract refusing ``:`` in names. The others run mosquitto and influxd.
+rewrite (equal to what the encoder writes for the renamed reading), which fields are never
+renamed, and the contract refusing ``:`` in names. The others run mosquitto and influxd.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -23,11 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest import WorkerThread
-from ingest._conflicts import parse_conflict, rename_fields
+from ingest._conflicts import FieldTypeConflict, parse_conflict, rename_fields, renamed_key
 from smartcity._localstack import Influxd, Mosquitto
 from telemetry import (
     Batch,
-    Intake,
     InvalidPayload,
     LineProtocolEncoder,
     Reading,
@@ -35,7 +36,6 @@ from telemetry import (
     decode_batch_partial,
     encode_batch,
 )
-from telemetry._lineprotocol import MAX_FIELD_RENAMES
 from tests.ingest.ingest_testkit import (
     Publisher,
     make_config,
@@ -108,29 +108,39 @@ _tag_values = st.text(
 )
 
 
+def _influx_type(value: Any) -> str:
+    """InfluxDB's type of a field value the vocabulary does not declare, as encoded."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "integer" if isinstance(value, int) else "float"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     measurement=st.sampled_from([MEASUREMENT, "CustomSensor"]),
     fields=st.dictionaries(_names, _values, min_size=1, max_size=5),
     tag=_tag_values,
-    renames=st.lists(
+    conflicts=st.lists(
         st.tuples(_names, st.sampled_from(["float", "integer", "boolean", "string"])),
         max_size=6,
     ),
 )
-def test_renaming_a_refused_line_gives_the_line_the_encoder_writes_after_learning(
-    measurement: str, fields: dict[str, Any], tag: str, renames: list[tuple[str, str]],
+def test_renaming_a_refused_line_gives_the_line_of_the_renamed_reading(
+    measurement: str, fields: dict[str, Any], tag: str, conflicts: list[tuple[str, str]],
 ) -> None:
+    renames: dict[tuple[str, str], str] = {}
+    for field, kind in conflicts:
+        key = renamed_key(FieldTypeConflict(measurement, field, kind, "unsigned"))
+        if key is not None:
+            renames[(field, kind)] = key
     reading = Reading(device="d 1,x", measurement=measurement, ts=1_700_000_000_000_000_000,
                       fields=fields, tags={"lane": tag})
-    plain = LineProtocolEncoder()
-    [before] = plain.line_list("gw=1", [reading])
-    learned = LineProtocolEncoder()
-    learned.line_list("gw=1", [reading])  # cached before learning: must be dropped
-    for field, kind in renames:
-        learned.rename_field(measurement, field, kind)
-    [after] = learned.line_list("gw=1", [reading])
-    assert rename_fields(before, learned.field_renames) == after
+    renamed = Reading(device="d 1,x", measurement=measurement, ts=reading.ts, tags={"lane": tag},
+                      fields={renames.get((k, _influx_type(v)), k): v for k, v in fields.items()})
+    [before] = LineProtocolEncoder().line_list("gw=1", [reading])
+    [after] = LineProtocolEncoder().line_list("gw=1", [renamed])
+    assert rename_fields(before, lambda m: renames if m == measurement else {}) == after
+    assert rename_fields(before, lambda m: {}) == before
 
 
 def test_rename_fields_gives_up_on_lines_it_cannot_parse() -> None:
@@ -147,44 +157,26 @@ def test_rename_fields_gives_up_on_lines_it_cannot_parse() -> None:
         assert rename_fields(bad, of) is None
 
 
-# -- the intake: renames in the templates, caches dropped per measurement ---------------------
+# -- which fields are renamed ------------------------------------------------------------------
 
 
 def _reading(measurement: str, ts: int, **fields: Any) -> Reading:
     return Reading(device="loop-0", measurement=measurement, ts=ts, fields=fields)
 
 
-def test_the_intake_writes_a_learned_field_renamed_and_drops_only_that_measurements_lines(
-) -> None:
-    now = time.time_ns()
-    intake = Intake()
-    honest = [_reading(MEASUREMENT, now, intensity=1.0, laneCount=2.0),
-              _reading("CustomSensor", now, level=1.0)]
-    first = intake.encode("gw-a", honest, now).body
-    assert b" intensity=1.0,laneCount=2.0," in first
-    assert intake.rename_field(MEASUREMENT, "laneCount", "float") == "laneCount:float"
-    state = intake._gateways["gw-a"]
-    assert [key[0] for key in state.lines] == ["CustomSensor"]  # only that measurement
-    second = intake.encode("gw-a", honest, now).body
-    assert b" intensity=1.0,laneCount:float=2.0," in second
-    assert first.split(b"\n")[1] == second.split(b"\n")[1]
-    # another type of the same field is not renamed, nor are declared fields
-    assert b" laneCount=\"x\"," in intake.encode(
-        "gw-b", [_reading(MEASUREMENT, now, laneCount="x")], now).body
-    assert intake.rename_field(MEASUREMENT, "intensity", "string") is None
-    assert intake.rename_field(MEASUREMENT, "quality", "float") is None
-    assert intake.rename_field("ingest_batch", "seq", "string") is None
-    assert intake.rename_field(MEASUREMENT, "laneCount", "unsigned") is None
+def test_only_fields_a_gateway_may_type_are_renamed() -> None:
+    def key(measurement: str, field: str, incoming: str) -> str | None:
+        return renamed_key(FieldTypeConflict(measurement, field, incoming, "string"))
 
-
-def test_the_renames_are_bounded() -> None:
-    encoder = LineProtocolEncoder()
-    for n in range(MAX_FIELD_RENAMES):
-        encoder.rename_field("CustomSensor", f"f{n}", "float")
-    assert encoder.renames_learned == MAX_FIELD_RENAMES
-    encoder.rename_field("CustomSensor", "last", "string")
-    assert encoder.renames_learned == 1
-    assert dict(encoder.field_renames("CustomSensor")) == {("last", "string"): "last:string"}
+    assert key(MEASUREMENT, "laneCount", "float") == "laneCount:float"
+    assert key("CustomSensor", "a", "integer") == "a:int"
+    assert key("CustomSensor", "a", "boolean") == "a:bool"
+    assert key("CustomSensor", "a", "string") == "a:string"
+    assert key(MEASUREMENT, "intensity", "string") is None  # declared: the conformer types it
+    assert key(MEASUREMENT, "quality", "float") is None
+    assert key("CustomSensor", "clock", "float") is None
+    assert key("ingest_batch", "seq", "string") is None
+    assert key(MEASUREMENT, "laneCount", "unsigned") is None
 
 
 def test_a_gateway_cannot_send_a_renamed_key() -> None:
@@ -237,21 +229,33 @@ def _deadletters(influxd: Influxd, db: str) -> int:
     return influxd.count(db, "ingest_deadletter", "record")
 
 
+def _points(influxd: Influxd, db: str, gateway: str) -> list[tuple[Any, Any]]:
+    """(``laneCount``, ``laneCount:float``) of each of ``gateway``'s points, oldest first."""
+    answer = influxd.query(
+        f'SELECT "laneCount", "laneCount:float" FROM "{MEASUREMENT}" '
+        f"WHERE \"gateway\" = '{gateway}'", db=db)
+    [series] = answer["results"][0]["series"]
+    return [(row[1], row[2]) for row in series["values"]]
+
+
+_WARNING = "field type conflict: refused lines are stored with the field renamed"
+
+
 @pytest.mark.integration
 def test_a_hostile_string_field_first_in_the_shard_blocks_no_honest_reading(
     mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = (time.time_ns() // 10**9 - 60) * 10**9
     publisher = Publisher(mosquitto, topic_root)
     worker = WorkerThread(make_config(mosquitto, influxd, topic_root, influx_db))
     sample = worker.worker.metrics.registry.get_sample_value
     try:
-        with worker:
+        with caplog.at_level(logging.WARNING, logger="ingest"), worker:
             _hostile(publisher, 0, now - 10**9)  # first: laneCount is a string in the shard
             _settle(worker, 1)
             _honest(publisher, 0, now)
             _settle(worker, 1 + 2 * PER_GATEWAY)
-            renamed_writes = sample("smartcity_ingest_field_rename_writes_total")
             _honest(publisher, 1, now)
             _hostile(publisher, 1, now - 2 * 10**9)
             _settle(worker, 2 + 4 * PER_GATEWAY)
@@ -264,13 +268,11 @@ def test_a_hostile_string_field_first_in_the_shard_blocks_no_honest_reading(
     assert _per_gateway(influxd, influx_db, "laneCount") == {HOSTILE: 2}
     assert _deadletters(influxd, influx_db) == 0
     assert stats.readings_rejected == 0
-    assert sample("smartcity_ingest_field_renames_total") == 1
-    # One 400 per write in flight when the conflict was learned (repeated whole, renamed,
-    # no bisection); after it none: the second phase repeated no write.
-    assert renamed_writes is not None
-    assert 1 <= renamed_writes <= 10
-    assert sample("smartcity_ingest_field_rename_writes_total") == renamed_writes
-    assert sample("smartcity_ingest_field_rename_rewrites_total") == 0  # no line bisected
+    # Nothing is learned: every honest line is refused plain, then stored renamed, once
+    # (none written plain and renamed); the conflict is logged once, not per line.
+    assert sample("smartcity_ingest_field_renamed_lines_total") == 4 * PER_GATEWAY
+    assert sample("smartcity_ingest_field_rename_refused_lines_total") == 0
+    assert [r.getMessage() for r in caplog.records].count(_WARNING) == 1
 
 
 @pytest.mark.integration
@@ -292,5 +294,44 @@ def test_a_hostile_string_field_second_in_the_shard_is_renamed_and_stored_too(
     assert _per_gateway(influxd, influx_db, "laneCount") == dict.fromkeys(HONEST, PER_GATEWAY)
     assert _per_gateway(influxd, influx_db, "laneCount:string") == {HOSTILE: 1}
     assert _deadletters(influxd, influx_db) == 0
-    assert sample("smartcity_ingest_field_renames_total") == 1
-    assert sample("smartcity_ingest_field_rename_writes_total") == 1
+    assert sample("smartcity_ingest_field_renamed_lines_total") == 1
+
+
+@pytest.mark.integration
+def test_a_reading_is_renamed_only_in_the_shard_where_it_conflicts_and_again_when_redelivered(
+    mosquitto: Mosquitto, influxd: Influxd, topic_root: str, influx_db: str,
+) -> None:
+    """Two shards: an old one where the hostile gateway typed ``laneCount`` first (string),
+    the current one where an honest gateway did (float). One honest message with a reading
+    in each, delivered twice: each point holds one key, the one of its own shard."""
+    now = (time.time_ns() // 10**9 - 60) * 10**9
+    old = now - 30 * 24 * 3600 * 10**9  # weeks back: another shard group (7 days long)
+    honest, other = HONEST
+    publisher = Publisher(mosquitto, topic_root)
+    worker = WorkerThread(make_config(mosquitto, influxd, topic_root, influx_db))
+    sample = worker.worker.metrics.registry.get_sample_value
+    message = _payload(honest, 0, [_reading(MEASUREMENT, old + 10**9, laneCount=2.0),
+                                   _reading(MEASUREMENT, now, laneCount=2.0)])
+    try:
+        with worker:
+            _hostile(publisher, 0, old)  # the old shard: laneCount is a string there
+            publisher.telemetry(other, _payload(other, 0, [
+                _reading(MEASUREMENT, now - 10**9, laneCount=1.0)]))  # the current: a float
+            publisher.flush()
+            _settle(worker, 2)
+            publisher.telemetry(honest, message)
+            publisher.flush()
+            _settle(worker, 3)
+            first = _points(influxd, influx_db, honest)
+            publisher.telemetry(honest, message)  # redelivered, as after a lost ack
+            publisher.flush()
+            _settle(worker, 4)
+            stats = worker.worker.stats()
+    finally:
+        publisher.close()
+    assert first == [(None, 2.0), (2.0, None)]  # old shard renamed, current shard plain
+    assert _points(influxd, influx_db, honest) == first  # no second key on either point
+    assert _points(influxd, influx_db, other) == [(1.0, None)]
+    assert _deadletters(influxd, influx_db) == 0
+    assert stats.readings_rejected == 0
+    assert sample("smartcity_ingest_field_renamed_lines_total") == 2  # once per delivery
