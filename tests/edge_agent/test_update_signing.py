@@ -240,14 +240,15 @@ def test_an_unsigned_release_fails_the_update_before_anything_is_installed(
 
 def _update(
     root: Path, state: Path, source: Path, restarter: _Restarter, said: list[str],
-    keys: tuple[str, ...],
+    keys: tuple[str, ...], **flags: bool,
 ) -> UpdateResult:
-    """One update of the agent laid out under ``root`` from ``source``, trusting ``keys``."""
+    """One update of the agent laid out under ``root`` from ``source``, trusting ``keys``
+    (``flags``: allow_downgrade, reinstall, rollback_permitted)."""
     return run_update(
         UpdateOptions(
             root=root, source=str(source), sha256=None, deadline_s=10, state_dir=state,
             spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
-            restarter=restarter, status=_status, say=said.append, trusted_keys=keys,
+            restarter=restarter, status=_status, say=said.append, trusted_keys=keys, **flags,
         )
     )  # fmt: skip
 
@@ -391,14 +392,7 @@ def test_a_rollback_that_fails_to_install_leaves_the_previous_release_untouched(
     (previous / LOCK_NAME).write_text("# 0.0.1's own lock\n")
     (root / "previous").symlink_to(previous.relative_to(root))
     said: list[str] = []
-    result = run_update(
-        UpdateOptions(
-            root=root, source=str(old), sha256=None, deadline_s=10, state_dir=state,
-            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
-            restarter=_Restarter(), status=_status, say=said.append, trusted_keys=(public,),
-            allow_downgrade=True,
-        )
-    )  # fmt: skip
+    result = _update(root, state, old, _Restarter(), said, (public,), allow_downgrade=True)
     assert result.status == "failed", said
     assert (previous / "bin" / "smartcity").read_text() == "the known-good 0.0.1"
     assert (root / "previous").resolve() == previous
@@ -421,14 +415,9 @@ def test_a_request_asks_for_the_running_version_only_if_root_lets_requests_roll_
     sign_release(same, tmp_path / "release-key")
     root, running, state = _layout(tmp_path)
     said: list[str] = []
-    result = run_update(
-        UpdateOptions(
-            root=root, source=str(same), sha256=None, deadline_s=10, state_dir=state,
-            spool_path=state / "spool.sqlite3", lock=None, installer="pip", check_args=[],
-            restarter=_Restarter(), status=_status, say=said.append, trusted_keys=(public,),
-            rollback_permitted=False, **{flag: True},
-        )
-    )  # fmt: skip
+    result = _update(
+        root, state, same, _Restarter(), said, (public,), rollback_permitted=False, **{flag: True}
+    )
     assert result.status == "failed"
     assert result.reason is not None
     if flag == "reinstall":
