@@ -245,6 +245,8 @@ def _execute(run: _Run, events: list[ChaosEvent], progress_every_s: float) -> Ch
     if len(run.stores) > 1:
         for i, replica in enumerate(report.replicas):
             when = monitor.first_stored_at_least(acked_at_last_fault, last_fault_end, replica=i)
+            if when is None and drained_at is not None:  # no sample caught it: the drain did
+                when = drained_at
             replica["catch_up_after_last_fault_s"] = (
                 None if when is None else round(when - last_fault_end, 1)
             )
