@@ -12,7 +12,7 @@ import pytest
 # The test modules import ingest_testkit from their own directory (pytest puts it on
 # sys.path for them); conftest is imported before they are.
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest_testkit import SESSIONS, Publisher, purge_session
+from ingest_testkit import Publisher, purged_sessions
 
 from smartcity._localstack import Mosquitto
 
@@ -30,17 +30,5 @@ def publisher(mosquitto: Mosquitto, topic_root: str) -> Iterator[Publisher]:
     pub.close()
 
 
-@pytest.fixture(autouse=True)
-def _purge_sessions() -> Iterator[None]:
-    """Remove every persistent session the test created from the broker afterwards.
-
-    Workers have persistent sessions (7 days by default); on the session broker they would
-    outlive the test, stay members of its share group and keep queueing messages.
-    """
-    SESSIONS.clear()
-    yield
-    sessions = list(SESSIONS)
-    SESSIONS.clear()
-    for broker, client_id in sessions:
-        if broker.running:
-            purge_session(broker, client_id)
+#: Every persistent session a test made is removed afterwards.
+_purge_sessions = pytest.fixture(autouse=True)(purged_sessions)

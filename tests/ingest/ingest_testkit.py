@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -63,6 +63,21 @@ def make_config(
 def register_session(broker: Mosquitto, client_id: str) -> None:
     if (broker, client_id) not in SESSIONS:
         SESSIONS.append((broker, client_id))
+
+
+def purged_sessions() -> Iterator[None]:
+    """A test's body, then every persistent session it registered removed from its broker.
+
+    Workers have persistent sessions (7 days by default); on the session broker they would
+    outlive the test, stay members of its share group and keep queueing messages. The
+    conftests make it an autouse fixture."""
+    SESSIONS.clear()
+    yield
+    sessions = list(SESSIONS)
+    SESSIONS.clear()
+    for broker, client_id in sessions:
+        if broker.running:
+            purge_session(broker, client_id)
 
 
 def purge_session(broker: Mosquitto, client_id: str, timeout: float = 10.0) -> None:
